@@ -1,0 +1,53 @@
+"""Every shipped config composes; zss's library modules never import Hydra."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+
+
+def _compose(name, overrides):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(experiment):
+    from omegaconf import OmegaConf
+
+    cfg = _compose("train", [f"experiment={experiment}"])
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert resolved["method"]["_target_"].startswith("zss.methods.")
+    assert resolved["trainer"]["max_steps"] > 0
+    from zss.data.classes import get_benchmark
+
+    get_benchmark(resolved["dataset"]["benchmark"], resolved["dataset"].get("split"))
+
+
+@pytest.mark.parametrize("group", ["dataset", "model", "teacher", "method", "trainer"])
+def test_every_group_option_composes(group):
+    for opt in sorted(p.stem for p in (CONFIGS / group).glob("*.yaml")):
+        _compose("train", [f"{group}={opt}"])
+
+
+def test_eval_config_composes():
+    cfg = _compose("eval", ["ckpt=x.pt"])
+    assert cfg.ckpt == "x.pt"
+
+
+def test_library_does_not_import_hydra():
+    code = (
+        "import sys, pkgutil, importlib, zss\n"
+        "for m in pkgutil.walk_packages(zss.__path__, 'zss.'):\n"
+        "    if m.name != 'zss.cli': importlib.import_module(m.name)\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('hydra', 'omegaconf')]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

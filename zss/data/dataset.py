@@ -1,0 +1,364 @@
+"""Semantic-segmentation datasets in mmseg directory layouts (VOC, COCO-Stuff, PASCAL Context).
+
+Labels are read with Pillow as indices (``np.asarray(Image.open(p))``, never ``.convert("RGB")``),
+optionally reduced (``reduce_zero_label``: 0 -> 255, v -> v-1), validated, and returned twice:
+``full_label`` (all classes; evaluation and the oracle teacher) and ``label`` (the training label,
+unseen ids -> ``ignore_index`` iff ``hide_unseen``: the inductive setting of DESIGN §2).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+
+from .classes import get_benchmark, layout
+
+__all__ = ["SegDataset", "build_dataset", "read_label"]
+
+_ROOT_HINT = "Set dataset.root=/path/to/the/dataset (the folder holding the layout above) or see README (data preparation)."
+
+
+def read_label(path: str | os.PathLike) -> np.ndarray:
+    """Read an index-valued label PNG as stored (no colour conversion).
+
+    Args:
+        path: annotation file (palette ``P`` or greyscale ``L`` PNG).
+
+    Returns:
+        ``np.ndarray[H, W] uint8`` of raw label ids.
+
+    Raises:
+        ValueError: the image is not single-channel index data (mode other than ``P``/``L``), e.g. an
+            RGB colour-coded label, which must be converted to indices first.
+    """
+    with Image.open(path) as im:
+        if im.mode not in ("P", "L"):
+            raise ValueError(
+                f"Annotation {path} has PIL mode {im.mode!r}; labels must be single-channel index images "
+                f"(palette 'P' or greyscale 'L'). Convert colour-coded labels to class indices first "
+                f"(e.g. with scripts/prepare_*.py)."
+            )
+        return np.asarray(im).copy()
+
+
+def _list_files(folder: Path) -> set[str] | None:
+    try:
+        return set(os.listdir(folder))
+    except OSError:
+        return None
+
+
+class SegDataset(torch.utils.data.Dataset):
+    """Image + index-label dataset in an mmseg layout.
+
+    Args:
+        root: dataset root; ``img_dir``, ``ann_dir``, ``split_file`` are relative to it (or absolute).
+        img_dir: image folder, files ``<id><img_suffix>`` (RGB; read with Pillow).
+        ann_dir: annotation folder, files ``<id><seg_suffix>`` (index PNG, mode P or L).
+        split_file: text file with one image id per line; ``None`` = every ``*<img_suffix>`` file under
+            ``img_dir`` (recursively, sorted) that has an annotation.
+        img_suffix: image suffix, default ``".jpg"``.
+        seg_suffix: annotation suffix, default ``".png"`` (COCO-Stuff: ``"_labelTrainIds.png"``).
+        reduce_zero_label: map raw 0 -> ignore_index and v -> v-1 (raw 255 stays ignore). mmseg semantics.
+        num_classes: C; valid label ids after reduction are ``0..C-1`` plus raw 255 (ignore).
+        unseen: unseen label ids (after reduction).
+        hide_unseen: if True the training ``label`` has unseen ids set to ``ignore_index`` (inductive
+            ZSS training, DESIGN §2); ``full_label`` always keeps them.
+        transform: called as ``transform(tv_tensors.Image uint8 [3,H,W], tv_tensors.Mask int64 [H,W] label,
+            tv_tensors.Mask int64 [H,W] full_label, tv_tensors.Mask uint8 [H,W] valid)`` and must return the
+            same four (see ``zss.data.transforms``); all masks must get identical geometric ops. ``valid``
+            starts as ones, so padding (filled with 255) is told apart from unlabelled image pixels.
+        ignore_index: ignore label, default 255.
+
+    ``__getitem__(i)`` returns a dict:
+        image: ``Tensor[3, H, W] float32`` normalised by the transform, or ``uint8`` if ``transform`` is None.
+        label: ``Tensor[H, W] int64`` training label (unseen -> ignore_index iff ``hide_unseen``).
+        full_label: ``Tensor[H, W] int64`` all classes.
+        valid: ``Tensor[H, W] bool`` True inside the image, False in padding added by the transform.
+        name: ``str`` image id.
+
+    Attributes:
+        names: list of image ids (``str``), dataset order.
+        benchmark: the ``Benchmark`` when built by ``build_dataset``, else None.
+
+    Raises (construction, eager file checks):
+        FileNotFoundError: ``root``, ``img_dir``, ``ann_dir`` or ``split_file`` missing (names the path and
+            says to set ``dataset.root=...``); split-file ids without image/annotation (names the split
+            file, the first missing id and the count); a directory scan that finds nothing.
+        ValueError: empty split file; ``unseen`` ids outside ``[0, num_classes)``.
+    Raises (``__getitem__``, lazy label checks, cheap ``np.unique``):
+        ValueError: annotation not mode P/L; label size != image size (names both files and sizes); label
+            values outside the class range (names the file and values, suggests checking
+            ``reduce_zero_label`` / the dataset preset).
+
+    Source: DESIGN §2 (layouts, reduce_zero_label, unseen -> 255 in training only); mmseg's
+    ``CustomDataset`` semantics.
+    """
+
+    benchmark = None  # set by build_dataset
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        img_dir: str,
+        ann_dir: str,
+        split_file: str | None,
+        img_suffix: str = ".jpg",
+        seg_suffix: str = ".png",
+        reduce_zero_label: bool = False,
+        *,
+        num_classes: int,
+        unseen: Sequence[int] = (),
+        hide_unseen: bool = False,
+        transform: Callable | None = None,
+        ignore_index: int = 255,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"Dataset root {str(self.root)!r} does not exist or is not a folder. {_ROOT_HINT}")
+        self.img_dir = self.root / img_dir
+        self.ann_dir = self.root / ann_dir
+        for what, d in (("image folder", self.img_dir), ("annotation folder", self.ann_dir)):
+            if not d.is_dir():
+                raise FileNotFoundError(
+                    f"The {what} {str(d)!r} does not exist under dataset root {str(self.root)!r}. "
+                    f"Check the layout or {_ROOT_HINT}"
+                )
+        self.split_file = None if split_file is None else self.root / split_file
+        self.img_suffix = img_suffix
+        self.seg_suffix = seg_suffix
+        self.reduce_zero_label = bool(reduce_zero_label)
+        self.num_classes = int(num_classes)
+        if not 0 < self.num_classes <= 255:
+            raise ValueError(f"num_classes={num_classes} must be in 1..255 (labels are 8-bit PNGs).")
+        self.unseen = tuple(int(u) for u in unseen)
+        bad = [u for u in self.unseen if not 0 <= u < self.num_classes]
+        if bad:
+            raise ValueError(f"unseen ids {bad} are outside [0, num_classes={self.num_classes}).")
+        self.hide_unseen = bool(hide_unseen)
+        self.transform = transform
+        self.ignore_index = int(ignore_index)
+
+        # Look-up tables on raw uint8 values: raw -> full label, full -> training label.
+        raw = np.arange(256, dtype=np.int64)
+        full_lut = raw - 1 if self.reduce_zero_label else raw.copy()
+        if self.reduce_zero_label:
+            full_lut[0] = self.ignore_index
+        full_lut[255] = self.ignore_index
+        self._full_lut = full_lut
+        hidden = full_lut.copy()
+        if self.hide_unseen and self.unseen:
+            hidden[np.isin(full_lut, self.unseen)] = self.ignore_index
+        self._train_lut = hidden
+        # Raw values that are allowed in an annotation file.
+        valid = np.zeros(256, dtype=bool)
+        lo = 1 if self.reduce_zero_label else 0
+        valid[lo : lo + self.num_classes] = True
+        if self.reduce_zero_label:
+            valid[0] = True
+        valid[255] = True
+        self._valid_raw = valid
+
+        self.names: list[str] = self._scan() if self.split_file is None else self._read_split()
+
+    # ---------------------------------------------------------------- file discovery
+    def _read_split(self) -> list[str]:
+        sf = self.split_file
+        assert sf is not None
+        if not sf.is_file():
+            raise FileNotFoundError(f"Split file {str(sf)!r} does not exist. Check the split name or {_ROOT_HINT}")
+        names = [ln.strip() for ln in sf.read_text().splitlines() if ln.strip()]
+        if not names:
+            raise ValueError(f"Split file {str(sf)!r} lists no image ids.")
+        imgs, anns = _list_files(self.img_dir), _list_files(self.ann_dir)
+
+        def exists(listing: set[str] | None, folder: Path, fname: str) -> bool:
+            if listing is not None and "/" not in fname:
+                return fname in listing
+            return (folder / fname).is_file()
+
+        missing: list[tuple[str, Path]] = []
+        for n in names:
+            if not exists(imgs, self.img_dir, n + self.img_suffix):
+                missing.append((n, self.img_dir / (n + self.img_suffix)))
+            elif not exists(anns, self.ann_dir, n + self.seg_suffix):
+                missing.append((n, self.ann_dir / (n + self.seg_suffix)))
+        if missing:
+            first, path = missing[0]
+            raise FileNotFoundError(
+                f"Split file {str(sf)!r}: {len(missing)} of {len(names)} ids have no image or annotation; "
+                f"first missing id {first!r} (expected {str(path)!r}). The dataset is incomplete or the split "
+                f"file belongs to another layout. {_ROOT_HINT}"
+            )
+        return names
+
+    def _scan(self) -> list[str]:
+        anns = _list_files(self.ann_dir)
+        names: list[str] = []
+        for p in sorted(self.img_dir.rglob("*" + self.img_suffix)):
+            rel = p.relative_to(self.img_dir).as_posix()
+            name = rel[: -len(self.img_suffix)]
+            fname = name + self.seg_suffix
+            ok = (fname in anns) if (anns is not None and "/" not in fname) else (self.ann_dir / fname).is_file()
+            if ok:
+                names.append(name)
+        if not names:
+            raise FileNotFoundError(
+                f"No '*{self.img_suffix}' image in {str(self.img_dir)!r} has a matching '*{self.seg_suffix}' "
+                f"annotation in {str(self.ann_dir)!r}. {_ROOT_HINT}"
+            )
+        return names
+
+    # ---------------------------------------------------------------- access
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def img_path(self, i: int) -> Path:
+        """Path of the image of sample ``i``."""
+        return self.img_dir / (self.names[i] + self.img_suffix)
+
+    def ann_path(self, i: int) -> Path:
+        """Path of the annotation of sample ``i``."""
+        return self.ann_dir / (self.names[i] + self.seg_suffix)
+
+    def load_full_label(self, i: int) -> np.ndarray:
+        """Read, validate and reduce the annotation of sample ``i`` (no transform).
+
+        Returns:
+            ``np.ndarray[H, W] int64`` full label (all classes, ignore = ``ignore_index``).
+
+        Raises:
+            ValueError: bad PIL mode, or values outside the class range.
+        """
+        return self._full_lut[self._load_raw(i)]
+
+    def _load_raw(self, i: int) -> np.ndarray:
+        path = self.ann_path(i)
+        raw = read_label(path)
+        values = np.unique(raw)
+        bad = values[~self._valid_raw[values]]
+        if bad.size:
+            hi = self.num_classes if self.reduce_zero_label else self.num_classes - 1
+            raise ValueError(
+                f"Annotation {str(path)!r} has values {bad.tolist()} outside the class range: expected "
+                f"0..{hi} (+255 ignore) for num_classes={self.num_classes} with "
+                f"reduce_zero_label={self.reduce_zero_label}. Check reduce_zero_label and the dataset preset "
+                f"(e.g. context59 vs context60, raw COCO stuffthingmaps vs *_labelTrainIds.png)."
+            )
+        return raw
+
+    def __getitem__(self, i: int) -> dict:
+        img_path = self.img_path(i)
+        with Image.open(img_path) as im:
+            img = np.array(im.convert("RGB"))  # [H, W, 3] uint8, writable copy
+        raw = self._load_raw(i)
+        full = self._full_lut[raw]  # [H, W] int64
+        if full.shape != img.shape[:2]:
+            raise ValueError(
+                f"Label size {full.shape[1]}x{full.shape[0]} (WxH) of {str(self.ann_path(i))!r} differs from "
+                f"image size {img.shape[1]}x{img.shape[0]} of {str(img_path)!r}. Images and labels must be "
+                f"pixel-aligned; regenerate the annotation."
+            )
+        label = self._train_lut[raw]  # [H, W] int64, unseen -> ignore iff hide_unseen
+        image_t = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).contiguous())
+        label_t = tv_tensors.Mask(torch.from_numpy(label))
+        full_t = tv_tensors.Mask(torch.from_numpy(full))
+        # 1 inside the image; geometric transforms move it with the labels and padding fills 255
+        valid_t = tv_tensors.Mask(torch.ones(full.shape, dtype=torch.uint8))
+        if self.transform is not None:
+            image_t, label_t, full_t, valid_t = self.transform(image_t, label_t, full_t, valid_t)
+        return dict(
+            image=image_t.as_subclass(torch.Tensor),
+            label=label_t.as_subclass(torch.Tensor),
+            full_label=full_t.as_subclass(torch.Tensor),
+            valid=valid_t.as_subclass(torch.Tensor) == 1,
+            name=self.names[i],
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(root={str(self.root)!r}, n={len(self)}, num_classes={self.num_classes}, "
+            f"reduce_zero_label={self.reduce_zero_label}, hide_unseen={self.hide_unseen}, unseen={self.unseen})"
+        )
+
+
+def build_dataset(
+    name: str,
+    root: str | os.PathLike,
+    split: str = "train",
+    *,
+    hide_unseen: bool = False,
+    transform: Callable | None = None,
+    benchmark_split: str | None = None,
+    ignore_index: int = 255,
+    img_dir: str | None = None,
+    ann_dir: str | None = None,
+    split_file: str | None = None,
+) -> SegDataset:
+    """Build a ``SegDataset`` for a benchmark preset from its layout defaults (``zss.data.classes.layout``).
+
+    Args:
+        name: benchmark preset (``"voc20"``, ``"cocostuff171"``, ``"context59"``, ``"context60"``).
+        root: dataset root (e.g. ``data/VOCdevkit/VOC2012``, ``data/coco_stuff164k``, ``data/VOCdevkit/VOC2010``).
+        split: data split name filled into the layout: VOC/Context read ``ImageSets/.../{split}.txt`` (any
+            split with a file works, e.g. evaluate on ``"train"``); COCO-Stuff scans ``images/{split}2017``.
+        hide_unseen: set unseen ids to ``ignore_index`` in the training ``label`` (True for inductive
+            training; default False = evaluation).
+        transform: joint transform, see ``SegDataset``.
+        benchmark_split: unseen split for Context (``"zs3"``/``"cascade"``, required there), None otherwise.
+        ignore_index: ignore label, default 255.
+        img_dir, ann_dir, split_file: optional overrides of the layout (relative to ``root``), e.g.
+            ``ann_dir="SegmentationClassAug", split="aug"`` for VOC-Aug.
+
+    Returns:
+        ``SegDataset`` with an extra attribute ``benchmark`` (the ``Benchmark`` used for classes/unseen).
+
+    Raises:
+        KeyError: unknown ``name``. ValueError: bad ``benchmark_split``.
+        FileNotFoundError: missing root, folders or split file (lists the split files that exist).
+    """
+    bench = get_benchmark(name, benchmark_split)
+    kw = layout(name).resolve(split)
+    if img_dir is not None:
+        kw["img_dir"] = img_dir
+    if ann_dir is not None:
+        kw["ann_dir"] = ann_dir
+    if split_file is not None:
+        kw["split_file"] = split_file
+    rootp = Path(root).expanduser()
+    if not rootp.is_dir():
+        raise FileNotFoundError(
+            f"Dataset root {str(rootp)!r} for {name!r} does not exist (expected layout: "
+            f"{layout(name).default_root}/{kw['img_dir']}, {kw['ann_dir']}). {_ROOT_HINT}"
+        )
+    if kw["split_file"] is not None and not (rootp / kw["split_file"]).is_file():
+        sdir = (rootp / kw["split_file"]).parent
+        have = sorted(p.stem for p in sdir.glob("*.txt")) if sdir.is_dir() else []
+        raise FileNotFoundError(
+            f"No split file for split {split!r} of {name!r}: {str(rootp / kw['split_file'])!r} does not exist. "
+            f"Splits available in {str(sdir)!r}: {have or 'none (folder missing)'}. {_ROOT_HINT}"
+        )
+    if kw["split_file"] is None and not (rootp / kw["img_dir"]).is_dir():
+        sdir = (rootp / kw["img_dir"]).parent
+        have = sorted(p.name for p in sdir.iterdir() if p.is_dir()) if sdir.is_dir() else []
+        raise FileNotFoundError(
+            f"No image folder for split {split!r} of {name!r}: {str(rootp / kw['img_dir'])!r} does not exist. "
+            f"Folders in {str(sdir)!r}: {have or 'none (folder missing)'}. {_ROOT_HINT}"
+        )
+    ds = SegDataset(
+        rootp,
+        num_classes=bench.num_classes,
+        unseen=bench.unseen,
+        hide_unseen=hide_unseen,
+        transform=transform,
+        ignore_index=ignore_index,
+        **kw,
+    )
+    ds.benchmark = bench
+    return ds

@@ -1,0 +1,113 @@
+"""Dataset-level evaluation of a method: inference over a split, one confusion matrix, metrics."""
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from zss.engine.dist import get_rank, get_world_size
+from zss.engine.inference import slide_inference, whole_inference
+from zss.engine.metrics import SegEvaluator
+from zss.engine.sampling import shard_indices
+
+
+def make_logits_fn(
+    method: torch.nn.Module, label_space: str = "all", seen_bias: float = 0.0
+) -> Callable[[Tensor], Tensor]:
+    """The function inference calls on a batch of crops: ``Tensor[N, 3, h, w] -> logits Tensor[N, C, h', w']``.
+
+    ``seen_bias`` is subtracted from the seen classes' logits (explicit form of the calibration
+    ZegCLIP / CLIP-RC apply silently with 0.1; our default 0 = none). It is in logit units.
+    """
+
+    def fn(images: Tensor) -> Tensor:
+        logits = method.predict(images, label_space=label_space)
+        if seen_bias:
+            logits = logits.clone()
+            logits[:, method.seen] -= seen_bias
+        return logits
+
+    return fn
+
+
+@torch.no_grad()
+def evaluate(
+    method: torch.nn.Module,
+    dataset: Dataset,
+    *,
+    mode: str = "slide",
+    crop: Sequence[int] = (512, 512),
+    stride: Sequence[int] = (426, 426),
+    crop_batch: int = 8,
+    label_space: str = "all",
+    seen_bias: float = 0.0,
+    amp_dtype: torch.dtype | None = None,
+    num_workers: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    on_prediction: Callable[[dict, Tensor], None] | None = None,
+) -> dict:
+    """Evaluate ``method`` on every image of ``dataset`` (sharded across ranks, all-reduced).
+
+    Args:
+        method: a :class:`~zss.methods.base.Method` (``predict``, ``seen``, ``classnames``,
+            ``unseen``).
+        dataset: yields ``image`` Tensor[3, H', W'] float32 (test transform applied: resized),
+            ``full_label`` Tensor[H, W] int64 at the original size, ``name``.
+        mode: ``slide`` (mmseg sliding window: ``crop``/``stride`` in pixels, ``crop_batch`` crops per
+            forward) or ``whole``.
+        label_space: ``all`` (GZSS) or ``unseen`` (ZSS).
+        seen_bias: subtracted from seen-class logits (logit units; 0 = off).
+        amp_dtype: autocast dtype for the forward pass (``torch.bfloat16``) or None.
+        on_prediction: optional callback ``(sample, pred Tensor[H, W] int64)`` per image (rank-local),
+            e.g. for overlays.
+
+    Returns:
+        :meth:`SegEvaluator.compute` results (percent) plus ``img_per_s`` and ``num_images``.
+
+    Raises:
+        ValueError: unknown ``mode``.
+    """
+    if mode not in ("slide", "whole"):
+        raise ValueError(f"eval mode must be 'slide' or 'whole', got {mode!r}")
+    was_training = method.training
+    method.eval()
+    device = torch.device(device)
+    evaluator = SegEvaluator(
+        method.num_classes, method.classnames, method.unseen.tolist(), ignore_index=method.ignore_index,
+        label_space=label_space,
+    )
+    part = Subset(dataset, shard_indices(len(dataset), get_rank(), get_world_size()))
+    loader = DataLoader(part, batch_size=1, shuffle=False, num_workers=num_workers)
+    logits_fn = make_logits_fn(method, label_space, seen_bias)
+    if progress:
+        from tqdm import tqdm
+
+        loader = tqdm(loader, desc="eval", leave=False, dynamic_ncols=True)
+    t0, n = time.perf_counter(), 0
+    for batch in loader:
+        image = batch["image"].to(device)  # [1, 3, H', W']
+        target = batch["full_label"].to(device)  # [1, H, W]
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            if mode == "slide":
+                logits = slide_inference(
+                    logits_fn, image, method.num_classes, crop=tuple(crop), stride=tuple(stride),
+                    batch_size=crop_batch, out_size=tuple(target.shape[-2:]),
+                )
+            else:
+                logits = whole_inference(logits_fn, image, out_size=tuple(target.shape[-2:]))
+        pred = logits.float().argmax(1)  # [1, H, W]
+        evaluator.update(pred, target)
+        if on_prediction is not None:
+            on_prediction({k: (v[0] if isinstance(v, (list, Tensor)) else v) for k, v in batch.items()}, pred[0])
+        n += 1
+    evaluator.all_reduce()
+    results = evaluator.compute()
+    results["num_images"] = len(dataset)
+    results["img_per_s"] = n / max(time.perf_counter() - t0, 1e-9)
+    results["seen_bias"] = seen_bias
+    method.train(was_training)
+    return results

@@ -1,0 +1,25 @@
+"""Teachers: the frozen CLIP teacher and a label-derived oracle stand-in (DESIGN §3)."""
+from zss.teachers.clip import (
+    CLIP_MEAN,
+    CLIP_STD,
+    DENSE_MODES,
+    FrozenCLIP,
+    TeacherWeightsError,
+    TeacherWeightsNotFoundError,
+    build_tiny_clip,
+    tiny_clip_cfg,
+)
+from zss.teachers.oracle import ORACLE_WARNING, OracleTeacher
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "DENSE_MODES",
+    "FrozenCLIP",
+    "ORACLE_WARNING",
+    "OracleTeacher",
+    "TeacherWeightsError",
+    "TeacherWeightsNotFoundError",
+    "build_tiny_clip",
+    "tiny_clip_cfg",
+]
