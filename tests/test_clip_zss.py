@@ -1,0 +1,267 @@
+"""Tests for CLIP-ZSS: zss/methods/clip_zss.py and zss/models/synthesizer.py (tiny random CLIP, timm test_resnet)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zss.methods.clip_zss import ClipZSS
+from zss.models.student import Student
+from zss.models.synthesizer import WeightSynthesizer, region_prototypes
+from zss.teachers.clip import build_tiny_clip
+from zss.teachers.oracle import OracleTeacher
+
+NAMES = ["aeroplane", "bicycle", "bird", "boat", "sheep", "sofa"]
+UNSEEN = [4, 5]
+D = 32
+IMG = 64  # pixels; tiny CLIP patch 8 -> 8x8 teacher grid; student stride 4 -> 16x16
+
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+    return build_tiny_clip(embed_dim=D)
+
+
+def _student(seed: int = 0) -> Student:
+    torch.manual_seed(seed)
+    return Student("test_resnet", embed_dim=D, decoder="mlp", decoder_channels=16)
+
+
+def _batch(b: int = 2, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    full = torch.full((b, IMG, IMG), 255, dtype=torch.long)
+    full[:, 4:28, 4:36] = 0
+    full[:, 36:60, 8:40] = 4  # unseen: hidden in the training label
+    full[0, 10:30, 40:60] = 2
+    full[1, 30:50, 44:62] = 5
+    label = full.clone()
+    label[(label == 4) | (label == 5)] = 255
+    valid = torch.ones(b, IMG, IMG, dtype=torch.bool)
+    valid[1, :, 56:] = False  # crop padding on the right of image 1
+    label[~valid] = 255
+    full[~valid] = 255
+    return dict(image=torch.randn(b, 3, IMG, IMG, generator=g), label=label, full_label=full, valid=valid,
+                name=[f"img{i}" for i in range(b)])
+
+
+def _method(teacher, **kw) -> ClipZSS:
+    kw.setdefault("bank_size", 8)
+    kw.setdefault("pl_scales", (2, 4))
+    kw.setdefault("pl_min_area", 1)
+    return ClipZSS(_student(), teacher, NAMES, UNSEEN, **kw)
+
+
+LOSS_KEYS = {"loss", "loss_glm", "loss_ce", "loss_nel", "loss_bce", "loss_focal", "loss_dice", "glm_acc", "pl_regions"}
+
+
+# ------------------------------------------------------------------------------------- method
+def test_training_step_finite_losses_and_gradients_only_on_trainable(tiny_clip):
+    m = _method(tiny_clip)
+    m.train()
+    out = m.training_step(_batch())
+    assert LOSS_KEYS <= set(out)
+    for k, v in out.items():
+        assert v.dim() == 0 and torch.isfinite(v), k
+    for k in ("loss_glm", "loss_ce", "loss_nel", "loss_bce"):
+        assert out[k].item() > 0, k
+    assert out["pl_regions"].item() >= 1
+    out["loss"].backward()
+    trainable = dict(m.named_parameters())
+    assert any(n.startswith("synthesizer.") for n in trainable)
+    for n, p in trainable.items():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), n
+    assert any(p.grad.abs().sum() > 0 for n, p in trainable.items() if n.startswith("synthesizer."))
+    for p in tiny_clip.parameters():
+        assert not p.requires_grad and p.grad is None
+    # loss is computed before the push: after one step the bank holds this batch's CLS tokens
+    assert len(m.glm.bank) == 2
+
+
+def test_teacher_not_in_state_dict_or_param_groups(tiny_clip):
+    m = _method(tiny_clip)
+    state = m.checkpoint_state()
+    assert not any(k.startswith("teacher") for k in state)
+    assert any(k.startswith("synthesizer.") for k in state)
+    assert not any("bank" in k for k in state)  # FIFO bank is not checkpointed
+    groups = m.param_groups(lr=1e-3, head_lr_mult=10.0, weight_decay=0.01)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == {id(p) for p in m.parameters() if p.requires_grad}
+    assert not {id(p) for p in tiny_clip.parameters()} & set(ids)
+    synth = {id(p) for p in m.synthesizer.parameters()}
+    for g in groups:
+        if any(id(p) in synth for p in g["params"]):
+            assert g["lr"] == pytest.approx(1e-2) and all(id(p) in synth for p in g["params"])
+
+
+def test_predict_shape_and_synthesizer_unused(tiny_clip):
+    m = _method(tiny_clip).eval()
+    images = _batch()["image"]
+    logits = m.predict(images)
+    assert logits.shape == (2, len(NAMES), IMG // 4, IMG // 4)
+    # test-time logits are the student's alone: zeroing the synthesizer changes nothing
+    with torch.no_grad():
+        for p in m.synthesizer.parameters():
+            p.zero_()
+    assert torch.equal(m.predict(images), logits)
+
+
+@pytest.mark.parametrize("use_glm,use_plm", [(True, False), (False, True), (False, False)])
+def test_ablation_switches(tiny_clip, use_glm, use_plm):
+    m = _method(tiny_clip, use_glm=use_glm, use_plm=use_plm)
+    out = m.training_step(_batch())
+    assert LOSS_KEYS <= set(out) and torch.isfinite(out["loss"])
+    assert (out["loss_glm"].item() > 0) == use_glm
+    assert (out["loss_bce"].item() > 0) == use_plm
+    assert (m.synthesizer is not None) == use_plm and (m.glm is not None) == use_glm
+    assert out["loss_ce"].item() > 0  # seen CE always supervises the student
+    out["loss"].backward()
+
+
+def test_pseudo_regions_never_take_seen_gt_or_padding(tiny_clip):
+    m = _method(tiny_clip)
+    captured = {}
+    orig = m.pseudo_label_map
+
+    def spy(dense, seen_label, valid):
+        fused = orig(dense, seen_label, valid)
+        captured.update(fused=fused, seen=seen_label, valid=valid)
+        return fused
+
+    m.pseudo_label_map = spy
+    batch = _batch()
+    m.training_step(batch)
+    fused, seen, valid = captured["fused"], captured["seen"], captured["valid"]
+    assert seen.shape == fused.shape == batch["label"].shape
+    is_seen = seen != 255
+    assert torch.equal(fused[is_seen], seen[is_seen])  # seen GT kept, never overwritten
+    pseudo = (fused != 255) & (fused >= m.num_seen)
+    assert pseudo.any()  # the K-Means produced pseudo regions
+    assert not (pseudo & is_seen).any() and not (pseudo & ~valid).any()
+    assert (fused[~valid] == 255).all()
+    # seen ids in F are positions among seen classes: benchmark id 2 -> position 2, 0 -> 0
+    assert set(torch.unique(seen[is_seen]).tolist()) <= set(range(m.num_seen))
+
+
+def test_works_with_oracle_teacher_and_loss_goes_down():
+    teacher = OracleTeacher(NAMES, embed_dim=D, patch_size=8, noise=0.05, seed=0)
+    m = _method(teacher)
+    m.train()
+    batch = _batch()
+    opt = torch.optim.AdamW([g for g in m.param_groups(1e-3, 10.0, 0.0)])
+    losses = []
+    for _ in range(4):
+        out = m.training_step(batch)
+        assert all(torch.isfinite(v) for v in out.values())
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+    assert out["pl_regions"].item() >= 1
+    assert losses[-1] < losses[0]
+
+
+def test_missing_valid_means_all_valid_and_logits_resolution(tiny_clip):
+    batch = _batch()
+    del batch["valid"]
+    m = _method(tiny_clip, loss_resolution="logits", glm_pool="none", synth_memory="cls+dense")
+    out = m.training_step(batch)
+    assert torch.isfinite(out["loss"])
+    with pytest.raises(ValueError, match="loss_resolution"):
+        _method(tiny_clip, loss_resolution="pixels")
+    with pytest.raises(ValueError, match="glm_pool"):
+        _method(tiny_clip, glm_pool="max")
+
+
+# ------------------------------------------------------------------------------------- synthesizer
+def test_region_prototypes_match_hand_pooling():
+    torch.manual_seed(0)
+    R = F.normalize(torch.randn(2, 8, 4, 4), dim=1)
+    fused = torch.full((2, 16, 16), 255)
+    fused[0, :8, :8] = 1  # 2x2 cells
+    fused[0, 8:, :] = 5  # bottom half
+    fused[1, 0:2, 0:3] = 0  # 6 pixels inside one cell
+    fused[1, 4:6, 4:12] = 3  # half of cells (1,1) and (1,2)
+    protos, ids, valid, area = region_prototypes(R, fused, num_ids=6)
+    assert ids.tolist() == [[1, 5], [0, 3]]
+    assert valid.all() and area.tolist() == [[64.0, 128.0], [6.0, 16.0]]
+    assert torch.allclose(protos[0, 0], F.normalize(R[0, :, :2, :2].mean((1, 2)), dim=0), atol=1e-6)
+    assert torch.allclose(protos[0, 1], F.normalize(R[0, :, 2:, :].mean((1, 2)), dim=0), atol=1e-6)
+    assert torch.allclose(protos[1, 0], R[1, :, 0, 0], atol=1e-6)  # a region smaller than a cell survives
+    assert torch.allclose(protos[1, 1], F.normalize(R[1, :, 1, 1:3].mean(1), dim=0), atol=1e-6)
+    with pytest.raises(ValueError, match="fused ids"):
+        region_prototypes(R, fused, num_ids=4)
+
+
+def test_synthesizer_batched_equals_per_image_and_handles_empty():
+    torch.manual_seed(0)
+    syn = WeightSynthesizer(D, depth=2, heads=4, zero_init_residual=False).eval()
+    R = F.normalize(torch.randn(3, D, 4, 4), dim=1)
+    cls = F.normalize(torch.randn(3, D), dim=-1)
+    fused = torch.full((3, 16, 16), 255)
+    fused[0, :8] = 0
+    fused[0, 8:] = 4
+    fused[1, :, :4] = 2
+    fused[1, :, 4:8] = 5
+    fused[1, :, 8:] = 6  # image 1: 3 regions; image 2: none
+    out = syn(R, fused, cls, num_ids=7)
+    assert out.weights.shape == (3, 3, D) and out.valid.sum(1).tolist() == [2, 3, 0]
+    assert torch.isfinite(out.weights).all()
+    assert torch.allclose(out.weights[out.valid].norm(dim=-1), torch.ones(5), atol=1e-5)
+    for i in range(2):  # padding slots do not change other images' results
+        single = syn(R[i : i + 1], fused[i : i + 1], cls[i : i + 1], num_ids=7)
+        n = int(single.valid.sum())
+        assert torch.allclose(single.weights[0, :n], out.weights[i, :n], atol=1e-5)
+    seen_w, present = out.by_id(0, 3)
+    assert present.tolist() == [[True, False, False], [False, False, True], [False, False, False]]
+    assert torch.equal(seen_w[1, 2], out.weights[1, 0])
+    # queries attend to the CLS token: a different CLS gives different weights
+    other = syn(R, fused, F.normalize(torch.randn(3, D), dim=-1), num_ids=7)
+    assert not torch.allclose(other.weights[0, :2], out.weights[0, :2])
+
+
+def test_synthesizer_zero_init_is_identity_and_options():
+    torch.manual_seed(0)
+    syn = WeightSynthesizer(D, heads=3)  # 3 does not divide 32 -> 2 heads
+    assert syn.heads == 2
+    R = F.normalize(torch.randn(1, D, 4, 4), dim=1)
+    fused = torch.zeros(1, 8, 8, dtype=torch.long)
+    fused[:, 4:] = 1
+    out = syn(R, fused, torch.randn(1, D))
+    assert torch.allclose(out.weights, out.prototypes, atol=1e-6)
+    dense_syn = WeightSynthesizer(D, memory="cls+dense")
+    with pytest.raises(ValueError, match="dense"):
+        dense_syn(R, fused, torch.randn(1, D))
+    assert dense_syn(R, fused, torch.randn(1, D), dense=torch.randn(1, D, 2, 2)).weights.shape == (1, 2, D)
+    with pytest.raises(ValueError, match="memory"):
+        WeightSynthesizer(D, memory="bank")
+
+
+def test_bce_pulls_seen_weights_to_their_text(tiny_clip):
+    m = _method(tiny_clip)
+    text = m.text_embeds[m.seen]
+    from zss.models.synthesizer import SynthOutput
+
+    ids = torch.tensor([[0, 2, 5]])  # two seen regions and a pseudo one
+    valid = torch.ones(1, 3, dtype=torch.bool)
+    good = torch.stack([text[0], text[2], F.normalize(torch.randn(D), dim=0)])[None]
+    bad = torch.stack([text[1], text[0], text[3]])[None]
+    mk = lambda w: SynthOutput(w, w, ids, valid, torch.ones(1, 3))  # noqa: E731
+    lg = m._bce(mk(good)).item()
+    # explicit BCE of the first slot for the "good" weights
+    s = m.bce_scale * (good[0, :2] @ text.t())
+    ref = F.binary_cross_entropy_with_logits(s, F.one_hot(torch.tensor([0, 2]), m.num_seen).float()).item()
+    assert lg == pytest.approx(ref, rel=1e-5)
+    assert lg < m._bce(mk(bad)).item()
+    assert math.isfinite(lg)
+
+
+def test_training_step_under_bf16_autocast(tiny_clip):
+    m = _method(tiny_clip)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m.training_step(_batch())
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in out.values())
+    out["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.synthesizer.parameters())

@@ -1,0 +1,316 @@
+"""CLIP-ZSS: distil a frozen CLIP into a CLIP-free student (DESIGN §5).
+
+Training (per batch):
+
+* **GLM** (global learning module) [summary]: the CLIP CLS token S attends over the student's dense
+  embeds R (pooled to the teacher's patch grid by default) to give Ŝ; InfoNCE pulls Ŝ_i to S_i
+  against the other CLS tokens of the (global) batch and a FIFO bank of past CLS tokens.
+* **PLM** (pixel learning module) [summary]: K-Means on the teacher's dense tokens gives per-image
+  pseudo regions, written where the training label is ignore (255) and inside the image → fused
+  labels F (seen positions ``0..N_seen-1``, pseudo ids ``N_seen + k``). A weight synthesizer turns
+  region prototypes of R into classifier weights P_seen / P_pseudo (attending to the CLS token).
+  Logits ``cat(α·<R, T_seen>, β·cos(R, P_pseudo))`` are trained on F with CE + ZegCLIP's NEL, and
+  P_seen is pulled to the text embeddings of its class with BCE.
+
+Inference: the student alone — dense embeds · text embeds of all classes (:meth:`Method.predict`)
+[paper]. The synthesizer is a training-only part: trainable, in ``checkpoint_state``, unused at test
+time; the teacher is never trained, saved or needed at test time.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zss.methods.base import Method, safe_cross_entropy, upsample_logits
+from zss.methods.losses import GlobalDistillLoss, nel_loss
+from zss.models.synthesizer import SynthOutput, WeightSynthesizer
+from zss.ops.pseudo_labels import pseudo_labels
+
+__all__ = ["ClipZSS"]
+
+_NEG = -1e4  # logit of a pseudo channel that does not exist in an image (finite: no NaN in BCE/CE grads)
+
+
+def _zero(ref: Tensor) -> Tensor:
+    return ref.new_zeros((), dtype=torch.float32)
+
+
+class ClipZSS(Method):
+    """CLIP-ZSS training method (DESIGN §5). Tags: [paper], [summary], or "ours" (not in the paper: our
+    default) for every number.
+
+    Args:
+        student, teacher, classnames, unseen, templates, text_embeds, ignore_index: see
+            :class:`~zss.methods.base.Method`. The teacher must return ``cls`` ``Tensor[B, D]`` and
+            ``dense`` ``Tensor[B, D, h, w]`` (FrozenCLIP or OracleTeacher; the oracle reads
+            ``batch["full_label"]``).
+        use_glm: enable the GLM term (ablation switch).
+        use_plm: enable pseudo labels + synthesizer + BCE. With ``use_plm=False`` the dense supervision
+            is CE + NEL on the seen GT only (fused labels = seen labels; no synthesizer is built).
+        glm_weight: weight of L_GLM [ours: 1.0; the summary's L is an unweighted sum].
+        glm_tau: InfoNCE temperature [ours: 0.07]. bank_size: CLS bank size in tokens [ours: 1024].
+        glm_attn_scale: attention scale of the CLS-query pooling; None = 1/√D [summary].
+        glm_pool: where GLM pools the student's embeds: ``"teacher"`` (adaptive average pool to the
+            teacher's h×w patch grid, then re-normalised; ours, default), ``"none"`` (student
+            resolution) or an int k (``avg_pool2d`` with kernel = stride = k student cells).
+        glm_mask_padding: exclude cells that are entirely padding (``batch["valid"]`` False) from the
+            GLM attention [ours: True].
+        pl_scales: window sides in teacher patches of the K-Means seeds (stride ⌊s/2⌋ [summary]); None =
+            the ops default ``(4, 8, 16)`` (ours, for a 32×32 grid).
+        pl_lambda: cosine threshold λ for fusing K-Means masks; None = ops default 0.9 (ours).
+        pl_iters: K-Means iterations; None = ops default 10 (ours).
+        pl_min_area: smallest pseudo region kept, in teacher patches; None = ops default 4 (ours).
+        pl_max_regions: cap on pseudo regions per image (largest kept); None = no cap (ours).
+        pl_kwargs: extra keyword arguments for :func:`zss.ops.pseudo_labels.pseudo_labels` (e.g. ``mode``).
+        alpha: logit scale α of the seen part; None = the student's ``logit_scale`` (the same scale as
+            test-time logits; ours).
+        beta: logit scale β of the pseudo part, applied to cosines [ours: 1/0.07].
+        ce_weight: weight of CE on F [ours: 1.0].
+        nel_weight: weight of the whole NEL term [ours: 1.0]; inside it ``focal_weight`` (ZegCLIP: 100)
+            and ``dice_weight`` (ZegCLIP: 1).
+        focal_reduction: normalisation of the focal term, ``"zegclip"`` or ``"mean"`` (see
+            :func:`zss.methods.losses.sigmoid_focal_loss`).
+        bce_weight: weight of L_BCE [ours: 1.0].
+        bce_scale, bce_bias: BCE logits = ``bce_scale · <P_seen, T_seen> + bce_bias`` [ours: 1/0.07, 0].
+        synth_depth, synth_heads, synth_ffn_dim, synth_memory, synth_detach_prototypes: see
+            :class:`~zss.models.synthesizer.WeightSynthesizer` [ours: 2, 4, 4·D, "cls", False].
+        loss_resolution: ``"label"`` (default, as the baseline: logits bilinearly upsampled to the label
+            size) or ``"logits"`` (F nearest-downsampled to the logit grid: ~16× cheaper) [ours].
+
+    Raises:
+        ValueError: bad option values, or a teacher/text dimension that does not match the student.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        classnames: Sequence[str],
+        unseen: Sequence[int],
+        templates: Sequence[str] = ("a photo of a {}.",),
+        text_embeds: Tensor | None = None,
+        ignore_index: int = 255,
+        *,
+        use_glm: bool = True,
+        use_plm: bool = True,
+        glm_weight: float = 1.0,
+        glm_tau: float = 0.07,
+        bank_size: int = 1024,
+        glm_attn_scale: float | None = None,
+        glm_pool: str | int = "teacher",
+        glm_mask_padding: bool = True,
+        pl_scales: Sequence[int] | None = None,
+        pl_lambda: float | None = None,
+        pl_iters: int | None = None,
+        pl_min_area: int | None = None,
+        pl_max_regions: int | None = None,
+        pl_kwargs: dict[str, Any] | None = None,
+        alpha: float | None = None,
+        beta: float = 1 / 0.07,
+        ce_weight: float = 1.0,
+        nel_weight: float = 1.0,
+        focal_weight: float = 100.0,
+        dice_weight: float = 1.0,
+        focal_reduction: str = "zegclip",
+        bce_weight: float = 1.0,
+        bce_scale: float = 1 / 0.07,
+        bce_bias: float = 0.0,
+        synth_depth: int = 2,
+        synth_heads: int = 4,
+        synth_ffn_dim: int | None = None,
+        synth_memory: str = "cls",
+        synth_detach_prototypes: bool = False,
+        loss_resolution: str = "label",
+    ) -> None:
+        super().__init__(student, teacher, classnames, unseen, templates, text_embeds, ignore_index)
+        if teacher is None and (use_glm or use_plm):
+            raise ValueError("ClipZSS needs a teacher for GLM/PLM (use_glm/use_plm); pass one or disable both")
+        if loss_resolution not in ("label", "logits"):
+            raise ValueError(f"ClipZSS: loss_resolution must be 'label' or 'logits', got {loss_resolution!r}")
+        if not (glm_pool in ("teacher", "none") or (isinstance(glm_pool, int) and glm_pool >= 1)):
+            raise ValueError(f"ClipZSS: glm_pool must be 'teacher', 'none' or an int >= 1, got {glm_pool!r}")
+        if self.num_seen + 1 > ignore_index and use_plm:
+            raise ValueError(f"ClipZSS: {self.num_seen} seen classes leave no room for pseudo ids below "
+                             f"ignore_index={ignore_index}")
+        dim = int(self.text_embeds.shape[1])
+        sdim = getattr(student, "embed_dim", dim)
+        if int(sdim) != dim:
+            raise ValueError(f"ClipZSS: student embed_dim={sdim} != text embedding dim {dim}; set the student's "
+                             "embed_dim to the teacher's joint-space width")
+        self.use_glm, self.use_plm = bool(use_glm), bool(use_plm)
+        self.glm_weight, self.ce_weight, self.nel_weight, self.bce_weight = (
+            float(glm_weight), float(ce_weight), float(nel_weight), float(bce_weight))
+        self.glm_pool, self.glm_mask_padding = glm_pool, bool(glm_mask_padding)
+        self.alpha, self.beta = (None if alpha is None else float(alpha)), float(beta)
+        self.focal_weight, self.dice_weight = float(focal_weight), float(dice_weight)
+        self.focal_reduction = focal_reduction
+        self.bce_scale, self.bce_bias = float(bce_scale), float(bce_bias)
+        self.loss_resolution = loss_resolution
+        self.glm = (GlobalDistillLoss(dim, tau=glm_tau, bank_size=bank_size, attn_scale=glm_attn_scale)
+                    if use_glm else None)
+        self.synthesizer = (
+            WeightSynthesizer(dim, depth=synth_depth, heads=synth_heads, ffn_dim=synth_ffn_dim, memory=synth_memory,
+                              detach_prototypes=synth_detach_prototypes, ignore_index=ignore_index)
+            if use_plm else None
+        )
+        self.pl_kwargs = {k: v for k, v in dict(scales=pl_scales, lam=pl_lambda, iters=pl_iters, min_area=pl_min_area,
+                                                 max_regions=pl_max_regions).items() if v is not None}
+        self.pl_kwargs.update(pl_kwargs or {})
+
+    # ------------------------------------------------------------------ pieces
+    def pseudo_label_map(self, dense: Tensor, seen_label: Tensor, valid: Tensor) -> Tensor:
+        """Fused labels F from the teacher's dense tokens (PLM, DESIGN §5 [summary]).
+
+        Calls :func:`zss.ops.pseudo_labels.pseudo_labels` (multi-scale window seeds -> batched cosine
+        K-Means -> mask fusion) with this method's ``pl_*`` settings.
+
+        Args:
+            dense: teacher dense tokens ``Tensor[B, D, h, w] float32`` (L2-normalised).
+            seen_label: ``Tensor[B, H, W] int64`` seen positions ``[0, N_seen)`` or ``ignore_index``.
+            valid: ``Tensor[B, H, W] bool``, False on padding.
+
+        Returns:
+            fused labels ``Tensor[B, H, W] int64``: the seen GT unchanged, pseudo ids ``N_seen + k``
+            only where ``seen_label == ignore_index`` and ``valid``, ``ignore_index`` elsewhere.
+        """
+        out = pseudo_labels(dense, seen_label, valid, self.num_seen, ignore_index=self.ignore_index,
+                            **self.pl_kwargs)
+        return out.labels
+
+    def _glm_inputs(self, embeds: Tensor, grid: tuple[int, int], valid: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Student embeds pooled for GLM (``Tensor[B, D, h', w']``, re-normalised) and their cell mask."""
+        if self.glm_pool == "teacher":
+            pooled = F.adaptive_avg_pool2d(embeds, grid)
+        elif self.glm_pool == "none":
+            pooled = embeds
+        else:
+            k = int(self.glm_pool)
+            pooled = F.avg_pool2d(embeds, k, k, ceil_mode=True) if k > 1 else embeds
+        pooled = F.normalize(pooled, dim=1)
+        mask = None
+        if self.glm_mask_padding and not bool(valid.all()):
+            mask = F.adaptive_avg_pool2d(valid[:, None].float(), pooled.shape[-2:])[:, 0] > 0  # [B, h', w']
+        return pooled, mask
+
+    def _seen_logits(self, embeds: Tensor) -> Tensor:
+        """α·<R, T_seen>: ``Tensor[B, N_seen, h, w] float32``."""
+        text = self.text_embeds[self.seen]
+        if self.alpha is None:
+            return self.student.logits(embeds, text.to(embeds.dtype)).float()
+        return self.alpha * torch.einsum("bdhw,cd->bchw", F.normalize(embeds.float(), dim=1), text.float())
+
+    def _bce(self, syn: SynthOutput) -> Tensor:
+        """BCE pulling P_seen to its class's text embed (target 1) and away from the other seen classes (0)."""
+        sel = syn.seen_mask(self.num_seen)  # [B, Q]
+        w = syn.weights[sel]  # [n, D]
+        if w.shape[0] == 0:
+            return syn.weights.sum() * 0.0
+        logits = self.bce_scale * w @ self.text_embeds[self.seen].float().t() + self.bce_bias  # [n, N_seen]
+        target = F.one_hot(syn.region_ids[sel], self.num_seen).float()
+        return F.binary_cross_entropy_with_logits(logits, target)
+
+    @staticmethod
+    def _nearest_down(label: Tensor, size: tuple[int, int]) -> Tensor:
+        """Nearest (cell-centre) downsampling of ``Tensor[B, H, W]`` int labels to ``size``."""
+        H, W = label.shape[-2:]
+        h, w = size
+        if (H, W) == (h, w):
+            return label
+        ys = ((torch.arange(h, device=label.device) + 0.5) * H / h).long().clamp(max=H - 1)
+        xs = ((torch.arange(w, device=label.device) + 0.5) * W / w).long().clamp(max=W - 1)
+        return label[:, ys][:, :, xs]
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict) -> dict[str, Tensor]:
+        """One CLIP-ZSS training step.
+
+        Args:
+            batch: ``image`` Tensor[B, 3, H, W] float32 (normalised), ``label`` Tensor[B, H, W] int64
+                (seen-only benchmark ids, 255 elsewhere), optional ``full_label`` Tensor[B, H, W]
+                (read only by the OracleTeacher), optional ``valid`` Tensor[B, H, W] bool (False on
+                padding; all True when missing).
+
+        Returns:
+            dict of scalars: ``loss`` = glm_weight·L_GLM + nel_weight·L_NEL + ce_weight·L_CE +
+            bce_weight·L_BCE (with graph); unweighted, detached ``loss_glm``, ``loss_ce``,
+            ``loss_nel`` (= focal_weight·focal + dice_weight·dice), ``loss_focal``, ``loss_dice``,
+            ``loss_bce``, ``glm_acc`` (fraction of anchors whose own CLS scores highest) and
+            ``pl_regions`` (mean pseudo regions per image). Disabled terms are reported as 0.
+        """
+        images, label = batch["image"], batch["label"]  # [B,3,H,W], [B,H,W]
+        valid = batch.get("valid")
+        valid = torch.ones_like(label, dtype=torch.bool) if valid is None else valid.to(label.device).bool()
+        seen_label = self.to_seen_ids(label)  # [B, H, W] seen positions / 255
+
+        embeds = self.student(images)  # R [B, D, h_s, w_s]
+        zero = _zero(embeds)
+        out: dict[str, Tensor] = {k: zero for k in ("loss_glm", "loss_ce", "loss_nel", "loss_focal", "loss_dice",
+                                                    "loss_bce", "glm_acc", "pl_regions")}
+        teach = None
+        if self.use_glm or self.use_plm:
+            with torch.no_grad():
+                teach = self.teacher(images, full_label=batch.get("full_label"))
+            cls = teach["cls"].detach().float()  # [B, D]
+            dense = teach["dense"].detach().float()  # [B, D, h, w]
+        total = zero
+
+        # ---- GLM
+        if self.use_glm:
+            pooled, mask = self._glm_inputs(embeds, tuple(dense.shape[-2:]), valid)
+            glm = self.glm(pooled, cls, mask)
+            total = total + self.glm_weight * glm["loss_glm"]
+            out["loss_glm"], out["glm_acc"] = glm["loss_glm"].detach(), glm["glm_acc"]
+
+        # ---- PLM: fused labels, synthesized weights, logits over seen + pseudo channels
+        logits = self._seen_logits(embeds)  # [B, N_seen, h_s, w_s]
+        target = seen_label
+        class_mask = None
+        if self.use_plm:
+            with torch.no_grad():
+                fused = self.pseudo_label_map(dense, seen_label, valid).to(label.device).long()  # F [B, H, W]
+                pseudo_px = (fused != self.ignore_index) & (fused >= self.num_seen)
+                max_pseudo = int(fused[pseudo_px].max()) - self.num_seen + 1 if bool(pseudo_px.any()) else 0
+            syn = self.synthesizer(embeds, fused, cls, dense=dense, num_ids=self.num_seen + max_pseudo)
+            p_pseudo, present = syn.by_id(self.num_seen, max_pseudo)  # [B, K, D], [B, K]
+            if max_pseudo > 0:
+                cos = torch.einsum("bdhw,bkd->bkhw", F.normalize(embeds, dim=1), p_pseudo.to(embeds.dtype)).float()
+                pl = (self.beta * cos).masked_fill(~present[:, :, None, None], _NEG)
+                logits = torch.cat([logits, pl], dim=1)  # [B, N_seen + K, h_s, w_s]
+            class_mask = torch.cat([present.new_ones(len(present), self.num_seen), present], dim=1)
+            target = fused
+            loss_bce = self._bce(syn)
+            # keeps every synthesizer parameter in the graph even when a batch has no region (DDP)
+            total = total + self.bce_weight * loss_bce + syn.weights.sum() * 0.0
+            out["loss_bce"] = loss_bce.detach()
+            out["pl_regions"] = syn.pseudo_mask(self.num_seen).sum(1).float().mean().detach()
+
+        if self.loss_resolution == "label":
+            logits = upsample_logits(logits, tuple(target.shape[-2:]))
+        else:
+            target = self._nearest_down(target, tuple(logits.shape[-2:]))
+        loss_ce = safe_cross_entropy(logits, target, self.ignore_index)
+        nel = nel_loss(logits, target, self.ignore_index, class_mask, self.focal_weight, self.dice_weight,
+                       focal_reduction=self.focal_reduction)
+        total = total + self.ce_weight * loss_ce + self.nel_weight * nel["loss_nel"]
+        out.update(loss_ce=loss_ce.detach(), loss_nel=nel["loss_nel"].detach(),
+                   loss_focal=nel["loss_focal"], loss_dice=nel["loss_dice"])
+        out["loss"] = total
+        return out
+
+    # ------------------------------------------------------------------ optimisation
+    def param_groups(self, lr: float, head_lr_mult: float = 10.0, weight_decay: float = 0.01) -> list[dict]:
+        """Student groups (backbone lr, head lr × head_lr_mult) plus the synthesizer at the head lr
+        (weight decay on ≥2-D weights only, as the student's rule). The teacher is never included."""
+        groups = list(self.student.param_groups(lr, head_lr_mult=head_lr_mult, weight_decay=weight_decay))
+        if self.synthesizer is not None:
+            decay = [p for p in self.synthesizer.parameters() if p.requires_grad and p.ndim > 1]
+            no_decay = [p for p in self.synthesizer.parameters() if p.requires_grad and p.ndim <= 1]
+            if decay:
+                groups.append(dict(params=decay, lr=lr * head_lr_mult, weight_decay=weight_decay, name="synthesizer"))
+            if no_decay:
+                groups.append(dict(params=no_decay, lr=lr * head_lr_mult, weight_decay=0.0,
+                                   name="synthesizer_no_decay"))
+        return groups

@@ -1,0 +1,242 @@
+"""CLIP-ZSS weight synthesizer (PLM, DESIGN §5 [summary]).
+
+Region prototypes — masked average pools of the student's dense embeds over each region of the fused
+label map F (seen classes present in the image, and per-image pseudo regions) — are the queries of a
+small transformer decoder whose keys/values are the CLIP CLS token (optionally plus the teacher's dense
+tokens). The decoder outputs one classifier weight per region, L2-normalised: ``P_seen`` for regions
+that are seen classes, ``P_pseudo`` for pseudo regions.
+
+Everything is batched: each image's regions are packed into ``Q = max regions per image`` slots with a
+validity mask (no Python loop over images). The synthesizer is a training-only part of CLIP-ZSS: it is
+trained and checkpointed but never used at test time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["SynthOutput", "WeightSynthesizer", "region_prototypes"]
+
+
+@dataclass
+class SynthOutput:
+    """Result of :class:`WeightSynthesizer` for a batch (``Q`` = max regions in any image, >= 1).
+
+    Attributes:
+        weights: P ``Tensor[B, Q, D] float32``, L2-normalised synthesized classifier weights.
+        prototypes: ``Tensor[B, Q, D] float32``, L2-normalised region prototypes (decoder queries).
+        region_ids: ``Tensor[B, Q] int64``: the F id of each slot (seen position in ``[0, num_seen)``
+            or pseudo id ``>= num_seen``), ``-1`` for padding slots.
+        valid: ``Tensor[B, Q] bool``, False on padding slots.
+        area: ``Tensor[B, Q] float32``, region size in label pixels (0 on padding).
+    """
+
+    weights: Tensor
+    prototypes: Tensor
+    region_ids: Tensor
+    valid: Tensor
+    area: Tensor
+
+    def seen_mask(self, num_seen: int) -> Tensor:
+        """``Tensor[B, Q] bool``: valid slots whose region is a seen class."""
+        return self.valid & (self.region_ids < num_seen)
+
+    def pseudo_mask(self, num_seen: int) -> Tensor:
+        """``Tensor[B, Q] bool``: valid slots whose region is a pseudo region."""
+        return self.valid & (self.region_ids >= num_seen)
+
+    def by_id(self, start: int, count: int) -> tuple[Tensor, Tensor]:
+        """Scatter the weights of ids ``start .. start+count-1`` into an id-indexed layout.
+
+        Returns:
+            ``(Tensor[B, count, D], Tensor[B, count] bool)``: the weight of id ``start + k`` at position
+            k (zeros where that id is not present in the image) and the presence mask. Differentiable.
+        """
+        b, _, d = self.weights.shape
+        sel = self.valid & (self.region_ids >= start) & (self.region_ids < start + count)
+        bi, qi = sel.nonzero(as_tuple=True)
+        ki = self.region_ids[bi, qi] - start
+        out = self.weights.new_zeros(b, count, d).index_put((bi, ki), self.weights[bi, qi])
+        present = torch.zeros(b, count, dtype=torch.bool, device=self.weights.device)
+        present[bi, ki] = True
+        return out, present
+
+
+def region_prototypes(
+    embeds: Tensor, fused: Tensor, num_ids: int | None = None, ignore_index: int = 255
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Masked average pooling of dense embeds over the regions of a label map, packed per image.
+
+    Each label pixel is assigned to the embed cell it falls in (cell = ``floor(y·h/H), floor(x·w/W)``),
+    so a region's prototype is the area-weighted mean of the embeds it covers: exact area pooling when
+    H, W are multiples of h, w, and no region of F is lost however small (not in the paper: our choice,
+    vs. nearest-downsampling F, which drops regions smaller than a cell).
+
+    Args:
+        embeds: R ``Tensor[B, D, h, w]`` (any float dtype; pooled in float32).
+        fused: F ``Tensor[B, H, W] int64`` with ids in ``[0, num_ids)`` or ``ignore_index``.
+        num_ids: number of possible ids (default ``max id + 1``).
+        ignore_index: id of pixels that belong to no region (255).
+
+    Returns:
+        ``(prototypes Tensor[B, Q, D] float32 L2-normalised, region_ids Tensor[B, Q] int64 (-1 = pad),
+        valid Tensor[B, Q] bool, area Tensor[B, Q] float32 pixels)`` with ``Q = max(1, max regions per
+        image)``; slots are in increasing id order.
+
+    Raises:
+        ValueError: on mismatched batch sizes or ids outside ``[0, num_ids)``.
+    """
+    if embeds.dim() != 4 or fused.dim() != 3 or embeds.shape[0] != fused.shape[0]:
+        raise ValueError(f"region_prototypes: embeds must be [B, D, h, w] and fused [B, H, W]; got "
+                         f"{tuple(embeds.shape)} and {tuple(fused.shape)}")
+    b, d, h, w = embeds.shape
+    H, W = fused.shape[-2:]
+    dev = embeds.device
+    fused = fused.to(dev).long()
+    valid_px = fused != ignore_index
+    ids = torch.where(valid_px, fused, torch.zeros_like(fused))
+    if num_ids is None:
+        num_ids = int(ids.max()) + 1 if bool(valid_px.any()) else 1
+    if bool(valid_px.any()) and (int(ids[valid_px].min()) < 0 or int(ids[valid_px].max()) >= num_ids):
+        raise ValueError(f"region_prototypes: fused ids must lie in [0, {num_ids}) or be {ignore_index}; got "
+                         f"range [{int(ids[valid_px].min())}, {int(ids[valid_px].max())}]")
+    bidx = torch.arange(b, device=dev)[:, None, None].expand(b, H, W)
+    # region presence / area per (image, id)
+    key = (bidx * num_ids + ids)[valid_px]
+    area_full = torch.bincount(key, minlength=b * num_ids).view(b, num_ids).float()  # [B, num_ids]
+    present = area_full > 0
+    q = max(1, int(present.sum(1).max()))
+    slot_of_id = present.long().cumsum(1) - 1  # [B, num_ids] slot index for present ids
+    region_ids = torch.full((b, q), -1, dtype=torch.long, device=dev)
+    area = torch.zeros(b, q, device=dev)
+    pb, pid = present.nonzero(as_tuple=True)
+    region_ids[pb, slot_of_id[pb, pid]] = pid
+    area[pb, slot_of_id[pb, pid]] = area_full[pb, pid]
+    valid = region_ids >= 0
+    # per-(slot, cell) pixel counts -> area-weighted pooling weights
+    ys = torch.div(torch.arange(H, device=dev) * h, H, rounding_mode="floor")
+    xs = torch.div(torch.arange(W, device=dev) * w, W, rounding_mode="floor")
+    cell = (ys[:, None] * w + xs[None, :]).expand(b, H, W)
+    slot = slot_of_id.gather(1, ids.view(b, -1)).view(b, H, W)
+    key = ((bidx * q + slot) * (h * w) + cell)[valid_px]
+    counts = torch.bincount(key, minlength=b * q * h * w).view(b, q, h * w).float()  # [B, Q, hw]
+    weights = counts / counts.sum(-1, keepdim=True).clamp(min=1.0)
+    protos = torch.bmm(weights, embeds.float().flatten(2).transpose(1, 2))  # [B, Q, D]
+    return F.normalize(protos, dim=-1), region_ids, valid, area
+
+
+def _pick_heads(dim: int, heads: int) -> int:
+    """Largest head count <= ``heads`` that divides ``dim``."""
+    for n in range(max(1, heads), 0, -1):
+        if dim % n == 0:
+            return n
+    return 1
+
+
+class WeightSynthesizer(nn.Module):
+    """Synthesize per-region classifier weights from student prototypes and the CLIP CLS token.
+
+    DESIGN §5 [summary]: queries = region prototypes of the student's dense embeds, keys/values = the
+    CLIP CLS token; outputs P_seen / P_pseudo. Depth, width, heads and the memory choice are not in the
+    paper: our defaults.
+
+    Architecture: ``nn.TransformerDecoder`` of ``depth`` pre-norm layers (self-attention among one
+    image's regions with padding masked, cross-attention to the memory, FFN), ``batch_first``. With
+    ``zero_init_residual`` the last linear of every residual branch starts at zero, so at
+    initialisation P = normalize(prototype) (our choice: a usable pseudo classifier from step 0).
+
+    Args:
+        dim: D, joint embedding width (student embeds, CLS and output weights).
+        depth: decoder layers [ours: 2].
+        heads: attention heads [ours: 4]; reduced to the largest divisor of D not above it.
+        ffn_dim: FFN hidden width; ``None`` -> ``4·D`` [ours].
+        dropout: decoder dropout [ours: 0.0].
+        memory: ``"cls"`` (keys/values = CLS token only, [summary]) or ``"cls+dense"`` (CLS plus the
+            teacher's dense tokens; ours, optional).
+        zero_init_residual: see above [ours: True].
+        detach_prototypes: stop gradients from the weights into the student through the prototypes
+            [ours: False — the pseudo-region logits then also shape the student's embeds via P].
+        ignore_index: label id of pixels outside every region (255).
+
+    Raises:
+        ValueError: on an unknown ``memory`` or non-positive sizes.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int = 2,
+        heads: int = 4,
+        ffn_dim: int | None = None,
+        dropout: float = 0.0,
+        memory: str = "cls",
+        zero_init_residual: bool = True,
+        detach_prototypes: bool = False,
+        ignore_index: int = 255,
+    ) -> None:
+        super().__init__()
+        if memory not in ("cls", "cls+dense"):
+            raise ValueError(f"WeightSynthesizer: memory must be 'cls' or 'cls+dense', got {memory!r}")
+        if dim < 1 or depth < 1 or heads < 1:
+            raise ValueError(f"WeightSynthesizer: dim, depth, heads must be >= 1, got {dim}, {depth}, {heads}")
+        self.dim, self.memory, self.ignore_index = int(dim), memory, int(ignore_index)
+        self.detach_prototypes = bool(detach_prototypes)
+        self.heads = _pick_heads(self.dim, heads)
+        layer = nn.TransformerDecoderLayer(
+            d_model=self.dim, nhead=self.heads, dim_feedforward=ffn_dim or 4 * self.dim, dropout=dropout,
+            batch_first=True, norm_first=True,
+        )
+        self.decoder = nn.TransformerDecoder(layer, num_layers=depth)
+        if zero_init_residual:
+            for lyr in self.decoder.layers:
+                for lin in (lyr.self_attn.out_proj, lyr.multihead_attn.out_proj, lyr.linear2):
+                    nn.init.zeros_(lin.weight)
+                    nn.init.zeros_(lin.bias)
+
+    def forward(
+        self,
+        embeds: Tensor,
+        fused: Tensor,
+        cls: Tensor,
+        dense: Tensor | None = None,
+        num_ids: int | None = None,
+    ) -> SynthOutput:
+        """Synthesize one weight per region of ``fused``.
+
+        Args:
+            embeds: student dense embeds R ``Tensor[B, D, h, w]``.
+            fused: fused label map F ``Tensor[B, H, W] int64`` (seen positions, pseudo ids, ignore_index).
+            cls: CLIP CLS tokens ``Tensor[B, D]`` (no grad needed).
+            dense: teacher dense tokens ``Tensor[B, D, h_t, w_t]``; required for ``memory="cls+dense"``.
+            num_ids: number of possible F ids (default: max id + 1).
+
+        Returns:
+            :class:`SynthOutput` (float32).
+
+        Raises:
+            ValueError: ``dense`` missing for ``memory="cls+dense"`` or a D mismatch.
+        """
+        if embeds.shape[1] != self.dim or cls.shape[-1] != self.dim:
+            raise ValueError(f"WeightSynthesizer(dim={self.dim}): got embeds D={embeds.shape[1]}, "
+                             f"cls D={cls.shape[-1]}")
+        if self.memory == "cls+dense" and dense is None:
+            raise ValueError("WeightSynthesizer(memory='cls+dense') needs the teacher's dense tokens")
+        src = embeds.detach() if self.detach_prototypes else embeds
+        # float32 throughout (small tensors), also under autocast
+        with torch.autocast(device_type=embeds.device.type, enabled=False):
+            protos, region_ids, valid, area = region_prototypes(src.float(), fused, num_ids, self.ignore_index)
+            mem = cls.detach().float()[:, None, :]  # [B, 1, D]
+            if self.memory == "cls+dense":
+                mem = torch.cat([mem, dense.detach().float().flatten(2).transpose(1, 2)], dim=1)  # [B, 1+N, D]
+            # a row whose keys are all masked would give NaN attention: unmask slot 0 of region-less images
+            pad = ~valid
+            pad[:, 0] &= valid.any(dim=1)
+            out = self.decoder(protos, mem, tgt_key_padding_mask=pad)  # [B, Q, D]
+            out = F.normalize(out.float(), dim=-1)
+        return SynthOutput(weights=out, prototypes=protos, region_ids=region_ids, valid=valid, area=area)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, heads={self.heads}, memory={self.memory!r}"
