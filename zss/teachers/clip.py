@@ -556,7 +556,8 @@ class FrozenCLIP(nn.Module):
             return getattr(blk, "ln_attn", nn.Identity())(v)
         raise TypeError(f"FrozenCLIP: unsupported attention module {type(attn).__name__} for maskclip mode")
 
-    def maskclip_block(self, blk: nn.Module, x: Tensor) -> Tensor:
+    @staticmethod
+    def maskclip_block(blk: nn.Module, x: Tensor) -> Tensor:
         """MaskCLIP form of a residual block (DESIGN §3): attention replaced by its value path.
 
         x' = x + ls_1(out_proj(v_proj(ln_1(x)))); x' = x' + ls_2(mlp(ln_2(x'))). Per token, so the class
@@ -567,7 +568,7 @@ class FrozenCLIP(nn.Module):
         Returns:
             Tensor[B, L, W].
         """
-        x = x + blk.ls_1(self._value_path(blk, blk.ln_1(x)))
+        x = x + blk.ls_1(FrozenCLIP._value_path(blk, blk.ln_1(x)))
         return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
 
     def run_blocks(self, x_tokens: Tensor, start_block: int = 0, maskclip_last: bool = False) -> Tensor:
