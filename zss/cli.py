@@ -213,6 +213,17 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         tag = f"eval_{ds.benchmark}_{cfg.split or ds.val_split}"
         _report(results, out, tag, note=_teacher_note(ckpt.get("teacher") or {}))
+        eff_mode = cfg.get("efficiency", "auto")
+        if eff_mode:
+            from zss.engine.efficiency import efficiency_report, format_efficiency
+
+            eff = efficiency_report(method, image_size=(512, 512), device=device, amp_dtype=amp,
+                                    batch_size=int(ev.eval_crop_batch),
+                                    measure=eff_mode is True or device.type == "cuda")
+            text = format_efficiency(eff, title=f"Efficiency (test-time model, {ds.benchmark})")
+            print("\n" + text)
+            (out / f"{tag}_efficiency.md").write_text(text + "\n")
+            (out / f"{tag}_efficiency.json").write_text(json.dumps(eff, indent=2, default=str))
     zdist.cleanup()
     return results
 

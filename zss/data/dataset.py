@@ -21,6 +21,7 @@ from .classes import get_benchmark, layout
 __all__ = ["SegDataset", "build_dataset", "read_label"]
 
 _ROOT_HINT = "Set dataset.root=/path/to/the/dataset (the folder holding the layout above) or see README (data preparation)."
+_CHECK_HINT = "Run `python -m zss.data.check dataset={name} root={root}` to list every problem with its fix."
 
 
 def read_label(path: str | os.PathLike) -> np.ndarray:
@@ -194,7 +195,7 @@ class SegDataset(torch.utils.data.Dataset):
             raise FileNotFoundError(
                 f"Split file {str(sf)!r}: {len(missing)} of {len(names)} ids have no image or annotation; "
                 f"first missing id {first!r} (expected {str(path)!r}). The dataset is incomplete or the split "
-                f"file belongs to another layout. {_ROOT_HINT}"
+                f"file belongs to another layout. {_ROOT_HINT} {self._check_hint()}"
             )
         return names
 
@@ -211,7 +212,7 @@ class SegDataset(torch.utils.data.Dataset):
         if not names:
             raise FileNotFoundError(
                 f"No '*{self.img_suffix}' image in {str(self.img_dir)!r} has a matching '*{self.seg_suffix}' "
-                f"annotation in {str(self.ann_dir)!r}. {_ROOT_HINT}"
+                f"annotation in {str(self.ann_dir)!r}. {_ROOT_HINT} {self._check_hint()}"
             )
         return names
 
@@ -240,7 +241,10 @@ class SegDataset(torch.utils.data.Dataset):
 
     def _load_raw(self, i: int) -> np.ndarray:
         path = self.ann_path(i)
-        raw = read_label(path)
+        try:
+            raw = read_label(path)
+        except ValueError as e:
+            raise ValueError(f"{e} {self._check_hint()}") from None
         values = np.unique(raw)
         bad = values[~self._valid_raw[values]]
         if bad.size:
@@ -249,9 +253,14 @@ class SegDataset(torch.utils.data.Dataset):
                 f"Annotation {str(path)!r} has values {bad.tolist()} outside the class range: expected "
                 f"0..{hi} (+255 ignore) for num_classes={self.num_classes} with "
                 f"reduce_zero_label={self.reduce_zero_label}. Check reduce_zero_label and the dataset preset "
-                f"(e.g. context59 vs context60, raw COCO stuffthingmaps vs *_labelTrainIds.png)."
+                f"(e.g. context59 vs context60, raw COCO stuffthingmaps vs *_labelTrainIds.png). "
+                f"{self._check_hint()}"
             )
         return raw
+
+    def _check_hint(self) -> str:
+        name = getattr(getattr(self, "benchmark", None), "name", None) or "<preset>"
+        return _CHECK_HINT.format(name=name, root=self.root)
 
     def __getitem__(self, i: int) -> dict:
         img_path = self.img_path(i)
@@ -263,7 +272,7 @@ class SegDataset(torch.utils.data.Dataset):
             raise ValueError(
                 f"Label size {full.shape[1]}x{full.shape[0]} (WxH) of {str(self.ann_path(i))!r} differs from "
                 f"image size {img.shape[1]}x{img.shape[0]} of {str(img_path)!r}. Images and labels must be "
-                f"pixel-aligned; regenerate the annotation."
+                f"pixel-aligned; regenerate the annotation. {self._check_hint()}"
             )
         label = self._train_lut[raw]  # [H, W] int64, unseen -> ignore iff hide_unseen
         image_t = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).contiguous())
