@@ -10,10 +10,10 @@ say nothing about zero-shot segmentation: see :data:`ORACLE_WARNING`.
 from __future__ import annotations
 
 import logging
+import math
+import zlib
 from collections.abc import Sequence
 from typing import Any
-
-import zlib
 
 import torch
 import torch.nn.functional as F
@@ -38,8 +38,9 @@ class OracleTeacher(nn.Module):
         classnames: the benchmark's class names in label-id order (C names); ``text`` looks names up here.
         embed_dim: D, size of the class vectors (our default 64; set the teacher's D to match a student).
         patch_size: p, pixels per patch side; dense output is [B, D, H // p, W // p] (floor, like a ViT).
-        noise: std of the i.i.d. Gaussian noise added per dimension before renormalising (so the expected
-            noise norm is ``noise * sqrt(D)``); 0 gives exact mixes.
+        noise: expected norm of the Gaussian noise added to the unit-normalised mix before renormalising
+            (per-dimension std ``noise / sqrt(D)``), so it is relative to the signal whatever D and the class
+            areas; 0 gives exact mixes. [ours: 0.1]
         seed: seed of the class vectors (``torch.Generator``) and, offset by 2**31, of the noise stream.
         ignore_index: label value of ignored pixels (255).
         background: if True, ignored pixels use one extra "background/ignore" vector; if False they
@@ -122,7 +123,7 @@ class OracleTeacher(nn.Module):
 
     def _noise(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
         n = torch.randn(shape, generator=self._noise_gen)
-        return (self.noise * n).to(device=like.device, dtype=like.dtype)
+        return (self.noise / math.sqrt(self.embed_dim) * n).to(device=like.device, dtype=like.dtype)
 
     @torch.no_grad()
     def forward(self, images: Tensor | None, full_label: Tensor | None = None) -> dict[str, Any]:
@@ -135,7 +136,7 @@ class OracleTeacher(nn.Module):
         Returns:
             dict with ``cls`` Tensor[B, D] float32 and ``dense`` Tensor[B, D, h, w] float32 (both
             L2-normalised over D), ``h = H // p``, ``w = W // p`` (patches). Dense token of a patch =
-            normalise(sum_k area_fraction_k * class_embeds[k] + noise * N(0, I)), area fractions over the
+            normalise(normalise(sum_k area_fraction_k * class_embeds[k]) + noise/sqrt(D) * N(0, I)), area fractions over the
             p x p pixels of the patch (rows/columns beyond h*p, w*p are dropped, as a ViT's patchify does);
             cls = the same over the whole H x W image.
         Raises:
@@ -187,9 +188,9 @@ class OracleTeacher(nn.Module):
         gfrac = gcounts.view(B, nb)[:, :K].float() / float(H * W)  # [B, K]
         cls = gfrac @ emb  # [B, D]
 
-        if self.noise > 0:
-            dense = dense + self._noise(tuple(dense.shape), dense)
-            cls = cls + self._noise(tuple(cls.shape), cls)
+        if self.noise > 0:  # relative to the unit-norm mix: ||noise|| ~ self.noise whatever D or the areas
+            dense = F.normalize(dense, dim=-1) + self._noise(tuple(dense.shape), dense)
+            cls = F.normalize(cls, dim=-1) + self._noise(tuple(cls.shape), cls)
         dense = F.normalize(dense, dim=-1).transpose(1, 2).reshape(B, self.embed_dim, h, w).contiguous()
         cls = F.normalize(cls, dim=-1)
         return {"cls": cls, "dense": dense, "h": h, "w": w}
