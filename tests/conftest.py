@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,3 +30,32 @@ def repo_root() -> Path:
 def voc_root() -> Path:
     """Path to the bundled real PASCAL VOC 2012 sample (mmseg layout, 40 train / 20 val)."""
     return _find_voc()
+
+
+# Overrides that turn experiment=demo into a seconds-long run (test_resnet student, 64 px crops).
+TINY = [
+    "experiment=demo", "model.backbone=test_resnet", "model.decoder_channels=16", "teacher.embed_dim=16",
+    "dataset.crop_size=[64,64]", "dataset.scale=[256,64]", "dataset.test_scale=[256,64]",
+    "trainer.max_steps=2", "trainer.batch_size=4", "trainer.eval_interval=0", "trainer.ckpt_interval=0",
+    "trainer.num_workers=0", "trainer.log_interval=1", "trainer.amp=fp32", "trainer.overlay_count=0",
+]
+ENV = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+
+
+def run_script(args: list[str], check: bool = True, prefix: list[str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``python <args>`` from the repo root (the user's path), asserting success when ``check``."""
+    out = subprocess.run([sys.executable, *(prefix or []), *args], cwd=REPO, env=ENV, capture_output=True,
+                         text=True, timeout=600)
+    if check:
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory, voc_root) -> Path:
+    """last.pt of a 2-step CLIP-ZSS demo run (oracle teacher, test_resnet student) made by scripts/train.py."""
+    root = tmp_path_factory.mktemp("runs")
+    run_script(["scripts/train.py", *TINY, f"run_root={root}", f"dataset.root={voc_root}"])
+    found = sorted(root.glob("*/*/last.pt"))
+    assert len(found) == 1, found
+    return found[0]

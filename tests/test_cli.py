@@ -3,36 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
-import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "experiment=demo", "model.backbone=test_resnet", "model.decoder_channels=16", "teacher.embed_dim=16",
-    "dataset.crop_size=[64,64]", "dataset.scale=[256,64]", "dataset.test_scale=[256,64]",
-    "trainer.max_steps=2", "trainer.batch_size=4", "trainer.eval_interval=0", "trainer.ckpt_interval=0",
-    "trainer.num_workers=0", "trainer.log_interval=1", "trainer.amp=fp32",
-]
+from conftest import TINY, run_script
 
 
 def _run(args, tmp_path, torchrun=False):
-    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    if torchrun:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531"]
-    else:
-        cmd = [sys.executable]
-    out = subprocess.run(cmd + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    prefix = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531"] if torchrun else None
+    out = run_script(args, prefix=prefix)
     return out.stdout + out.stderr
 
 
-def _only_run_dir(root: Path) -> Path:
+def _only_run_dir(root):
     runs = [p for p in root.glob("*/*") if p.is_dir()]
     assert len(runs) == 1, runs
     return runs[0]
@@ -68,8 +51,7 @@ def test_torchrun_two_cpu_processes(tmp_path, voc_root):
 
 
 def test_missing_dataset_root_is_one_clear_error(tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    out = subprocess.run([sys.executable, "scripts/train.py", "experiment=demo", "dataset.root=/nonexistent/voc",
-                          f"run_root={tmp_path}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    out = run_script(["scripts/train.py", "experiment=demo", "dataset.root=/nonexistent/voc", f"run_root={tmp_path}"],
+                     check=False)
     assert out.returncode != 0
     assert "/nonexistent/voc" in out.stderr

@@ -2,10 +2,8 @@
 experiment=demo, 2 steps, test_resnet), on real VOC images, with a new vocabulary and the default one."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,32 +23,18 @@ from zss.predict import (
     write_classes,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "experiment=demo", "model.backbone=test_resnet", "model.decoder_channels=16", "teacher.embed_dim=16",
-    "dataset.crop_size=[64,64]", "dataset.scale=[256,64]", "dataset.test_scale=[256,64]",
-    "trainer.max_steps=2", "trainer.batch_size=4", "trainer.eval_interval=0", "trainer.ckpt_interval=0",
-    "trainer.num_workers=0", "trainer.log_interval=1", "trainer.amp=fp32", "trainer.overlay_count=0",
-]
+from conftest import ENV, TINY, run_script  # noqa: F401  (shared tiny-run helpers)
+
 IMAGES = ("2007_000032", "2007_000061")
-ENV = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
 
 
 def _run(args: list[str], check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
-    if check:
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
-    return out
+    return run_script(args, check=check)
 
 
 @pytest.fixture(scope="session")
-def ckpt(tmp_path_factory, voc_root) -> Path:
-    """last.pt of a 2-step demo run (oracle teacher, test_resnet student), trained by scripts/train.py."""
-    root = tmp_path_factory.mktemp("runs")
-    _run(["scripts/train.py", *TINY, f"run_root={root}", f"dataset.root={voc_root}"])
-    found = sorted(root.glob("*/*/last.pt"))
-    assert len(found) == 1, found
-    return found[0]
+def ckpt(tiny_ckpt) -> Path:
+    return tiny_ckpt
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ from torch.utils.data import Subset
 from zss.data.classes import get_benchmark
 from zss.data.dataset import build_dataset
 from zss.data.transforms import build_test_transform, build_train_transform
-from zss.engine.checkpoint import load_checkpoint
 from zss.engine.trainer import Trainer, TrainConfig, lr_factor, new_run_dir
 from zss.methods.baseline import SeenOnlyBaseline
 from zss.models.student import Student

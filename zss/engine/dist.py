@@ -12,8 +12,32 @@ import torch
 import torch.distributed as dist
 
 
+def _slurm_env() -> None:
+    """Under SLURM (srun / Hydra's submitit launcher) without torchrun, derive torchrun's variables
+    from SLURM's: RANK = SLURM_PROCID, WORLD_SIZE = SLURM_NTASKS, LOCAL_RANK = SLURM_LOCALID,
+    MASTER_ADDR = first host of the job (``scontrol show hostnames``), MASTER_PORT = 20000 + job id % 20000."""
+    if "WORLD_SIZE" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return
+    os.environ.setdefault("RANK", os.environ["SLURM_PROCID"])
+    os.environ.setdefault("WORLD_SIZE", os.environ["SLURM_NTASKS"])
+    os.environ.setdefault("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0"))
+    if "MASTER_ADDR" not in os.environ:
+        host = "127.0.0.1"
+        nodes = os.environ.get("SLURM_JOB_NODELIST")
+        if nodes:
+            try:
+                import subprocess
+
+                host = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True,
+                                      timeout=30).stdout.split()[0]
+            except (OSError, IndexError, subprocess.SubprocessError):
+                pass
+        os.environ["MASTER_ADDR"] = host
+    os.environ.setdefault("MASTER_PORT", str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000))
+
+
 def init_distributed(device: str = "auto") -> torch.device:
-    """Initialise the process group when launched by torchrun; pick this rank's device.
+    """Initialise the process group when launched by torchrun (or SLURM tasks); pick this rank's device.
 
     Args:
         device: ``auto`` (CUDA ``LOCAL_RANK`` if available, else CPU), ``cpu`` or ``cuda``.
@@ -24,6 +48,7 @@ def init_distributed(device: str = "auto") -> torch.device:
     Raises:
         RuntimeError: ``device=cuda`` without a CUDA device.
     """
+    _slurm_env()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":

@@ -253,6 +253,7 @@ class Trainer:
         results = None
         while self.step < stop_at:
             lr = self._set_lr()
+            self.method.set_step(self.step)
             self.method.on_step(self.step, cfg.max_steps)
             self.optimizer.zero_grad(set_to_none=True)
             logs: dict[str, float] = {}

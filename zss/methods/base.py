@@ -5,10 +5,16 @@ the method adds); the teacher is frozen, kept out of the optimizer and out of ch
 (see :meth:`Method.checkpoint_state`). Text embeddings of every class of the benchmark are
 computed once from the teacher at construction and stored as a buffer, so evaluation of a
 checkpoint needs no teacher weights for the training vocabulary.
+
+The base class also carries the optional TRANSDUCTIVE setting shared by every method
+(:meth:`Method.configure_transductive`, :meth:`Method.self_training_loss`): unseen class names are
+known during training (``text_embeds`` holds every class anyway) and unlabelled pixels are
+self-trained with the model's own confident unseen-class predictions. Off by default (inductive).
 """
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,11 +36,18 @@ class Method(nn.Module):
         text_embeds: optional precomputed ``Tensor[C_all, D] float32`` (L2-normalised); computed
             from ``teacher.text(classnames, templates)`` when omitted.
         ignore_index: label value to ignore (255).
+        transductive: optional mapping of transductive self-training settings (config block
+            ``method.transductive``), keys ``enabled``, ``start_step``, ``threshold``, ``weight``,
+            ``topk_fraction`` — see :meth:`configure_transductive`. None or a missing key = that
+            setting's default (None: off, the inductive setting).
 
     Raises:
-        ValueError: when neither a teacher nor ``text_embeds`` is given, or ``unseen`` holds an id
-            outside ``[0, C_all)``.
+        ValueError: when neither a teacher nor ``text_embeds`` is given, ``unseen`` holds an id
+            outside ``[0, C_all)``, or ``transductive`` has an unknown key or a bad value.
     """
+
+    #: keys of the ``transductive`` constructor mapping (= :meth:`configure_transductive` arguments)
+    TRANSDUCTIVE_KEYS = ("enabled", "start_step", "threshold", "weight", "topk_fraction")
 
     def __init__(
         self,
@@ -45,6 +58,7 @@ class Method(nn.Module):
         templates: Sequence[str] = ("a photo of a {}.",),
         text_embeds: Tensor | None = None,
         ignore_index: int = 255,
+        transductive: Mapping | None = None,
     ) -> None:
         super().__init__()
         self.student = student
@@ -70,6 +84,14 @@ class Method(nn.Module):
         lut = torch.full((256,), ignore_index, dtype=torch.long)
         lut[seen_t] = torch.arange(len(seen_t))
         self.register_buffer("seen_lut", lut, persistent=False)
+        # ---- transductive self-training (off by default = inductive); the step comes from set_step()
+        self._step = 0
+        transductive = dict(transductive or {})
+        unknown = sorted(set(transductive) - set(self.TRANSDUCTIVE_KEYS))
+        if unknown:
+            raise ValueError(f"method.transductive: unknown key(s) {unknown}; valid keys are "
+                             f"{list(self.TRANSDUCTIVE_KEYS)}")
+        self.configure_transductive(**transductive)
 
     # ------------------------------------------------------------------ utilities
     @property
@@ -159,6 +181,159 @@ class Method(nn.Module):
 
     def on_step(self, step: int, max_steps: int) -> None:
         """Hook called by the trainer before every optimizer step (for schedules); no-op here."""
+
+    def set_step(self, step: int) -> None:
+        """Record the current optimizer step (0-based); the trainer calls it before every step, next to
+        :meth:`on_step` (which subclasses override freely). Read by the transductive ``start_step``
+        gate. A method driven outside the trainer stays at step 0 unless this is called."""
+        self._step = int(step)
+
+    # ------------------------------------------------------------------ transductive setting
+    def configure_transductive(
+        self,
+        enabled: bool = False,
+        start_step: int = 0,
+        threshold: float = 0.7,
+        weight: float = 1.0,
+        topk_fraction: float | None = None,
+    ) -> None:
+        """Settings of the transductive self-training term (:meth:`self_training_loss`).
+
+        Transductive setting (ZegCLIP and CLIP-RC offer one): the unseen class NAMES are known during
+        training and unlabelled training pixels are self-trained with the model's own confident
+        unseen-class predictions. The warm start (``start_step``) is inspired by ZegCLIP's transductive
+        recipe, which self-trains only after an inductive phase; everything else here — the selection
+        rule, threshold, weight and top-k — is ours (not in the papers: our defaults), not a copy of it.
+
+        Args:
+            enabled: turn the term on (default False = the inductive setting).
+            start_step: optimizer steps (0-based, as :meth:`set_step`) before which the term is 0
+                [ours: 0; ZegCLIP warms up inductively first].
+            threshold: minimum softmax probability (a fraction in [0, 1], over ALL classes) of an
+                unseen-class prediction for a pixel to be a pseudo target [ours: 0.7].
+            weight: weight of the term in the total loss, >= 0 [ours: 1.0].
+            topk_fraction: None (keep every pixel that passes the threshold) or a fraction in (0, 1]:
+                of the passing pixels of the batch keep only the ``ceil(fraction · n)`` most confident
+                [ours: None].
+
+        Raises:
+            ValueError: a value out of range (the message names the ``method.transductive`` key).
+        """
+        if int(start_step) < 0:
+            raise ValueError(f"method.transductive.start_step must be >= 0, got {start_step}")
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"method.transductive.threshold is a probability in [0, 1], got {threshold}")
+        if not float(weight) >= 0.0:
+            raise ValueError(f"method.transductive.weight must be >= 0, got {weight}")
+        if topk_fraction is not None and not 0.0 < float(topk_fraction) <= 1.0:
+            raise ValueError(f"method.transductive.topk_fraction must be null or in (0, 1], got {topk_fraction}")
+        self.transductive_enabled = bool(enabled)
+        self.transductive_start_step = int(start_step)
+        self.transductive_threshold = float(threshold)
+        self.transductive_weight = float(weight)
+        self.transductive_topk_fraction = None if topk_fraction is None else float(topk_fraction)
+
+    @property
+    def self_training_active(self) -> bool:
+        """True when the transductive term is enabled and the current step has reached ``start_step``."""
+        return self.transductive_enabled and self._step >= self.transductive_start_step
+
+    @torch.no_grad()
+    def self_training_targets(self, logits: Tensor, label: Tensor, valid: Tensor | None = None) -> Tensor:
+        """Pseudo targets of the transductive term from all-class logits (no graph).
+
+        A pixel gets a target iff it is unlabelled (``label == ignore_index``) and inside the image
+        (``valid``; padding never), the argmax over ALL classes of its softmax is an UNSEEN class, and
+        that probability is ``>= threshold``; with ``topk_fraction`` only the ``ceil(fraction · n)`` most
+        confident of those n pixels of the batch are kept (ties broken by position order). Seen-class
+        argmaxes are never used (the seen classes are supervised by the labels). Source: ours (see
+        :meth:`configure_transductive`).
+
+        Args:
+            logits: ``Tensor[B, C_all, H, W]`` float logits at the label size (pixels).
+            label: ``Tensor[B, H, W] int64`` training label (benchmark ids, ``ignore_index`` unlabelled).
+            valid: ``Tensor[B, H, W] bool`` (False on padding) or None (all valid).
+
+        Returns:
+            ``Tensor[B, H, W] int64``: an unseen class id where the pixel is kept, ``ignore_index`` elsewhere.
+
+        Raises:
+            ValueError: ``logits`` does not have C_all channels or the label's spatial size.
+        """
+        B, C, H, W = logits.shape
+        if C != self.num_classes or tuple(label.shape) != (B, H, W):
+            raise ValueError(f"self_training_targets: logits {tuple(logits.shape)} need {self.num_classes} classes "
+                             f"and the label size {tuple(label.shape)}")
+        prob, pred = logits.float().softmax(dim=1).max(dim=1)  # [B, H, W] each
+        is_unseen = torch.zeros(C, dtype=torch.bool, device=logits.device)
+        is_unseen[self.unseen] = True
+        keep = (label == self.ignore_index) & is_unseen[pred] & (prob >= self.transductive_threshold)
+        if valid is not None:
+            keep &= valid.to(keep.device).bool()
+        frac = self.transductive_topk_fraction
+        n = int(keep.sum())
+        if frac is not None and n > 0:
+            n_keep = min(n, max(1, math.ceil(frac * n)))
+            if n_keep < n:
+                conf = prob.flatten().masked_fill(~keep.flatten(), -1.0)  # [B*H*W]
+                order = torch.sort(conf, descending=True, stable=True).indices[:n_keep]
+                top = torch.zeros_like(keep.flatten())
+                top[order] = True
+                keep = top.view_as(keep)
+        return torch.where(keep, pred, torch.full_like(pred, self.ignore_index))
+
+    def _self_training(self, embeds: Tensor, label: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(unweighted loss with graph, number of pseudo-labelled pixels as float32 tensor)."""
+        # +0.0 (not -0.0) attached to the graph, so DDP sees every parameter used and logs read 0
+        zero = embeds.new_zeros((), dtype=torch.float32) + embeds.float().sum() * 0.0
+        if not self.self_training_active:
+            return zero, zero.detach()
+        logits = self.student.logits(embeds, self.text_embeds.to(embeds.dtype)).float()  # [B, C_all, h, w]
+        logits = upsample_logits(logits, tuple(label.shape[-2:]))  # [B, C_all, H, W]
+        target = self.self_training_targets(logits.detach(), label, valid)  # [B, H, W]
+        keep = target != self.ignore_index
+        n = keep.sum()
+        if int(n) == 0:
+            return zero, n.float()
+        picked = logits.permute(0, 2, 3, 1)[keep]  # [N, C_all]
+        return F.cross_entropy(picked, target[keep]), n.float()
+
+    def self_training_loss(self, embeds: Tensor, label: Tensor, valid: Tensor | None = None) -> Tensor:
+        """Transductive self-training loss (unweighted): CE over ALL classes on confident unseen predictions.
+
+        Logits = ``student.logits(embeds, text_embeds)`` (the test-time logits), bilinearly upsampled to the
+        label size; pseudo targets from :meth:`self_training_targets` (computed without a graph, i.e.
+        detached); mean cross-entropy over the kept pixels. Source: ours, ZegCLIP's warm-started
+        transductive self-training as the inspiration (see :meth:`configure_transductive`).
+
+        Args:
+            embeds: student dense embeds ``Tensor[B, D, h, w]`` (L2-normalised; the ones the seen CE uses).
+            label: ``Tensor[B, H, W] int64`` training label (``ignore_index`` = unlabelled).
+            valid: ``Tensor[B, H, W] bool`` (False on padding) or None (all valid).
+
+        Returns:
+            scalar float32 tensor; exactly 0 (still attached to the graph) when the term is disabled,
+            before ``start_step`` or when no pixel qualifies.
+        """
+        return self._self_training(embeds, label, valid)[0]
+
+    def add_self_training(self, out: dict[str, Tensor], embeds: Tensor, label: Tensor,
+                          valid: Tensor | None = None) -> dict[str, Tensor]:
+        """Add the weighted transductive term to ``out["loss"]`` and report it; returns ``out``.
+
+        Sets ``out["loss_st"]`` (unweighted, detached; 0 when off) and ``out["st_pixels"]`` (pseudo-labelled
+        pixels in the batch, 0 when off). When the term is disabled ``out["loss"]`` is left untouched (the
+        inductive setting is bit-for-bit the same); when enabled it becomes ``loss + weight · loss_st``.
+        Called at the end of every method's ``training_step``; arguments as :meth:`self_training_loss`.
+        """
+        if not self.transductive_enabled:
+            z = out["loss"].new_zeros((), dtype=torch.float32).detach()
+            out["loss_st"], out["st_pixels"] = z, z
+            return out
+        loss_st, n = self._self_training(embeds, label, valid)
+        out["loss"] = out["loss"] + self.transductive_weight * loss_st
+        out["loss_st"], out["st_pixels"] = loss_st.detach(), n
+        return out
 
     def checkpoint_state(self) -> dict[str, Tensor]:
         """Trainable state for checkpoints: ``state_dict()`` without the teacher (which is never

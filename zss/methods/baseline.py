@@ -15,12 +15,24 @@ class SeenOnlyBaseline(Method):
 
     Loss: ``CE(upsample(logit_scale · <embeds, T_seen>), label)`` with ``ignore_index=255``,
     logits bilinearly upsampled to the label size (pixels). Inherits every constructor argument
-    of :class:`~zss.methods.base.Method`.
+    of :class:`~zss.methods.base.Method`, including the optional ``transductive`` self-training
+    settings (off by default; see :meth:`~zss.methods.base.Method.configure_transductive`).
     """
 
     def training_step(self, batch: dict) -> dict[str, Tensor]:
+        """Seen CE (+ the transductive term when enabled).
+
+        Args:
+            batch: ``image`` Tensor[B, 3, H, W] float32, ``label`` Tensor[B, H, W] int64 (seen-only, 255
+                elsewhere), optional ``valid`` Tensor[B, H, W] bool (False on padding).
+
+        Returns:
+            ``loss`` (graph) = CE + transductive weight · ``loss_st``; detached ``loss_ce``, ``loss_st`` and
+            ``st_pixels`` (both 0 when the transductive setting is off).
+        """
         images, label = batch["image"], batch["label"]  # [B,3,H,W], [B,H,W]
         embeds = self.student(images)  # [B, D, h, w]
         logits = upsample_logits(seen_text_logits(self, embeds), label.shape[-2:])  # [B, C_seen, H, W]
         loss = safe_cross_entropy(logits, self.to_seen_ids(label), self.ignore_index)
-        return {"loss": loss, "loss_ce": loss.detach()}
+        out = {"loss": loss, "loss_ce": loss.detach()}
+        return self.add_self_training(out, embeds, label, batch.get("valid"))

@@ -16,7 +16,7 @@ encoder is not needed, only the CSH's frozen copies of its last k blocks, which 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -144,6 +144,9 @@ class ChimeraSeg(Method):
             focal_reduction: see :func:`zss.methods.losses.sigmoid_focal_loss` [ours: zegclip].
         loss_resolution: ``"label"`` (logits bilinearly upsampled to the label size) or ``"logits"`` (labels
             nearest-downsampled to the CSH grid) [ours: label].
+        transductive: optional transductive self-training settings (off by default), see
+            :meth:`~zss.methods.base.Method.configure_transductive`; applied to the CSH dense embeds (the
+            embeds SAM aligns, i.e. the test-time logits).
 
     Raises:
         ValueError: no/unsupported teacher, bad option values, text dim != the teacher's joint dim.
@@ -185,6 +188,7 @@ class ChimeraSeg(Method):
         dice_weight: float = 1.0,
         focal_reduction: str = "zegclip",
         loss_resolution: str = "label",
+        transductive: Mapping | None = None,
     ) -> None:
         if teacher is None:
             raise ValueError("ChimeraSeg needs a FrozenCLIP teacher to build its CLIP Semantic Head (even for "
@@ -202,7 +206,8 @@ class ChimeraSeg(Method):
             adapter_hidden=adapter_hidden, resample=resample,
         )
         chimera = ChimeraStudent(student, csh, csh_input=csh_input, token_stride=token_stride)
-        super().__init__(chimera, teacher, classnames, unseen, templates, text_embeds, ignore_index)
+        super().__init__(chimera, teacher, classnames, unseen, templates, text_embeds, ignore_index,
+                         transductive=transductive)
         dim = int(self.text_embeds.shape[1])
         if dim != chimera.embed_dim:
             raise ValueError(f"ChimeraSeg: text embeds have D={dim} but the CSH projects to D={chimera.embed_dim}")
@@ -245,7 +250,9 @@ class ChimeraSeg(Method):
             L_SAM = ce_weight·CE + nel_weight·NEL (terms per ``sam_loss``); detached ``loss_sgd``, ``loss_sam``,
             ``loss_ce``, ``loss_nel``, ``loss_focal``, ``loss_dice`` (0 when disabled), ``sgd_acc`` (fraction of
             images whose pooled embed is closest to their own CLS in the batch), ``keep_ratio`` (r(t)) and
-            ``kept_tokens`` (mean kept positions per image).
+            ``kept_tokens`` (mean kept positions per image), plus ``loss_st`` / ``st_pixels`` of the
+            transductive term (``loss`` += its weight · ``loss_st`` when enabled; see
+            :meth:`~zss.methods.base.Method.add_self_training`).
         """
         images, label = batch["image"], batch["label"]  # [B, 3, H, W], [B, H, W]
         valid = batch.get("valid")
@@ -290,4 +297,4 @@ class ChimeraSeg(Method):
             keep_ratio=torch.tensor(r, dtype=torch.float32, device=embeds.device),
             kept_tokens=keep.flatten(1).sum(1).float().mean(),
         )
-        return out
+        return self.add_self_training(out, embeds, label, valid)

@@ -18,7 +18,7 @@ time; the teacher is never trained, saved or needed at test time.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +79,11 @@ class ClipZSS(Method):
             :class:`~zss.models.synthesizer.WeightSynthesizer` [ours: 2, 4, 4·D, "cls", False].
         loss_resolution: ``"label"`` (default, as the baseline: logits bilinearly upsampled to the label
             size) or ``"logits"`` (F nearest-downsampled to the logit grid: ~16× cheaper) [ours].
+        transductive: optional transductive self-training settings (off by default), see
+            :meth:`~zss.methods.base.Method.configure_transductive`. The term is applied to the student's
+            embeds R on the same unlabelled pixels PLM writes pseudo regions into: PLM's CE/NEL trains them
+            towards their synthesized region weights, the transductive CE towards the unseen-class text
+            embeds (the test-time classifier).
 
     Raises:
         ValueError: bad option values, or a teacher/text dimension that does not match the student.
@@ -124,8 +129,10 @@ class ClipZSS(Method):
         synth_memory: str = "cls",
         synth_detach_prototypes: bool = False,
         loss_resolution: str = "label",
+        transductive: Mapping | None = None,
     ) -> None:
-        super().__init__(student, teacher, classnames, unseen, templates, text_embeds, ignore_index)
+        super().__init__(student, teacher, classnames, unseen, templates, text_embeds, ignore_index,
+                         transductive=transductive)
         if teacher is None and (use_glm or use_plm):
             raise ValueError("ClipZSS needs a teacher for GLM/PLM (use_glm/use_plm); pass one or disable both")
         if loss_resolution not in ("label", "logits"):
@@ -238,7 +245,9 @@ class ClipZSS(Method):
             bce_weight·L_BCE (with graph); unweighted, detached ``loss_glm``, ``loss_ce``,
             ``loss_nel`` (= focal_weight·focal + dice_weight·dice), ``loss_focal``, ``loss_dice``,
             ``loss_bce``, ``glm_acc`` (fraction of anchors whose own CLS scores highest) and
-            ``pl_regions`` (mean pseudo regions per image). Disabled terms are reported as 0.
+            ``pl_regions`` (mean pseudo regions per image), plus ``loss_st`` / ``st_pixels`` of the
+            transductive term (``loss`` += its weight · ``loss_st`` when enabled; see
+            :meth:`~zss.methods.base.Method.add_self_training`). Disabled terms are reported as 0.
         """
         images, label = batch["image"], batch["label"]  # [B,3,H,W], [B,H,W]
         valid = batch.get("valid")
@@ -298,7 +307,7 @@ class ClipZSS(Method):
         out.update(loss_ce=loss_ce.detach(), loss_nel=nel["loss_nel"].detach(),
                    loss_focal=nel["loss_focal"], loss_dice=nel["loss_dice"])
         out["loss"] = total
-        return out
+        return self.add_self_training(out, embeds, label, valid)
 
     # ------------------------------------------------------------------ optimisation
     def param_groups(self, lr: float, head_lr_mult: float = 10.0, weight_decay: float = 0.01) -> list[dict]:
