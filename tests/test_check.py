@@ -9,23 +9,13 @@ import pytest
 from PIL import Image
 
 from zss.data.check import check_dataset, format_report, main
+from zss.engine.visualize import voc_palette
 
 H, W = 12, 16
 
 
 def _voc_palette() -> list[int]:
-    pal = []
-    for i in range(256):
-        r = g = b = 0
-        c, j = i, 0
-        while c:
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-            j += 1
-        pal += [r, g, b]
-    return pal
+    return voc_palette(256).flatten().tolist()
 
 
 def _img(path: Path, h: int = H, w: int = W) -> None:

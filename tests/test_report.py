@@ -117,6 +117,7 @@ def test_aggregate_script(tmp_path):
 
 
 def test_plot_metrics_png(tmp_path):
+    pytest.importorskip("matplotlib")
     d = _make_runs(tmp_path)["seed2"]
     out = plot_metrics(d, tmp_path / "plots" / "curves.png")
     data = out.read_bytes()
