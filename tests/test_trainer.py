@@ -100,3 +100,13 @@ def test_bad_global_batch_is_a_clear_error(voc_root, tmp_path):
     train, _ = _sets(voc_root)
     with pytest.raises(ValueError, match="batch_size"):
         Trainer(_method(), train, None, _cfg(batch_size=5, micro_batch_size=2), new_run_dir(tmp_path, "e"))
+
+
+def test_periodic_eval_does_not_change_training(voc_root, tmp_path):
+    train, val = _sets(voc_root)
+    a, b = _method(), _method()
+    # a worker process loads the data, so the main process's RNG (dropout) is not re-seeded per sample
+    Trainer(a, train, val, _cfg(max_steps=3, eval_interval=1, num_workers=1), new_run_dir(tmp_path, "a")).fit()
+    Trainer(b, train, val, _cfg(max_steps=3, eval_interval=0, num_workers=1), new_run_dir(tmp_path, "b")).fit()
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), f"{k} depends on eval_interval"

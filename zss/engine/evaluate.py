@@ -68,9 +68,19 @@ def evaluate(
     Returns:
         :meth:`SegEvaluator.compute` results (percent) plus ``img_per_s`` and ``num_images``.
 
+    The global torch RNG is forked for the duration (DataLoader creation draws from it), so a run
+    evaluated every N steps trains exactly like one evaluated only at the end.
+
     Raises:
         ValueError: unknown ``mode``.
     """
+    with torch.random.fork_rng(devices=[]):
+        return _evaluate(method, dataset, mode, crop, stride, crop_batch, label_space, seen_bias, amp_dtype,
+                         num_workers, device, progress, on_prediction)
+
+
+def _evaluate(method, dataset, mode, crop, stride, crop_batch, label_space, seen_bias, amp_dtype, num_workers,
+              device, progress, on_prediction) -> dict:
     if mode not in ("slide", "whole"):
         raise ValueError(f"eval mode must be 'slide' or 'whole', got {mode!r}")
     was_training = method.training
