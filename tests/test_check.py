@@ -207,7 +207,7 @@ def test_cli_exit_codes(tmp_path, capsys):
     (root / "JPEGImages" / "2007_000001.jpg").unlink()
     assert main(["dataset=voc20", f"root={root}", "--sample", "2"]) == 1
     assert "2007_000001.jpg" in capsys.readouterr().out
-    assert main(["dataset=voc21", f"root={root}"]) == 2
+    assert main(["dataset=voc22", f"root={root}"]) == 2
     assert "voc20" in capsys.readouterr().err
     assert main(["dataset=context59", f"root={root}", "benchmark_split=nope"]) == 2
     assert main([f"root={root}"]) == 2

@@ -75,7 +75,7 @@ def test_context60_is_background_plus_context59(split):
 
 
 def test_benchmarks_dict():
-    assert set(BENCHMARKS) == {"voc20", "cocostuff171", "context59", "context60"}
+    assert set(BENCHMARKS) == {"voc20", "voc21", "cocostuff171", "context59", "context60"}
     assert BENCHMARKS["context59"] == ("zs3", "cascade")
 
 

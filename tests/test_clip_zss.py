@@ -239,6 +239,30 @@ def test_synthesizer_zero_init_is_identity_and_options():
         WeightSynthesizer(D, memory="bank")
 
 
+def test_synthesizer_cls_memory_cannot_tell_regions_apart_but_clip_queries_can():
+    # one memory key (the CLS): the cross-attention output is the same for every region, so two regions with
+    # the SAME student prototype get the same weight whatever CLIP sees in them; a "clip" query starts from
+    # CLIP's own token of each region (zero-init: exactly the normalised region-pooled dense token)
+    torch.manual_seed(0)
+    R = F.normalize(torch.ones(1, D, 4, 4), dim=1)  # identical student embeds everywhere
+    fused = torch.zeros(1, 8, 8, dtype=torch.long)
+    fused[:, 4:] = 1
+    dense = torch.zeros(1, D, 2, 2)
+    dense[0, 0, 0], dense[0, 1, 1] = 1.0, 1.0  # CLIP: top half along e0, bottom half along e1
+    cls = F.normalize(torch.randn(1, D), dim=-1)
+    for lyr_init in (False, True):  # zero-init and a trained-like (random) decoder
+        syn = WeightSynthesizer(D, memory="cls", zero_init_residual=not lyr_init)
+        w = syn(R, fused, cls, dense=dense).weights[0]
+        assert torch.allclose(w[0], w[1], atol=1e-6)
+    clip_q = WeightSynthesizer(D, memory="cls+regions", query="clip")(R, fused, cls, dense=dense)
+    assert torch.allclose(clip_q.weights[0, 0], torch.eye(D)[0], atol=1e-6)
+    assert torch.allclose(clip_q.weights[0, 1], torch.eye(D)[1], atol=1e-6)
+    with pytest.raises(ValueError, match="dense"):
+        WeightSynthesizer(D, query="clip")(R, fused, cls)
+    with pytest.raises(ValueError, match="query"):
+        WeightSynthesizer(D, query="text")
+
+
 def test_bce_pulls_seen_weights_to_their_text(tiny_clip):
     m = _method(tiny_clip)
     text = m.text_embeds[m.seen]

@@ -163,7 +163,8 @@ def test_fused_labels_never_overwrite_seen_or_padding():
     assert ((big >= 15) & (big != 255)).sum() == 0
 
 
-def test_pseudo_labels_end_to_end_on_a_real_voc_label(voc_root):
+@pytest.mark.parametrize("mode", ["merge", "components"])
+def test_pseudo_labels_end_to_end_on_a_real_voc_label(mode, voc_root):
     from PIL import Image
 
     names = (voc_root / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
@@ -186,19 +187,23 @@ def test_pseudo_labels_end_to_end_on_a_real_voc_label(voc_root):
     dense[0, :, : h // 2] = top[:, None, None]
     dense[0, :, h // 2 :] = bottom[:, None, None]
     dense = F.normalize(dense + 0.05 * torch.randn(1, D, h, w, generator=g), dim=1)
-    out = pseudo_labels(dense, train, valid, num_seen=15, scales=(2, 4, 8), lam=0.8, iters=5, min_area=2)
+    out = pseudo_labels(dense, train, valid, num_seen=15, scales=(2, 4, 8), lam=0.8, iters=5, min_area=2,
+                        mode=mode)
     F_lab = out.labels
     seen = (train >= 0) & (train < 15)
     assert torch.equal(F_lab[seen], train[seen])
     assert (F_lab[~valid] == 255).all()
-    pseudo = F_lab >= 15
-    assert pseudo.any() and ((F_lab[pseudo] < 255)).all()
+    pseudo = (F_lab >= 15) & (F_lab != 255)
+    assert pseudo.any()
+    # every eligible pixel (ignore, inside the image) of the two planted halves gets a region
+    assert pseudo[valid & (train == 255)].float().mean() > 0.95
     assert ((F_lab[pseudo] - 15) < out.num_regions[0]).all()
     # the two planted halves never share a pseudo id
     top_ids = set(F_lab[0, : Hc // 2][pseudo[0, : Hc // 2]].tolist())
     bot_ids = set(F_lab[0, Hc // 2 :][pseudo[0, Hc // 2 :]].tolist())
     assert top_ids.isdisjoint(bot_ids)
-    assert out.kmeans.labels.shape == (1, 3, h * w)
+    assert out.kmeans.labels.shape == (1, 1 if mode == "merge" else 3, h * w)
+    assert out.num_regions[0] == 2  # one region per planted half
 
 
 def _reference_fusion(centers, labels, sidx, lam, mode, min_area):

@@ -201,10 +201,11 @@ def predict_image(
         (logits resized bilinearly to ``(H, W)`` before the argmax).
 
     Raises:
-        ValueError: unknown ``mode``; unreadable image; bad sizes.
+        ValueError: unknown ``mode`` or ``label_space``; unreadable image; bad sizes.
     """
     if mode not in INFERENCE_MODES:
         raise ValueError(f"mode={mode!r}: choose mode=slide or mode=whole")
+    classes = method.label_space_ids(label_space)  # None (all) or the unseen ids: argmax after resizing
     img = load_image(image) if not isinstance(image, Tensor) else image
     if img.dim() != 3 or img.shape[0] != 3 or img.dtype != torch.uint8:
         raise ValueError(f"predict_image: image must be a path or a Tensor[3, H, W] uint8, got "
@@ -215,10 +216,11 @@ def predict_image(
     device = torch.device(device)
     x = preprocess(img, mean, std, short_side, long_side).to(device)
     H, W = img.shape[-2:]
-    fn = make_logits_fn(method, label_space, seen_bias)
+    fn = make_logits_fn(method, seen_bias=seen_bias)
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         pred = predict_segmentation(fn, x, mode=mode, num_classes=method.num_classes, crop=tuple(crop),
-                                    stride=tuple(stride), batch_size=crop_batch, out_size=(H, W))
+                                    stride=tuple(stride), batch_size=crop_batch, out_size=(H, W),
+                                    classes=classes)
     return pred[0].cpu()
 
 

@@ -9,6 +9,7 @@ Presets (never a bare "context": PASCAL Context has no canonical zero-shot split
 name              C       unseen split(s)                 labels
 ================  ======  ==============================  ===================================
 ``voc20``         20      ids 15..19 (default)            background 0 -> 255 (reduce_zero_label)
+``voc21``         21      none (weakly supervised, CLIP-ES) background is class 0, no reduction
 ``cocostuff171``  171     15 ids (default)                ``*_labelTrainIds.png`` 0..170
 ``context59``     59      ``zs3`` or ``cascade``          background 0 -> 255 (reduce_zero_label)
 ``context60``     60      ``zs3`` or ``cascade`` (ids+1)  background is class 0, no reduction
@@ -115,6 +116,7 @@ _CONTEXT59_SPLITS: dict[str, tuple[int, ...]] = {
 
 BENCHMARKS: dict[str, tuple[str | None, ...]] = {
     "voc20": (None,),
+    "voc21": (None,),  # weakly-supervised VOC (docs/clip_es.md): background + 20 classes, no unseen class
     "cocostuff171": (None,),
     "context59": tuple(_CONTEXT59_SPLITS),
     "context60": tuple(_CONTEXT59_SPLITS),
@@ -203,9 +205,10 @@ def get_benchmark(name: str, split: str | None = None) -> Benchmark:
     """Return the preset benchmark ``name`` with unseen split ``split``.
 
     Args:
-        name: one of ``"voc20"``, ``"cocostuff171"``, ``"context59"``, ``"context60"``.
+        name: one of ``"voc20"``, ``"voc21"``, ``"cocostuff171"``, ``"context59"``, ``"context60"``.
         split: ``"zs3"`` or ``"cascade"`` for the Context presets (required there); ``None`` (or
-            ``"default"``) for VOC and COCO-Stuff.
+            ``"default"``) for VOC and COCO-Stuff.  ``voc21`` (background + 20 classes, no unseen class)
+            is the weakly-supervised setting of CLIP-ES (docs/clip_es.md).
 
     Returns:
         A frozen ``Benchmark``. VOC uses ``VOC_TEMPLATES``; COCO-Stuff and Context use ``COCO_TEMPLATES``.
@@ -228,6 +231,8 @@ def get_benchmark(name: str, split: str | None = None) -> Benchmark:
     split = _check_split(name, split)
     if name == "voc20":
         return Benchmark(name, None, VOC_CLASSES, _VOC_UNSEEN, VOC_TEMPLATES)
+    if name == "voc21":  # background = id 0, every class seen (docs/clip_es.md)
+        return Benchmark(name, None, ("background",) + VOC_CLASSES, (), VOC_TEMPLATES)
     if name == "cocostuff171":
         return Benchmark(name, None, COCO_STUFF_CLASSES, _COCO_UNSEEN, COCO_TEMPLATES)
     assert split is not None
@@ -332,6 +337,15 @@ DATASET_LAYOUTS: dict[str, DatasetLayout] = {
         img_suffix=".jpg",
         seg_suffix=".png",
         reduce_zero_label=True,
+        default_root="VOCdevkit/VOC2012",
+    ),
+    "voc21": DatasetLayout(
+        img_dir="JPEGImages",
+        ann_dir="SegmentationClass",
+        split_file="ImageSets/Segmentation/{split}.txt",
+        img_suffix=".jpg",
+        seg_suffix=".png",
+        reduce_zero_label=False,
         default_root="VOCdevkit/VOC2012",
     ),
     "cocostuff171": DatasetLayout(

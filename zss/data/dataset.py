@@ -18,7 +18,7 @@ from torchvision import tv_tensors
 
 from .classes import get_benchmark, layout
 
-__all__ = ["SegDataset", "build_dataset", "read_label"]
+__all__ = ["SegDataset", "WithoutKeys", "build_dataset", "read_label"]
 
 _ROOT_HINT = "Set dataset.root=/path/to/the/dataset (the folder holding the layout above) or see README (data preparation)."
 _CHECK_HINT = "Run `python -m zss.data.check dataset={name} root={root}` to list every problem with its fix."
@@ -371,3 +371,28 @@ def build_dataset(
     )
     ds.benchmark = bench
     return ds
+
+
+class WithoutKeys(torch.utils.data.Dataset):
+    """View of a dataset of sample dicts with some keys removed (before collation, in the worker).
+
+    The trainer uses it to drop ``full_label`` (every class, unseen included) from training samples unless
+    the teacher declares ``needs_full_label`` (zss/engine/trainer.py): the inductive setting must not hand
+    unseen ground truth to a training step that has no business reading it.
+
+    Args:
+        dataset: yields dicts (e.g. :class:`SegDataset` samples); any index type it accepts is passed on.
+        keys: keys to remove (missing keys are ignored).
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, keys: Sequence[str]) -> None:
+        super().__init__()
+        self.dataset = dataset
+        self.keys = tuple(str(k) for k in keys)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item) -> dict:
+        sample = self.dataset[item]
+        return {k: v for k, v in sample.items() if k not in self.keys}

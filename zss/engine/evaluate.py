@@ -9,22 +9,25 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from zss.engine.dist import get_rank, get_world_size
-from zss.engine.inference import slide_inference, whole_inference
+from zss.engine.inference import argmax_classes, slide_inference, whole_inference
 from zss.engine.metrics import SegEvaluator
 from zss.engine.sampling import shard_indices
 
 
-def make_logits_fn(
-    method: torch.nn.Module, label_space: str = "all", seen_bias: float = 0.0
-) -> Callable[[Tensor], Tensor]:
+def make_logits_fn(method: torch.nn.Module, *, seen_bias: float = 0.0) -> Callable[[Tensor], Tensor]:
     """The function inference calls on a batch of crops: ``Tensor[N, 3, h, w] -> logits Tensor[N, C, h', w']``.
 
+    Logits over ALL classes (``method.predict(images, label_space="all")``): the label space (ZSS = unseen
+    classes only) is applied at argmax time, after the resizes, with ``method.label_space_ids`` and
+    :func:`zss.engine.inference.argmax_classes` (masking before resizing made NaN, see inference.py).
+
     ``seen_bias`` is subtracted from the seen classes' logits (explicit form of the calibration
-    ZegCLIP / CLIP-RC apply silently with 0.1; our default 0 = none). It is in logit units.
+    ZegCLIP / CLIP-RC apply silently with 0.1; our default 0 = none). It is in logit units and only
+    matters for ``label_space="all"`` (in ZSS no seen class can win anyway).
     """
 
     def fn(images: Tensor) -> Tensor:
-        logits = method.predict(images, label_space=label_space)
+        logits = method.predict(images, label_space="all")
         if seen_bias:
             logits = logits.clone()
             logits[:, method.seen] -= seen_bias
@@ -59,7 +62,8 @@ def evaluate(
             ``full_label`` Tensor[H, W] int64 at the original size, ``name``.
         mode: ``slide`` (mmseg sliding window: ``crop``/``stride`` in pixels, ``crop_batch`` crops per
             forward) or ``whole``.
-        label_space: ``all`` (GZSS) or ``unseen`` (ZSS).
+        label_space: ``all`` (GZSS) or ``unseen`` (ZSS: the argmax is over the unseen classes only, taken
+            after resizing the all-class logits to the label size).
         seen_bias: subtracted from seen-class logits (logit units; 0 = off).
         amp_dtype: autocast dtype for the forward pass (``torch.bfloat16``) or None.
         on_prediction: optional callback ``(sample, pred Tensor[H, W] int64)`` per image (rank-local),
@@ -72,7 +76,7 @@ def evaluate(
     evaluated every N steps trains exactly like one evaluated only at the end.
 
     Raises:
-        ValueError: unknown ``mode``.
+        ValueError: unknown ``mode`` or ``label_space`` (or ``unseen`` without unseen classes).
     """
     with torch.random.fork_rng(devices=[]):
         return _evaluate(method, dataset, mode, crop, stride, crop_batch, label_space, seen_bias, amp_dtype,
@@ -92,7 +96,8 @@ def _evaluate(method, dataset, mode, crop, stride, crop_batch, label_space, seen
     )
     part = Subset(dataset, shard_indices(len(dataset), get_rank(), get_world_size()))
     loader = DataLoader(part, batch_size=1, shuffle=False, num_workers=num_workers)
-    logits_fn = make_logits_fn(method, label_space, seen_bias)
+    classes = method.label_space_ids(label_space)  # None (all) or the unseen ids (ZSS)
+    logits_fn = make_logits_fn(method, seen_bias=seen_bias)
     if progress:
         from tqdm import tqdm
 
@@ -109,7 +114,7 @@ def _evaluate(method, dataset, mode, crop, stride, crop_batch, label_space, seen
                 )
             else:
                 logits = whole_inference(logits_fn, image, out_size=tuple(target.shape[-2:]))
-        pred = logits.float().argmax(1)  # [1, H, W]
+        pred = argmax_classes(logits.float(), classes)  # [1, H, W] ids of the full class list
         evaluator.update(pred, target)
         if on_prediction is not None:
             on_prediction({k: (v[0] if isinstance(v, (list, Tensor)) else v) for k, v in batch.items()}, pred[0])

@@ -9,6 +9,12 @@ are queued together and sent through ``model_fn`` in chunks of ``batch_size`` cr
 
 All functions run under ``torch.no_grad()``; autocast is the caller's choice (logits are accumulated
 in float32 whatever ``model_fn`` returns).
+
+Label spaces: ``model_fn`` always returns logits over ALL classes; the ZSS restriction to the unseen
+classes is applied at argmax time (:func:`argmax_classes`, ``classes=`` of :func:`predict_segmentation`),
+after every resize. Masking logits with ``-inf`` before the bilinear resizes made NaN wherever an
+interpolation weight is 0 (``0 * -inf``, e.g. at the image border) and the argmax then picked the NaN
+(a seen class); no masked value ever goes through a resize here.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ __all__ = [
     "whole_inference",
     "slide_inference",
     "predict_segmentation",
+    "argmax_classes",
     "INFERENCE_MODES",
 ]
 
@@ -227,6 +234,33 @@ def slide_inference(
     return preds
 
 
+def argmax_classes(logits: torch.Tensor, classes: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
+    """Per-pixel argmax over all classes or over a subset of them (the ZSS label space).
+
+    Args:
+        logits: ``Tensor[B, C, H, W]`` float logits (at the final size: restrict AFTER resizing).
+        classes: None (argmax over all C classes, GZSS) or the class ids to choose from
+            (``Tensor[K] int64`` or a sequence, e.g. ``method.unseen`` for ZSS), each in ``[0, C)``.
+
+    Returns:
+        ``Tensor[B, H, W]`` int64 class ids in ``[0, C)`` (always ids of the full class list); with
+        ``classes`` only those ids occur. Ties go to the first of ``classes`` (ascending ids).
+
+    Raises:
+        ValueError: ``classes`` empty or holding an id outside ``[0, C)``.
+
+    Source: ours (the ZSS protocol of DESIGN §2: prediction restricted to the unseen classes).
+    """
+    if classes is None:
+        return logits.argmax(dim=1)
+    ids = torch.as_tensor(classes, dtype=torch.long).flatten().to(logits.device)
+    C = logits.shape[1]
+    if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= C:
+        raise ValueError(f"argmax_classes: classes {ids.tolist()} must be a non-empty subset of [0, {C}); "
+                         "label_space=unseen needs unseen classes")
+    return ids[logits.index_select(1, ids).argmax(dim=1)]
+
+
 @torch.no_grad()
 def predict_segmentation(
     model_fn: ModelFn,
@@ -237,23 +271,26 @@ def predict_segmentation(
     stride: int | Sequence[int] = (426, 426),
     batch_size: int = 8,
     out_size: int | Sequence[int] | None = None,
+    classes: torch.Tensor | Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Argmax segmentation from :func:`slide_inference` or :func:`whole_inference`.
 
     Args:
-        model_fn: ``Tensor[N, 3, h, w] -> Tensor[N, C, h', w']`` logits (label-space masking and any
-            seen-class bias are the caller's/method's job).
+        model_fn: ``Tensor[N, 3, h, w] -> Tensor[N, C, h', w']`` logits over ALL classes (any seen-class
+            bias is the caller's job; never mask logits with ``-inf`` here, pass ``classes`` instead).
         images: ``Tensor[B, 3, H, W]`` float32, normalised.
         mode: ``"slide"`` (default, DESIGN §2) or ``"whole"``.
         num_classes, crop, stride, batch_size: see :func:`slide_inference` (ignored for ``"whole"``
             except ``num_classes``, which is checked when given).
         out_size: optional ``(H_out, W_out)`` pixels, the original label size.
+        classes: None (GZSS: every class) or the class ids the argmax may choose (ZSS: ``method.unseen``),
+            applied after all resizing (:func:`argmax_classes`).
 
     Returns:
-        ``Tensor[B, H, W]`` (or ``[B, *out_size]``) int64 class ids.
+        ``Tensor[B, H, W]`` (or ``[B, *out_size]``) int64 class ids of the full class list.
 
     Raises:
-        ValueError: unknown ``mode`` (plus the errors of the inference functions).
+        ValueError: unknown ``mode``, bad ``classes`` (plus the errors of the inference functions).
     """
     if mode == "slide":
         logits = slide_inference(model_fn, images, num_classes, crop, stride, batch_size, out_size)
@@ -265,4 +302,4 @@ def predict_segmentation(
             )
     else:
         raise ValueError(f"predict_segmentation: mode={mode!r} is not one of {INFERENCE_MODES}")
-    return logits.argmax(dim=1)
+    return argmax_classes(logits, classes)

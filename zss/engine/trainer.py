@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from zss.data.dataset import WithoutKeys
 from zss.engine import dist as zdist
 from zss.engine.checkpoint import git_sha, load_checkpoint, save_atomic, versions
 from zss.engine.evaluate import evaluate
@@ -90,6 +91,15 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return factor
 
 
+def needs_full_label(method: nn.Module) -> bool:
+    """True when the method's teacher declares ``needs_full_label = True`` (the label-derived OracleTeacher).
+
+    Only then do training batches carry ``full_label`` (every class, unseen included); for any other teacher
+    (FrozenCLIP, none) the trainer drops it, so no training step can read unseen ground truth.
+    """
+    return bool(getattr(getattr(method, "teacher", None), "needs_full_label", False))
+
+
 def new_run_dir(root: str | Path, name: str) -> Path:
     """Create ``root/name/<YYYY-mm-dd_HH-MM-SS>`` (``-1``, ``-2``… if taken): never reuses a directory."""
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
@@ -117,7 +127,9 @@ class Trainer:
     Args:
         method: the method (student + frozen teacher + losses); moved to ``device``.
         train_set: training dataset (train transform applied; yields ``image``, ``label``,
-            ``full_label``, ``valid``, ``name``).
+            ``full_label``, ``valid``, ``name``). ``full_label`` is removed from every training batch unless
+            the method's teacher declares ``needs_full_label`` (:func:`needs_full_label`); evaluation batches
+            keep it (it is the ground truth).
         val_set: evaluation dataset (test transform; ``full_label`` at original size) or None.
         cfg: :class:`TrainConfig`.
         run_dir: directory for this run (created by :func:`new_run_dir`; must exist).
@@ -172,6 +184,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.train_set, self.val_set = train_set, val_set
+        #: keys removed from training samples before collation (full_label unless the teacher needs it)
+        self.dropped_keys: tuple[str, ...] = () if needs_full_label(method) else ("full_label",)
         self.step, self.best = 0, {"hIoU": -math.inf, "step": -1}
         if resume_from is not None:
             self._load(resume_from)
@@ -225,8 +239,11 @@ class Trainer:
     def _loader(self) -> DataLoader:
         sampler = StepSampler(len(self.train_set), seed=self.cfg.seed, rank=self.rank, world_size=self.world,
                               start=self.step * self.accum * self.micro)
+        data = SeededDataset(self.train_set)
+        if self.dropped_keys:
+            data = WithoutKeys(data, self.dropped_keys)
         return DataLoader(
-            SeededDataset(self.train_set), batch_size=self.micro, sampler=sampler, num_workers=self.cfg.num_workers,
+            data, batch_size=self.micro, sampler=sampler, num_workers=self.cfg.num_workers,
             drop_last=True, persistent_workers=self.cfg.num_workers > 0, pin_memory=self.device.type == "cuda",
         )
 

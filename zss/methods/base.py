@@ -20,6 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+#: Label spaces of :meth:`Method.predict` / :meth:`Method.label_space_ids`: GZSS (all) and ZSS (unseen).
+LABEL_SPACES = ("all", "unseen")
+#: Finite logit given to excluded classes by ``Method.predict(label_space="unseen")`` (logits are
+#: ``logit_scale * cosine``, |logit| <= ~14 with our 1/0.07). Finite so resizing can never make NaN.
+#: Not in the papers: ours.
+MASKED_LOGIT = -1.0e4
+
 
 class Method(nn.Module):
     """Base class for training methods.
@@ -158,22 +165,48 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def predict(self, images: Tensor, label_space: str = "all") -> Tensor:
-        """Logits over all classes (or only the unseen ones) for ``images``.
+        """Logits over all classes for ``images`` (seen ones pushed to :data:`MASKED_LOGIT` for ``unseen``).
+
+        The evaluation engine always calls ``label_space="all"`` and restricts the argmax to the label
+        space after resizing (:meth:`label_space_ids`, :func:`zss.engine.inference.argmax_classes`).
+        ``label_space="unseen"`` is for direct callers: the seen logits are set to the FINITE
+        :data:`MASKED_LOGIT` (never ``-inf``: bilinear resizing of ``-inf`` makes ``0 * -inf = NaN`` where an
+        interpolation weight is 0, and an argmax then picks the NaN, a seen class).
 
         Args:
             images: Tensor[B, 3, H, W] float32, normalised.
-            label_space: ``all`` (GZSS: every class) or ``unseen`` (ZSS: seen logits set to -inf).
+            label_space: ``all`` (GZSS: every class) or ``unseen`` (ZSS: seen logits = ``MASKED_LOGIT``).
 
         Returns:
             Tensor[B, C_all, h, w] float32 logits at the student's output stride.
+
+        Raises:
+            ValueError: unknown ``label_space``.
         """
+        if label_space not in LABEL_SPACES:
+            raise ValueError(f"label_space must be 'all' or 'unseen', got {label_space!r}")
         embeds = self.student(images)
         logits = self.student.logits(embeds, self.text_embeds.to(embeds.dtype)).float()
         if label_space == "unseen":
-            logits[:, self.seen] = float("-inf")
-        elif label_space != "all":
-            raise ValueError(f"label_space must be 'all' or 'unseen', got {label_space!r}")
+            logits[:, self.seen] = MASKED_LOGIT
         return logits
+
+    def label_space_ids(self, label_space: str = "all") -> Tensor | None:
+        """The class ids a prediction in ``label_space`` may take: None for ``all`` (every class, GZSS),
+        ``unseen`` (``Tensor[K] int64``) for ``unseen`` (ZSS).
+
+        Raises:
+            ValueError: unknown ``label_space``, or ``unseen`` with no unseen class (e.g. after
+                :meth:`set_vocabulary` with ``unseen=[]``).
+        """
+        if label_space not in LABEL_SPACES:
+            raise ValueError(f"label_space must be 'all' or 'unseen', got {label_space!r}")
+        if label_space == "all":
+            return None
+        if self.unseen.numel() == 0:
+            raise ValueError("label_space=unseen needs unseen classes, but this vocabulary has none; "
+                             "use label_space=all")
+        return self.unseen
 
     def param_groups(self, lr: float, head_lr_mult: float = 10.0, weight_decay: float = 0.01) -> list[dict]:
         """Optimizer parameter groups: the student's (backbone lr, head lr × head_lr_mult)."""

@@ -142,6 +142,7 @@ class ChimeraSeg(Method):
         sam_loss: ``"ce"``, ``"nel"`` or ``"ce+nel"`` [ours: ce+nel, as CLIP-ZSS]. ce_weight, nel_weight:
             [ours: 1.0, 1.0]. focal_weight, dice_weight: NEL's inner weights [ZegCLIP: 100, 1].
             focal_reduction: see :func:`zss.methods.losses.sigmoid_focal_loss` [ours: zegclip].
+            nel_bias: logit offset before NEL's sigmoid, see :func:`zss.methods.losses.nel_loss` [ours].
         loss_resolution: ``"label"`` (logits bilinearly upsampled to the label size) or ``"logits"`` (labels
             nearest-downsampled to the CSH grid) [ours: label].
         transductive: optional transductive self-training settings (off by default), see
@@ -187,6 +188,7 @@ class ChimeraSeg(Method):
         focal_weight: float = 100.0,
         dice_weight: float = 1.0,
         focal_reduction: str = "zegclip",
+        nel_bias: float = 0.0,
         loss_resolution: str = "label",
         transductive: Mapping | None = None,
     ) -> None:
@@ -223,6 +225,7 @@ class ChimeraSeg(Method):
         self.ce_weight, self.nel_weight = float(ce_weight), float(nel_weight)
         self.focal_weight, self.dice_weight, self.focal_reduction = float(focal_weight), float(dice_weight), \
             focal_reduction
+        self.nel_bias = float(nel_bias)
         self.loss_resolution = loss_resolution
 
     # ------------------------------------------------------------------ schedule
@@ -285,7 +288,7 @@ class ChimeraSeg(Method):
             out["loss_ce"] = loss_ce.detach()
         if "nel" in self.sam_loss.split("+"):
             nel = nel_loss(logits, target, self.ignore_index, None, self.focal_weight, self.dice_weight,
-                           focal_reduction=self.focal_reduction)
+                           focal_reduction=self.focal_reduction, bias=self.nel_bias)
             loss_sam = loss_sam + self.nel_weight * nel["loss_nel"]
             out.update(loss_nel=nel["loss_nel"].detach(), loss_focal=nel["loss_focal"], loss_dice=nel["loss_dice"])
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from zss.methods.base import Method, safe_cross_entropy, upsample_logits
 from zss.methods.losses import GlobalDistillLoss, nel_loss
 from zss.models.synthesizer import SynthOutput, WeightSynthesizer
-from zss.ops.pseudo_labels import pseudo_labels
+from zss.ops.pseudo_labels import pseudo_label_quality, pseudo_labels
 
 __all__ = ["ClipZSS"]
 
@@ -73,9 +73,10 @@ class ClipZSS(Method):
             and ``dice_weight`` (ZegCLIP: 1).
         focal_reduction: normalisation of the focal term, ``"zegclip"`` or ``"mean"`` (see
             :func:`zss.methods.losses.sigmoid_focal_loss`).
+        nel_bias: logit offset before NEL's sigmoid (see :func:`zss.methods.losses.nel_loss`; ours).
         bce_weight: weight of L_BCE [ours: 1.0].
         bce_scale, bce_bias: BCE logits = ``bce_scale · <P_seen, T_seen> + bce_bias`` [ours: 1/0.07, 0].
-        synth_depth, synth_heads, synth_ffn_dim, synth_memory, synth_detach_prototypes: see
+        synth_depth, synth_heads, synth_ffn_dim, synth_memory, synth_query, synth_detach_prototypes: see
             :class:`~zss.models.synthesizer.WeightSynthesizer` [ours: 2, 4, 4·D, "cls", False].
         loss_resolution: ``"label"`` (default, as the baseline: logits bilinearly upsampled to the label
             size) or ``"logits"`` (F nearest-downsampled to the logit grid: ~16× cheaper) [ours].
@@ -120,6 +121,7 @@ class ClipZSS(Method):
         focal_weight: float = 100.0,
         dice_weight: float = 1.0,
         focal_reduction: str = "zegclip",
+        nel_bias: float = 0.0,
         bce_weight: float = 1.0,
         bce_scale: float = 1 / 0.07,
         bce_bias: float = 0.0,
@@ -127,6 +129,7 @@ class ClipZSS(Method):
         synth_heads: int = 4,
         synth_ffn_dim: int | None = None,
         synth_memory: str = "cls",
+        synth_query: str = "prototype",
         synth_detach_prototypes: bool = False,
         loss_resolution: str = "label",
         transductive: Mapping | None = None,
@@ -153,14 +156,14 @@ class ClipZSS(Method):
         self.glm_pool, self.glm_mask_padding = glm_pool, bool(glm_mask_padding)
         self.alpha, self.beta = (None if alpha is None else float(alpha)), float(beta)
         self.focal_weight, self.dice_weight = float(focal_weight), float(dice_weight)
-        self.focal_reduction = focal_reduction
+        self.focal_reduction, self.nel_bias = focal_reduction, float(nel_bias)
         self.bce_scale, self.bce_bias = float(bce_scale), float(bce_bias)
         self.loss_resolution = loss_resolution
         self.glm = (GlobalDistillLoss(dim, tau=glm_tau, bank_size=bank_size, attn_scale=glm_attn_scale)
                     if use_glm else None)
         self.synthesizer = (
             WeightSynthesizer(dim, depth=synth_depth, heads=synth_heads, ffn_dim=synth_ffn_dim, memory=synth_memory,
-                              detach_prototypes=synth_detach_prototypes, ignore_index=ignore_index)
+                              query=synth_query, detach_prototypes=synth_detach_prototypes, ignore_index=ignore_index)
             if use_plm else None
         )
         self.pl_kwargs = {k: v for k, v in dict(scales=pl_scales, lam=pl_lambda, iters=pl_iters, min_area=pl_min_area,
@@ -230,6 +233,36 @@ class ClipZSS(Method):
         xs = ((torch.arange(w, device=label.device) + 0.5) * W / w).long().clamp(max=W - 1)
         return label[:, ys][:, :, xs]
 
+    @torch.no_grad()
+    def pseudo_label_report(self, images: Tensor, label: Tensor, full_label: Tensor,
+                            valid: Tensor | None = None) -> dict[str, Tensor]:
+        """Pseudo-label quality on images with FULL labels (diagnostics; ours, never part of training).
+
+        Runs the teacher and PLM exactly as :meth:`training_step` does, then scores the fused labels with
+        :func:`zss.ops.pseudo_labels.pseudo_label_quality`.
+
+        Args:
+            images: ``Tensor[B, 3, H, W] float32`` (normalised like training images).
+            label: ``Tensor[B, H, W] int64`` seen-only training label (benchmark ids, unseen/ignore = 255).
+            full_label: ``Tensor[B, H, W] int64`` all-class ground truth (the oracle teacher reads it; other
+                teachers never see it).
+            valid: optional ``Tensor[B, H, W] bool`` (False on padding).
+
+        Returns:
+            dict of ``Tensor[B] float32``: ``regions``, ``purity``, ``unseen_isolated`` (NaN where undefined).
+
+        Raises:
+            ValueError: the method has no PLM (``use_plm=False``) or no teacher.
+        """
+        if not self.use_plm or self.teacher is None:
+            raise ValueError("pseudo_label_report needs PLM (method.use_plm=true) and a teacher")
+        needs = getattr(self.teacher, "needs_full_label", False)
+        dense = self.teacher(images, full_label=full_label if needs else None)["dense"].float()
+        valid = torch.ones_like(label, dtype=torch.bool) if valid is None else valid.bool()
+        fused = self.pseudo_label_map(dense, self.to_seen_ids(label), valid).to(label.device).long()
+        return pseudo_label_quality(fused, full_label, self.num_seen, self.unseen, self.num_classes,
+                                    self.ignore_index)
+
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict) -> dict[str, Tensor]:
         """One CLIP-ZSS training step.
@@ -258,10 +291,14 @@ class ClipZSS(Method):
         zero = _zero(embeds)
         out: dict[str, Tensor] = {k: zero for k in ("loss_glm", "loss_ce", "loss_nel", "loss_focal", "loss_dice",
                                                     "loss_bce", "glm_acc", "pl_regions")}
+        if self.use_plm and batch.get("full_label") is not None:
+            out.update(pl_purity=zero, pl_unseen_isolated=zero)
         teach = None
         if self.use_glm or self.use_plm:
             with torch.no_grad():
-                teach = self.teacher(images, full_label=batch.get("full_label"))
+                # only a label-derived teacher (OracleTeacher.needs_full_label) may read the full label map
+                needs = getattr(self.teacher, "needs_full_label", False)
+                teach = self.teacher(images, full_label=batch.get("full_label") if needs else None)
             cls = teach["cls"].detach().float()  # [B, D]
             dense = teach["dense"].detach().float()  # [B, D, h, w]
         total = zero
@@ -295,17 +332,24 @@ class ClipZSS(Method):
             total = total + self.bce_weight * loss_bce + syn.weights.sum() * 0.0
             out["loss_bce"] = loss_bce.detach()
             out["pl_regions"] = syn.pseudo_mask(self.num_seen).sum(1).float().mean().detach()
+            if batch.get("full_label") is not None:  # diagnostics only: never part of the loss
+                q = pseudo_label_quality(fused, batch["full_label"].to(fused.device), self.num_seen, self.unseen,
+                                         self.num_classes, self.ignore_index)
+                out["pl_purity"] = q["purity"].nanmean().nan_to_num(0.0)
+                out["pl_unseen_isolated"] = q["unseen_isolated"].nanmean().nan_to_num(0.0)
 
         if self.loss_resolution == "label":
             logits = upsample_logits(logits, tuple(target.shape[-2:]))
         else:
             target = self._nearest_down(target, tuple(logits.shape[-2:]))
         loss_ce = safe_cross_entropy(logits, target, self.ignore_index)
-        nel = nel_loss(logits, target, self.ignore_index, class_mask, self.focal_weight, self.dice_weight,
-                       focal_reduction=self.focal_reduction)
-        total = total + self.ce_weight * loss_ce + self.nel_weight * nel["loss_nel"]
-        out.update(loss_ce=loss_ce.detach(), loss_nel=nel["loss_nel"].detach(),
-                   loss_focal=nel["loss_focal"], loss_dice=nel["loss_dice"])
+        total = total + self.ce_weight * loss_ce
+        out["loss_ce"] = loss_ce.detach()
+        if self.nel_weight:  # NEL is off by default (docs/methods.md "NEL"): not computed then
+            nel = nel_loss(logits, target, self.ignore_index, class_mask, self.focal_weight, self.dice_weight,
+                           focal_reduction=self.focal_reduction, bias=self.nel_bias)
+            total = total + self.nel_weight * nel["loss_nel"]
+            out.update(loss_nel=nel["loss_nel"].detach(), loss_focal=nel["loss_focal"], loss_dice=nel["loss_dice"])
         out["loss"] = total
         return self.add_self_training(out, embeds, label, valid)
 

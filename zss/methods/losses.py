@@ -384,15 +384,27 @@ def nel_loss(
     gamma: float = 2.0,
     focal_reduction: str = "zegclip",
     dice_present_only: bool = True,
+    bias: float = 0.0,
 ) -> dict[str, Tensor]:
     """ZegCLIP's non-mutually-exclusive loss: ``focal_weight·focal + dice_weight·dice``.
 
-    Weights 100 / 1 and α=0.25, γ=2 are ZegCLIP's values (DESIGN §5). See
+    Weights 100 / 1 and α=0.25, γ=2 are ZegCLIP's values (docs/methods.md). See
     :func:`sigmoid_focal_loss` and :func:`dice_loss` for shapes and normalisation.
+
+    ``bias`` is added to every logit before the sigmoid (not in ZegCLIP: ours). It matters when the
+    logits are ``scale·cos`` with no bias of their own, as in zss's students: at bias 0 a negative class
+    is only "satisfied" when its cosine is well below 0, so the focal term (×100, summed over every
+    absent channel) pushes each embed away from *all* seen text embeds at once, towards the region
+    anti-aligned with them — where the unseen text embeds then win at test time (the collapse onto one
+    unseen class measured in docs/methods.md, "NEL"). A prior bias ``-log((1-π)/π)`` (RetinaNet's
+    prior, π = 0.01 -> -4.6) makes an orthogonal embed already a confident negative, so the loss stops
+    pushing there; a positive then needs ``cos > -bias/scale``.
 
     Returns:
         dict(loss_nel=weighted sum (graph), loss_focal, loss_dice (unweighted, detached)).
     """
+    if bias:
+        logits = logits.float() + float(bias)
     focal = sigmoid_focal_loss(logits, target, alpha, gamma, ignore_index, class_mask, focal_reduction)
     dice = dice_loss(logits, target, ignore_index, class_mask, dice_present_only)
     return {

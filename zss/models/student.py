@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zss.data.normalize import Renormalize, check_stats
+from zss.data.transforms import CLIP_MEAN, CLIP_STD
 from zss.models.decoders import build_decoder
 
 __all__ = ["Student"]
@@ -79,9 +81,25 @@ class Student(nn.Module):
         backbone_kwargs: extra ``timm.create_model`` arguments (e.g. ``dict(output_stride=16)`` for a dilated
             ResNet). ``dynamic_img_size=True`` is added automatically when the model accepts it (ViTs), so
             inputs of any size divisible by the patch size work.
+        input_mean, input_std: normalisation (RGB, [0, 1] units) of the images this Student receives, i.e.
+            ``dataset.mean/std`` (the CLI passes them). Default: CLIP's (the default ``dataset.mean/std``).
+        backbone_mean, backbone_std: normalisation the backbone expects (RGB, [0, 1] units). ``None`` (both):
+            a pretrained backbone (``pretrained`` true or a file) gets its timm ``pretrained_cfg`` mean/std
+            (ImageNet's for the shipped presets) whatever ``input_mean/std`` are; a random-init backbone
+            keeps the input normalisation (no conversion: it learns from whatever it is given). Set them to
+            override (e.g. a weights file trained with other statistics). Config keys
+            ``model.backbone_mean/std``; the CLI records the resolved values there so checkpoints reload exactly.
+
+    Normalisation: :meth:`features` first maps the input normalisation to the backbone's with the affine
+    ``x * scale + shift`` of :mod:`zss.data.normalize` (the same conversion FrozenCLIP applies for CLIP), so
+    each network sees the statistics it was trained with.
 
     Attributes:
         feature_channels / feature_strides: ``list[int]`` from timm ``feature_info`` (strides in pixels).
+        input_mean, input_std, backbone_mean, backbone_std: ``tuple[float, float, float]`` (resolved).
+        normalization (dict): the four values and ``source`` (``"timm pretrained_cfg"``,
+            ``"input (random init)"`` or ``"model.backbone_mean/std"``), for the run's config/log.
+        renormalize: the :class:`~zss.data.normalize.Renormalize` applied in :meth:`features`.
         output_stride: stride in pixels of ``decode``/``forward`` outputs (4 for ResNets and, via the decoder's
             learned pyramid, for stride-16 ViTs; see decoders.py).
         embed_dim, decoder_channels, backbone_name.
@@ -91,7 +109,8 @@ class Student(nn.Module):
 
     Raises:
         ValueError: unknown timm ``backbone`` (lists close matches and names ``model.backbone``), unknown
-            ``decoder``.
+            ``decoder``; a bad mean/std, or only one of ``backbone_mean``/``backbone_std`` given; a pretrained
+            backbone whose timm ``pretrained_cfg`` has no mean/std (set ``model.backbone_mean/std``).
         FileNotFoundError: ``pretrained`` is a path that does not exist (names ``model.pretrained``).
         RuntimeError: pretrained weights could not be fetched or loaded (names ``model.pretrained=<local file>``
             as the fix).
@@ -100,13 +119,41 @@ class Student(nn.Module):
     def __init__(self, backbone: str, embed_dim: int, decoder: str = "aspp", decoder_channels: int = 256,
                  pretrained: bool | str | os.PathLike = False, out_indices: Sequence[int] | None = None,
                  logit_scale: float = 1 / 0.07, drop_path_rate: float = 0.0,
-                 decoder_kwargs: dict[str, Any] | None = None, backbone_kwargs: dict[str, Any] | None = None):
+                 decoder_kwargs: dict[str, Any] | None = None, backbone_kwargs: dict[str, Any] | None = None,
+                 input_mean: Sequence[float] = CLIP_MEAN, input_std: Sequence[float] = CLIP_STD,
+                 backbone_mean: Sequence[float] | None = None, backbone_std: Sequence[float] | None = None):
         super().__init__()
+        self.input_mean = check_stats(input_mean, "model input_mean (dataset.mean)")
+        self.input_std = check_stats(input_std, "model input_std (dataset.std)", positive=True)
+        if (backbone_mean is None) != (backbone_std is None):
+            raise ValueError(f"Student: set both model.backbone_mean and model.backbone_std or neither (null), got "
+                             f"backbone_mean={backbone_mean!r}, backbone_std={backbone_std!r}")
         self.backbone_name = backbone
         self.embed_dim = int(embed_dim)
         self.decoder_channels = int(decoder_channels)
         self.backbone = self._create_backbone(backbone, pretrained, out_indices, drop_path_rate,
                                               dict(backbone_kwargs or {}))
+        if backbone_mean is not None:
+            source = "model.backbone_mean/std"
+            self.backbone_mean = check_stats(backbone_mean, "model.backbone_mean")
+            self.backbone_std = check_stats(backbone_std, "model.backbone_std", positive=True)
+        elif isinstance(pretrained, (str, os.PathLike)) or bool(pretrained):  # the rule of _create_backbone
+            source = "timm pretrained_cfg"
+            cfg = dict(getattr(self.backbone, "pretrained_cfg", None) or {})
+            if cfg.get("mean") is None or cfg.get("std") is None:
+                raise ValueError(f"Student: the timm pretrained_cfg of {backbone!r} has no mean/std; set "
+                                 "model.backbone_mean=[r,g,b] model.backbone_std=[r,g,b] (the statistics its "
+                                 "weights were trained with)")
+            self.backbone_mean = check_stats(cfg["mean"], f"pretrained_cfg mean of {backbone!r}")
+            self.backbone_std = check_stats(cfg["std"], f"pretrained_cfg std of {backbone!r}", positive=True)
+        else:  # random init: learns from the input normalisation as it is (ours, documented above)
+            source = "input (random init)"
+            self.backbone_mean, self.backbone_std = self.input_mean, self.input_std
+        self.renormalize = Renormalize(self.input_mean, self.input_std, self.backbone_mean, self.backbone_std)
+        self.normalization = {
+            "input_mean": list(self.input_mean), "input_std": list(self.input_std),
+            "backbone_mean": list(self.backbone_mean), "backbone_std": list(self.backbone_std), "source": source,
+        }
         info = self.backbone.feature_info
         self.feature_channels: list[int] = [int(c) for c in info.channels()]
         self.feature_strides: list[int] = [int(s) for s in info.reduction()]
@@ -172,14 +219,14 @@ class Student(nn.Module):
 
     # ------------------------------------------------------------------ forward pieces
     def features(self, images: Tensor) -> list[Tensor]:
-        """Backbone feature maps.
+        """Backbone feature maps (after re-normalising to the backbone's statistics, see the class docstring).
 
         Args:
-            images: ``Tensor[B, 3, H, W] float32`` normalised images.
+            images: ``Tensor[B, 3, H, W] float32`` images normalised with ``input_mean``/``input_std``.
         Returns:
             ``list[Tensor[B, feature_channels[i], H/feature_strides[i], W/feature_strides[i]]]``, shallow to deep.
         """
-        return list(self.backbone(images))
+        return list(self.backbone(self.renormalize(images)))
 
     def decode(self, features: Sequence[Tensor]) -> Tensor:
         """Decoder output before the projection: ``Tensor[B, decoder_channels, H/output_stride, W/output_stride]``."""
@@ -258,4 +305,5 @@ class Student(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"backbone={self.backbone_name!r}, embed_dim={self.embed_dim}, strides={self.feature_strides}, "
-                f"output_stride={self.output_stride}, logit_scale={float(self.logit_scale):.4g}")
+                f"output_stride={self.output_stride}, logit_scale={float(self.logit_scale):.4g}, "
+                f"normalization={self.normalization['source']!r}")

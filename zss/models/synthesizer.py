@@ -18,7 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SynthOutput", "WeightSynthesizer", "region_prototypes"]
+__all__ = ["SynthOutput", "WeightSynthesizer", "region_prototypes", "MEMORIES", "QUERIES"]
+
+#: Memory (keys/values) choices of :class:`WeightSynthesizer`.
+MEMORIES = ("cls", "cls+dense", "cls+regions")
+#: Query choices of :class:`WeightSynthesizer`.
+QUERIES = ("prototype", "prototype+clip", "clip")
 
 
 @dataclass
@@ -154,8 +159,17 @@ class WeightSynthesizer(nn.Module):
         heads: attention heads [ours: 4]; reduced to the largest divisor of D not above it.
         ffn_dim: FFN hidden width; ``None`` -> ``4·D`` [ours].
         dropout: decoder dropout [ours: 0.0].
-        memory: ``"cls"`` (keys/values = CLS token only, [summary]) or ``"cls+dense"`` (CLS plus the
-            teacher's dense tokens; ours, optional).
+        memory: ``"cls"`` (keys/values = the CLS token only, the summary's reading), ``"cls+dense"`` (CLS
+            plus every teacher dense token; ours) or ``"cls+regions"`` (ours): CLS plus the teacher's dense
+            tokens average-pooled over each region of F (one CLIP token per region). With ``"cls"`` the
+            cross-attention has one key, so its softmax is 1 and every region of an image receives the same
+            CLS-derived vector: the output cannot depend on CLIP's view of the region.
+        query: what each region's decoder query is: ``"prototype"`` (the student's region prototype, the
+            summary's reading), ``"prototype+clip"`` (plus the region's CLIP token; ours) or ``"clip"`` (the
+            region's CLIP token only; ours). With zero-init residuals the output starts as the normalised
+            query, so ``"clip"`` starts from CLIP's view of each region and the decoder learns a correction
+            (BCE pulls P_seen to the text embeds). docs/methods.md ("Synthesizer memory and query") has the
+            measurements behind the defaults.
         zero_init_residual: see above [ours: True].
         detach_prototypes: stop gradients from the weights into the student through the prototypes
             [ours: False — the pseudo-region logits then also shape the student's embeds via P].
@@ -173,13 +187,17 @@ class WeightSynthesizer(nn.Module):
         ffn_dim: int | None = None,
         dropout: float = 0.0,
         memory: str = "cls",
+        query: str = "prototype",
         zero_init_residual: bool = True,
         detach_prototypes: bool = False,
         ignore_index: int = 255,
     ) -> None:
         super().__init__()
-        if memory not in ("cls", "cls+dense"):
-            raise ValueError(f"WeightSynthesizer: memory must be 'cls' or 'cls+dense', got {memory!r}")
+        if memory not in MEMORIES:
+            raise ValueError(f"WeightSynthesizer: memory must be one of {MEMORIES}, got {memory!r}")
+        if query not in QUERIES:
+            raise ValueError(f"WeightSynthesizer: query must be one of {QUERIES}, got {query!r}")
+        self.query = query
         if dim < 1 or depth < 1 or heads < 1:
             raise ValueError(f"WeightSynthesizer: dim, depth, heads must be >= 1, got {dim}, {depth}, {heads}")
         self.dim, self.memory, self.ignore_index = int(dim), memory, int(ignore_index)
@@ -210,33 +228,42 @@ class WeightSynthesizer(nn.Module):
             embeds: student dense embeds R ``Tensor[B, D, h, w]``.
             fused: fused label map F ``Tensor[B, H, W] int64`` (seen positions, pseudo ids, ignore_index).
             cls: CLIP CLS tokens ``Tensor[B, D]`` (no grad needed).
-            dense: teacher dense tokens ``Tensor[B, D, h_t, w_t]``; required for ``memory="cls+dense"``.
+            dense: teacher dense tokens ``Tensor[B, D, h_t, w_t]``; required unless ``memory="cls"``.
             num_ids: number of possible F ids (default: max id + 1).
 
         Returns:
             :class:`SynthOutput` (float32).
 
         Raises:
-            ValueError: ``dense`` missing for ``memory="cls+dense"`` or a D mismatch.
+            ValueError: ``dense`` missing for a memory that needs it, or a D mismatch.
         """
         if embeds.shape[1] != self.dim or cls.shape[-1] != self.dim:
             raise ValueError(f"WeightSynthesizer(dim={self.dim}): got embeds D={embeds.shape[1]}, "
                              f"cls D={cls.shape[-1]}")
-        if self.memory == "cls+dense" and dense is None:
-            raise ValueError("WeightSynthesizer(memory='cls+dense') needs the teacher's dense tokens")
+        if (self.memory != "cls" or self.query != "prototype") and dense is None:
+            raise ValueError(f"WeightSynthesizer(memory={self.memory!r}) needs the teacher's dense tokens")
         src = embeds.detach() if self.detach_prototypes else embeds
         # float32 throughout (small tensors), also under autocast
         with torch.autocast(device_type=embeds.device.type, enabled=False):
             protos, region_ids, valid, area = region_prototypes(src.float(), fused, num_ids, self.ignore_index)
             mem = cls.detach().float()[:, None, :]  # [B, 1, D]
+            mem_pad = None
+            if self.memory == "cls+regions" or self.query != "prototype":
+                # CLIP's token per region: the same slots as the prototypes (slot order depends on F only)
+                clip_regions = region_prototypes(dense.detach().float(), fused, num_ids, self.ignore_index)[0]
             if self.memory == "cls+dense":
                 mem = torch.cat([mem, dense.detach().float().flatten(2).transpose(1, 2)], dim=1)  # [B, 1+N, D]
+            elif self.memory == "cls+regions":
+                mem = torch.cat([mem, clip_regions], dim=1)  # [B, 1+Q, D]
+                mem_pad = torch.cat([valid.new_zeros(len(valid), 1), ~valid], dim=1)
+            query = {"prototype": lambda: protos, "prototype+clip": lambda: protos + clip_regions,
+                     "clip": lambda: clip_regions}[self.query]()
             # a row whose keys are all masked would give NaN attention: unmask slot 0 of region-less images
             pad = ~valid
             pad[:, 0] &= valid.any(dim=1)
-            out = self.decoder(protos, mem, tgt_key_padding_mask=pad)  # [B, Q, D]
+            out = self.decoder(query, mem, tgt_key_padding_mask=pad, memory_key_padding_mask=mem_pad)  # [B, Q, D]
             out = F.normalize(out.float(), dim=-1)
         return SynthOutput(weights=out, prototypes=protos, region_ids=region_ids, valid=valid, area=area)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, heads={self.heads}, memory={self.memory!r}"
+        return f"dim={self.dim}, heads={self.heads}, memory={self.memory!r}, query={self.query!r}"

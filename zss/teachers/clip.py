@@ -28,6 +28,8 @@ from open_clip.transformer import Attention as _OCAttention
 from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 
+from zss.data.normalize import renormalize_affine
+
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
@@ -169,6 +171,10 @@ class FrozenCLIP(nn.Module):
             what open_clip records for the tag (``visual.preprocess_cfg``), else OpenAI's. A bare weights
             file keeps open_clip's default preprocessing, so set these for non-OpenAI files.
         hash_weights: compute the sha256 of the local weights file for ``identity`` (~1 s per 500 MB).
+        warning: what these weights mean for the numbers (e.g. the label-taught CLIP of
+            docs/taught_clip.md); recorded as ``identity["warning"]`` and printed with every result.
+        missing_weights_hint: appended to the :class:`TeacherWeightsNotFoundError` message of a missing
+            local weights file (e.g. the command that builds it).
 
     Attributes:
         model: the open_clip ``CLIP``/``CustomTextCLIP`` (frozen).
@@ -180,7 +186,7 @@ class FrozenCLIP(nn.Module):
         clip_mean, clip_std, input_mean, input_std (tuple[float, float, float]).
         identity (dict): model_name, pretrained, source, file, sha256, embed_dim, width, patch_size,
             native_image_size, image_size, clip_mean, clip_std, input_mean, input_std, dense_mode,
-            open_clip_version (and model_cfg when given). Recorded instead of the weights in checkpoints.
+            open_clip_version (and model_cfg / warning when given). Recorded instead of the weights in checkpoints.
 
     Raises:
         ValueError: unknown ``model_name`` (lists close names; fix ``teacher.model_name=...``), unknown
@@ -204,6 +210,8 @@ class FrozenCLIP(nn.Module):
         clip_mean: Sequence[float] | None = None,
         clip_std: Sequence[float] | None = None,
         hash_weights: bool = True,
+        warning: str | None = None,
+        missing_weights_hint: str | None = None,
     ) -> None:
         super().__init__()
         if dense_mode not in DENSE_MODES:
@@ -212,7 +220,12 @@ class FrozenCLIP(nn.Module):
                 f"(teacher.dense_mode=...)"
             )
         self.dense_mode = dense_mode
-        model, info = self._build(model_name, pretrained, model_cfg, cache_dir, hash_weights)
+        try:
+            model, info = self._build(model_name, pretrained, model_cfg, cache_dir, hash_weights)
+        except TeacherWeightsNotFoundError as e:
+            if not missing_weights_hint:
+                raise
+            raise TeacherWeightsNotFoundError(f"{e} {missing_weights_hint}") from e
         self.model = model
         self._model_name = info["model_name"]
         self._model_cfg = model_cfg
@@ -258,11 +271,10 @@ class FrozenCLIP(nn.Module):
                         ("input_mean", self.input_mean), ("input_std", self.input_std)):
             if len(v) != 3:
                 raise ValueError(f"FrozenCLIP: {name} must have 3 values (RGB), got {v}")
-        in_mean, in_std = torch.tensor(self.input_mean), torch.tensor(self.input_std)
-        c_mean, c_std = torch.tensor(self.clip_mean), torch.tensor(self.clip_std)
-        # x_clip = (x * in_std + in_mean - c_mean) / c_std = x * scale + shift
-        self.register_buffer("_in_scale", (in_std / c_std).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("_in_shift", ((in_mean - c_mean) / c_std).view(1, 3, 1, 1), persistent=False)
+        # x_clip = (x * in_std + in_mean - c_mean) / c_std = x * scale + shift (zss/data/normalize.py)
+        in_scale, in_shift = renormalize_affine(self.input_mean, self.input_std, self.clip_mean, self.clip_std)
+        self.register_buffer("_in_scale", in_scale, persistent=False)
+        self.register_buffer("_in_shift", in_shift, persistent=False)
 
         self._pos_cache: dict[tuple, Tensor] = {}
         self._text_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], Tensor] = {}
@@ -285,6 +297,9 @@ class FrozenCLIP(nn.Module):
         }
         if model_cfg is not None:
             self.identity["model_cfg"] = model_cfg
+        if warning:
+            self.identity["warning"] = str(warning)
+            log.warning("%s", warning)
         self.eval()
 
     # ------------------------------------------------------------------ construction

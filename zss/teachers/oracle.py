@@ -47,9 +47,14 @@ class OracleTeacher(nn.Module):
             contribute nothing (a fully ignored patch is then pure noise, or the zero vector at noise 0).
 
     Attributes:
+        needs_full_label (bool, class attribute): True. It reads ``batch["full_label"]`` (all classes, unseen
+            included), so the trainer keeps that key in training batches only for a teacher that declares
+            this (absent/False elsewhere), and training with it needs ``allow_oracle_teacher=true``.
         embed_dim (int), patch_size (int), classnames (tuple[str, ...]), num_classes (int), noise (float),
         class_embeds: Tensor[C (+1 if background), D] float32 unit rows (buffer; row C = background),
         identity (dict): says it is an oracle (``kind="oracle"``, the warning, its settings).
+
+    Image normalisation: none needed (the images are only shape-checked), so it takes no ``input_mean/std``.
 
     Noise reproducibility: noise comes from a private CPU ``torch.Generator`` seeded at construction, drawn
     per call in a fixed order (dense [B, h*w, D] first, then cls [B, D]), then moved to the label's device.
@@ -59,6 +64,9 @@ class OracleTeacher(nn.Module):
     Raises:
         ValueError: empty or duplicate classnames, embed_dim/patch_size < 1, noise < 0.
     """
+
+    #: Reads the ground truth of every class: training batches keep ``full_label`` only for such teachers.
+    needs_full_label: bool = True
 
     def __init__(
         self,
