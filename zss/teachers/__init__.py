@@ -10,6 +10,7 @@ from zss.teachers.clip import (
     tiny_clip_cfg,
 )
 from zss.teachers.oracle import ORACLE_WARNING, OracleTeacher
+from zss.teachers.prompted import PromptedCLIPEncoder
 
 __all__ = [
     "CLIP_MEAN",
@@ -18,6 +19,7 @@ __all__ = [
     "FrozenCLIP",
     "ORACLE_WARNING",
     "OracleTeacher",
+    "PromptedCLIPEncoder",
     "TeacherWeightsError",
     "TeacherWeightsNotFoundError",
     "build_tiny_clip",
