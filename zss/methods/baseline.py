@@ -11,7 +11,7 @@ from zss.methods.base import Method, safe_cross_entropy, seen_text_logits, upsam
 
 
 class SeenOnlyBaseline(Method):
-    """Supervised training on seen classes only (DESIGN §5 baseline; not a paper's method).
+    """Supervised training on seen classes only (docs/methods.md (CLIP-ZSS) baseline; not a paper's method).
 
     Loss: ``CE(upsample(logit_scale · <embeds, T_seen>), label)`` with ``ignore_index=255``,
     logits bilinearly upsampled to the label size (pixels). Inherits every constructor argument

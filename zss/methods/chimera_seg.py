@@ -1,4 +1,4 @@
-"""Chimera-Seg: a CLIP-free body grafted onto CLIP's last blocks (CLIP Semantic Head) (DESIGN §6).
+"""Chimera-Seg: a CLIP-free body grafted onto CLIP's last blocks (CLIP Semantic Head) (docs/methods.md (Chimera-Seg)).
 
 Training (per batch) [paper for the parts, ours for every detail]:
 
@@ -41,7 +41,7 @@ def keep_ratio(step: int, max_steps: int, r0: float = 1.0, r_min: float = 0.25, 
 
     With progress ``p = min(1, step / (decay_fraction · max_steps))``:
     ``linear``: ``r0 + (r_min - r0)·p``; ``cosine``: ``r_min + (r0 - r_min)·(1 + cos(π p))/2``. Both are
-    non-increasing in ``step``. Source: DESIGN §6 ("r(t) decays from r0 to r_min") [paper]; the schedule
+    non-increasing in ``step``. Source: docs/methods.md (Chimera-Seg) ("r(t) decays from r0 to r_min") [paper]; the schedule
     shapes and ``decay_fraction`` are not in the paper: our choices.
 
     Args:
@@ -73,7 +73,7 @@ def select_top_ratio(embeds: Tensor, cls: Tensor, ratio: float, valid: Tensor | 
 
     Each image keeps ``n_i = clamp(ceil(ratio · V_i), 1, V_i)`` positions, V_i = its number of valid positions
     (all positions when ``valid`` is None; an image with no valid position is treated as all-valid). Ties are
-    broken by position order (``torch.sort(stable=True)``). Source: SGD, DESIGN §6 [paper]; the rounding rule is
+    broken by position order (``torch.sort(stable=True)``). Source: SGD, docs/methods.md (Chimera-Seg) [paper]; the rounding rule is
     not in the paper: our default.
 
     Args:
@@ -111,7 +111,7 @@ def select_top_ratio(embeds: Tensor, cls: Tensor, ratio: float, valid: Tensor | 
 
 
 class ChimeraSeg(Method):
-    """Chimera-Seg training method (DESIGN §6). Every number not in the abstract is ours and marked so.
+    """Chimera-Seg training method (docs/methods.md (Chimera-Seg)). Every number not in the abstract is ours and marked so.
 
     The given ``student`` (a zss :class:`~zss.models.student.Student`) becomes the *body*; a
     :class:`~zss.models.chimera.CLIPSemanticHead` is built from the teacher's last ``csh_blocks`` blocks and the
@@ -129,7 +129,7 @@ class ChimeraSeg(Method):
         csh_input: ``"decoder"`` (body decoder output) or ``"backbone"`` (last backbone map) [ours: decoder].
         prepend_cls: class token in the CSH sequence [ours: True]. maskclip_last: MaskCLIP value path in the
             last CSH block [ours: False]. pos_embed: ``"frozen"``/``"learnable"``/``"none"`` [ours: frozen].
-        adapter_norm: LayerNorm after the adapter [DESIGN §6: True]. adapter_hidden: None = linear adapter
+        adapter_norm: LayerNorm after the adapter [docs/methods.md (Chimera-Seg): True]. adapter_hidden: None = linear adapter
             [ours]; an int = 2-layer MLP width. resample: body map -> token grid, ``"auto"``/``"area"``/
             ``"bilinear"`` [ours: auto]. token_stride: CSH grid stride in pixels; None = teacher patch [ours].
         r0, r_min: SGD keep ratio at the start / end [ours: 1.0, 0.25]. r_schedule: ``"linear"``/``"cosine"``

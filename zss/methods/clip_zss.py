@@ -1,4 +1,4 @@
-"""CLIP-ZSS: distil a frozen CLIP into a CLIP-free student (DESIGN §5).
+"""CLIP-ZSS: distil a frozen CLIP into a CLIP-free student (docs/methods.md (CLIP-ZSS)).
 
 Training (per batch):
 
@@ -39,7 +39,7 @@ def _zero(ref: Tensor) -> Tensor:
 
 
 class ClipZSS(Method):
-    """CLIP-ZSS training method (DESIGN §5). Tags: [paper], [summary], or "ours" (not in the paper: our
+    """CLIP-ZSS training method (docs/methods.md (CLIP-ZSS)). Tags: [paper], [summary], or "ours" (not in the paper: our
     default) for every number.
 
     Args:
@@ -172,7 +172,7 @@ class ClipZSS(Method):
 
     # ------------------------------------------------------------------ pieces
     def pseudo_label_map(self, dense: Tensor, seen_label: Tensor, valid: Tensor) -> Tensor:
-        """Fused labels F from the teacher's dense tokens (PLM, DESIGN §5 [summary]).
+        """Fused labels F from the teacher's dense tokens (PLM, docs/methods.md (CLIP-ZSS) [summary]).
 
         Calls :func:`zss.ops.pseudo_labels.pseudo_labels` (multi-scale window seeds -> batched cosine
         K-Means -> mask fusion) with this method's ``pl_*`` settings.

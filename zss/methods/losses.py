@@ -1,9 +1,9 @@
 """Losses shared by the distillation methods (CLIP-ZSS, Chimera-Seg).
 
-* :func:`cls_attention_pool` — CLIP-ZSS GLM's "CLS as query" pooling of dense embeds (DESIGN §5).
+* :func:`cls_attention_pool` — CLIP-ZSS GLM's "CLS as query" pooling of dense embeds (docs/methods.md (CLIP-ZSS)).
 * :class:`CLSBank` — FIFO queue of past CLIP CLS tokens used as extra InfoNCE negatives.
-* :func:`info_nce` / :class:`GlobalDistillLoss` — the GLM objective (DESIGN §5; Chimera-Seg's SGD
-  reuses it, DESIGN §6).
+* :func:`info_nce` / :class:`GlobalDistillLoss` — the GLM objective (docs/methods.md (CLIP-ZSS); Chimera-Seg's SGD
+  reuses it, docs/methods.md (Chimera-Seg)).
 * :func:`sigmoid_focal_loss`, :func:`dice_loss`, :func:`nel_loss` — ZegCLIP's non-mutually-exclusive
   loss (NEL), per-class sigmoid focal + dice, with ignore pixels excluded.
 
@@ -35,7 +35,7 @@ __all__ = [
 def cls_attention_pool(
     embeds: Tensor, cls: Tensor, scale: float | None = None, mask: Tensor | None = None
 ) -> Tensor:
-    """Pool dense embeds with the CLS token as the attention query (CLIP-ZSS GLM, DESIGN §5 [summary]).
+    """Pool dense embeds with the CLS token as the attention query (CLIP-ZSS GLM, docs/methods.md (CLIP-ZSS) [summary]).
 
     ``W = softmax_L(scale · <S, R_l>)``, ``Ŝ = Σ_l W_l · R_l``: a CLS token predicted from the
     student's dense features. The result is *not* normalised; L2-normalise it before a cosine loss.
@@ -78,7 +78,7 @@ def cls_attention_pool(
 
 
 class CLSBank(nn.Module):
-    """FIFO queue of past CLS tokens, used as extra InfoNCE negatives (DESIGN §5; size is ours).
+    """FIFO queue of past CLS tokens, used as extra InfoNCE negatives (docs/methods.md (CLIP-ZSS); size is ours).
 
     Not trained. The buffers are registered with ``persistent=False``: the bank is *not* saved in
     checkpoints (it is refilled within ``size / global_batch`` steps after a resume). The teacher is
@@ -161,7 +161,7 @@ def gather_no_grad(x: Tensor) -> tuple[Tensor, int]:
 
 
 def info_nce(anchor: Tensor, positive: Tensor, negatives: Tensor | None = None, tau: float = 0.07) -> Tensor:
-    """InfoNCE with in-batch and bank negatives (GLM, DESIGN §5 [summary]; τ=0.07 is ours).
+    """InfoNCE with in-batch and bank negatives (GLM, docs/methods.md (CLIP-ZSS) [summary]; τ=0.07 is ours).
 
     For every anchor i: logits ``[<a_i, p_j>/τ for j in batch] ++ [<a_i, n_m>/τ for m in bank]``,
     target j = i; loss = mean over i of the cross-entropy. Inputs are used as given: pass
@@ -201,7 +201,7 @@ def info_nce(anchor: Tensor, positive: Tensor, negatives: Tensor | None = None, 
 
 
 class GlobalDistillLoss(nn.Module):
-    """CLIP-ZSS Global Learning Module loss (DESIGN §5 [summary]).
+    """CLIP-ZSS Global Learning Module loss (docs/methods.md (CLIP-ZSS) [summary]).
 
     ``Ŝ = normalize(cls_attention_pool(R, S))``; ``L_GLM = info_nce(Ŝ, S, bank, τ)``; then (in training
     mode) the batch's CLS tokens — gathered from every rank in DDP, so the banks stay identical — are

@@ -1,4 +1,4 @@
-"""Chimera-Seg's model: a CLIP-free body + the CLIP Semantic Head (CSH) (DESIGN §6).
+"""Chimera-Seg's model: a CLIP-free body + the CLIP Semantic Head (CSH) (docs/methods.md (Chimera-Seg)).
 
 Chimera-Seg [paper, abstract]: a segmentation *body* (here a zss :class:`~zss.models.student.Student`: timm
 backbone + decoder) is joined to a *CLIP Semantic Head*: a light trainable adapter followed by the last k
@@ -52,7 +52,7 @@ def _maskclip_block(blk: nn.Module, x: Tensor) -> Tensor:
 
 
 class CLIPSemanticHead(nn.Module):
-    """CLIP Semantic Head: adapter -> last k frozen CLIP ViT blocks -> frozen ln_post/proj (DESIGN §6).
+    """CLIP Semantic Head: adapter -> last k frozen CLIP ViT blocks -> frozen ln_post/proj (docs/methods.md (Chimera-Seg)).
 
     The frozen parts (``blocks``, ``ln_post``, ``proj`` and, with ``pos_embed="frozen"``, the positional
     embedding buffer ``pos_embed``) are deep copies of the teacher's loaded weights taken at construction, so
@@ -80,7 +80,7 @@ class CLIPSemanticHead(nn.Module):
         pos_embed: ``"frozen"`` (add CLIP's positional embedding, bicubically interpolated to the token grid,
             as a frozen buffer), ``"learnable"`` (same, but a trainable parameter initialised from CLIP's) or
             ``"none"``. Not in the paper: our default ``"frozen"``.
-        adapter_norm: LayerNorm(W) (trainable affine) after the linear adapter. DESIGN §6 (adapter + LN);
+        adapter_norm: LayerNorm(W) (trainable affine) after the linear adapter. docs/methods.md (Chimera-Seg) (adapter + LN);
             turn off only for tests/ablations.
         adapter_hidden: None = a single Linear(C, W) (equal to a 1x1 conv; our default); an int H = a
             Linear(C, H) -> GELU -> Linear(H, W) MLP (not in the paper).
@@ -315,7 +315,7 @@ class CLIPSemanticHead(nn.Module):
 
 
 class ChimeraStudent(nn.Module):
-    """Body (zss Student: backbone + decoder) + CLIP Semantic Head; usable as ``Method.student`` (DESIGN §6).
+    """Body (zss Student: backbone + decoder) + CLIP Semantic Head; usable as ``Method.student`` (docs/methods.md (Chimera-Seg)).
 
     ``forward(images) = csh(body_map(images), grid=(H // token_stride, W // token_stride))``.
 

@@ -1,4 +1,4 @@
-"""CLIP-ZSS weight synthesizer (PLM, DESIGN §5 [summary]).
+"""CLIP-ZSS weight synthesizer (PLM, docs/methods.md (CLIP-ZSS) [summary]).
 
 Region prototypes — masked average pools of the student's dense embeds over each region of the fused
 label map F (seen classes present in the image, and per-image pseudo regions) — are the queries of a
@@ -144,7 +144,7 @@ def _pick_heads(dim: int, heads: int) -> int:
 class WeightSynthesizer(nn.Module):
     """Synthesize per-region classifier weights from student prototypes and the CLIP CLS token.
 
-    DESIGN §5 [summary]: queries = region prototypes of the student's dense embeds, keys/values = the
+    docs/methods.md (CLIP-ZSS) [summary]: queries = region prototypes of the student's dense embeds, keys/values = the
     CLIP CLS token; outputs P_seen / P_pseudo. Depth, width, heads and the memory choice are not in the
     paper: our defaults.
 

@@ -2,7 +2,7 @@
 
 All problems are solved in one tensor program: ``P`` point sets (e.g. images) are stacked in one
 batch, and each point set may carry several independent K-Means problems that share its points
-(``groups``: e.g. one problem per window scale of CLIP-ZSS's pseudo-label module, DESIGN §5).
+(``groups``: e.g. one problem per window scale of CLIP-ZSS's pseudo-label module, docs/methods.md (CLIP-ZSS)).
 There is no Python loop over images or problems; the only Python loops are over the fixed
 iteration count and over the (few) groups.
 
@@ -34,7 +34,7 @@ Steps 1-3 run ``iters`` times, then a final assignment gives ``labels`` consiste
 the loop reads a value back to the host, so the whole call can be captured in a CUDA graph.
 
 Source: Lloyd's algorithm; spherical K-Means (Dhillon & Modha 2001); empty-cluster relocation as in
-scikit-learn. Multi-problem layout and all defaults: not in the paper, ours (DESIGN §5, §8).
+scikit-learn. Multi-problem layout and all defaults: not in the paper, ours (docs/methods.md (CLIP-ZSS), §8).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """CLIP-ZSS PLM pseudo labels: multi-scale window seeds -> batched K-Means -> mask fusion -> fused labels.
 
-DESIGN §5 ("PLM — pseudo labels", [summary]): on the frozen CLIP dense tokens ``O [h, w, D]`` of each
+docs/methods.md (CLIP-ZSS) ("PLM — pseudo labels", [summary]): on the frozen CLIP dense tokens ``O [h, w, D]`` of each
 image, seeds are average-pooled windows of size ``s`` and stride ``floor(s/2)`` for each scale ``s``;
 a cosine K-Means is initialised from each scale's seeds; masks whose centres have cosine ``> lam``
 are fused (each mask used once); the fused masks are written only where the training label is
@@ -48,7 +48,7 @@ DEFAULT_MIN_AREA: int = 4
 
 @torch.no_grad()
 def window_seeds(dense: Tensor, scales: Sequence[int] = DEFAULT_SCALES) -> tuple[Tensor, Tensor, Tensor]:
-    """Multi-scale sliding-window seeds from dense tokens (DESIGN §5 PLM; windows/stride per the summary).
+    """Multi-scale sliding-window seeds from dense tokens (docs/methods.md (CLIP-ZSS) PLM; windows/stride per the summary).
 
     For each scale ``s`` (window side in patches): ``F.avg_pool2d`` with kernel ``s`` and stride
     ``max(1, s // 2)`` over the dense tokens (windows that do not fit at the right/bottom border are
@@ -143,7 +143,7 @@ def fuse_masks(
     area_mask: Tensor | None = None,
     mode: str = "components",
 ) -> tuple[Tensor, Tensor]:
-    """Fuse the multi-scale K-Means masks of each image into one region map (DESIGN §5 PLM).
+    """Fuse the multi-scale K-Means masks of each image into one region map (docs/methods.md (CLIP-ZSS) PLM).
 
     A *mask* is one non-empty cluster (centre ``k``) of one scale. Rules (the cosine threshold
     ``lam`` is the paper's; everything else is ours):
@@ -325,7 +325,7 @@ def fused_labels(
     seen_ids: Sequence[int] | Tensor | None = None,
     validate: bool = True,
 ) -> Tensor:
-    """Fused labels ``F``: seen ground truth, plus pseudo ids where the label is ignore (DESIGN §5).
+    """Fused labels ``F``: seen ground truth, plus pseudo ids where the label is ignore (docs/methods.md (CLIP-ZSS)).
 
     ``region_ids`` are upsampled to the label size with nearest-neighbour interpolation. Per pixel:
     a seen class -> its seen index (never overwritten); ``ignore_index`` inside the image
@@ -431,7 +431,7 @@ def pseudo_labels(
     seen_ids: Sequence[int] | Tensor | None = None,
     merge_rounds: int = 64,
 ) -> PseudoLabels:
-    """CLIP-ZSS PLM pseudo labels end to end (DESIGN §5): seeds -> K-Means -> fusion -> fused labels.
+    """CLIP-ZSS PLM pseudo labels end to end (docs/methods.md (CLIP-ZSS)): seeds -> K-Means -> fusion -> fused labels.
 
     Steps: ``scales`` sorted ascending (finest first); :func:`window_seeds`; one
     :func:`~zss.ops.kmeans.batched_kmeans` call (spherical, all images) over the image's ``h*w`` dense
