@@ -1,45 +1,11 @@
 #!/usr/bin/env python
-"""Aggregate final metrics over runs: one markdown row per run plus mean ± sample std (n shown).
+"""Aggregate final metrics over runs: ``python scripts/aggregate.py runs/demo_clip_zss/* [--md out.md]``.
 
-    python scripts/aggregate.py runs/demo_clip_zss/* [--md out.md] [--json out.json]
-    python scripts/aggregate.py multirun/2025-01-01 --recursive
-
-A run dir is any directory holding final_results.json (preferred) or metrics.jsonl (last "val" record).
-Glob patterns may be quoted (expanded here). null / NaN values are excluded from a metric's mean and n.
+Installed package: ``zss-aggregate``. Every flag: ``--help`` (zss.commands.AGGREGATE_DOC).
 """
-from __future__ import annotations
-
-import argparse
-import json
 import sys
-from pathlib import Path
 
-from zss.engine.report import METRICS, RESULTS_FILE, aggregate
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", help="run directories or glob patterns")
-    p.add_argument("--recursive", "-r", action="store_true", help="search subdirectories for run dirs")
-    p.add_argument("--metrics", nargs="+", default=list(METRICS), help="metric keys (default: %(default)s)")
-    p.add_argument("--results-file", default=RESULTS_FILE, help="final results file name (default: %(default)s)")
-    p.add_argument("--digits", type=int, default=2, help="decimals in the table")
-    p.add_argument("--md", help="also write the markdown table to this file")
-    p.add_argument("--json", help="also write rows + summary as JSON to this file")
-    a = p.parse_args(argv)
-    table = aggregate(a.runs, metrics=a.metrics, recursive=a.recursive, results_file=a.results_file)
-    md = table.to_markdown(a.digits)
-    print(md)
-    for d, why in table.skipped:
-        print(f"skipped {d}: {why}", file=sys.stderr)
-    if a.md:
-        Path(a.md).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.md).write_text(md + "\n")
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(table.to_dict(), indent=2, allow_nan=False) + "\n")
-    return 0
-
+from zss.commands import aggregate_main as main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark: zss batched K-Means vs scikit-learn and faiss on CLIP-ZSS multi-scale window seeds.
 
-Same inputs, same iteration count, single CPU thread for every method (DESIGN §8: ratios against
+Same inputs, same iteration count, single CPU thread for every method (docs/architecture.md "Measuring speed": ratios against
 references measured in the same run; absolute times only mean something on a GPU).
 
 Inputs: B images of synthetic clustered unit vectors shaped like CLIP dense tokens (D=512): a
@@ -142,8 +142,8 @@ def run_grid(B, grid, scales, iters, repeats, device, have_sk, have_faiss):
                     km = faiss.Kmeans(xn.shape[2], e - a, niter=iters, spherical=True, verbose=False, seed=0,
                                       min_points_per_centroid=1, max_points_per_centroid=1 << 20)
                     km.train(xn[b], init_centroids=np.ascontiguousarray(sn[b, a:e]))
-                    _, I = km.index.search(xn[b], 1)
-                    lab[b, g] = I[:, 0]
+                    _, nearest = km.index.search(xn[b], 1)
+                    lab[b, g] = nearest[:, 0]
             return torch.from_numpy(lab)
         rows["faiss-seeds"] = timeit(fn, repeats)
 

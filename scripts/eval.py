@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Evaluate a checkpoint: ``python scripts/eval.py ckpt=runs/<name>/<stamp>/best.pt [split=train]``."""
+"""Evaluate a checkpoint: ``python scripts/eval.py ckpt=runs/<name>/<stamp>/last.pt [split=train]``."""
 from zss.cli import eval_main
 
 if __name__ == "__main__":

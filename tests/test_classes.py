@@ -1,4 +1,4 @@
-"""Benchmark presets, unseen splits, templates, class_index and dataset layouts (DESIGN §2)."""
+"""Benchmark presets, unseen splits, templates, class_index and dataset layouts (docs/protocol.md "Benchmarks")."""
 from __future__ import annotations
 
 import pytest

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import torch
+import yaml
 
 from conftest import TINY, run_script
 
@@ -26,9 +27,13 @@ def test_train_then_eval_reproduces_numbers(tmp_path, voc_root):
     log = _run(["scripts/train.py", *TINY, f"run_root={root}", f"dataset.root={voc_root}"], tmp_path)
     assert "hIoU" in log and "NOT zero-shot" in log
     run = _only_run_dir(root)
-    for f in ("last.pt", "best.pt", "metrics.jsonl", "final_results.json"):
+    for f in ("last.pt", "metrics.jsonl", "final_results.json"):
         assert (run / f).is_file(), f
+    assert not list(run.glob("best*.pt"))  # selection on the val (= test) split is opt-in
     assert list((run / "tb").glob("events.*"))
+    # how it was launched: Hydra's overrides and the library versions, in the run dir
+    assert yaml.safe_load((run / "overrides.yaml").read_text()) == [*TINY, f"run_root={root}", f"dataset.root={voc_root}"]
+    assert {"torch", "timm", "open_clip", "zss", "git_sha"} <= set(json.loads((run / "versions.json").read_text()))
     final = json.loads((run / "final_results.json").read_text())
     _run(["scripts/eval.py", f"ckpt={run / 'last.pt'}", f"dataset.root={voc_root}", f"out_dir={tmp_path / 'ev'}"],
          tmp_path)
@@ -55,3 +60,15 @@ def test_missing_dataset_root_is_one_clear_error(tmp_path):
                      check=False)
     assert out.returncode != 0
     assert "/nonexistent/voc" in out.stderr
+
+
+def test_run_info_is_never_overwritten_on_resume(tmp_path):
+    from zss.cli import save_run_info
+
+    first = save_run_info(tmp_path)
+    assert [p.name for p in first] == ["overrides.yaml", "versions.json"]
+    (tmp_path / "overrides.yaml").write_text("- marker\n")
+    again = save_run_info(tmp_path)  # a resumed run in the same directory
+    assert [p.name for p in again] == ["overrides.resume-1.yaml", "versions.resume-1.json"]
+    assert (tmp_path / "overrides.yaml").read_text() == "- marker\n"
+    assert {"torch", "timm", "open_clip", "zss"} <= set(json.loads(again[1].read_text()))

@@ -17,8 +17,13 @@ from zss.engine.evaluate import make_logits_fn
 from zss.methods.clip_rc import ClipRC, focal_dice_ignore_as_negative, st_pseudo_labels
 from zss.models.clip_rc_decoder import RegionTextDecoder, fuse_regions, recovery_loss
 from zss.teachers.clip import FrozenCLIP, TeacherWeightsNotFoundError, build_tiny_clip, tiny_clip_cfg
-from zss.teachers.prompted import (IMAGENET_MEAN, IMAGENET_STD, PromptedCLIPEncoder, region_attention_mask,
-                                  region_windows)
+from zss.teachers.prompted import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PromptedCLIPEncoder,
+    region_attention_mask,
+    region_windows,
+)
 
 VOC = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
        "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
@@ -174,7 +179,7 @@ def test_logits_are_the_mean_over_region_copies():
     with torch.no_grad():
         out = dec(dense, cls, regions, text)
     s = out["q"] @ out["v"].transpose(1, 2)  # [2, 16*C, 42]
-    want = torch.stack([torch.stack([s[:, l * C + c] for l in range(16)]).mean(0) for c in range(C)], dim=1)
+    want = torch.stack([torch.stack([s[:, k * C + c] for k in range(16)]).mean(0) for c in range(C)], dim=1)
     torch.testing.assert_close(out["logits"], want.reshape(2, C, 6, 7))
     # query l*C + c is [(R_l + g) * T_c ; T_c]
     R = regions.flatten(2).transpose(1, 2)

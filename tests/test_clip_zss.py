@@ -289,3 +289,44 @@ def test_training_step_under_bf16_autocast(tiny_clip):
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in out.values())
     out["loss"].backward()
     assert all(torch.isfinite(p.grad).all() for p in m.synthesizer.parameters())
+
+
+# ------------------------------------------------------------------ CE reduction and synthesizer training (ours)
+def test_split_ce_averages_seen_and_pseudo_pixels_separately(tiny_clip):
+    torch.manual_seed(0)
+    m = _method(tiny_clip, use_glm=False, ce_reduction="split", pseudo_ce_weight=0.5)
+    logits = torch.randn(2, m.num_seen + 3, IMG, IMG)
+    target = torch.full((2, IMG, IMG), 255, dtype=torch.long)
+    target[:, :8] = 1  # few seen pixels
+    target[:, 8:40] = m.num_seen + 2  # many pseudo pixels
+    out = {}
+    loss = m._ce(logits, target, out)
+    seen_t = torch.where(target < m.num_seen, target, 255)
+    pseudo_t = torch.where(target >= m.num_seen, target, 255).masked_fill(target == 255, 255)
+    want_seen = F.cross_entropy(logits, seen_t, ignore_index=255)
+    want_pseudo = F.cross_entropy(logits, pseudo_t, ignore_index=255)
+    assert torch.allclose(loss, want_seen + 0.5 * want_pseudo, atol=1e-5)
+    assert torch.allclose(out["loss_ce_seen"], want_seen, atol=1e-5)
+    joint = _method(tiny_clip, use_glm=False)._ce(logits, target, {})
+    assert torch.allclose(joint, F.cross_entropy(logits, target, ignore_index=255), atol=1e-5)
+    with pytest.raises(ValueError, match="ce_reduction"):
+        _method(tiny_clip, ce_reduction="sum")
+
+
+def test_detached_pseudo_weights_train_the_synthesizer_by_bce_only(tiny_clip):
+    grads = {}
+    for detach in (False, True):
+        m = _method(tiny_clip, use_glm=False, bce_weight=0.0, detach_pseudo_weights=detach)
+        m.training_step(_batch())["loss"].backward()
+        grads[detach] = sum(float(p.grad.abs().sum()) for p in m.synthesizer.parameters() if p.grad is not None)
+    assert grads[False] > 0 and grads[True] == 0
+
+
+def test_synth_lr_mult_scales_only_the_synthesizer_groups(tiny_clip):
+    m = _method(tiny_clip, synth_lr_mult=0.0)
+    groups = m.param_groups(1e-3, head_lr_mult=10.0)
+    synth = [g for g in groups if g["name"].startswith("synthesizer")]
+    assert synth and all(g["lr"] == 0.0 for g in synth)
+    assert all(g["lr"] > 0 for g in groups if not g["name"].startswith("synthesizer"))
+    with pytest.raises(ValueError, match="synth_lr_mult"):
+        _method(tiny_clip, synth_lr_mult=-1)

@@ -66,7 +66,10 @@ def test_slurm_env_maps_to_torchrun_variables(monkeypatch):
     from zss.engine import dist
 
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_JOB_NODELIST"):
-        monkeypatch.delenv(k, raising=False)
+        # setenv first so monkeypatch records the variable and removes what _slurm_env sets at teardown (a
+        # leaked WORLD_SIZE makes later tests wait forever for a distributed group)
+        monkeypatch.setenv(k, "unset")
+        monkeypatch.delenv(k)
     monkeypatch.setenv("SLURM_NTASKS", "4")
     monkeypatch.setenv("SLURM_PROCID", "3")
     monkeypatch.setenv("SLURM_LOCALID", "1")

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zss.data.classes import CONTEXT59_CLASSES, COCO_STUFF_CLASSES, get_benchmark
+from zss.data.classes import COCO_STUFF_CLASSES, CONTEXT59_CLASSES, get_benchmark
 from zss.data.convert import (
     COCO_STUFF_CATEGORIES,
     COCO_STUFF_UNUSED_IDS,
     CONTEXT59_OFFICIAL_IDS,
+    cocostuff_lut,
     context_lut,
     convert_cocostuff,
     convert_cocostuff_label,
     convert_context,
-    cocostuff_lut,
     read_context_labels,
     resolve_context59_ids,
 )
@@ -68,7 +68,7 @@ def test_cocostuff_lut_bijective_and_names():
     assert COCO_STUFF_CLASSES[lut[89]] == "toothbrush" and lut[89] == 79
     for v in used:
         assert COCO_STUFF_CLASSES[lut[v]] == COCO_STUFF_CATEGORIES[v + 1]
-    # the unseen COCO classes of DESIGN §2 land where the benchmark says
+    # the unseen COCO classes of docs/protocol.md "Benchmarks" land where the benchmark says
     bench = get_benchmark("cocostuff171")
     assert [COCO_STUFF_CLASSES[i] for i in bench.unseen][:3] == ["cow", "giraffe", "suitcase"]
     assert lut[21 - 1] == 19  # cow, COCO id 21

@@ -12,7 +12,7 @@ from conftest import run_script
 from zss.data.classes import get_benchmark
 from zss.data.dataset import build_dataset
 from zss.data.transforms import build_train_transform
-from zss.engine.trainer import Trainer, TrainConfig, needs_full_label, new_run_dir
+from zss.engine.trainer import TrainConfig, Trainer, needs_full_label, new_run_dir
 from zss.methods.clip_zss import ClipZSS
 from zss.models.student import Student
 from zss.teachers.clip import FrozenCLIP, build_tiny_clip

@@ -64,7 +64,7 @@ def test_zss_scores_every_correct_unseen_pixel_whole_and_slide():
     for mode in ("whole", "slide"):
         preds = []
         r = evaluate(method, data, mode=mode, crop=(64, 64), stride=(32, 32), label_space="unseen",
-                     on_prediction=lambda s, p: preds.append(p))
+                     on_prediction=lambda s, p, preds=preds: preds.append(p))
         assert r["label_space"] == "unseen"
         assert r["pAcc"] == 100.0, (mode, r["pAcc"])  # fraction of unseen pixels scored correctly
         assert r["mIoU_unseen"] == 100.0, (mode, r["mIoU_unseen"])
@@ -121,11 +121,11 @@ def test_predict_unseen_masks_seen_logits_with_a_finite_value():
 
 def test_real_student_on_voc_predicts_only_unseen_classes(voc_root):
     """A real tiny random student on the bundled VOC sample: every ZSS prediction is an unseen class."""
+    from zss.data.classes import get_benchmark
     from zss.data.dataset import build_dataset
     from zss.data.transforms import build_test_transform
     from zss.models.student import Student
     from zss.teachers.oracle import OracleTeacher
-    from zss.data.classes import get_benchmark
 
     bench = get_benchmark("voc20")
     torch.manual_seed(0)
@@ -136,6 +136,6 @@ def test_real_student_on_voc_predicts_only_unseen_classes(voc_root):
     for mode in ("whole", "slide"):
         preds = []
         evaluate(method, sub, mode=mode, crop=(64, 64), stride=(48, 48), label_space="unseen",
-                 on_prediction=lambda s, p: preds.append(p))
+                 on_prediction=lambda s, p, preds=preds: preds.append(p))
         ids = set(torch.cat([p.flatten() for p in preds]).unique().tolist())
         assert ids and ids <= set(bench.unseen), (mode, ids)

@@ -110,8 +110,8 @@ def test_cls_bank_fifo_order_and_wraparound():
 
 # ------------------------------------------------------------------------------------- pooling
 def test_cls_attention_pool_peaked_attention_returns_that_token():
-    d, L = 4, 5
-    tokens = torch.eye(d)[[0, 1, 2, 3, 1]].t()[None]  # [1, D, L]
+    d = 4
+    tokens = torch.eye(d)[[0, 1, 2, 3, 1]].t()[None]  # [1, D, L=5]
     cls = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
     out = cls_attention_pool(tokens, cls, scale=100.0)  # softmax is one-hot on token 2
     assert torch.allclose(out, tokens[:, :, 2], atol=1e-6)
@@ -187,7 +187,9 @@ def test_nel_class_mask_all_ignored_and_errors():
 def test_info_nce_ddp_gathers_other_ranks_positives(monkeypatch):
     """Simulated world of 2 (this process is rank 1): in-batch negatives include rank 0's CLS tokens,
     the target index is offset by rank * B, and gradients still reach the local rows."""
-    import zss.methods.losses as L
+    import torch.distributed as tdist
+
+    import zss.engine.dist as zdist
 
     other = torch.tensor([[0.0, 1.0], [0.6, 0.8]])  # rank 0's positives
 
@@ -195,10 +197,10 @@ def test_info_nce_ddp_gathers_other_ranks_positives(monkeypatch):
         parts[0].copy_(other)
         parts[1].copy_(x)
 
-    monkeypatch.setattr(L, "_dist_ready", lambda: True)
-    monkeypatch.setattr(L.dist, "get_world_size", lambda: 2)
-    monkeypatch.setattr(L.dist, "get_rank", lambda: 1)
-    monkeypatch.setattr(L.dist, "all_gather", fake_all_gather)
+    monkeypatch.setattr(zdist, "is_dist", lambda: True)  # the one all-gather helper (zdist.all_gather_cat)
+    monkeypatch.setattr(tdist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(tdist, "get_rank", lambda: 1)
+    monkeypatch.setattr(tdist, "all_gather", fake_all_gather)
     a = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
     p = torch.tensor([[1.0, 0.0], [-1.0, 0.0]], requires_grad=True)
     loss = info_nce(a, p, None, tau=1.0)

@@ -144,3 +144,16 @@ def test_training_run_records_the_normalisations(tiny_ckpt):
     assert "labels only" in norm["teacher"]["source"]  # experiment=demo: the oracle
     method, _ = load_for_inference(tiny_ckpt)
     assert list(method.student.backbone_mean) == norm["student"]["backbone_mean"]
+
+
+def test_clip_statistics_are_open_clips_defined_once():
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    import zss.data.normalize as norm
+    import zss.data.transforms as transforms
+    import zss.engine.visualize as visualize
+    import zss.teachers.clip as clip
+
+    assert norm.CLIP_MEAN == tuple(OPENAI_DATASET_MEAN) and norm.CLIP_STD == tuple(OPENAI_DATASET_STD)
+    for mod in (transforms, visualize, clip):  # re-exports of the one definition, not copies
+        assert mod.CLIP_MEAN is norm.CLIP_MEAN and mod.CLIP_STD is norm.CLIP_STD, mod.__name__

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import ENV, TINY, run_script  # noqa: F401  (shared tiny-run helpers)
 from zss.cli_predict import quote_classes_arg
 from zss.engine.visualize import color_palette
 from zss.predict import (
@@ -22,8 +23,6 @@ from zss.predict import (
     save_prediction,
     write_classes,
 )
-
-from conftest import ENV, TINY, run_script  # noqa: F401  (shared tiny-run helpers)
 
 IMAGES = ("2007_000032", "2007_000061")
 

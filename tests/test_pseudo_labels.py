@@ -39,7 +39,6 @@ def _constructed():
     """Scale 0: masks a, b, c; scale 1: masks d, e. cos(a,d)=0.98 > lam, cos(b,e)=0.95 > lam,
     cos(c,e)=0.85 < lam, cos(a,b)=0.99 but same scale (never linked directly)."""
     a = _unit(1, 0, 0, 0, 0)
-    b = _unit(0.99, (1 - 0.99**2) ** 0.5, 0, 0, 0)
     d = _unit(0.98, -(1 - 0.98**2) ** 0.5, 0, 0, 0)
     e = _unit(0, 0, 1, 0, 0)
     bb = _unit(0, 0, 0.95, (1 - 0.95**2) ** 0.5, 0)

@@ -184,3 +184,39 @@ def test_pretrained_bad_file_and_fetch_failure(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match=r"model.pretrained=<local file>") as exc:
         Student("test_resnet", embed_dim=D, pretrained=True)
     assert "test_resnet" in str(exc.value) and "offline" in str(exc.value)
+
+
+def _model_from_config(name, overrides):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"model={name}", *overrides])
+    return instantiate(cfg.model, embed_dim=D), cfg.model
+
+
+@pytest.mark.parametrize("backbone", ["test_resnet", "resnet18"])
+@pytest.mark.parametrize("name, stride, rates", [("deeplabv3plus_r101", 16, (6, 12, 18)),
+                                                  ("deeplabv3plus_r101_os8", 8, (12, 24, 36))])
+def test_deeplabv3plus_configs_dilate_to_their_output_stride(backbone, name, stride, rates):
+    # the shipped DeepLabV3+ presets, with a small random-init ResNet in place of R-101 (same timm family)
+    model, cfg = _model_from_config(name, [f"model.backbone={backbone}", "model.pretrained=false",
+                                           "model.decoder_channels=8"])
+    assert cfg.backbone_output_stride == stride
+    feats = model.features(torch.randn(1, 3, 64, 96))
+    assert feats[-1].shape[-2:] == (64 // stride, 96 // stride)  # deepest map at H/stride, not H/32
+    assert model.backbone_output_stride == stride and model.feature_strides[-1] == stride
+    assert model.decoder.dilations == rates
+    assert model(torch.randn(1, 3, 64, 96)).shape == (1, D, 16, 24)  # decoder output still at stride 4
+
+
+def test_backbone_output_stride_errors():
+    with pytest.raises(ValueError, match="model.backbone_output_stride"):
+        Student("test_vit", embed_dim=D, backbone_output_stride=16)  # ViTs take no output_stride
+    with pytest.raises(ValueError, match="model.backbone_output_stride"):
+        Student("test_resnet", embed_dim=D, backbone_output_stride=4)
+    with pytest.raises(ValueError, match="given twice"):
+        Student("test_resnet", embed_dim=D, backbone_output_stride=16, backbone_kwargs=dict(output_stride=8))

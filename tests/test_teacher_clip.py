@@ -129,6 +129,26 @@ def test_pos_embed_interpolation_matches_open_clip_resize(tiny):
     assert tiny.positional_embedding(tiny.native_grid) is tiny.visual.positional_embedding
 
 
+@pytest.mark.parametrize("mode", ["bicubic", "bilinear"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_resample_pos_embed_is_the_hand_written_grid_resize(mode, dtype):
+    """The one positional-embedding resampler (timm's resample_abs_pos_embed) gives bit-identical results to the
+    hand-written 2-D resize the teacher (bicubic + antialias) and CLIP-ES / CLIP-RC (bilinear) used before."""
+    from zss.teachers.clip import resample_pos_embed
+
+    torch.manual_seed(0)
+    pos = torch.randn(1 + 4 * 5, 8).to(dtype)
+    grid = (7, 3)
+    patch = pos[1:].float().reshape(1, 4, 5, -1).permute(0, 3, 1, 2)
+    patch = F.interpolate(patch, size=grid, mode=mode, align_corners=False, antialias=mode == "bicubic")
+    ref = torch.cat([pos[:1], patch.permute(0, 2, 3, 1).reshape(21, -1).to(dtype)], dim=0)
+    out = resample_pos_embed(pos, grid, (4, 5), mode=mode)
+    assert out.dtype == dtype and torch.equal(out, ref)
+    assert resample_pos_embed(pos, (4, 5), (4, 5), mode=mode) is pos
+    with pytest.raises(ValueError, match="mode"):
+        resample_pos_embed(pos, grid, (4, 5), mode="nearest")
+
+
 def test_image_size_resizes_input():
     m = build_tiny_clip(input_size=32)
     ref = build_tiny_clip()
@@ -292,3 +312,22 @@ def test_bad_dense_mode_and_resnet_tower():
     with pytest.raises(ValueError, match="ViT visual towers only"):
         FrozenCLIP(model_cfg=cfg, pretrained=None)
 
+
+
+def test_own_attention_matches_open_clip_blocks_for_batches():
+    # zss.teachers.clip.run_block / self_attention replace torch MHA's slow path (README "Performance");
+    # they must give the block's own values for batches > 1, self- and cross-attention, with gradients
+    from zss.teachers.clip import build_tiny_clip, run_block, self_attention
+
+    t = build_tiny_clip(embed_dim=32)
+    blk = t.visual.transformer.resblocks[0]
+    x = torch.randn(3, 17, t.width, requires_grad=True)
+    want = blk(x)
+    got = run_block(blk, x)
+    assert torch.allclose(got, want, atol=1e-5)
+    g_want, = torch.autograd.grad(want.sum(), x)
+    g_got, = torch.autograd.grad(got.sum(), x)
+    assert torch.allclose(g_got, g_want, atol=1e-5)
+    y = blk.ln_1(x.detach())
+    ref = blk.attn(y[:, :1], y, y, need_weights=False)[0]
+    assert torch.allclose(self_attention(blk.attn, y[:, :1], y), ref, atol=1e-5)

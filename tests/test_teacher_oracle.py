@@ -8,9 +8,10 @@ import torch.nn.functional as F
 from zss.teachers import ORACLE_WARNING, OracleTeacher
 
 NAMES = ("cat", "dog", "sofa", "train")  # pretend sofa/train are unseen
+N_NAMES = len(NAMES)
 
 
-def _label(b=2, h=32, w=48, seed=0, n=len(NAMES)):
+def _label(b=2, h=32, w=48, seed=0, n=N_NAMES):
     g = torch.Generator().manual_seed(seed)
     lab = torch.randint(0, n, (b, h, w), generator=g)
     lab[:, :3, :5] = 255

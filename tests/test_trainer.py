@@ -11,7 +11,7 @@ from torch.utils.data import Subset
 from zss.data.classes import get_benchmark
 from zss.data.dataset import build_dataset
 from zss.data.transforms import build_test_transform, build_train_transform
-from zss.engine.trainer import Trainer, TrainConfig, lr_factor, new_run_dir
+from zss.engine.trainer import TrainConfig, Trainer, lr_factor, new_run_dir
 from zss.methods.baseline import SeenOnlyBaseline
 from zss.models.student import Student
 from zss.teachers.oracle import OracleTeacher
@@ -59,11 +59,11 @@ def test_only_student_in_optimizer_and_checkpoint(voc_root, tmp_path):
     train, val = _sets(voc_root)
     m = _method()
     run = new_run_dir(tmp_path, "x")
-    t = Trainer(m, train, val, _cfg(max_steps=2, eval_interval=2), run, config={"k": 1})
+    t = Trainer(m, train, val, _cfg(max_steps=2, eval_interval=2, select_best_on_val=True), run, config={"k": 1})
     opt_params = {id(p) for g in t.optimizer.param_groups for p in g["params"]}
     assert opt_params == {id(p) for p in m.student.parameters()}
     t.fit()
-    for name in ("last.pt", "best.pt"):
+    for name in ("last.pt", "best_on_val_split.pt"):
         ckpt = torch.load(run / name, weights_only=True)  # plain dict, no pickled objects
         assert all(k.startswith("student.") or k == "text_embeds" for k in ckpt["state"])
         assert ckpt["config"] == {"k": 1} and ckpt["step"] == 2
@@ -110,3 +110,54 @@ def test_periodic_eval_does_not_change_training(voc_root, tmp_path):
     Trainer(b, train, val, _cfg(max_steps=3, eval_interval=0, num_workers=1), new_run_dir(tmp_path, "b")).fit()
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(va, vb), f"{k} depends on eval_interval"
+
+
+def _mmcv_poly_lr(base, step, cfg):
+    """mmcv PolyLrUpdaterHook + linear warm-up for one param group (the rule mmseg configs use)."""
+    lr = (base - cfg.min_lr) * (1 - step / cfg.max_steps) ** cfg.poly_power + cfg.min_lr
+    if step < cfg.warmup_steps:
+        lr *= 1 - (1 - step / cfg.warmup_steps) * (1 - cfg.warmup_ratio)
+    return lr
+
+
+def test_scheduler_matches_mmcv_poly_and_head_floor_is_min_lr(voc_root, tmp_path):
+    train, _ = _sets(voc_root)
+    cfg = _cfg(max_steps=6, lr=1e-3, head_lr_mult=10.0, warmup_steps=2, min_lr=1e-4)
+    t = Trainer(_method(), train, None, cfg, new_run_dir(tmp_path, "s"))
+    assert isinstance(t.scheduler, torch.optim.lr_scheduler.LambdaLR)
+    bases = [g["initial_lr"] for g in t.optimizer.param_groups]
+    assert max(bases) == pytest.approx(1e-2)  # the head group
+    for step in range(cfg.max_steps + 1):
+        for g, base in zip(t.optimizer.param_groups, bases):
+            assert g["lr"] == pytest.approx(_mmcv_poly_lr(base, step, cfg), rel=1e-9), (step, base)
+        t.optimizer.step()
+        t.scheduler.step()
+    # at the end every group (head x10 included) sits on the same absolute floor, not head_lr_mult x min_lr
+    assert t.scheduler.get_last_lr() == pytest.approx([cfg.min_lr] * len(bases))
+
+
+def test_resume_restores_scheduler_state(voc_root, tmp_path):
+    train, _ = _sets(voc_root)
+    cfg = _cfg(max_steps=4, ckpt_interval=0, min_lr=1e-5)
+    run = new_run_dir(tmp_path, "r")
+    Trainer(_method(), train, None, cfg, run).fit(stop_at=2)
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert ckpt["scheduler"]["last_epoch"] == 2
+    want = [g["initial_lr"] * lr_factor(2, cfg, g["initial_lr"]) for g in ckpt["optimizer"]["param_groups"]]
+    t = Trainer(_method(seed=1), train, None, cfg, run, resume_from=run / "last.pt")
+    assert t.scheduler.last_epoch == 2
+    assert [g["lr"] for g in t.optimizer.param_groups] == pytest.approx(want)
+    t.scheduler.step()  # continues from step 2, not from 0
+    assert t.scheduler.get_last_lr() == pytest.approx(
+        [g["initial_lr"] * lr_factor(3, cfg, g["initial_lr"]) for g in t.optimizer.param_groups])
+
+
+def test_eval_summary_goes_through_logging_not_print(voc_root, tmp_path, caplog, capsys):
+    import logging
+
+    train, val = _sets(voc_root)
+    t = Trainer(_method(), train, val, _cfg(), new_run_dir(tmp_path, "l"))
+    with caplog.at_level(logging.INFO, logger="zss.engine.trainer"):
+        t.run_eval()
+    assert any("[step 0]" in r.getMessage() and "hIoU" in r.getMessage() for r in caplog.records)
+    assert "[step 0]" not in capsys.readouterr().out

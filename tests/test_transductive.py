@@ -236,7 +236,7 @@ def test_chimera_training_step_reports_loss_st():
 def test_trainer_calls_set_step(voc_root, tmp_path):
     from zss.data.dataset import build_dataset
     from zss.data.transforms import build_train_transform
-    from zss.engine.trainer import Trainer, TrainConfig, new_run_dir
+    from zss.engine.trainer import TrainConfig, Trainer, new_run_dir
 
     class Spy(SeenOnlyBaseline):
         seen_steps: list

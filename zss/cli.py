@@ -7,6 +7,7 @@ this layer sees a config object.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -22,10 +23,20 @@ from zss.engine import dist as zdist
 from zss.engine.checkpoint import load_checkpoint
 from zss.engine.evaluate import evaluate
 from zss.engine.metrics import format_table, to_json
-from zss.engine.trainer import Trainer, TrainConfig, find_resume, new_run_dir
+from zss.engine.trainer import (
+    TrainConfig,
+    Trainer,
+    checkpoint_config,
+    config_changes,
+    find_resume,
+    format_changes,
+    new_run_dir,
+)
 from zss.methods.base import Method
+from zss.resources import config_dir
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+#: The shipped configs: installed package data (zss/configs) or the checkout's configs/ (zss.resources).
+CONFIG_DIR = config_dir()
 
 
 # ---------------------------------------------------------------------- builders
@@ -54,8 +65,9 @@ def build_data(ds: DictConfig, bench, train: bool = True, val_split: str | None 
                 raise
             raise FileNotFoundError(
                 f"{e}\nNOTE: dataset.train_label_dir={ds.train_label_dir} must hold one <id>.png per image of "
-                f"split {ds.train_split!r}; write masks for the whole split (python scripts/clip_es_masks.py "
-                f"split={ds.train_split} out_dir=<new folder>, docs/clip_es.md)."
+                f"split {ds.train_split!r}: for pseudo masks write the whole split (python scripts/clip_es_masks.py "
+                f"split={ds.train_split} out_dir=<new folder>, docs/clip_es.md); for VOC-Aug (dataset=voc20_aug) "
+                f"use the SegmentationClassAug folder and aug.txt list of mmseg's voc_aug.py converter."
             ) from e
     return train_set, val_set
 
@@ -89,7 +101,8 @@ def check_teacher_allowed(cfg: DictConfig) -> None:
 
 
 def _train_label_dir(ds: DictConfig) -> str | None:
-    """``dataset.train_label_dir`` (pseudo masks, e.g. CLIP-ES, docs/clip_es.md) as an absolute path, or None."""
+    """``dataset.train_label_dir`` (pseudo masks, e.g. CLIP-ES, docs/clip_es.md; or VOC-Aug's
+    ``SegmentationClassAug``, ``dataset=voc20_aug``) as an absolute path, or None."""
     d = ds.get("train_label_dir")
     if not d:
         return None
@@ -97,7 +110,8 @@ def _train_label_dir(ds: DictConfig) -> str | None:
     if not p.is_dir():
         raise FileNotFoundError(
             f"dataset.train_label_dir={d} ({p}) does not exist. Write pseudo masks there first, e.g. "
-            f"python scripts/clip_es_masks.py out_dir={d} (docs/clip_es.md), or set dataset.train_label_dir=null "
+            f"python scripts/clip_es_masks.py out_dir={d} (docs/clip_es.md); for VOC-Aug (dataset=voc20_aug) "
+            f"put SegmentationClassAug under dataset.root (mmseg's voc_aug.py); or set dataset.train_label_dir=null "
             f"to train on the ground truth."
         )
     return str(p)
@@ -177,17 +191,38 @@ def _non_null(node) -> dict:
     return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if v is not None}
 
 
-def _resolve_dirs(cfg: DictConfig) -> tuple[Path, Path | None]:
-    """(run_dir, resume checkpoint). ``resume``: null (new run), ``auto`` (newest last.pt of this
-    experiment name, or a new run), or a path to a last.pt."""
+def _resolve_dirs(cfg: DictConfig, config: dict | None = None) -> tuple[Path, Path | None]:
+    """(run_dir, resume checkpoint). ``resume``: null (new run), ``auto`` (newest last.pt of this experiment name
+    whose stored config matches ``config`` in every number-shaping key, seed included; else a new run), or a
+    path to a last.pt, refused when its config differs unless ``resume_allow_changes=true``
+    (``zss.engine.trainer.RESUME_HARMLESS_KEYS`` may always differ).
+
+    Raises:
+        FileNotFoundError: ``resume=<path>`` does not exist. ValueError: its config differs (keys named).
+    """
     resume = cfg.get("resume")
     ckpt = None
     if resume == "auto":
-        ckpt = find_resume(cfg.run_root, cfg.name)
+        ckpt = find_resume(cfg.run_root, cfg.name, config=config)
+        others = find_resume(cfg.run_root, cfg.name) if ckpt is None and config is not None else None
+        if others is not None and zdist.is_main():
+            print(f"zss: resume=auto: no run of {cfg.name} under {cfg.run_root} has this config (newest differs in "
+                  f"{format_changes(config_changes(checkpoint_config(others), config), limit=3)}); starting a new "
+                  f"run", flush=True)
     elif resume:
         ckpt = Path(resume)
         if not ckpt.is_file():
             raise FileNotFoundError(f"resume={resume}: no such checkpoint (use resume=auto or a path to last.pt)")
+        changes = config_changes(checkpoint_config(ckpt), config) if config is not None else {}
+        if changes and not cfg.get("resume_allow_changes", False):
+            raise ValueError(
+                f"resume={resume}: this command's config differs from the checkpoint's in {len(changes)} "
+                f"number-shaping key(s): {format_changes(changes)}. Repeat the run's own overrides (its "
+                f"config.json), drop resume= to start a new run, or pass resume_allow_changes=true to continue it "
+                f"with the new values.")
+        if changes and zdist.is_main():
+            print(f"zss: NOTE resume_allow_changes=true: continuing {ckpt} with {format_changes(changes)}",
+                  flush=True)
     if ckpt is not None:
         return ckpt.parent, ckpt
     run_dir = new_run_dir(cfg.run_root, cfg.name) if zdist.is_main() else None
@@ -198,8 +233,108 @@ def _resolve_dirs(cfg: DictConfig) -> tuple[Path, Path | None]:
     return Path(run_dir), None
 
 
+#: TrainConfig keys that must be integers >= 1 / numbers >= 0 (configs/trainer/default.yaml).
+_POSITIVE_INT = ("max_steps", "batch_size", "eval_crop_batch")
+_NON_NEGATIVE = ("lr", "head_lr_mult", "weight_decay", "warmup_steps", "warmup_ratio", "poly_power", "min_lr",
+                 "eval_interval", "log_interval", "ckpt_interval", "num_workers", "overlay_count")
+_INT_KEYS = ("max_steps", "batch_size", "eval_crop_batch", "warmup_steps", "eval_interval", "log_interval",
+             "ckpt_interval", "num_workers", "overlay_count", "seed")
+
+
+def train_config(trainer: DictConfig | dict) -> TrainConfig:
+    """The :class:`TrainConfig` of the ``trainer`` config group, checked before anything is built.
+
+    Raises:
+        ValueError: a key TrainConfig does not have (``+trainer.<typo>``: names it and lists the valid keys); a
+            count that is not an integer >= 1 (``max_steps``, ``batch_size``, ``eval_crop_batch``,
+            ``micro_batch_size`` unless null); a negative lr, multiplier, interval or count; a non-number.
+    """
+    import dataclasses
+
+    values = OmegaConf.to_container(trainer, resolve=True) if OmegaConf.is_config(trainer) else dict(trainer)
+    known = sorted(f.name for f in dataclasses.fields(TrainConfig))
+    unknown = sorted(k for k in values if k not in known)
+    if unknown:
+        raise ValueError(f"trainer.{unknown[0]} is not a trainer key (valid: {', '.join(known)}; "
+                         f"configs/trainer/default.yaml): fix its spelling or drop the override")
+
+    def bad(key: str, want: str):
+        return ValueError(f"trainer.{key}={values[key]!r}: must be {want} (configs/trainer/default.yaml)")
+
+    for key in set(_POSITIVE_INT + _NON_NEGATIVE + _INT_KEYS) & set(values):
+        v = values[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (key in _INT_KEYS and not isinstance(v, int)):
+            raise bad(key, "an integer" if key in _INT_KEYS else "a number")
+        if v != v:  # nan
+            raise bad(key, "a number")
+        if key in _POSITIVE_INT and v < 1:
+            raise bad(key, "an integer >= 1" + (" (optimizer steps)" if key == "max_steps" else " (images)"))
+        if key in _NON_NEGATIVE and v < 0:
+            raise bad(key, ">= 0" + (" (a learning rate)" if key == "lr" else ""))
+    mb = values.get("micro_batch_size")
+    if mb is not None and (isinstance(mb, bool) or not isinstance(mb, int) or mb < 1):
+        raise bad("micro_batch_size", "null (= batch_size / world size) or an integer >= 1 (images)")
+    return TrainConfig(**values)
+
+
+def check_run_target(run_root, name) -> None:
+    """Refuse a run name or ``run_root`` that cannot hold a new run directory, before anything is built.
+
+    Raises:
+        ValueError: ``name`` is not a non-empty relative name (e.g. ``name=nan`` or ``name=1e3``, which Hydra
+            reads as numbers, or ``name=/abs``); ``run_root`` (or ``run_root/name``) is an existing file; the nearest
+            existing folder of ``run_root`` is not writable.
+    """
+    import os
+
+    if not isinstance(name, str) or not name.strip() or Path(name).is_absolute() or ".." in Path(name).parts \
+            or name.strip() == ".":
+        kind = "text" if isinstance(name, str) else f"read as a {type(name).__name__}"
+        raise ValueError(f"name={name!r} ({kind}) cannot name a run folder under run_root: give a relative name, "
+                         f"quoted when it looks like a number (name=\"'nan'\" in a shell)")
+    root = Path(str(run_root)).expanduser()
+    for p in (root, root / name):
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"run_root={run_root}: {p} is a file, not a folder; pass run_root=<a folder> "
+                             f"(created if missing)")
+    near = root
+    while not near.exists() and near != near.parent:
+        near = near.parent
+    if not os.access(near, os.W_OK | os.X_OK):
+        raise ValueError(f"run_root={run_root}: cannot write in {near} (permission denied); pass "
+                         f"run_root=<a folder you can write>")
+
+
+def _resume_mismatch(path, err: RuntimeError) -> str:
+    """One message for ``load_state_dict``'s strict-mode dump when resuming another architecture."""
+    import re
+
+    text = str(err)
+    shape = r"torch\.Size\(\[([^\]]*)\]\)"
+    size = re.findall(rf"size mismatch for ([^:]+): copying a param with shape {shape} from checkpoint, "
+                      rf"the shape in current model is {shape}", text)
+    missing = re.findall(r'"([^"]+)"', (re.search(r"Missing key\(s\) in state_dict: (.*)", text) or [""])[0])
+    unexpected = re.findall(r'"([^"]+)"', (re.search(r"Unexpected key\(s\) in state_dict: (.*)", text) or [""])[0])
+    parts = []
+    if size:
+        k, a, b = size[0]
+        parts.append(f"{len(size)} tensor(s) of another shape, e.g. {k}: [{a}] in the checkpoint, [{b}] here")
+    if missing:
+        parts.append(f"{len(missing)} missing, e.g. {missing[0]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
+    run_dir = Path(path).parent
+    return (f"resume={path}: the checkpoint holds another architecture than this command builds "
+            f"({'; '.join(parts) or 'state dict mismatch'}). Resume with the method/model/teacher overrides the run "
+            f"was started with (recorded in {run_dir / 'config.json'}), or drop resume= to start a new run.")
+
+
 def train(cfg: DictConfig) -> dict | None:
     """Build everything from ``cfg`` and train; returns the final evaluation results."""
+    train_config(cfg.trainer)  # bad trainer values, run name or run_root fail here, before anything is built
+    check_run_target(cfg.run_root, cfg.name)
+    if cfg.get("resume") not in (None, "auto") and Path(str(cfg.resume)).is_file():
+        load_checkpoint(cfg.resume, mmap=True)  # not a zss checkpoint: one message now (memory-mapped: cheap)
     check_teacher_allowed(cfg)
     device = zdist.init_distributed(cfg.device)
     torch.manual_seed(cfg.trainer.seed)
@@ -212,7 +347,6 @@ def train(cfg: DictConfig) -> dict | None:
     method = instantiate(_without(cfg.method, *METHOD_BOOKKEEPING), student=student, teacher=teacher,
                          classnames=list(bench.classes), unseen=list(bench.unseen),
                          templates=templates_for(cfg.dataset, bench))
-    run_dir, resume_ckpt = _resolve_dirs(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["model"]["embed_dim"] = embed_dim
     norm = _normalizations(cfg.dataset, student if student is not None else method.student, teacher)
@@ -220,17 +354,27 @@ def train(cfg: DictConfig) -> dict | None:
     if "backbone_mean" in norm["student"]:  # the resolved values, so a reload (pretrained=false) is exact
         resolved["model"]["backbone_mean"] = norm["student"]["backbone_mean"]
         resolved["model"]["backbone_std"] = norm["student"]["backbone_std"]
+    run_dir, resume_ckpt = _resolve_dirs(cfg, resolved)  # resume only a run of the same config
     tcfg = TrainConfig(**OmegaConf.to_container(cfg.trainer, resolve=True))
     if zdist.is_main():
         print(f"zss: run dir {run_dir}")
+        save_run_info(run_dir)
         ident = method.teacher_identity()
         note = _teacher_note(ident)
         print(f"zss: teacher {ident.get('model_name')} (weights: {ident.get('pretrained')})"
               + (f"\nzss: NOTE {note}" if note else ""), flush=True)
         print("zss: normalisation " + json.dumps(norm), flush=True)
-    trainer = Trainer(method, train_set, val_set, tcfg, run_dir, config=resolved, resume_from=resume_ckpt,
-                      device=device)
+    try:
+        trainer = Trainer(method, train_set, val_set, tcfg, run_dir, config=resolved, resume_from=resume_ckpt,
+                          device=device)
+    except RuntimeError as e:  # strict load_state_dict of a checkpoint of another architecture
+        if resume_ckpt is None or "Error(s) in loading state_dict" not in str(e):
+            raise
+        raise ValueError(_resume_mismatch(resume_ckpt, e)) from e
     results = trainer.fit()
+    if trainer.stopped_by:  # SIGTERM/SIGINT/SIGUSR1: last.pt is written; exit as the signal would have
+        zdist.cleanup()
+        raise SystemExit(128 + int(signal.Signals[trainer.stopped_by]))
     if zdist.is_main() and results is not None:
         _report(results, run_dir, "final", note=_teacher_note(method.teacher_identity()))
     if cfg.get("transfer_view") and cfg.transfer_view.get("enabled"):
@@ -304,6 +448,32 @@ def _normalizations(ds: DictConfig, student, teacher) -> dict:
     return out
 
 
+def save_run_info(run_dir: Path) -> tuple[Path, Path]:
+    """Write how this run was launched into its directory: Hydra's command-line overrides as a YAML list
+    (``overrides.yaml``, the content of Hydra's own ``.hydra/overrides.yaml``, empty outside ``@hydra.main``) and
+    ``versions.json`` (python, torch, torchvision, timm, open_clip, zss, the git commit, the command line).
+    A resumed run keeps the first launch's files and adds ``overrides.resume-<n>.yaml`` /
+    ``versions.resume-<n>.json`` (n = 1, 2, ...): nothing is overwritten.
+
+    Returns:
+        (overrides file, versions file) written.
+    """
+    import yaml
+    from hydra.core.hydra_config import HydraConfig
+
+    from zss.engine.checkpoint import git_sha, versions
+
+    overrides = [str(o) for o in HydraConfig.get().overrides.task] if HydraConfig.initialized() else []
+    suffix, n = "", 0
+    while (run_dir / f"overrides{suffix}.yaml").exists() or (run_dir / f"versions{suffix}.json").exists():
+        n += 1
+        suffix = f".resume-{n}"
+    ov, ver = run_dir / f"overrides{suffix}.yaml", run_dir / f"versions{suffix}.json"
+    ov.write_text(yaml.safe_dump(overrides, default_flow_style=False, allow_unicode=True))
+    ver.write_text(json.dumps({**versions(), "git_sha": git_sha(), "argv": list(sys.argv)}, indent=2) + "\n")
+    return ov, ver
+
+
 def _report(results: dict, out_dir: Path, tag: str, note: str | None = None) -> None:
     table = format_table(results)
     print("\n" + table)
@@ -324,77 +494,46 @@ def load_for_inference(
 ) -> tuple[Method, dict]:
     """Rebuild a trained method from a checkpoint for inference; returns ``(method, ckpt)``.
 
-    The method is instantiated exactly as in training (same class and arguments) around a teacher
-    of the same architecture, the checkpoint state is loaded strictly, and the teacher is then
-    dropped: inference runs the student (plus whatever frozen parts the method registered, e.g.
-    Chimera-Seg's CSH). For the training vocabulary the teacher's weights are not needed (random
-    init, architecture only; text embeds come from the checkpoint). For another vocabulary
-    (``classnames``), the teacher is loaded with its real weights (``teacher_overrides`` may point
-    ``pretrained`` at a local file) and only its text encoder is used. Methods that run CLIP at test time
-    (``clip_at_test_time``: CLIP-RC, ZegCLIP) always get the teacher WITH its weights (checkpoint config or
-    ``teacher_overrides``), build no student (``uses_student = False``) and drop training-only parts
-    (``strip_for_inference``); a missing weights file raises TeacherWeightsNotFoundError naming it, other
-    weights a ValueError (docs/clip_rc.md). ``input_norm``: ``(mean, std)`` the
-    images will be normalised with (default: the checkpoint's ``dataset.mean/std``); the student converts
-    them to its backbone's statistics (recorded as ``model.backbone_mean/std`` by training).
+    :func:`zss.loading.load_for_inference` (no Hydra: the classes come from the allow-list of
+    :mod:`zss.registry`, never from a dotted path stored in the checkpoint); see there for the arguments.
 
     Raises:
-        FileNotFoundError / ValueError: from :func:`load_checkpoint`.
+        FileNotFoundError / ValueError (UntrustedTargetError among them): from :mod:`zss.loading`.
     """
-    ckpt = load_checkpoint(ckpt_path, map_location="cpu")
-    tcfg = OmegaConf.create(ckpt["config"])
-    bench = build_benchmark(tcfg.dataset)
-    new_vocab = classnames is not None and list(classnames) != list(ckpt["classnames"])
-    tcfg.teacher = OmegaConf.merge(tcfg.teacher, teacher_overrides or {})
-    clip_at_test = bool(getattr(_method_class(tcfg.method), "clip_at_test_time", False))
-    if not new_vocab and not clip_at_test and str(tcfg.teacher._target_).endswith("FrozenCLIP"):
-        tcfg.teacher.pretrained = None  # architecture only: every trained/frozen tensor is in the checkpoint
-    mean, std = input_norm if input_norm is not None else (tcfg.dataset.mean, tcfg.dataset.std)
-    if clip_at_test:  # CLIP-RC / ZegCLIP: the real CLIP weights run at test time, fed the images' normalisation
-        tcfg.dataset.mean, tcfg.dataset.std = list(mean), list(std)
-        teacher = _build_test_time_clip(tcfg, bench, ckpt)
-    else:
-        teacher = build_teacher(tcfg, bench)
-    student = None
-    if _uses_student(tcfg.method):
-        model_cfg = OmegaConf.merge(tcfg.model, {"pretrained": False})  # weights come from the checkpoint
-        student = build_student(_without(model_cfg, "embed_dim"), int(tcfg.model.embed_dim), mean, std)
-    method = instantiate(_without(tcfg.method, *METHOD_BOOKKEEPING), student=student, teacher=teacher,
-                         classnames=list(ckpt["classnames"]), unseen=list(ckpt["unseen"]),
-                         templates=templates_for(tcfg.dataset, bench), text_embeds=ckpt["state"]["text_embeds"])
-    method.load_state_dict(ckpt["state"])
-    if hasattr(method, "strip_for_inference"):  # drop training-only parts (CLIP-RC's recovery decoder)
-        method.strip_for_inference()
-    if new_vocab:
-        tmpl = templates or templates_for(tcfg.dataset, bench)
-        method.set_vocabulary(list(classnames), list(unseen or []), teacher.text(list(classnames), tmpl))
-    method.teacher_info = dict(ckpt.get("teacher") or {})
-    object.__setattr__(method, "teacher", None)
-    return method.to(device).eval(), ckpt
+    from zss.loading import load_for_inference as _load
+
+    over = OmegaConf.to_container(teacher_overrides, resolve=True) if isinstance(teacher_overrides, DictConfig) \
+        else teacher_overrides
+    norm = None if input_norm is None else tuple(
+        OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for v in input_norm)
+    return _load(ckpt_path, classnames=classnames, unseen=unseen, templates=templates, teacher_overrides=over,
+                 device=device, input_norm=norm)
 
 
-def _build_test_time_clip(tcfg: DictConfig, bench, ckpt: dict):
-    """The CLIP teacher WITH its weights, for a method that runs CLIP at test time (``clip_at_test_time``).
+def writable_dir(path: Path, key: str) -> Path:
+    """Create ``path`` if needed and check that a file can be written there; returns it.
 
     Raises:
-        TeacherWeightsError (its subclass for a missing file): the weights cannot be loaded; the message
-            names the CLIP the checkpoint was trained with (model, weights, file, sha256) and the fix.
+        OSError: one line naming ``key=path`` and the reason (checked before any long work starts).
     """
-    from zss.teachers.clip import TeacherWeightsError
+    import tempfile
 
     try:
-        return build_teacher(tcfg, bench)
-    except Exception as e:  # noqa: BLE001 - Hydra's instantiate wraps the teacher's own error
-        err = e if isinstance(e, TeacherWeightsError) else e.__cause__
-        if not isinstance(err, TeacherWeightsError):
-            raise
-        ident = ckpt.get("teacher") or {}
-        raise type(err)(
-            f"{err}\nThis checkpoint ({tcfg.method._target_}) runs CLIP at test time, so it needs the CLIP weights it "
-            f"was trained with: model {ident.get('model_name')}, weights {ident.get('pretrained')} (file "
-            f"{ident.get('file')}, sha256 {ident.get('sha256')}). Pass teacher.pretrained=<that file> to "
-            f"scripts/eval.py / scripts/predict.py."
-        ) from err
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".zss_write_check."):
+            pass
+    except OSError as e:
+        raise OSError(f"{key}={path}: cannot write there ({type(e).__name__}: {e}); choose a writable folder "
+                      f"with {key}=<folder>") from e
+    return path
+
+
+def eval_tag(settings: dict) -> str:
+    """File stem of an evaluation's results: ``eval_<benchmark>_<label_space>_<mode>_sb<seen_bias>[_bf16]_<split>``
+    (e.g. ``eval_voc20_all_slide_sb0_val``), so evaluations with different settings keep separate files."""
+    amp = "" if settings.get("amp", "fp32") in (None, "fp32") else f"_{settings['amp']}"
+    return (f"eval_{settings['benchmark']}_{settings['label_space']}_{settings['eval_mode']}_"
+            f"sb{float(settings['seen_bias']):g}{amp}_{settings['split']}")
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
@@ -404,6 +543,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     class list (open-vocabulary / cross-dataset), with text embeds from the teacher's text encoder."""
     device = zdist.init_distributed(cfg.device)
     ckpt = load_checkpoint(cfg.ckpt, map_location="cpu")
+    out = writable_dir(Path(cfg.out_dir) if cfg.get("out_dir") else Path(cfg.ckpt).parent, "out_dir")  # before work
     tcfg = OmegaConf.create(ckpt["config"])
     ds = OmegaConf.merge(tcfg.dataset, _non_null(cfg.get("dataset")))
     bench = build_benchmark(ds)
@@ -422,9 +562,11 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
                        crop_batch=ev.eval_crop_batch, label_space=ev.label_space, seen_bias=ev.seen_bias,
                        amp_dtype=amp, device=device, progress=zdist.is_main())
     if zdist.is_main():
-        out = Path(cfg.out_dir) if cfg.get("out_dir") else Path(cfg.ckpt).parent
-        out.mkdir(parents=True, exist_ok=True)
-        tag = f"eval_{ds.benchmark}_{cfg.split or ds.val_split}"
+        split = cfg.split or ds.val_split
+        settings = {"benchmark": ds.benchmark, "split": split, "label_space": ev.label_space,
+                    "eval_mode": ev.eval_mode, "seen_bias": float(ev.seen_bias), "amp": ev.amp or "fp32"}
+        results["settings"] = settings
+        tag = eval_tag(settings)  # one file set per setting: runs with other settings never overwrite it
         _report(results, out, tag, note=_teacher_note(ckpt.get("teacher") or {}))
         eff_mode = cfg.get("efficiency", "auto")
         if eff_mode:
@@ -490,12 +632,68 @@ def _teacher_note(ident: dict) -> str | None:
     return None
 
 
+#: Environment variables that show the full traceback of a failed command instead of its one message (README).
+DEBUG_ENV = ("ZSS_DEBUG", "HYDRA_FULL_ERROR")
+
+
+def debug_enabled() -> bool:
+    """True when ``ZSS_DEBUG`` or ``HYDRA_FULL_ERROR`` is set to something other than ``""``/``0``."""
+    import os
+
+    return any(os.environ.get(k, "") not in ("", "0") for k in DEBUG_ENV)
+
+
+def user_error_message(err: BaseException) -> str | None:
+    """The message to show for an error caused by the user's input, or None for anything else (a bug).
+
+    User errors: ValueError, OSError (missing/unreadable files, permissions), KeyError, FloatingPointError
+    (non-finite loss), the teacher-weights errors, a CUDA out-of-memory, and Hydra's InstantiationException
+    around one of those or a TypeError (a config key the constructor does not take). A DataLoader worker's
+    copy of the error keeps only the original message (not the worker's traceback text).
+    """
+    from hydra.errors import InstantiationException
+
+    from zss.teachers.clip import TeacherWeightsError
+
+    kinds = (ValueError, OSError, KeyError, FloatingPointError, TeacherWeightsError, torch.OutOfMemoryError)
+    if isinstance(err, InstantiationException):
+        return str(err) if isinstance(err.__cause__, kinds + (TypeError,)) else None
+    if not isinstance(err, kinds):
+        return None
+    msg = err.args[0] if isinstance(err, KeyError) and err.args and isinstance(err.args[0], str) else str(err)
+    if "Original Traceback" in msg:  # re-raised from a DataLoader worker: "...\n<Type>: <message>"
+        msg = msg.rsplit(f"\n{type(err).__name__}: ", 1)[-1]
+    return msg.strip() or type(err).__name__
+
+
+def report_user_errors(fn, *args):
+    """``fn(*args)``; a user error (:func:`user_error_message`) is printed as ONE message on stderr and the
+    process exits with code 1, without a traceback (``ZSS_DEBUG=1`` re-raises it). Other errors propagate.
+
+    Raises:
+        SystemExit: code 1 after a user error.
+    """
+    try:
+        return fn(*args)
+    except Exception as e:  # noqa: BLE001 - sorted by user_error_message
+        msg = user_error_message(e)
+        if msg is None or debug_enabled():
+            raise
+        print(f"zss: error: {msg}\n(set ZSS_DEBUG=1 to see the traceback)", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+
 def _run(config_name: str, fn) -> None:
-    """Hydra entry: ``python scripts/<x>.py key=value ...``."""
+    """Hydra entry: ``python scripts/<x>.py key=value ...`` / ``zss-<x> key=value ...``; user errors end in one
+    message (:func:`report_user_errors`); ``ZSS_DEBUG=1`` shows Hydra's full traceback instead."""
+    import os
+
+    if debug_enabled():
+        os.environ["HYDRA_FULL_ERROR"] = "1"
 
     @hydra.main(config_path=CONFIG_DIR, config_name=config_name, version_base="1.3")
     def _main(cfg: DictConfig) -> None:
-        fn(cfg)
+        report_user_errors(fn, cfg)
 
     _main()
 

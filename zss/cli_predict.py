@@ -1,6 +1,6 @@
 """Composition root of ``scripts/predict.py`` (configs/predict.yaml): checkpoint + vocabulary -> overlays.
 
-    python scripts/predict.py ckpt=runs/<name>/<stamp>/best.pt image=photo.jpg classes="cat,dog,grass"
+    python scripts/predict.py ckpt=runs/<name>/<stamp>/last.pt image=photo.jpg classes="cat,dog,grass"
 
 Besides ``zss.cli`` this is the only module under ``zss/`` that uses Hydra / OmegaConf, and it imports
 them (and ``zss.cli``) lazily inside its functions, so ``import zss.cli_predict`` stays Hydra-free.
@@ -109,17 +109,10 @@ def predict(cfg) -> list[dict]:
 
 def predict_main() -> None:
     """Hydra entry of ``scripts/predict.py`` (``key=value`` overrides of configs/predict.yaml)."""
-    import hydra
-
-    from zss.cli import CONFIG_DIR
+    from zss.cli import _run
 
     sys.argv = sys.argv[:1] + quote_classes_arg(sys.argv[1:])
-
-    @hydra.main(config_path=CONFIG_DIR, config_name="predict", version_base="1.3")
-    def _main(cfg) -> None:
-        predict(cfg)
-
-    _main()
+    _run("predict", predict)  # user errors: one message, exit code 1 (zss.cli.report_user_errors)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,7 +4,7 @@
     pred = predict_image(method, "photo.jpg", mean, std, short_side=512, mode="slide")   # [H, W] int64
     save_prediction(load_image("photo.jpg"), pred, method.classnames, "predictions", "photo")
 
-Preprocessing is the evaluation pipeline of DESIGN §2 (keep-ratio resize with the short side to
+Preprocessing is the evaluation pipeline of docs/protocol.md "Pipeline" (keep-ratio resize with the short side to
 ``short_side`` pixels, normalise with the checkpoint's mean/std), inference is whole-image or mmseg
 sliding window (:mod:`zss.engine.inference`), and the argmax is taken at the ORIGINAL image size.
 Outputs per image: ``<name>_overlay.png`` (colour overlay plus a legend of the classes present) and
@@ -123,15 +123,23 @@ def list_images(path: str | os.PathLike) -> list[Path]:
 def load_image(path: str | os.PathLike) -> Tensor:
     """Read an image as RGB, applying its EXIF orientation (phone photos), as ``Tensor[3, H, W] uint8``.
 
+    16-bit greyscale (PNG/TIFF) is scaled to 8 bits, not clipped to white (:func:`zss.data.dataset.pil_to_rgb`).
+
     Raises:
-        ValueError: Pillow cannot read the file (names it).
+        ValueError: Pillow cannot read the file (empty, truncated, not an image) or its pixels are floats (names it).
     """
+    from PIL import UnidentifiedImageError
+
+    from zss.data.dataset import pil_to_rgb
+
     try:
         with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            arr = np.array(im)  # [H, W, 3] uint8
+            arr = pil_to_rgb(ImageOps.exif_transpose(im), path)  # [H, W, 3] uint8
     except (OSError, SyntaxError) as e:
-        raise ValueError(f"cannot read image {str(path)!r}: {e}") from e
+        why = ("empty file (0 bytes)" if Path(path).is_file() and Path(path).stat().st_size == 0 else
+               "not an image format Pillow recognises" if isinstance(e, UnidentifiedImageError) else str(e))
+        raise ValueError(f"cannot read image {str(path)!r}: {why}. Pass image= a readable image file or folder "
+                         f"(.jpg .png ...); re-save or re-download this one") from e
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
@@ -142,7 +150,7 @@ def preprocess(
     short_side: int = 512,
     long_side: int | None = None,
 ) -> Tensor:
-    """The test transform of DESIGN §2: keep-ratio resize + normalise.
+    """The test transform of docs/protocol.md "Pipeline": keep-ratio resize + normalise.
 
     Args:
         image: ``Tensor[3, H, W] uint8`` RGB.

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zss.teachers.clip import resample_pos_embed
+
 __all__ = [
     "POS_INTERP_MODES",
     "ClipEsCams",
@@ -96,15 +98,8 @@ def resize_to_patch_multiple(images: Tensor, patch: int) -> Tensor:
 def _bilinear_pos(teacher, grid: tuple[int, int]) -> Tensor:
     """Positional embedding ``Tensor[1 + h*w, W]`` with the patch part resized bilinearly
     (align_corners=False, no antialias), as CLIP-ES's ``upsample_pos_emb``; CLS row untouched."""
-    pos = teacher.visual.positional_embedding
-    if tuple(grid) == tuple(teacher.native_grid):
-        return pos
-    gh0, gw0 = teacher.native_grid
     with torch.no_grad():
-        patch = pos[1:].float().reshape(1, gh0, gw0, -1).permute(0, 3, 1, 2)
-        patch = F.interpolate(patch, size=tuple(grid), mode="bilinear", align_corners=False)
-        patch = patch.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(pos.dtype)
-        return torch.cat([pos[:1], patch], dim=0)
+        return resample_pos_embed(teacher.visual.positional_embedding, grid, teacher.native_grid, mode="bilinear")
 
 
 def embed_tokens(teacher, x: Tensor, pos_interp: str = "bilinear") -> tuple[Tensor, tuple[int, int]]:

@@ -24,13 +24,13 @@ from .cam import clip_es_cams, resize_to_patch_multiple
 from .masks import (
     CRF_INSTALL_HINT,
     CRF_PUBLIC,
+    background_score,
     cams_to_labels,
     confidence_ignore,
     crf_color_image,
     dense_crf,
     densecrf_available,
     save_mask_png,
-    background_score,
 )
 
 __all__ = [
@@ -217,7 +217,7 @@ def generate_pseudo_masks(
         compare_kmeans: also time the CLIP-ZSS K-Means pseudo-label step (teacher dense tokens +
             ``zss.ops.pseudo_labels``) on the same images at the same input sizes.
         device: where the teacher runs.
-        progress: print one line per image.
+        progress: log one line per image (``logging`` INFO on ``zss.clip_es.pipeline``).
 
     Returns:
         dict with ``rows`` (CAM / +CAA / +CRF: ``mIoU``, ``mIoU_gt_classes``, ``pAcc``, ``alpha``, ``img_s``,
@@ -326,7 +326,7 @@ def generate_pseudo_masks(
         save_mask_png(final.astype(np.uint8), out / f"{name}.png")
         written += 1
         if progress:
-            print(f"clip_es: [{i + 1}/{n}] {name} classes={lab_ids} ({src})", flush=True)
+            log.info("clip_es: [%d/%d] %s classes=%s (%s)", i + 1, n, name, lab_ids, src)
     t_total = time.perf_counter() - t_all0
 
     def rate(sec: float) -> float:

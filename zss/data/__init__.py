@@ -1,4 +1,4 @@
-"""Data: benchmark class lists and splits, mmseg-layout datasets, joint v2 transforms (DESIGN §2)."""
+"""Data: benchmark class lists and splits, mmseg-layout datasets, joint v2 transforms (docs/protocol.md)."""
 from .classes import (
     BENCHMARKS,
     COCO_TEMPLATES,

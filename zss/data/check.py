@@ -1,10 +1,10 @@
 """Dataset checker: verify a benchmark's files before training and name the first bad file and the fix.
 
-    python -m zss.data.check dataset=voc20 root=data/VOCdevkit/VOC2012
-    python -m zss.data.check dataset=context59 root=data/VOCdevkit/VOC2010 benchmark_split=zs3 split=val
+    zss-check dataset=voc20                                   # any configs/dataset preset; root: the preset's
+    zss-check dataset=context59_zs3 dataset.root=data/VOCdevkit/VOC2010 split=val
     python -m zss.data.check dataset=cocostuff171 root=data/coco_stuff164k --sample 500
 
-What it checks, for the preset's layout (:func:`zss.data.classes.layout`, DESIGN §2):
+What it checks, for the preset's layout (:func:`zss.data.classes.layout`, docs/protocol.md "Layouts"):
 
 1. layout: the dataset root, image and annotation folders and the split files (VOC / Context) or the
    ``images/<split>2017`` folders (COCO-Stuff) exist;
@@ -19,10 +19,12 @@ Each problem names the first offending file, how many files share it, and the fi
 preset?"). Exit code 0 when no error was found, 1 otherwise (2 for a bad command line).
 
 The dataset code (:mod:`zss.data.dataset`) raises on the first bad file it meets; this tool is what
-its error messages point to, to see every problem of a dataset at once. It imports no Hydra (plain
-``key=value`` argv parsing) and no torch.
+its error messages point to, to see every problem of a dataset at once. The command line (Hydra-style
+``key=value`` overrides of configs/check.yaml, the dataset preset names of training) is
+:mod:`zss.cli_check`; this module imports no Hydra and no torch. Images are decoded fully (a truncated
+or empty image file is an error here, as it would be in training).
 
-Source: not in the papers: our tool. Layouts and value ranges: DESIGN §2 [protocol].
+Source: not in the papers: our tool. Layouts and value ranges: docs/protocol.md "Layouts" [protocol].
 """
 from __future__ import annotations
 
@@ -303,7 +305,7 @@ def check_dataset(
         KeyError: unknown preset ``name`` (lists the valid names).
         ValueError: invalid ``benchmark_split`` for ``name``; ``max_labels < 1``.
 
-    Source: not in the papers: our tool; layouts and ranges from DESIGN §2.
+    Source: not in the papers: our tool; layouts and ranges from docs/protocol.md "Layouts".
     """
     if name not in DATASET_LAYOUTS:
         raise KeyError(f"Unknown dataset preset {name!r}; valid: dataset={'|'.join(sorted(DATASET_LAYOUTS))}.")
@@ -502,9 +504,12 @@ def check_dataset(
         try:
             with Image.open(ipath) as im:
                 isize = im.size
-        except (OSError, UnidentifiedImageError) as e:
-            note("unreadable", split, ipath, f"image {str(ipath)!r} cannot be read ({e})",
-                 "the file is truncated or not an image: re-extract it")
+                im.load()  # decode it all: a truncated file opens fine and fails only here
+        except (OSError, UnidentifiedImageError, SyntaxError) as e:
+            why = ("empty file (0 bytes)" if ipath.is_file() and ipath.stat().st_size == 0 else
+                   "not an image format Pillow recognises" if isinstance(e, UnidentifiedImageError) else str(e))
+            note("unreadable", split, ipath, f"image {str(ipath)!r} cannot be read ({why})",
+                 "the file is empty, truncated or not an image: re-extract / re-download it")
             isize = size
         if isize != size:
             note("size_mismatch", split, apath,
@@ -528,7 +533,7 @@ def check_dataset(
             agg["out_of_range"][0] += 1
     if "out_of_range" in agg:
         agg["out_of_range"][1]["fix"] = _diagnose_values(name, lay, bench.num_classes, bad_values)
-    for kind, (count, kw) in agg.items():
+    for count, kw in agg.values():
         if count > 1:
             kw["message"] = f"{count} of {rep.labels_read} labels read: {kw['message']} (first)"
         rep.problems.append(Problem(count=count, **kw))
@@ -612,73 +617,15 @@ def format_report(rep: CheckReport, max_problems: int = 20) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-_USAGE = """usage: python -m zss.data.check dataset=<preset> root=<dir> [split=<name>[,<name>...]]
-                                 [benchmark_split=zs3|cascade] [--sample N] [img_dir=..] [ann_dir=..]
-presets: {presets}
-exit code 0 = OK, 1 = problems found, 2 = bad command line"""
-
-
-def _parse_argv(argv: Sequence[str]) -> dict:
-    keys = {"dataset", "root", "split", "benchmark_split", "sample", "max_labels", "img_dir", "ann_dir", "split_file"}
-    out: dict = {}
-    args = list(argv)
-    i = 0
-    while i < len(args):
-        a = args[i]
-        if a in ("-h", "--help"):
-            raise SystemExit(0)
-        if a.startswith("--"):
-            key, _, val = a[2:].partition("=")
-            if not val:
-                if i + 1 >= len(args):
-                    raise ValueError(f"{a} needs a value, e.g. {a} 100")
-                i += 1
-                val = args[i]
-        elif "=" in a:
-            key, _, val = a.partition("=")
-        else:
-            raise ValueError(f"argument {a!r} is not key=value")
-        key = key.replace("-", "_").removeprefix("dataset.")
-        if key == "name":
-            key = "dataset"
-        if key not in keys:
-            raise ValueError(f"unknown key {key!r}; valid keys: {sorted(keys)}")
-        out[key] = val
-        i += 1
-    if "dataset" not in out or "root" not in out:
-        raise ValueError("dataset=<preset> and root=<dir> are required")
-    return out
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry: parse ``key=value`` args, run :func:`check_dataset`, print the report.
+    """Command-line entry (``python -m zss.data.check``, ``zss-check``): :func:`zss.cli_check.check_main`.
 
     Returns:
         0 when the dataset is OK, 1 when problems were found, 2 for a bad command line.
     """
-    argv = sys.argv[1:] if argv is None else list(argv)
-    usage = _USAGE.format(presets=", ".join(sorted(DATASET_LAYOUTS)))
-    try:
-        a = _parse_argv(argv)
-    except SystemExit:
-        print(usage)
-        return 0
-    except ValueError as e:
-        print(f"error: {e}\n{usage}", file=sys.stderr)
-        return 2
-    sample = a.get("sample", a.get("max_labels"))
-    try:
-        rep = check_dataset(
-            a["dataset"], a["root"], splits=a.get("split"), benchmark_split=a.get("benchmark_split"),
-            max_labels=int(sample) if sample is not None else None, img_dir=a.get("img_dir"),
-            ann_dir=a.get("ann_dir"), split_file=a.get("split_file"),
-        )
-    except (KeyError, ValueError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {msg}\n{usage}", file=sys.stderr)
-        return 2
-    print(format_report(rep))
-    return 0 if rep.ok else 1
+    from zss.cli_check import check_main  # Hydra composition of configs/check.yaml, imported only here
+
+    return check_main(argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

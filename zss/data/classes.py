@@ -1,6 +1,6 @@
 """Benchmark class lists, seen/unseen splits, prompt templates and dataset layouts.
 
-Everything here is plain data (no tensors). Source for every list: DESIGN §2 [protocol], i.e. the
+Everything here is plain data (no tensors). Source for every list: docs/protocol.md "Benchmarks" [protocol], i.e. the
 public configs of the ZegCLIP / CLIP-RC / Cascade-CLIP / OTSeg lineage.
 
 Presets (never a bare "context": PASCAL Context has no canonical zero-shot split):
@@ -38,10 +38,10 @@ __all__ = [
 ]
 
 # --------------------------------------------------------------------------------------------
-# Prompt templates (DESIGN §2 "Prompts")
+# Prompt templates (docs/protocol.md "Prompts")
 # --------------------------------------------------------------------------------------------
 VOC_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
-"""Single prompt template used for PASCAL VOC (DESIGN §2, ZegCLIP's VOC config)."""
+"""Single prompt template used for PASCAL VOC (docs/protocol.md "Prompts", ZegCLIP's VOC config)."""
 
 COCO_TEMPLATES: tuple[str, ...] = (
     "a photo of a {}.",
@@ -60,10 +60,10 @@ COCO_TEMPLATES: tuple[str, ...] = (
     "This is the {} in the scene.",
     "This is one {} in the scene.",
 )
-"""15-template ensemble used for COCO-Stuff and PASCAL Context (DESIGN §2)."""
+"""15-template ensemble used for COCO-Stuff and PASCAL Context (docs/protocol.md "Prompts")."""
 
 # --------------------------------------------------------------------------------------------
-# Class lists (label-id order, DESIGN §2)
+# Class lists (label-id order, docs/protocol.md "Benchmarks")
 # --------------------------------------------------------------------------------------------
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -139,7 +139,7 @@ class Benchmark:
         unseen: unseen label ids (ints in ``[0, num_classes)``), in the published order.
         templates: prompt templates, each containing exactly one ``"{}"``.
 
-    Source: DESIGN §2 [protocol].
+    Source: docs/protocol.md "Benchmarks" [protocol].
     """
 
     name: str
@@ -218,7 +218,7 @@ def get_benchmark(name: str, split: str | None = None) -> Benchmark:
         KeyError: unknown ``name`` (the message lists the valid names).
         ValueError: ``split`` missing for a Context preset, or not valid for ``name`` (lists the choices).
 
-    Source: DESIGN §2 [protocol].
+    Source: docs/protocol.md "Benchmarks" [protocol].
     """
     if name not in BENCHMARKS:
         hint = ""
@@ -274,7 +274,7 @@ def class_index(benchmark: Benchmark, names: Sequence[str]) -> list[int]:
 
 
 # --------------------------------------------------------------------------------------------
-# Dataset layouts (mmseg directory conventions, DESIGN §2)
+# Dataset layouts (mmseg directory conventions, docs/protocol.md "Layouts")
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DatasetLayout:
@@ -293,7 +293,7 @@ class DatasetLayout:
         reduce_zero_label: map label 0 -> 255 and v -> v-1 (background ignored).
         default_root: the conventional root folder name under ``data/`` (documentation only).
 
-    Source: DESIGN §2 layouts; mmseg's dataset configs [protocol].
+    Source: docs/protocol.md "Layouts"; mmseg's dataset configs [protocol].
     """
 
     img_dir: str
@@ -360,7 +360,7 @@ DATASET_LAYOUTS: dict[str, DatasetLayout] = {
     "context59": DatasetLayout(reduce_zero_label=True, **_CONTEXT_LAYOUT),
     "context60": DatasetLayout(reduce_zero_label=False, **_CONTEXT_LAYOUT),
 }
-"""Benchmark name -> ``DatasetLayout`` defaults (mmseg layouts, DESIGN §2)."""
+"""Benchmark name -> ``DatasetLayout`` defaults (mmseg layouts, docs/protocol.md "Layouts")."""
 
 
 def layout(name: str) -> DatasetLayout:

@@ -1,4 +1,4 @@
-"""Convert official benchmark annotations into the label PNGs zss reads (mmseg layouts, DESIGN §2).
+"""Convert official benchmark annotations into the label PNGs zss reads (mmseg layouts, docs/protocol.md "Layouts").
 
 Two converters, each a library function with a thin script in ``scripts/``:
 
@@ -35,7 +35,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from zss.data.classes import CONTEXT59_CLASSES, COCO_STUFF_CLASSES
+from zss.data.classes import COCO_STUFF_CLASSES, CONTEXT59_CLASSES
 
 __all__ = [
     "IGNORE_INDEX",
@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 IGNORE_INDEX = 255
-"""Ignore / unlabelled value in every output PNG (DESIGN §2)."""
+"""Ignore / unlabelled value in every output PNG (docs/protocol.md "Benchmarks")."""
 
 # =============================================================================================
 # COCO-Stuff
@@ -119,7 +119,7 @@ def cocostuff_lut() -> np.ndarray:
         ValueError: ``COCO_STUFF_CLASSES`` disagrees with the official table (a name missing, or the
             class-list order is not category-id order) — names the offending class.
 
-    Source: DESIGN §2 (COCO-Stuff 164K); mmseg ``tools/dataset_converters/coco_stuff164k.py``.
+    Source: docs/protocol.md "Benchmarks" (COCO-Stuff 164K); mmseg ``tools/dataset_converters/coco_stuff164k.py``.
     """
     index = {name: i for i, name in enumerate(COCO_STUFF_CLASSES)}
     lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
@@ -304,7 +304,7 @@ def convert_cocostuff(
             with no ``*.png`` (names the folder).
         ValueError: a raw PNG holds values outside {0..181, 255} (names the file).
 
-    Source: DESIGN §2; the mapping is mmseg's ``coco_stuff164k.py`` (built here from names).
+    Source: docs/protocol.md "Benchmarks"; the mapping is mmseg's ``coco_stuff164k.py`` (built here from names).
     """
     raw_dir, out_root = Path(raw_dir), Path(out_root)
     if not raw_dir.is_dir():
@@ -488,8 +488,12 @@ def load_context_mat(path: str | os.PathLike) -> np.ndarray:
     Raises:
         KeyError: no ``LabelMap`` variable (names the file and the variables it has).
         ValueError: ``LabelMap`` is not 2-D.
+        ImportError: scipy is not installed (names the ``context`` extra).
     """
-    from scipy.io import loadmat
+    try:
+        from scipy.io import loadmat
+    except ImportError as e:
+        raise ImportError('reading PASCAL Context .mat labels needs scipy: pip install -e ".[context]"') from e
 
     mat = loadmat(str(path))
     if "LabelMap" not in mat:
@@ -601,7 +605,7 @@ def convert_context(
         KeyError: a context59 class not found in ``labels`` (names it).
         ValueError: malformed ``labels``, LabelMap values beyond the labels file.
 
-    Source: DESIGN §2 (PASCAL Context layout and context59/context60 presets).
+    Source: docs/protocol.md "Benchmarks" (PASCAL Context layout and context59/context60 presets).
     """
     mat_dir, voc2010 = Path(mat_dir), Path(voc2010)
     if not mat_dir.is_dir():

@@ -3,7 +3,7 @@
 Labels are read with Pillow as indices (``np.asarray(Image.open(p))``, never ``.convert("RGB")``),
 optionally reduced (``reduce_zero_label``: 0 -> 255, v -> v-1), validated, and returned twice:
 ``full_label`` (all classes; evaluation and the oracle teacher) and ``label`` (the training label,
-unseen ids -> ``ignore_index`` iff ``hide_unseen``: the inductive setting of DESIGN §2).
+unseen ids -> ``ignore_index`` iff ``hide_unseen``: the inductive setting of docs/protocol.md "Settings").
 """
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torchvision import tv_tensors
 
 from .classes import get_benchmark, layout
 
-__all__ = ["SegDataset", "WithoutKeys", "build_dataset", "read_label"]
+__all__ = ["SegDataset", "WithoutKeys", "build_dataset", "read_label", "read_image", "pil_to_rgb"]
 
 _ROOT_HINT = "Set dataset.root=/path/to/the/dataset (the folder holding the layout above) or see README (data preparation)."
 _CHECK_HINT = "Run `python -m zss.data.check dataset={name} root={root}` to list every problem with its fix."
@@ -47,6 +47,61 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
         return np.asarray(im).copy()
 
 
+def pil_to_rgb(im: Image.Image, path: str | os.PathLike = "<image>") -> np.ndarray:
+    """A Pillow image as 8-bit RGB, converting high-bit-depth greyscale by its range.
+
+    Pillow's own ``convert("RGB")`` clips 16-bit greyscale (PNG/TIFF modes ``I;16*`` and ``I``, values
+    0..65535) to 0..255, which turns almost every pixel white; here those values are scaled by 255/65535
+    (rounded) instead. Every other mode (``RGB``, ``RGBA``, ``L``, ``P``, ``CMYK``, 16-bit RGB that Pillow
+    already reads as ``RGB`` ...) goes through ``convert("RGB")``; alpha is dropped.
+
+    Args:
+        im: an opened Pillow image. path: its file, for the error message.
+
+    Returns:
+        ``np.ndarray[H, W, 3] uint8`` (a writable copy).
+
+    Raises:
+        ValueError: floating-point pixels (mode ``F``) or 32-bit integer pixels outside 0..65535 (names the
+            file and what to save it as).
+
+    Source: not in the papers: ours (a 16-bit PNG must not saturate).
+    """
+    mode = im.mode
+    if mode == "I" or mode.startswith("I;16"):
+        arr = np.asarray(im).astype(np.int64)  # [H, W]
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise ValueError(f"image {str(path)!r} has 32-bit pixel values {arr.min()}..{arr.max()} (PIL mode {mode!r}); "
+                             f"save it as an 8-bit or 16-bit RGB/greyscale image")
+        grey = np.rint(arr * (255.0 / 65535.0)).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if mode == "F":
+        raise ValueError(f"image {str(path)!r} stores floating-point pixels (PIL mode 'F'); save it as an 8-bit or "
+                         f"16-bit RGB/greyscale image")
+    return np.array(im.convert("RGB"))
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file fully (a truncated file fails here, not later) as 8-bit RGB (:func:`pil_to_rgb`).
+
+    Returns:
+        ``np.ndarray[H, W, 3] uint8``.
+
+    Raises:
+        ValueError: the file is empty, truncated or not an image, or has unsupported pixels; names the file
+            and the fix.
+    """
+    try:
+        with Image.open(path) as im:
+            return pil_to_rgb(im, path)
+    except (OSError, SyntaxError) as e:
+        size = Path(path).stat().st_size if Path(path).is_file() else None
+        why = ("empty file (0 bytes)" if size == 0 else "not an image format Pillow recognises"
+               if isinstance(e, UnidentifiedImageError) else (str(e) or type(e).__name__))
+        raise ValueError(f"image {str(path)!r} cannot be read: {why}. The file is empty, truncated or not an "
+                         f"image: re-extract or re-download it (or remove its id from the split).") from e
+
+
 def _list_files(folder: Path) -> set[str] | None:
     try:
         return set(os.listdir(folder))
@@ -69,7 +124,7 @@ class SegDataset(torch.utils.data.Dataset):
         num_classes: C; valid label ids after reduction are ``0..C-1`` plus raw 255 (ignore).
         unseen: unseen label ids (after reduction).
         hide_unseen: if True the training ``label`` has unseen ids set to ``ignore_index`` (inductive
-            ZSS training, DESIGN §2); ``full_label`` always keeps them.
+            ZSS training, docs/protocol.md "Settings"); ``full_label`` always keeps them.
         transform: called as ``transform(tv_tensors.Image uint8 [3,H,W], tv_tensors.Mask int64 [H,W] label,
             tv_tensors.Mask int64 [H,W] full_label, tv_tensors.Mask uint8 [H,W] valid)`` and must return the
             same four (see ``zss.data.transforms``); all masks must get identical geometric ops. ``valid``
@@ -95,9 +150,10 @@ class SegDataset(torch.utils.data.Dataset):
     Raises (``__getitem__``, lazy label checks, cheap ``np.unique``):
         ValueError: annotation not mode P/L; label size != image size (names both files and sizes); label
             values outside the class range (names the file and values, suggests checking
-            ``reduce_zero_label`` / the dataset preset).
+            ``reduce_zero_label`` / the dataset preset); an image file that is empty, truncated or not an
+            image (names it, :func:`read_image`). 16-bit greyscale images are scaled to 8 bits, not clipped.
 
-    Source: DESIGN §2 (layouts, reduce_zero_label, unseen -> 255 in training only); mmseg's
+    Source: docs/protocol.md "Layouts" and "Settings" (layouts, reduce_zero_label, unseen -> 255 in training only); mmseg's
     ``CustomDataset`` semantics.
     """
 
@@ -264,8 +320,10 @@ class SegDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         img_path = self.img_path(i)
-        with Image.open(img_path) as im:
-            img = np.array(im.convert("RGB"))  # [H, W, 3] uint8, writable copy
+        try:
+            img = read_image(img_path)  # [H, W, 3] uint8, writable copy; 16-bit greyscale scaled, not clipped
+        except ValueError as e:
+            raise ValueError(f"{e} {self._check_hint()}") from None
         raw = self._load_raw(i)
         full = self._full_lut[raw]  # [H, W] int64
         if full.shape != img.shape[:2]:

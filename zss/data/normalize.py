@@ -18,9 +18,15 @@ import math
 from typing import Sequence
 
 import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import Tensor, nn
 
-__all__ = ["check_stats", "renormalize_affine", "Renormalize"]
+__all__ = ["CLIP_MEAN", "CLIP_STD", "check_stats", "renormalize_affine", "Renormalize"]
+
+#: OpenAI CLIP input mean, RGB, [0, 1] units (open_clip ``OPENAI_DATASET_MEAN``); the default ``dataset.mean``.
+CLIP_MEAN: tuple[float, float, float] = tuple(float(v) for v in OPENAI_DATASET_MEAN)
+#: OpenAI CLIP input std, RGB, [0, 1] units (open_clip ``OPENAI_DATASET_STD``); the default ``dataset.std``.
+CLIP_STD: tuple[float, float, float] = tuple(float(v) for v in OPENAI_DATASET_STD)
 
 
 def check_stats(values: Sequence[float], name: str, positive: bool = False) -> tuple[float, float, float]:

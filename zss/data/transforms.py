@@ -6,7 +6,7 @@ tv_tensors.Mask int64 [H, W] full_label)``; every geometric op is applied identi
 and are padded with ``ignore_index``.
 
 torchvision already does flip / pad / dtype / normalise; the three mmseg ops it lacks are written here
-(DESIGN §2 "Pipeline"):
+(docs/protocol.md "Pipeline"):
 
 - ``KeepRatioRescale``: mmcv's keep-ratio rescale with a random ratio (mmseg ``Resize(ratio_range=...)``).
 - ``RandomCropCatMax``: mmseg ``RandomCrop(cat_max_ratio=...)``.
@@ -25,6 +25,9 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+# CLIP_MEAN/STD: open_clip's OPENAI_DATASET_MEAN/STD (defined in zss.data.normalize), re-exported
+from zss.data.normalize import CLIP_MEAN, CLIP_STD
+
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
@@ -36,11 +39,6 @@ __all__ = [
     "build_train_transform",
     "build_test_transform",
 ]
-
-CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-"""OpenAI CLIP input mean, RGB, in [0, 1] units (SPEC default ``dataset.mean``)."""
-CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-"""OpenAI CLIP input std, RGB, in [0, 1] units (SPEC default ``dataset.std``)."""
 
 
 def _pair(x: int | Sequence[int], what: str) -> tuple[int, int]:
@@ -64,7 +62,7 @@ def keep_ratio_size(h: int, w: int, scale: Sequence[float]) -> tuple[int, int]:
     Returns:
         (new_h, new_w) in pixels.
 
-    Source: mmcv ``rescale_size`` / ``imrescale`` (DESIGN §2 [protocol]).
+    Source: mmcv ``rescale_size`` / ``imrescale`` (docs/protocol.md "Pipeline" [protocol]).
     """
     long_edge, short_edge = max(scale), min(scale)
     factor = min(long_edge / max(h, w), short_edge / min(h, w))
@@ -334,7 +332,7 @@ def build_train_transform(
     ignore_index: int = 255,
     antialias: bool = False,
 ) -> v2.Compose:
-    """Training pipeline of DESIGN §2 (mmseg order).
+    """Training pipeline of docs/protocol.md "Pipeline" (mmseg order).
 
     KeepRatioRescale(scale, ratio_range) -> RandomCropCatMax(crop_size, cat_max_ratio) ->
     RandomHorizontalFlip(flip_prob) -> PhotoMetricDistortion (if ``photometric``) ->
@@ -374,7 +372,7 @@ def build_test_transform(
     std: Sequence[float] = CLIP_STD,
     antialias: bool = False,
 ) -> v2.Compose:
-    """Test pipeline of DESIGN §2: keep-ratio resize (no random ratio) + normalise, image only.
+    """Test pipeline of docs/protocol.md "Pipeline": keep-ratio resize (no random ratio) + normalise, image only.
 
     Masks pass through at their original size (evaluation resizes logits to the label size).
 

@@ -5,6 +5,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -61,17 +62,40 @@ def save_atomic(obj: dict, path: str | os.PathLike) -> None:
         raise
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load a zss checkpoint with ``weights_only=True``.
+def _load_reason(err: BaseException, path: Path) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in a few words, without torch's advice to load the file
+    with ``weights_only=False`` (zss checkpoints never need it; an untrusted pickle can run code)."""
+    text = str(err)
+    if isinstance(err, EOFError) or path.stat().st_size == 0:
+        return "the file is empty or cut short"
+    if "Unsupported global" in text or "weights_only" in text and "GLOBAL" in text:
+        return "it holds pickled Python objects, e.g. a whole model or another tool's file, not a zss state dict"
+    if "zip archive" in text or "central directory" in text:
+        return "the archive is truncated or corrupt, e.g. an interrupted copy"
+    return "not a PyTorch checkpoint file"
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu", mmap: bool = False) -> dict:
+    """Load a zss checkpoint with ``weights_only=True`` (``mmap=True``: memory-mapped, tensors read lazily;
+    a cheap validity check of a large file).
 
     Raises:
         FileNotFoundError: the file does not exist (message names it and the ``ckpt=`` key).
-        ValueError: the file is not a zss checkpoint (no ``state`` / ``config`` entries).
+        ValueError: the file is not a zss checkpoint: torch cannot read it (garbage, truncated, another tool's
+            pickle) or it has no ``state`` / ``config`` entries; names the file.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist: pass ckpt=<run dir>/last.pt or best.pt")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        raise FileNotFoundError(f"checkpoint {path} does not exist: pass ckpt=<run dir>/last.pt")
+    with warnings.catch_warnings(record=True) as caught:  # torch's unpickler warnings only if the load works
+        warnings.simplefilter("always")
+        try:
+            ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        except Exception as e:  # noqa: BLE001 - torch's reasons (pickle, zip, EOF) all mean "not our file"
+            raise ValueError(f"{path} is not a zss checkpoint: torch cannot read it: {_load_reason(e, path)}. Pass "
+                             f"ckpt=/resume= a last.pt written by zss training") from e
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if not isinstance(ckpt, dict) or "state" not in ckpt or "config" not in ckpt:
         raise ValueError(f"{path} is not a zss checkpoint (expected a dict with 'state' and 'config')")
     return ckpt

@@ -46,16 +46,24 @@ def init_distributed(device: str = "auto") -> torch.device:
         The ``torch.device`` this rank runs on. Backend: NCCL on CUDA, gloo on CPU.
 
     Raises:
-        RuntimeError: ``device=cuda`` without a CUDA device.
+        ValueError: ``device`` is not ``auto``/``cpu``/``cuda`` nor a torch device string; ``device=cuda`` without a CUDA device
+            (both name the top-level ``device=`` key of the command).
     """
     _slurm_env()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device not in ("auto", "cpu", "cuda"):
+        try:
+            torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device={device!r} is not a device: use device=auto, device=cpu or device=cuda "
+                             f"(torchrun/SLURM pick the GPU of each rank from LOCAL_RANK)") from None
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("trainer.device=cuda but no CUDA device is visible; use trainer.device=cpu")
+            raise ValueError("device=cuda but no CUDA device is visible: use device=cpu (or device=auto, which "
+                             "picks CUDA when there is one)")
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
     else:
@@ -86,17 +94,23 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_gather_nograd(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` (``Tensor[N, ...]``, same N on every rank) from all ranks along dim 0.
+def all_gather_cat(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """All-gather ``x`` (``Tensor[N, ...]``, the same N and dtype on every rank) and concatenate along dim 0.
 
-    The result carries no gradient (use it for negatives from a frozen teacher). Returns ``x``
-    itself in a single process.
+    The one all-gather of zss (InfoNCE in-batch negatives and the CLS bank of CLIP-ZSS / Chimera-Seg).
+
+    Returns:
+        ``(Tensor[world·N, ...], offset)``: rows ``offset:offset+N`` are this rank's ``x`` itself, so its
+        autograd graph is kept; the other ranks' rows carry no gradient (fine for positives / negatives from
+        the frozen teacher). Without a process group, or with a world of 1: ``(x, 0)``.
     """
-    if not is_dist():
-        return x
-    out = [torch.empty_like(x) for _ in range(get_world_size())]
-    dist.all_gather(out, x.detach().contiguous())
-    return torch.cat(out, dim=0)
+    if not is_dist() or get_world_size() == 1:
+        return x, 0
+    world, rank = get_world_size(), get_rank()
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.detach().contiguous())
+    parts[rank] = x
+    return torch.cat(parts, dim=0), rank * x.shape[0]
 
 
 def cleanup() -> None:

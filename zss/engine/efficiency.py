@@ -1,6 +1,6 @@
 """Model efficiency: parameter counts, FLOPs of one forward pass, and measured throughput.
 
-The claim of distillation-based ZSS (DESIGN §8) is that the test-time model (the student alone) is
+The claim of distillation-based ZSS (docs/architecture.md "Measuring speed") is that the test-time model (the student alone) is
 cheaper than CLIP-based segmenters; :func:`efficiency_report` gives the numbers to back that claim
 for any ``nn.Module`` or :class:`~zss.methods.base.Method` and :func:`format_efficiency` prints them.
 
@@ -10,10 +10,14 @@ FLOPs convention: ``torch.utils.flop_counter.FlopCounterMode`` counts **FLOPs = 
 mmcv's / fvcore's counters) report **MACs under the name "FLOPs"**: divide our ``gflops`` by 2 to
 compare with them. Only the ops torch's counter knows are counted (matmul / linear, convolutions,
 attention kernels, batched matmul); element-wise ops, normalisation, pooling, interpolation and
-softmax are not, as in fvcore's default.
+softmax are not, as in fvcore's default. Fused attention paths that torch's counter does not know are
+counted explicitly (:data:`EXTRA_FLOP_FORMULAS`): the CPU flash kernel of ``scaled_dot_product_attention``
+(forward and backward), ``nn.MultiheadAttention``'s fused fast path (``_native_multi_head_attention``: its
+input/output projections and both attention matmuls) and ``nn.TransformerEncoderLayer``'s
+(``_transformer_encoder_layer_fwd``), so a ViT counts the same on every device and kernel.
 
 Throughput is measured, not modelled: on CPU it depends on the thread count and on the machine's load
-(DESIGN §8: these machines are noisy; compare ratios within one run, report absolute times only on a GPU).
+(docs/architecture.md "Measuring speed": these machines are noisy; compare ratios within one run, report absolute times only on a GPU).
 """
 from __future__ import annotations
 
@@ -24,7 +28,65 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_parameters", "count_flops", "measure_throughput", "efficiency_report", "format_efficiency"]
+__all__ = ["count_parameters", "count_flops", "flop_counter", "measure_throughput", "efficiency_report",
+           "format_efficiency", "EXTRA_FLOP_FORMULAS"]
+
+_aten = torch.ops.aten
+
+
+def _batch_len(shape) -> tuple[int, int]:
+    """(batch, length) of a ``[B, L, E]`` (batch-first) or ``[L, E]`` sequence shape."""
+    return (1, int(shape[0])) if len(shape) == 2 else (int(shape[0]), int(shape[1]))
+
+
+def _mha_flops(query, key, value, embed_dim, num_head, *args, out_shape=None, **kwargs) -> int:
+    """``_native_multi_head_attention`` (batch first): q/k/v projections, Q·Kᵀ, A·V, output projection."""
+    b, lq = _batch_len(query)
+    _, lk = _batch_len(key)
+    e = int(embed_dim)
+    return 2 * b * e * e * (2 * lq + 2 * lk) + 4 * b * lq * lk * e
+
+
+def _encoder_layer_flops(src, embed_dim, num_heads, qkv_weight, qkv_bias, proj_weight, proj_bias, use_gelu,
+                         norm_first, eps, norm_weight_1, norm_bias_1, norm_weight_2, norm_bias_2, ffn_weight_1,
+                         *args, out_shape=None, **kwargs) -> int:
+    """``_transformer_encoder_layer_fwd``: self-attention as :func:`_mha_flops` plus the two FFN linears."""
+    b, length = _batch_len(src)
+    ffn = int(ffn_weight_1[0])
+    return _mha_flops(src, src, src, embed_dim, num_heads) + 4 * b * length * int(embed_dim) * ffn
+
+
+def _sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query, key, value)
+
+
+def _sdpa_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+#: FLOP formulas (FLOPs = 2 x MACs, on tensor SHAPES) for fused attention ops that torch's
+#: ``FlopCounterMode`` does not count itself (torch 2.x), passed as its ``custom_mapping`` by
+#: :func:`flop_counter`. Ops missing from this torch version are skipped.
+EXTRA_FLOP_FORMULAS: dict = {
+    op: fn for name, fn in (
+        ("_scaled_dot_product_flash_attention_for_cpu", _sdpa_flops),
+        ("_scaled_dot_product_flash_attention_for_cpu_backward", _sdpa_backward_flops),
+        ("_scaled_dot_product_fused_attention_overrideable", _sdpa_flops),
+        ("_native_multi_head_attention", _mha_flops),
+        ("_transformer_encoder_layer_fwd", _encoder_layer_flops),
+    ) if (op := getattr(_aten, name, None)) is not None
+}
+
+
+def flop_counter(depth: int = 2) -> FlopCounterMode:
+    """A ``torch.utils.flop_counter.FlopCounterMode`` (no display) that also counts the fused attention paths
+    of :data:`EXTRA_FLOP_FORMULAS`. Use as a context manager around forward (and backward) calls; FLOPs =
+    2 x MACs. ``depth``: module-tree depth of the per-module breakdown."""
+    return FlopCounterMode(display=False, depth=depth, custom_mapping=EXTRA_FLOP_FORMULAS)
 
 
 def count_parameters(module: nn.Module) -> dict[str, int]:
@@ -65,7 +127,7 @@ def count_flops(fn: Callable[[Tensor], object], images: Tensor) -> tuple[int, di
         module name -> FLOPs for the modules up to two levels deep (e.g. ``"Student"``,
         ``"Student.backbone"``), as named by torch's module tracker.
     """
-    with FlopCounterMode(display=False, depth=2) as counter:
+    with flop_counter(depth=2) as counter:
         fn(images)
     per_module = {k: int(sum(v.values())) for k, v in counter.get_flop_counts().items()
                   if k != "Global" and k.count(".") <= 1}
@@ -133,7 +195,7 @@ def efficiency_report(
 
     Args:
         model_or_method: an ``nn.Module`` or a ``Method``.
-        image_size: ``(H, W)`` in pixels of one input (default 512 x 512, the protocol's crop, DESIGN §2).
+        image_size: ``(H, W)`` in pixels of one input (default 512 x 512, the protocol's crop, docs/protocol.md "Pipeline").
         device: where to measure; None = where the model's first parameter lives (CPU without any).
             The model is moved there for the measurement and moved back afterwards.
         warmup, iters: untimed / timed calls per batch size (our defaults 2 / 5).
@@ -159,7 +221,7 @@ def efficiency_report(
     Raises:
         ValueError: bad ``image_size`` / ``batch_size`` / ``iters``.
 
-    Source: DESIGN §8 (student-only inference vs the CLIP teacher); FLOP counting: torch's
+    Source: docs/architecture.md "Measuring speed" (student-only inference vs the CLIP teacher); FLOP counting: torch's
     ``FlopCounterMode``; the report layout is ours.
     """
     size = tuple(int(s) for s in image_size)

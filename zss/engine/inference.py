@@ -3,7 +3,7 @@
 ``model_fn(images: Tensor[N, 3, h, w]) -> Tensor[N, C, h', w']`` is any callable returning logits at
 any resolution (e.g. ``Method.predict``, whose student works at stride 4); the logits are resized
 bilinearly (``align_corners=False``) to the window / image size. The sliding-window grid is mmseg's
-(DESIGN §2 "Pipeline": crop 512, stride 426, windows clamped to the border, logits summed and divided
+(docs/protocol.md "Pipeline": crop 512, stride 426, windows clamped to the border, logits summed and divided
 by the coverage count, then resized to the original label size). Crops of *all* images of the batch
 are queued together and sent through ``model_fn`` in chunks of ``batch_size`` crops.
 
@@ -63,7 +63,7 @@ def resize_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     Returns:
         ``Tensor[B, C, H, W]``, same dtype as ``logits``.
 
-    Source: mmseg ``resize`` as used by its segmentors (DESIGN §2).
+    Source: mmseg ``resize`` as used by its segmentors (docs/protocol.md "Pipeline").
     """
     size = tuple(int(s) for s in size)
     if tuple(logits.shape[-2:]) == size:
@@ -86,8 +86,8 @@ def slide_windows(
 
     Args:
         height, width: image size in pixels.
-        crop: window ``(h, w)`` in pixels (default 512, DESIGN §2).
-        stride: step ``(h, w)`` in pixels (default 426, DESIGN §2); must not exceed ``crop``.
+        crop: window ``(h, w)`` in pixels (default 512, docs/protocol.md "Pipeline").
+        stride: step ``(h, w)`` in pixels (default 426, docs/protocol.md "Pipeline"); must not exceed ``crop``.
 
     Returns:
         list of ``(y1, y2, x1, x2)`` in row-major order (h_idx outer, w_idx inner).
@@ -191,8 +191,8 @@ def slide_inference(
         images: ``Tensor[B, 3, H, W]`` float32, normalised (the test transform already resized the
             short side to 512).
         num_classes: C; checked against the model output. ``None`` infers it from the first output.
-        crop: window ``(h, w)`` in pixels (default 512, DESIGN §2).
-        stride: window step ``(h, w)`` in pixels (default 426, DESIGN §2).
+        crop: window ``(h, w)`` in pixels (default 512, docs/protocol.md "Pipeline").
+        stride: window step ``(h, w)`` in pixels (default 426, docs/protocol.md "Pipeline").
         batch_size: crops per ``model_fn`` call (not in the papers: our default 8).
         out_size: optional ``(H_out, W_out)`` in pixels (the original label size) to resize the final
             logits to (bilinear, ``align_corners=False``); one size for the whole batch.
@@ -203,7 +203,7 @@ def slide_inference(
     Raises:
         ValueError: bad shapes / sizes, stride > crop, ``batch_size < 1``, or a class-count mismatch.
 
-    Source: mmseg ``EncoderDecoder.slide_inference`` (DESIGN §2); crop batching is ours.
+    Source: mmseg ``EncoderDecoder.slide_inference`` (docs/protocol.md "Pipeline"); crop batching is ours.
     """
     _check_images(images, "slide_inference")
     if int(batch_size) < 1:
@@ -249,7 +249,7 @@ def argmax_classes(logits: torch.Tensor, classes: torch.Tensor | Sequence[int] |
     Raises:
         ValueError: ``classes`` empty or holding an id outside ``[0, C)``.
 
-    Source: ours (the ZSS protocol of DESIGN §2: prediction restricted to the unseen classes).
+    Source: ours (the ZSS label space of docs/protocol.md "Evaluation modes": prediction restricted to the unseen classes).
     """
     if classes is None:
         return logits.argmax(dim=1)
@@ -279,7 +279,7 @@ def predict_segmentation(
         model_fn: ``Tensor[N, 3, h, w] -> Tensor[N, C, h', w']`` logits over ALL classes (any seen-class
             bias is the caller's job; never mask logits with ``-inf`` here, pass ``classes`` instead).
         images: ``Tensor[B, 3, H, W]`` float32, normalised.
-        mode: ``"slide"`` (default, DESIGN §2) or ``"whole"``.
+        mode: ``"slide"`` (default, docs/protocol.md "Pipeline") or ``"whole"``.
         num_classes, crop, stride, batch_size: see :func:`slide_inference` (ignored for ``"whole"``
             except ``num_classes``, which is checked when given).
         out_size: optional ``(H_out, W_out)`` pixels, the original label size.

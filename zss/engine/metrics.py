@@ -4,7 +4,7 @@ One ``int64`` confusion matrix ``[C, C]`` (rows = ground truth, columns = predic
 over the whole evaluation set — never per-image averages — and summed across ranks with
 :meth:`SegEvaluator.all_reduce`. All reported scores are **percent** floats (x100).
 
-Definitions (DESIGN §2 "Metrics", the ZegCLIP / CLIP-RC / Cascade-CLIP / OTSeg protocol):
+Definitions (docs/protocol.md "Metrics", the ZegCLIP / CLIP-RC / Cascade-CLIP / OTSeg protocol):
 
 - ``IoU_c = TP / (TP + FP + FN)``; NaN when class ``c`` is absent from both GT and prediction
   (denominator 0). NaN classes are excluded from every mean (never poison it).
@@ -54,7 +54,7 @@ def harmonic_iou(seen: float, unseen: float) -> float:
     Returns:
         float percent; NaN if either input is NaN (the score is undefined), 0.0 if either is 0.
 
-    Source: DESIGN §2 (the GZSS protocol of ZS3Net/ZegCLIP); the NaN rule is ours.
+    Source: docs/protocol.md "Metrics" (the GZSS protocol of ZS3Net/ZegCLIP); the NaN rule is ours.
     """
     if math.isnan(seen) or math.isnan(unseen):
         return float("nan")
@@ -70,7 +70,7 @@ class SegEvaluator:
         num_classes: C, number of classes of the benchmark (seen + unseen).
         class_names: C names in label-id order (used by :func:`format_table`).
         unseen: label ids of the unseen classes (ints in ``[0, C)``).
-        ignore_index: GT value that is skipped (default 255, DESIGN §2).
+        ignore_index: GT value that is skipped (default 255, docs/protocol.md "Metrics").
         label_space: ``"all"`` (GZSS, default) or ``"unseen"`` (ZSS: GT pixels of seen classes are
             treated as ignore). See the module docstring.
 
@@ -82,7 +82,7 @@ class SegEvaluator:
         ValueError: bad ``num_classes``/``class_names`` length, unseen ids out of range or
             duplicated, unknown ``label_space``.
 
-    Source: DESIGN §2 "Metrics" (protocol of the ZegCLIP lineage); NaN conventions are ours.
+    Source: docs/protocol.md "Metrics" (protocol of the ZegCLIP lineage); NaN conventions are ours.
     """
 
     def __init__(

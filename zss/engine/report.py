@@ -1,6 +1,6 @@
 """Aggregate results over runs (mean ± sample std) and plot training curves of one run.
 
-Reads what the trainer and CLI write into a run dir (DESIGN §7):
+Reads what the trainer and CLI write into a run dir (docs/architecture.md "Run directories and checkpoints"):
 
 * ``final_results.json``: a JSON object with ``mIoU_seen``, ``mIoU_unseen``, ``hIoU``, ``pAcc``, ``mIoU``
   (percent floats, NaN stored as ``null``) and usually ``step``. A file holding the same object

@@ -1,15 +1,22 @@
 """Iteration-based trainer: one code path for a laptop CPU and ``torchrun`` on many GPUs.
 
-AdamW + poly schedule with linear warm-up, bf16/fp16/fp32 autocast, gradient accumulation to a
-configured global batch, DDP from the environment (SyncBN only when world > 1 on CUDA),
-periodic evaluation, atomic ``last.pt`` / ``best.pt`` (by hIoU), exact resume, TensorBoard +
-``metrics.jsonl`` on rank 0.
+AdamW + poly schedule with linear warm-up (``torch.optim.lr_scheduler.LambdaLR``), bf16/fp16/fp32 autocast,
+gradient accumulation to a configured global batch, DDP from the environment (SyncBN only when world > 1 on CUDA),
+periodic evaluation, atomic ``last.pt`` (never with non-finite weights; also written on SIGTERM/SIGINT/SIGUSR1),
+opt-in ``best_on_val_split.pt``, exact resume (RNG and training state outside ``state_dict`` included),
+TensorBoard + ``metrics.jsonl`` on rank 0.
 """
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import math
+import signal
+import threading
 import time
+import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -25,12 +32,14 @@ from zss.engine.evaluate import evaluate
 from zss.engine.metrics import format_table, summary_line
 from zss.engine.sampling import SeededDataset, StepSampler
 
+log = logging.getLogger(__name__)
+
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
 @dataclass
 class TrainConfig:
-    """Every number that shapes a run. Values not stated by the papers are ours (DESIGN §2 gives
+    """Every number that shapes a run. Values not stated by the papers are ours (docs/protocol.md "Reference recipe" gives
     the reference recipe this mirrors: AdamW lr 2e-5, head ×10, wd 0.01, poly 0.9, warm-up 1,500).
 
     Attributes:
@@ -38,7 +47,8 @@ class TrainConfig:
         micro_batch_size: images per forward on one rank (None = batch_size / world); the trainer
             accumulates ``batch_size / (world × micro_batch_size)`` micro-batches.
         lr, head_lr_mult, weight_decay, betas: AdamW. warmup_steps, warmup_ratio: linear warm-up
-            from ``lr × warmup_ratio`` (mmseg's rule). poly_power: poly decay to ``min_lr``.
+            from ``lr × warmup_ratio`` (mmseg's rule). poly_power: poly decay to ``min_lr``, an absolute
+            floor shared by every param group (the head's too, as mmcv/mmengine PolyLR; :func:`lr_factor`).
         grad_clip: max global grad norm (None = off; our default). amp: ``bf16`` | ``fp16`` | ``fp32``.
         eval_interval / log_interval / ckpt_interval: in optimizer steps (0 = only at the end).
         eval_mode, eval_crop, eval_stride, eval_crop_batch: inference (pixels).
@@ -47,6 +57,14 @@ class TrainConfig:
             own randomness; data order is derived from seed and step, see StepSampler).
         overlay_count: fixed val images drawn to TensorBoard at each evaluation.
         deterministic: ``torch.use_deterministic_algorithms(True)`` (slower).
+        select_best_on_val: keep ``best_on_val_split.pt``, the checkpoint with the best val hIoU (mIoU when no
+            unseen class is present). The val split is the benchmark's TEST split, so this selects on test data:
+            off by default (ours); report the last iteration (``last.pt``, ``final_results``).
+        compile: ``torch.compile`` the student's forward in place (``nn.Module.compile``: checkpoints keep their
+            keys); the first steps pay the compilation. Off by default (ours).
+        channels_last: convert the student's 4-D (convolution) weights and the training images to
+            ``torch.channels_last`` (faster convolutions with cuDNN / oneDNN; no effect on ViT parts). Off by
+            default (ours). Both change float rounding only, not the computation.
     """
 
     max_steps: int = 20000
@@ -76,14 +94,27 @@ class TrainConfig:
     overlay_count: int = 4
     deterministic: bool = False
     find_unused_parameters: bool = False
+    select_best_on_val: bool = False
+    compile: bool = False
+    channels_last: bool = False
     extra: dict = field(default_factory=dict)
 
 
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Multiplier on the base lr at optimizer step ``step`` (0-based): poly decay with linear
-    warm-up, mmseg's ``PolyLR`` + ``warmup='linear'`` rule."""
+def lr_factor(step: int, cfg: TrainConfig, base_lr: float | None = None) -> float:
+    """Multiplier on a param group's base lr at optimizer step ``step`` (0-based): poly decay with linear
+    warm-up, mmcv's ``PolyLrUpdaterHook`` + ``warmup='linear'`` rule (mmseg's PolyLR), the trainer's
+    ``torch.optim.lr_scheduler.LambdaLR`` lambda.
+
+    ``base_lr``: the group's base lr (default ``cfg.lr``; the head group has ``cfg.lr × head_lr_mult``). As in
+    mmcv/mmengine the floor ``cfg.min_lr`` is the same absolute lr for every group: the group's lr is
+    ``((base_lr - min_lr) · (1 - step/max_steps)^poly_power + min_lr) × warm-up factor``. A group with base lr
+    0 stays at 0.
+    """
     poly = (1.0 - min(step, cfg.max_steps) / max(cfg.max_steps, 1)) ** cfg.poly_power
-    base = cfg.lr * poly + cfg.min_lr * (1 - poly) if cfg.lr > 0 else 0.0
+    if base_lr is not None and base_lr <= 0:
+        return 0.0
+    floor = cfg.min_lr if base_lr is None else cfg.min_lr * cfg.lr / base_lr  # -> absolute floor min_lr
+    base = cfg.lr * poly + floor * (1 - poly) if cfg.lr > 0 else 0.0
     factor = base / cfg.lr if cfg.lr > 0 else 0.0
     if step < cfg.warmup_steps:
         k = (1 - step / cfg.warmup_steps) * (1 - cfg.warmup_ratio)
@@ -115,10 +146,98 @@ def new_run_dir(root: str | Path, name: str) -> Path:
     raise RuntimeError(f"could not create a new run directory under {base}")
 
 
-def find_resume(root: str | Path, name: str) -> Path | None:
-    """Newest ``root/name/*/last.pt`` (for ``resume=auto``), or None."""
+#: Name of the checkpoint kept by ``trainer.select_best_on_val`` (chosen on the val split = the benchmark's test split).
+BEST_ON_VAL_NAME = "best_on_val_split.pt"
+
+#: Config keys (dotted; a key covers everything below it) that may differ between a run and its resume: they
+#: do not change the numbers (where the data lies, logging/checkpoint/eval cadence, loader workers, the
+#: post-training transfer view, bookkeeping). Everything else, ``trainer.max_steps`` included (the poly
+#: schedule depends on it), must match unless ``resume_allow_changes=true``. Ours (docs: README "Resume").
+RESUME_HARMLESS_KEYS = (
+    "resume", "resume_allow_changes", "run_root", "name", "device", "allow_oracle_teacher", "dataset.root",
+    "transfer_view", "trainer.log_interval", "trainer.ckpt_interval", "trainer.eval_interval",
+    "trainer.num_workers", "trainer.overlay_count",
+)
+
+
+def _flatten(d, prefix: str = "") -> dict:
+    out = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    else:
+        out[prefix.rstrip(".")] = d
+    return out
+
+
+def config_changes(stored: dict, current: dict, harmless: Sequence[str] = RESUME_HARMLESS_KEYS) -> dict:
+    """The number-shaping config keys that differ between a checkpoint's config and the current one.
+
+    Args:
+        stored, current: resolved configs as plain nested dicts (``ckpt["config"]``, ``config.json``).
+        harmless: dotted keys (and everything below them) that are ignored (:data:`RESUME_HARMLESS_KEYS`).
+
+    Returns:
+        ``{dotted key: (stored value, current value)}``, missing keys as ``"<missing>"``; empty = same run.
+    """
+    a, b = _flatten(stored or {}), _flatten(current or {})
+    skip = lambda k: any(k == h or k.startswith(h + ".") for h in harmless)  # noqa: E731
+    norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
+    return {k: (a.get(k, "<missing>"), b.get(k, "<missing>")) for k in sorted(set(a) | set(b))
+            if not skip(k) and norm(a.get(k, "<missing>")) != norm(b.get(k, "<missing>"))}
+
+
+def format_changes(changes: dict, limit: int = 8) -> str:
+    """``key: stored -> current`` for the first ``limit`` changed keys, comma-separated."""
+    items = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changes.items())[:limit]]
+    return ", ".join(items) + (f" (+{len(changes) - limit} more)" if len(changes) > limit else "")
+
+
+def checkpoint_config(path: str | Path) -> dict:
+    """The resolved config stored in a zss checkpoint (memory-mapped: the tensors are not read)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # not a zip-format file: mmap unsupported
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return dict(ckpt.get("config") or {}) if isinstance(ckpt, dict) else {}
+
+
+def find_resume(root: str | Path, name: str, config: dict | None = None) -> Path | None:
+    """Newest ``root/name/*/last.pt`` (for ``resume=auto``) whose stored config matches ``config`` in every
+    number-shaping key (:func:`config_changes`; the seed included, so a seed sweep never merges), or None.
+    ``config=None`` takes the newest whatever its config."""
     cands = sorted(Path(root, name).glob("*/last.pt"), key=lambda p: p.stat().st_mtime)
-    return cands[-1] if cands else None
+    for cand in reversed(cands):
+        if config is None or not config_changes(checkpoint_config(cand), config):
+            return cand
+    return None
+
+
+def remove_stale_temp_files(run_dir: str | Path) -> list[Path]:
+    """Delete the ``.<name>.pt.*.tmp`` files :func:`zss.engine.checkpoint.save_atomic` leaves when a process is
+    killed mid-write, in ``run_dir`` only (call it when a run starts or resumes there); returns them."""
+    gone = []
+    for f in Path(run_dir).glob(".*.pt.*.tmp"):
+        try:
+            f.unlink()
+            gone.append(f)
+        except FileNotFoundError:
+            pass
+    return gone
+
+
+def non_finite_tensors(tensors: dict) -> list[str]:
+    """Names of the floating-point tensors of ``tensors`` (``{name: Tensor}``) holding NaN or inf, with counts."""
+    bad = []
+    for k, t in tensors.items():
+        if torch.is_tensor(t) and t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            bad.append(f"{k} ({int((~torch.isfinite(t)).sum())} of {t.numel()} values non-finite)")
+    return bad
+
+
+#: Signals after which the trainer finishes the current step, writes ``last.pt`` and stops (SIGUSR1: SLURM's
+#: pre-emption / time-limit warning, e.g. ``--signal=USR1@90``).
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
 
 
 class Trainer:
@@ -172,6 +291,10 @@ class Trainer:
         if self.world > 1 and self.device.type == "cuda":
             method.student = nn.SyncBatchNorm.convert_sync_batchnorm(method.student)
         self.method = method.to(self.device)
+        if cfg.channels_last:  # conv weights NHWC; the images follow in _to_device
+            self.method.student.to(memory_format=torch.channels_last)
+        if cfg.compile:  # in place: the state_dict keys stay the same
+            self.method.student.compile()
         self.model: nn.Module = self.method
         if self.world > 1:
             self.model = nn.parallel.DistributedDataParallel(
@@ -179,22 +302,96 @@ class Trainer:
                 find_unused_parameters=cfg.find_unused_parameters,
             )
         groups = self.method.param_groups(cfg.lr, head_lr_mult=cfg.head_lr_mult, weight_decay=cfg.weight_decay)
-        for g in groups:
-            g["initial_lr"] = g["lr"]
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        #: warm-up + poly (:func:`lr_factor`), one lambda per param group; sets each group's lr for step 0 now
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, [functools.partial(lr_factor, cfg=cfg, base_lr=g["lr"]) for g in groups])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.train_set, self.val_set = train_set, val_set
         #: keys removed from training samples before collation (full_label unless the teacher needs it)
         self.dropped_keys: tuple[str, ...] = () if needs_full_label(method) else ("full_label",)
         self.step, self.best = 0, {"hIoU": -math.inf, "step": -1}
+        #: step of the newest last.pt of this trainer (written or resumed from), None before the first save
+        self._last_saved_step: int | None = None
+        #: name of the signal (:data:`STOP_SIGNALS`) that made :meth:`fit` write last.pt and stop early, or None
+        self.stopped_by: str | None = None
+        self._stop_signum: int | None = None
         if resume_from is not None:
             self._load(resume_from)
+            self._last_saved_step = self.step
         self.writer = None
         if zdist.is_main():
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.run_dir / "tb"))
+            self._prepare_run_dir(resumed=resume_from is not None)
+            # a resume drops the TensorBoard events logged after the checkpoint's step (they are re-run)
+            self.writer = SummaryWriter(str(self.run_dir / "tb"),
+                                        purge_step=self.step + 1 if resume_from is not None else None)
             (self.run_dir / "config.json").write_text(json.dumps(self.config, indent=2, default=str))
+
+    def _prepare_run_dir(self, resumed: bool) -> None:
+        """Rank 0, before anything is written: delete temp files of killed checkpoint writes; on a resume, drop
+        the ``metrics.jsonl`` rows logged after the checkpoint's step (they are re-run) and keep an earlier
+        ``config.json`` that differs (``resume_allow_changes``) as ``config.before_step<N>.json``."""
+        for f in remove_stale_temp_files(self.run_dir):
+            print(f"zss: removed the stale temp file {f} (a checkpoint write that was killed)", flush=True)
+        if not resumed:
+            return
+        metrics = self.run_dir / "metrics.jsonl"
+        if metrics.is_file():
+            rows = [ln for ln in metrics.read_text().splitlines() if ln.strip()]
+            keep = [ln for ln in rows if _row_step(ln) <= self.step]  # a half-written last row goes too
+            if len(keep) != len(rows):
+                tmp = metrics.with_name(".metrics.jsonl.tmp")
+                tmp.write_text("".join(ln + "\n" for ln in keep))
+                tmp.replace(metrics)
+        old = self.run_dir / "config.json"
+        if old.is_file():
+            try:
+                changed = config_changes(json.loads(old.read_text()), json.loads(json.dumps(self.config, default=str)))
+            except ValueError:  # unreadable: keep it aside as well
+                changed = True
+            if changed:
+                old.replace(self.run_dir / f"config.before_step{self.step}.json")
+
+    def _train_state_owners(self) -> dict:
+        """``{name: object}`` of the method's submodules (and its unregistered teacher, ``@teacher``) that keep
+        training state outside ``state_dict`` (``train_state()`` / ``load_train_state()``: the CLIP-ZSS CLS bank,
+        the oracle teacher's noise generator)."""
+        owners = {name or "@method": m for name, m in self.method.named_modules()
+                  if callable(getattr(m, "train_state", None))}
+        teacher = getattr(self.method, "teacher", None)
+        if teacher is not None and callable(getattr(teacher, "train_state", None)):
+            owners["@teacher"] = teacher
+        return owners
+
+    def _rng_state(self) -> dict:
+        """This rank's torch RNG states: CPU, and every CUDA device's when CUDA is initialised."""
+        out = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            out["cuda"] = torch.cuda.get_rng_state_all()
+        return out
+
+    def _check_finite(self, action: str) -> None:
+        """Raise before ``action`` when a parameter, buffer or training-state tensor holds NaN/inf.
+
+        Raises:
+            FloatingPointError: names the step, the tensors and the checkpoint that is kept.
+        """
+        tensors = dict(self.method.checkpoint_state())
+        for owner, state in self._train_state().items():
+            tensors.update({f"{owner}.{k}": v for k, v in state.items()})
+        bad = non_finite_tensors(tensors)
+        if bad:
+            kept = (f"{self.run_dir / 'last.pt'} of step {self._last_saved_step} is kept as it was"
+                    if self._last_saved_step is not None else "no checkpoint of this run was written")
+            raise FloatingPointError(
+                f"non-finite weights after step {self.step}: {'; '.join(bad[:6])}"
+                f"{f' (+{len(bad) - 6} more)' if len(bad) > 6 else ''}. Not {action}: {kept}. Lower trainer.lr, "
+                f"set trainer.grad_clip or use trainer.amp=fp32, then resume from that checkpoint or start anew.")
+
+    def _train_state(self) -> dict:
+        return {name: dict(owner.train_state()) for name, owner in self._train_state_owners().items()}
 
     # ------------------------------------------------------------------ state
     def _ckpt(self) -> dict:
@@ -202,9 +399,11 @@ class Trainer:
             "state": self.method.checkpoint_state(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
             "step": self.step,
             "best": dict(self.best),
-            "rng": {"torch": torch.get_rng_state()},
+            "rng": self._rng_state(),
+            "train_state": self._train_state(),
             "config": self.config,
             "classnames": list(self.method.classnames),
             "unseen": self.method.unseen.tolist(),
@@ -219,23 +418,59 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.step, self.best = int(ckpt["step"]), dict(ckpt["best"])
-        if "rng" in ckpt and self.rank == 0:
-            torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+        self._load_scheduler(ckpt.get("scheduler"))
+        rng = ckpt.get("rng") or {}
+        if "ranks" in rng:  # written by a multi-process run: one entry per rank
+            rng = rng["ranks"][self.rank] if len(rng["ranks"]) == self.world else {}
+        elif self.rank != 0:
+            rng = {}
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"].cpu())
+        if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([t.cpu() for t in rng["cuda"]])
+        saved = ckpt.get("train_state") or {}
+        for name, owner in self._train_state_owners().items():
+            if name in saved:
+                owner.load_train_state(saved[name])
+            elif zdist.is_main():
+                warnings.warn(f"resume: {path} has no training state for {name} (written by an older zss): the "
+                              f"continuation is not exactly the uninterrupted run", stacklevel=2)
 
     def save(self, name: str) -> Path:
+        """Write ``run_dir/name`` atomically (rank 0; every rank must call it).
+
+        Raises:
+            FloatingPointError: a parameter/buffer/training-state tensor is non-finite; nothing is written
+                (:meth:`_check_finite`).
+        """
         path = self.run_dir / name
+        self._check_finite(f"writing {name}")  # every rank: the weights are the same, so all raise together
+        rng = self._rng_state()
+        if self.world > 1:  # every rank's generators, so each continues its own stream
+            ranks = [None] * self.world
+            torch.distributed.all_gather_object(ranks, {k: v for k, v in rng.items()})
+            rng = {**rng, "ranks": ranks}
         if zdist.is_main():
-            save_atomic(self._ckpt(), path)
+            ckpt = self._ckpt()
+            ckpt["rng"] = rng
+            save_atomic(ckpt, path)
+        if name == "last.pt":
+            self._last_saved_step = self.step
         zdist.barrier()
         return path
 
-    # ------------------------------------------------------------------ loop
-    def _set_lr(self) -> float:
-        f = lr_factor(self.step, self.cfg)
-        for g in self.optimizer.param_groups:
-            g["lr"] = g["initial_lr"] * f
-        return self.cfg.lr * f
+    def _load_scheduler(self, state: dict | None) -> None:
+        """Restore the LambdaLR state (``None``: a checkpoint from before it was saved) and set every group's lr
+        to the schedule's value at ``self.step`` (the optimizer state carries the lr of the step it was saved at)."""
+        if state is not None:
+            self.scheduler.load_state_dict(state)
+        self.scheduler.last_epoch = self.step
+        lrs = [g["initial_lr"] * fn(self.step) for g, fn in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas)]
+        for g, lr in zip(self.optimizer.param_groups, lrs):
+            g["lr"] = lr
+        self.scheduler._last_lr = lrs
 
+    # ------------------------------------------------------------------ loop
     def _loader(self) -> DataLoader:
         sampler = StepSampler(len(self.train_set), seed=self.cfg.seed, rank=self.rank, world_size=self.world,
                               start=self.step * self.accum * self.micro)
@@ -248,7 +483,10 @@ class Trainer:
         )
 
     def _to_device(self, batch: dict) -> dict:
-        return {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        out = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        if self.cfg.channels_last and torch.is_tensor(out.get("image")) and out["image"].dim() == 4:
+            out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
+        return out
 
     def fit(self, stop_at: int | None = None) -> dict | None:
         """Train to ``max_steps`` (evaluating and checkpointing on the way); return the final
@@ -256,8 +494,19 @@ class Trainer:
 
         ``stop_at``: leave after this many optimizer steps, writing ``last.pt`` as an interrupted
         run would have (the schedule still follows ``max_steps``); for tests and time-boxed jobs.
+
+        SIGTERM / SIGINT / SIGUSR1 (:data:`STOP_SIGNALS`) during ``fit`` finish the current optimizer step, write
+        ``last.pt`` and return early with :attr:`stopped_by` set to the signal's name (the CLI then exits with
+        128 + the signal number); a Python handler installed before (e.g. submitit's requeue on SIGUSR1) is
+        called after that. A second SIGINT stops at once. The previous handlers are restored on return.
+
+        Raises:
+            FloatingPointError: non-finite loss (checked at log intervals, evaluations and checkpoints, so that no
+                step waits on a read-back), or non-finite weights before a checkpoint is written or an evaluation
+                runs (the last good ``last.pt`` is kept).
         """
         cfg = self.cfg
+        self._stop_signum, self.stopped_by = None, None
         stop_at = cfg.max_steps if stop_at is None else min(stop_at, cfg.max_steps)
         data = iter(self._loader())
         bar = None
@@ -268,57 +517,143 @@ class Trainer:
         self.method.train()
         t_last, imgs = time.perf_counter(), 0
         results = None
+        prev_handlers = self._install_stop_handlers()
+        try:
+            results = self._loop(stop_at, data, bar, t_last, imgs)
+        finally:
+            _restore_handlers(prev_handlers)
+        if bar is not None:
+            bar.close()
+        if self.writer is not None:
+            self.writer.flush()
+        if self._stop_signum is not None:
+            prev = prev_handlers.get(self._stop_signum)
+            if callable(prev) and prev is not signal.default_int_handler:
+                prev(self._stop_signum, None)  # e.g. submitit's SIGUSR1 handler: requeue the job, now last.pt exists
+        return results
+
+    def _install_stop_handlers(self) -> dict:
+        """Make :data:`STOP_SIGNALS` set a flag that the loop reads after each optimizer step (main thread only;
+        a second SIGINT stops at once). Returns the previous handlers."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum, frame):
+            if self._stop_signum is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now, without saving
+            self._stop_signum = signum
+
+        prev = {}
+        for name in STOP_SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                prev[sig] = signal.signal(sig, handler)
+        return prev
+
+    def _stop_requested(self) -> bool:
+        """True once a stop signal reached any rank (all ranks agree: the flag is all-reduced in DDP)."""
+        flag = self._stop_signum or 0
+        if self.world > 1:
+            dev = self.device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+            t = torch.tensor([flag], device=dev)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+            flag = int(t.item())
+        if flag and self._stop_signum is None:
+            self._stop_signum = flag
+        return bool(flag)
+
+    def _loop(self, stop_at: int, data, bar, t_last: float, imgs: int) -> dict | None:
+        """The training loop of :meth:`fit` (to ``stop_at``, or until a stop signal: then last.pt and return)."""
+        cfg = self.cfg
+        results = None
+        # Nothing below reads a device value back between log intervals (no GPU sync per step): the step's logs
+        # stay tensors, and the step of the first non-finite loss is kept on the device (-1: none) and checked
+        # when logging, evaluating and checkpointing (:meth:`_check_loss`).
+        self._bad_loss_step, logs = None, {}
         while self.step < stop_at:
-            lr = self._set_lr()
+            lr = self.cfg.lr * lr_factor(self.step, cfg)  # logged: the base (backbone) lr of this step
             self.method.set_step(self.step)
             self.method.on_step(self.step, cfg.max_steps)
             self.optimizer.zero_grad(set_to_none=True)
-            logs: dict[str, float] = {}
+            logs: dict = {}
             for i in range(self.accum):
                 batch = self._to_device(next(data))
                 sync = i == self.accum - 1 or self.world == 1
-                ctx = self.model.no_sync() if (not sync and hasattr(self.model, "no_sync")) else _null()
+                ctx = self.model.no_sync() if (not sync and hasattr(self.model, "no_sync")) else nullcontext()
                 with ctx:
                     with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                         out = self.model(batch)
                     loss = out["loss"] / self.accum
                     self.scaler.scale(loss).backward()
                 for k, v in out.items():
-                    logs[k] = logs.get(k, 0.0) + float(v.detach()) / self.accum
+                    v = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))
+                    logs[k] = logs.get(k, 0.0) + v / self.accum
                 imgs += batch["image"].shape[0] * self.world
-            if not math.isfinite(logs["loss"]):
-                raise FloatingPointError(
-                    f"non-finite loss {logs['loss']} at step {self.step} ({logs}); lower trainer.lr or use trainer.amp=fp32"
-                )
+            bad = ~torch.isfinite(logs["loss"])
+            first = torch.full_like(logs["loss"], -1.0) if self._bad_loss_step is None else self._bad_loss_step
+            self._bad_loss_step = torch.where(bad & (first < 0), float(self.step), first)
             self.scaler.unscale_(self.optimizer)
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
                                                cfg.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            self.scheduler.step()
             self.step += 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{logs['loss']:.3f}", lr=f"{lr:.2e}")
             if cfg.log_interval and self.step % cfg.log_interval == 0 or self.step == cfg.max_steps:
+                vals = self._check_loss(logs)  # the only read-back of the step's values
                 dt = time.perf_counter() - t_last
-                logs.update(lr=lr, img_per_s=imgs / max(dt, 1e-9))
-                self._log(logs, "train")
+                vals.update(lr=lr, img_per_s=imgs / max(dt, 1e-9))
+                self._log(vals, "train")
+                if bar is not None:
+                    bar.set_postfix(loss=f"{vals['loss']:.3f}", lr=f"{lr:.2e}")
                 t_last, imgs = time.perf_counter(), 0
             last = self.step == cfg.max_steps
             if self.val_set is not None and (last or (cfg.eval_interval and self.step % cfg.eval_interval == 0)):
+                self._check_loss(logs)
                 results = self.run_eval()
             if last or self.step == stop_at or (cfg.ckpt_interval and self.step % cfg.ckpt_interval == 0):
+                self._check_loss(logs)
                 self.save("last.pt")
-        if bar is not None:
-            bar.close()
-        if self.writer is not None:
-            self.writer.flush()
+            if self._stop_requested():
+                if self._last_saved_step != self.step:
+                    self._check_loss(logs)
+                    self.save("last.pt")
+                self.stopped_by = signal.Signals(self._stop_signum).name
+                if zdist.is_main():
+                    print(f"\nzss: {self.stopped_by}: stopped after step {self.step}; wrote {self.run_dir / 'last.pt'} "
+                          f"(continue with resume={self.run_dir / 'last.pt'} or resume=auto)", flush=True)
+                break
         return results
 
+    def _check_loss(self, logs: dict) -> dict[str, float]:
+        """The step's logs as floats (one host read-back); raises if any step since the start of :meth:`fit` had a
+        non-finite loss.
+
+        Raises:
+            FloatingPointError: naming the first step with a non-finite loss (the weights have been updated with
+                it since; the last ``last.pt`` written before is the last good one).
+        """
+        vals = {k: float(v) for k, v in logs.items()}
+        first = -1 if self._bad_loss_step is None else int(self._bad_loss_step)
+        if first >= 0:
+            raise FloatingPointError(
+                f"non-finite loss at step {first} (checked at step {self.step}: {vals}); lower trainer.lr or use "
+                f"trainer.amp=fp32")
+        return vals
+
     def run_eval(self) -> dict:
-        """Evaluate on the val set, log scalars/table/overlays, update ``best.pt`` by hIoU."""
+        """Evaluate on the val set and log scalars/table/overlays. With ``select_best_on_val`` also keep
+        ``best_on_val_split.pt`` (best hIoU on the val split, which is the benchmark's TEST split) and report it
+        as ``results["best_on_val_split"]``; the results themselves are always this step's.
+
+        Raises:
+            FloatingPointError: non-finite weights (:meth:`_check_finite`), before evaluating.
+        """
         cfg = self.cfg
+        self._check_finite("evaluating")
         overlays: list = []
         names = set(getattr(self.val_set, "names", [])[: cfg.overlay_count])
 
@@ -338,12 +673,15 @@ class Trainer:
             table = format_table(results)
             self.writer.add_text("val/per_class", table.replace("\n", "  \n"), self.step)
             self._overlays(overlays)
-            print(f"\n[step {self.step}] {summary_line(results)}", flush=True)
+            log.info("\n[step %d] %s", self.step, summary_line(results))
         h = results["hIoU"]
         score = h if h == h else results["mIoU"]  # hIoU is NaN when no unseen class is present
-        if score > self.best["hIoU"]:
-            self.best = {"hIoU": float(score), "step": self.step}
-            self.save("best.pt")
+        if cfg.select_best_on_val:  # opt-in: selecting on the val split selects on the benchmark's test split
+            if score > self.best["hIoU"]:
+                self.best = {"hIoU": float(score), "step": self.step, "file": BEST_ON_VAL_NAME,
+                             "selected_on": "val split (the benchmark's test split)"}
+                self.save(BEST_ON_VAL_NAME)
+            results["best_on_val_split"] = dict(self.best)
         return results
 
     def _overlays(self, overlays: list) -> None:
@@ -370,9 +708,14 @@ class Trainer:
             f.write(json.dumps(rec) + "\n")
 
 
-class _null:
-    def __enter__(self):
-        return self
+def _row_step(line: str) -> float:
+    """The ``step`` of a ``metrics.jsonl`` row (inf for a row that is not valid JSON)."""
+    try:
+        return float(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return math.inf
 
-    def __exit__(self, *a):
-        return False
+
+def _restore_handlers(prev: dict) -> None:
+    for sig, h in prev.items():
+        signal.signal(sig, h if h is not None else signal.SIG_DFL)

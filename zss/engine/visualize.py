@@ -4,7 +4,7 @@ Colours come from the standard PASCAL VOC bit-pattern colour map (:func:`voc_pal
 is drawn with VOC entry ``k + 1`` (:func:`color_palette`): entry 0 is black, which we reserve for
 ``ignore_index``/unlabelled pixels, and with ``reduce_zero_label`` VOC20 ids this gives every class its
 official VOC colour (aeroplane = id 0 = VOC label 1 = (128, 0, 0)). Overlays use
-``torchvision.utils.draw_segmentation_masks`` (DESIGN §7); ignored pixels are left untouched.
+``torchvision.utils.draw_segmentation_masks`` (docs/architecture.md "Trainer"); ignored pixels are left untouched.
 """
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ from typing import Sequence
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import draw_segmentation_masks
+
+# CLIP_MEAN/STD: open_clip's OPENAI_DATASET_MEAN/STD (defined in zss.data.normalize), re-exported
+from zss.data.normalize import CLIP_MEAN, CLIP_STD
 
 __all__ = [
     "voc_palette",
@@ -24,10 +27,6 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
 ]
-
-# CLIP's normalisation in [0, 1] units (SPEC: the default of the data transforms).
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def voc_palette(n: int = 256) -> torch.Tensor:

@@ -55,6 +55,9 @@ class Method(nn.Module):
 
     #: keys of the ``transductive`` constructor mapping (= :meth:`configure_transductive` arguments)
     TRANSDUCTIVE_KEYS = ("enabled", "start_step", "threshold", "weight", "topk_fraction")
+    #: run input checks that read values back to the host (GPU syncs) inside ``training_step``; methods that
+    #: take a ``debug`` argument set it (ClipZSS, ChimeraSeg), off by default (ours)
+    debug: bool = False
 
     def __init__(
         self,
@@ -388,14 +391,14 @@ def safe_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 255) 
     """Mean cross-entropy over non-ignored pixels; 0 (with a graph) when every pixel is ignored.
 
     ``F.cross_entropy`` returns NaN for an all-ignored batch (a crop with no seen pixel), which
-    would poison the step; this returns ``0 * logits.sum()`` instead.
+    would poison the step; this returns 0 instead (selected on the device with ``torch.where``: no host
+    sync; the NaN branch gets a zero gradient, and with every pixel ignored its gradient is 0 anyway).
 
     Args:
         logits: Tensor[B, C, H, W] float32. target: Tensor[B, H, W] int64 in [0, C) or ignore_index.
     """
-    if not bool((target != ignore_index).any()):
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), target, ignore_index=ignore_index)
+    ce = F.cross_entropy(logits.float(), target, ignore_index=ignore_index)
+    return torch.where((target != ignore_index).any(), ce, 0.0)
 
 
 def upsample_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:

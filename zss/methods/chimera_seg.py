@@ -148,6 +148,8 @@ class ChimeraSeg(Method):
         transductive: optional transductive self-training settings (off by default), see
             :meth:`~zss.methods.base.Method.configure_transductive`; applied to the CSH dense embeds (the
             embeds SAM aligns, i.e. the test-time logits).
+        debug: run the NEL target check (a host sync) inside :meth:`training_step` [ours: False; the step's
+            targets are valid by construction, and without it the step makes no host sync].
 
     Raises:
         ValueError: no/unsupported teacher, bad option values, text dim != the teacher's joint dim.
@@ -191,6 +193,7 @@ class ChimeraSeg(Method):
         nel_bias: float = 0.0,
         loss_resolution: str = "label",
         transductive: Mapping | None = None,
+        debug: bool = False,
     ) -> None:
         if teacher is None:
             raise ValueError("ChimeraSeg needs a FrozenCLIP teacher to build its CLIP Semantic Head (even for "
@@ -227,6 +230,7 @@ class ChimeraSeg(Method):
             focal_reduction
         self.nel_bias = float(nel_bias)
         self.loss_resolution = loss_resolution
+        self.debug = bool(debug)
 
     # ------------------------------------------------------------------ schedule
     def on_step(self, step: int, max_steps: int) -> None:
@@ -236,8 +240,10 @@ class ChimeraSeg(Method):
 
     # ------------------------------------------------------------------ training
     def _valid_cells(self, valid: Tensor, grid: tuple[int, int]) -> Tensor | None:
-        """``Tensor[B, gh, gw]`` bool: token cells more than half inside the image; None when all are."""
-        if not self.sgd_mask_padding or bool(valid.all()):
+        """``Tensor[B, gh, gw]`` bool: token cells more than half inside the image (None with
+        ``sgd_mask_padding`` off). Always built: an all-True mask selects exactly what None does, and asking
+        whether every pixel is valid would read a value back to the host."""
+        if not self.sgd_mask_padding:
             return None
         return F.adaptive_avg_pool2d(valid[:, None].float(), grid)[:, 0] > 0.5
 
@@ -288,7 +294,7 @@ class ChimeraSeg(Method):
             out["loss_ce"] = loss_ce.detach()
         if "nel" in self.sam_loss.split("+"):
             nel = nel_loss(logits, target, self.ignore_index, None, self.focal_weight, self.dice_weight,
-                           focal_reduction=self.focal_reduction, bias=self.nel_bias)
+                           focal_reduction=self.focal_reduction, bias=self.nel_bias, validate=self.debug)
             loss_sam = loss_sam + self.nel_weight * nel["loss_nel"]
             out.update(loss_nel=nel["loss_nel"].detach(), loss_focal=nel["loss_focal"], loss_dice=nel["loss_dice"])
 
@@ -297,7 +303,7 @@ class ChimeraSeg(Method):
             loss_sgd=loss_sgd.detach(),
             loss_sam=loss_sam.detach(),
             sgd_acc=sgd["glm_acc"],
-            keep_ratio=torch.tensor(r, dtype=torch.float32, device=embeds.device),
+            keep_ratio=embeds.new_full((), r, dtype=torch.float32),  # a fill, not a host-to-device copy
             kept_tokens=keep.flatten(1).sum(1).float().mean(),
         )
         return self.add_self_training(out, embeds, label, valid)

@@ -27,9 +27,16 @@ from torch import Tensor, nn
 from zss.methods.base import Method, safe_cross_entropy, upsample_logits
 from zss.methods.losses import GlobalDistillLoss, nel_loss
 from zss.models.synthesizer import SynthOutput, WeightSynthesizer
-from zss.ops.pseudo_labels import pseudo_label_quality, pseudo_labels
+from zss.ops.pseudo_labels import DEFAULT_SCALES, num_seeds, pseudo_label_quality, pseudo_labels
 
 __all__ = ["ClipZSS"]
+
+#: ``pl_clip_es`` defaults (ours) for the keys a CLIP-ES preset (configs/clip_es/*.yaml: ``template``, ``synonyms``,
+#: ``background_words``, ``box_threshold``; ``background_class`` is accepted and unused) may leave out.
+CLIP_ES_DEFAULTS: dict[str, Any] = dict(
+    template=None, synonyms=None, background_words=None, background_class=None,
+    box_threshold=0.4, refine=True, alpha=1.0, attn_layers=8, tag_threshold=0.1,
+)
 
 _NEG = -1e4  # logit of a pseudo channel that does not exist in an image (finite: no NaN in BCE/CE grads)
 
@@ -63,12 +70,40 @@ class ClipZSS(Method):
         pl_lambda: cosine threshold λ for fusing K-Means masks; None = ops default 0.9 (ours).
         pl_iters: K-Means iterations; None = ops default 10 (ours).
         pl_min_area: smallest pseudo region kept, in teacher patches; None = ops default 4 (ours).
-        pl_max_regions: cap on pseudo regions per image (largest kept); None = no cap (ours).
+        pl_max_regions: cap on pseudo regions per image; the largest are kept, smaller ones become ignore [ours: 32;
+            the oracle's median at demo scale is 4 per image, docs/methods.md "PLM fusion"]. It also fixes the
+            number of pseudo-logit channels K of the training step (padded, with a mask for absent regions), so
+            the step never sizes a tensor from data (no host sync). None = no cap: K = the number of K-Means
+            seeds (283 on a 32×32 grid), correct but costly.
         pl_kwargs: extra keyword arguments for :func:`zss.ops.pseudo_labels.pseudo_labels` (e.g. ``mode``).
+        pl_source: where PLM's pseudo regions come from: ``"kmeans"`` (K-Means on the teacher's dense tokens
+            [summary], the default) or ``"clip_es"`` (CLIP-ES masks, :func:`zss.clip_es.clip_es_regions`: one
+            region per image-level class, background words as a region of their own; ours, docs/clip_es.md
+            "CLIP-ES as PLM's region source"). ``"clip_es"`` is for the **transductive** setting only
+            (``transductive.enabled``): it needs image-level labels of unseen classes. Seen tags come from the
+            seen labels, unseen tags from the teacher's zero-shot CLS scores; the ground truth of unseen
+            classes is never read. Needs a :class:`~zss.teachers.clip.FrozenCLIP` ViT run at the crop size
+            (``image_size`` None).
+        pl_clip_es: settings of ``pl_source="clip_es"`` (keys of :data:`CLIP_ES_DEFAULTS`): ``template``,
+            ``synonyms`` (class name -> prompt name), ``background_words`` (required: the CLIP-ES preset's),
+            ``box_threshold``, ``refine`` (CAA), ``alpha`` (background exponent), ``attn_layers`` (public-code
+            values by default) and ``tag_threshold`` (ours: an unseen class is tagged when its softmax probability over
+            all classes from the CLS token reaches it, a fraction).
         alpha: logit scale α of the seen part; None = the student's ``logit_scale`` (the same scale as
             test-time logits; ours).
         beta: logit scale β of the pseudo part, applied to cosines [ours: 1/0.07].
         ce_weight: weight of CE on F [ours: 1.0].
+        ce_reduction: ``"joint"`` — one CE averaged over every labelled pixel of F (seen and pseudo together,
+            the summary's "CE on F") — or ``"split"`` — the seen pixels and the pseudo pixels each averaged over
+            their own count, ``CE_seen + pseudo_ce_weight · CE_pseudo``, so the pseudo regions (background,
+            unseen and unlabelled stuff: often most of an image) do not dilute the seen supervision [ours].
+        pseudo_ce_weight: weight of CE_pseudo with ``ce_reduction="split"`` [ours: 1.0]; unused with ``"joint"``.
+        detach_pseudo_weights: if True, the CE sees P_pseudo detached: the synthesizer then learns from L_BCE only
+            and CE trains only the student towards the synthesized weights [ours: False; docs/methods.md "GLM only
+            / PLM only / both"].
+        synth_lr_mult: learning-rate multiplier of the synthesizer on top of the head lr [ours: 1.0]; 0 freezes it
+            at its initialisation, which with ``synth_query="clip"`` (zero-initialised residual branches) makes
+            every pseudo weight exactly CLIP's region-pooled token.
         nel_weight: weight of the whole NEL term [ours: 1.0]; inside it ``focal_weight`` (ZegCLIP: 100)
             and ``dice_weight`` (ZegCLIP: 1).
         focal_reduction: normalisation of the focal term, ``"zegclip"`` or ``"mean"`` (see
@@ -85,6 +120,9 @@ class ClipZSS(Method):
             embeds R on the same unlabelled pixels PLM writes pseudo regions into: PLM's CE/NEL trains them
             towards their synthesized region weights, the transductive CE towards the unseen-class text
             embeds (the test-time classifier).
+        debug: run the input checks of the hot path (label values in the pseudo labels and the NEL targets),
+            each a host sync, inside :meth:`training_step` [ours: False; the step's labels are valid by
+            construction, and without the checks the step makes no host sync].
 
     Raises:
         ValueError: bad option values, or a teacher/text dimension that does not match the student.
@@ -112,11 +150,15 @@ class ClipZSS(Method):
         pl_lambda: float | None = None,
         pl_iters: int | None = None,
         pl_min_area: int | None = None,
-        pl_max_regions: int | None = None,
+        pl_max_regions: int | None = 32,
         pl_kwargs: dict[str, Any] | None = None,
+        pl_source: str = "kmeans",
+        pl_clip_es: Mapping | None = None,
         alpha: float | None = None,
         beta: float = 1 / 0.07,
         ce_weight: float = 1.0,
+        ce_reduction: str = "joint",
+        pseudo_ce_weight: float = 1.0,
         nel_weight: float = 1.0,
         focal_weight: float = 100.0,
         dice_weight: float = 1.0,
@@ -131,15 +173,21 @@ class ClipZSS(Method):
         synth_memory: str = "cls",
         synth_query: str = "prototype",
         synth_detach_prototypes: bool = False,
+        detach_pseudo_weights: bool = False,
+        synth_lr_mult: float = 1.0,
         loss_resolution: str = "label",
         transductive: Mapping | None = None,
+        debug: bool = False,
     ) -> None:
         super().__init__(student, teacher, classnames, unseen, templates, text_embeds, ignore_index,
                          transductive=transductive)
+        self.debug = bool(debug)
         if teacher is None and (use_glm or use_plm):
             raise ValueError("ClipZSS needs a teacher for GLM/PLM (use_glm/use_plm); pass one or disable both")
         if loss_resolution not in ("label", "logits"):
             raise ValueError(f"ClipZSS: loss_resolution must be 'label' or 'logits', got {loss_resolution!r}")
+        if ce_reduction not in ("joint", "split"):
+            raise ValueError(f"ClipZSS: ce_reduction must be 'joint' or 'split', got {ce_reduction!r}")
         if not (glm_pool in ("teacher", "none") or (isinstance(glm_pool, int) and glm_pool >= 1)):
             raise ValueError(f"ClipZSS: glm_pool must be 'teacher', 'none' or an int >= 1, got {glm_pool!r}")
         if self.num_seen + 1 > ignore_index and use_plm:
@@ -159,6 +207,11 @@ class ClipZSS(Method):
         self.focal_reduction, self.nel_bias = focal_reduction, float(nel_bias)
         self.bce_scale, self.bce_bias = float(bce_scale), float(bce_bias)
         self.loss_resolution = loss_resolution
+        self.ce_reduction, self.pseudo_ce_weight = ce_reduction, float(pseudo_ce_weight)
+        self.detach_pseudo_weights = bool(detach_pseudo_weights)
+        if not float(synth_lr_mult) >= 0:
+            raise ValueError(f"ClipZSS: synth_lr_mult must be >= 0, got {synth_lr_mult}")
+        self.synth_lr_mult = float(synth_lr_mult)
         self.glm = (GlobalDistillLoss(dim, tau=glm_tau, bank_size=bank_size, attn_scale=glm_attn_scale)
                     if use_glm else None)
         self.synthesizer = (
@@ -169,8 +222,112 @@ class ClipZSS(Method):
         self.pl_kwargs = {k: v for k, v in dict(scales=pl_scales, lam=pl_lambda, iters=pl_iters, min_area=pl_min_area,
                                                  max_regions=pl_max_regions).items() if v is not None}
         self.pl_kwargs.update(pl_kwargs or {})
+        self.pl_source = pl_source
+        self._configure_clip_es(pl_source, pl_clip_es)
 
     # ------------------------------------------------------------------ pieces
+    def _configure_clip_es(self, source: str, settings: Mapping | None) -> None:
+        """Validate ``pl_source`` / ``pl_clip_es`` and, for CLIP-ES, embed its prompts once (frozen teacher)."""
+        if source not in ("kmeans", "clip_es"):
+            raise ValueError(f"ClipZSS: pl_source must be 'kmeans' or 'clip_es', got {source!r}")
+        if source != "clip_es":
+            return
+        unknown = sorted(set(settings or {}) - set(CLIP_ES_DEFAULTS))
+        if unknown:
+            raise ValueError(f"method.pl_clip_es: unknown keys {unknown}; valid: {sorted(CLIP_ES_DEFAULTS)}")
+        if not (self.use_plm and self.transductive_enabled):
+            raise ValueError(
+                "method.pl_source=clip_es is for the transductive setting only: CLIP-ES needs image-level labels of "
+                "unseen classes, which an inductive run must not know. Set method.transductive.enabled=true (and "
+                "method.use_plm=true), or keep method.pl_source=kmeans.")
+        t = self.teacher
+        if not hasattr(t, "text") or not hasattr(getattr(t, "visual", None), "transformer"):
+            raise ValueError(f"method.pl_source=clip_es needs a FrozenCLIP ViT teacher, got {type(t).__name__}")
+        if getattr(t, "image_size", None) is not None:
+            raise ValueError(f"method.pl_source=clip_es runs CLIP at the crop size, but teacher.image_size="
+                             f"{t.image_size}; set teacher.image_size=null.")
+        cfg = {**CLIP_ES_DEFAULTS, **dict(settings or {})}
+        if not cfg["template"] or not cfg["background_words"]:
+            raise ValueError("method.pl_clip_es needs 'template' and 'background_words' (the method config takes them "
+                             "from configs/clip_es/voc.yaml; for COCO-Stuff use clip_es@method.pl_clip_es=coco)")
+        synonyms = dict(cfg["synonyms"] or {})
+        bad = sorted(set(synonyms) - set(self.classnames))
+        if bad:
+            raise ValueError(f"method.pl_clip_es.synonyms: {bad} are not classes of the benchmark")
+        names = [str(synonyms.get(c, c)) for c in self.classnames]
+        with torch.no_grad():
+            self.register_buffer("_es_class_embeds", t.text(names, [cfg["template"]]).float().cpu(), persistent=False)
+            self.register_buffer("_es_bg_embeds", t.text(list(cfg["background_words"]), [cfg["template"]]).float().cpu(),
+                                 persistent=False)
+        self.clip_es_cfg = cfg
+
+    @torch.no_grad()
+    def clip_es_tags(self, cls: Tensor, seen_label: Tensor) -> Tensor:
+        """Image-level class tags for CLIP-ES in the transductive setting (``pl_source="clip_es"``; ours).
+
+        Seen classes: present in the seen label (exact). Unseen classes: softmax probability over all classes of
+        ``exp(teacher logit_scale) · cos(CLS, prompt embed)`` at least ``pl_clip_es.tag_threshold`` (a fraction).
+        The ground truth of unseen classes is never read.
+
+        Args:
+            cls: ``Tensor[B, D] float32`` teacher CLS embeds. seen_label: ``Tensor[B, H, W] int64`` seen positions
+                or ``ignore_index``.
+        Returns:
+            ``Tensor[B, C] bool`` over the benchmark's classes (rows of ``classnames``).
+        """
+        B, dev = seen_label.shape[0], seen_label.device
+        present = torch.zeros(B, self.num_classes, dtype=torch.bool, device=dev)
+        hits = F.one_hot(seen_label.clamp(max=self.num_seen).flatten(1), self.num_seen + 1)[..., :-1].any(1)  # [B, S]
+        present[:, torch.as_tensor(self.seen, device=dev)] = hits
+        scale = float(self.teacher.model.logit_scale.exp())
+        prob = (scale * F.normalize(cls.float(), dim=-1) @ self._es_class_embeds.to(cls.device).t()).softmax(-1)
+        unseen = torch.as_tensor(self.unseen, device=dev, dtype=torch.long)
+        present[:, unseen] = prob[:, unseen].to(dev) >= float(self.clip_es_cfg["tag_threshold"])
+        return present
+
+    @torch.no_grad()
+    def clip_es_label_map(self, images: Tensor, cls: Tensor, seen_label: Tensor, valid: Tensor) -> Tensor:
+        """Fused labels F with CLIP-ES regions as PLM's pseudo regions (``pl_source="clip_es"``, transductive).
+
+        Image-level tags: the seen classes present in ``seen_label`` plus the unseen classes whose softmax
+        probability from the CLS token (``exp(logit_scale)·cos`` over all classes) is at least
+        ``pl_clip_es.tag_threshold`` (ours). CLIP-ES (:func:`zss.clip_es.clip_es_regions`) labels every pixel with
+        one tagged class or background; each (image, class-or-background) becomes one pseudo region id
+        ``N_seen + k`` (k counted per image), written only where the seen label is ignore and the pixel valid.
+
+        Args:
+            images: ``Tensor[B, 3, H, W] float32`` training images (dataset normalisation; the teacher converts).
+            cls: teacher CLS embeds ``Tensor[B, D] float32`` (L2-normalised).
+            seen_label: ``Tensor[B, H, W] int64`` seen positions or ``ignore_index``. valid: ``Tensor[B, H, W] bool``.
+
+        Returns:
+            ``Tensor[B, H, W] int64`` fused labels (same convention as :meth:`pseudo_label_map`).
+        """
+        from zss.clip_es import clip_es_regions
+
+        cfg, B, C = self.clip_es_cfg, seen_label.shape[0], self.num_classes
+        dev = seen_label.device
+        present = self.clip_es_tags(cls, seen_label)
+        with torch.autocast(images.device.type, enabled=False):  # GradCAM in full precision, as CLIP-ES
+            lab = clip_es_regions(self.teacher, images.float(), present, self._es_class_embeds, self._es_bg_embeds,
+                                  refine=bool(cfg["refine"]), alpha=float(cfg["alpha"]),
+                                  box_threshold=float(cfg["box_threshold"]), attn_layers=int(cfg["attn_layers"]),
+                                  out_size=tuple(seen_label.shape[-2:])).to(dev)  # [B, H, W] class index or -1
+        write = (seen_label == self.ignore_index) & valid
+        idx = lab + 1  # 0 = background words, 1 + c = class c
+        used = torch.zeros(B, C + 1, dtype=torch.bool, device=dev)
+        used[torch.arange(B, device=dev)[:, None, None].expand_as(idx)[write], idx[write]] = True
+        rank = used.long().cumsum(1) - 1  # [B, C + 1] compact region index per image
+        k = rank.gather(1, idx.flatten(1)).view_as(idx)
+        write &= k < self.num_pseudo_channels((0, 0))  # never beyond the step's pseudo channels (ignore_index)
+        return torch.where(write, self.num_seen + k, seen_label)
+
+    def _fused_labels(self, images: Tensor, cls: Tensor, dense: Tensor, seen_label: Tensor, valid: Tensor) -> Tensor:
+        """F from the configured ``pl_source``: ``Tensor[B, H, W] int64``."""
+        if self.pl_source == "clip_es":
+            return self.clip_es_label_map(images, cls, seen_label, valid)
+        return self.pseudo_label_map(dense, seen_label, valid)
+
     def pseudo_label_map(self, dense: Tensor, seen_label: Tensor, valid: Tensor) -> Tensor:
         """Fused labels F from the teacher's dense tokens (PLM, docs/methods.md (CLIP-ZSS) [summary]).
 
@@ -186,9 +343,26 @@ class ClipZSS(Method):
             fused labels ``Tensor[B, H, W] int64``: the seen GT unchanged, pseudo ids ``N_seen + k``
             only where ``seen_label == ignore_index`` and ``valid``, ``ignore_index`` elsewhere.
         """
-        out = pseudo_labels(dense, seen_label, valid, self.num_seen, ignore_index=self.ignore_index,
-                            **self.pl_kwargs)
+        kw = {"validate": self.debug, **self.pl_kwargs}
+        out = pseudo_labels(dense, seen_label, valid, self.num_seen, ignore_index=self.ignore_index, **kw)
         return out.labels
+
+    def num_pseudo_channels(self, grid: tuple[int, int]) -> int:
+        """K, the fixed number of pseudo-region channels of :meth:`training_step` for a teacher grid ``(h, w)``.
+
+        ``pl_max_regions`` (or, uncapped, the number of K-Means seeds on ``grid``; ``num_classes + 1`` for
+        ``pl_source="clip_es"``), at most ``ignore_index - num_seen`` (pseudo ids stay below the ignore label).
+        A host int from the configuration and shapes only (ours): the step never reads a count back.
+        """
+        if self.pl_source == "clip_es":
+            k = self.num_classes + 1
+        elif self.pl_kwargs.get("max_regions") is not None:
+            k = int(self.pl_kwargs["max_regions"])
+        else:
+            k = num_seeds(grid, self.pl_kwargs.get("scales", DEFAULT_SCALES))
+        if self.ignore_index >= self.num_seen:
+            k = min(k, self.ignore_index - self.num_seen)
+        return max(0, k)
 
     def _glm_inputs(self, embeds: Tensor, grid: tuple[int, int], valid: Tensor) -> tuple[Tensor, Tensor | None]:
         """Student embeds pooled for GLM (``Tensor[B, D, h', w']``, re-normalised) and their cell mask."""
@@ -201,7 +375,7 @@ class ClipZSS(Method):
             pooled = F.avg_pool2d(embeds, k, k, ceil_mode=True) if k > 1 else embeds
         pooled = F.normalize(pooled, dim=1)
         mask = None
-        if self.glm_mask_padding and not bool(valid.all()):
+        if self.glm_mask_padding:  # always built (an all-True mask changes nothing): no host check of `valid`
             mask = F.adaptive_avg_pool2d(valid[:, None].float(), pooled.shape[-2:])[:, 0] > 0  # [B, h', w']
         return pooled, mask
 
@@ -214,13 +388,28 @@ class ClipZSS(Method):
 
     def _bce(self, syn: SynthOutput) -> Tensor:
         """BCE pulling P_seen to its class's text embed (target 1) and away from the other seen classes (0)."""
+        # mean over the seen slots' (slot, class) pairs, as a masked sum over every slot: no boolean indexing, no
+        # host sync; 0 (with a graph) when no slot is a seen region
         sel = syn.seen_mask(self.num_seen)  # [B, Q]
-        w = syn.weights[sel]  # [n, D]
-        if w.shape[0] == 0:
-            return syn.weights.sum() * 0.0
-        logits = self.bce_scale * w @ self.text_embeds[self.seen].float().t() + self.bce_bias  # [n, N_seen]
-        target = F.one_hot(syn.region_ids[sel], self.num_seen).float()
-        return F.binary_cross_entropy_with_logits(logits, target)
+        text = self.text_embeds[self.seen].float()  # [N_seen, D]
+        logits = self.bce_scale * syn.weights @ text.t() + self.bce_bias  # [B, Q, N_seen]
+        target = (syn.region_ids[..., None] == torch.arange(self.num_seen, device=sel.device)).float()
+        per = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        n = sel.sum() * self.num_seen
+        return torch.where(sel[..., None], per, 0.0).sum() / n.clamp(min=1)
+
+    def _ce(self, logits: Tensor, target: Tensor, out: dict[str, Tensor]) -> Tensor:
+        """CE on the fused labels with this method's ``ce_reduction``; logs ``loss_ce_seen`` / ``loss_ce_pseudo``
+        for ``"split"``."""
+        if self.ce_reduction == "joint":
+            return safe_cross_entropy(logits, target, self.ignore_index)
+        pix = F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index, reduction="none")  # [B, H, W]
+        seen_px = target < self.num_seen
+        pseudo_px = (target >= self.num_seen) & (target != self.ignore_index)
+        ce_seen = (pix * seen_px).sum() / seen_px.sum().clamp(min=1)
+        ce_pseudo = (pix * pseudo_px).sum() / pseudo_px.sum().clamp(min=1)
+        out["loss_ce_seen"], out["loss_ce_pseudo"] = ce_seen.detach(), ce_pseudo.detach()
+        return ce_seen + self.pseudo_ce_weight * ce_pseudo
 
     @staticmethod
     def _nearest_down(label: Tensor, size: tuple[int, int]) -> Tensor:
@@ -257,9 +446,10 @@ class ClipZSS(Method):
         if not self.use_plm or self.teacher is None:
             raise ValueError("pseudo_label_report needs PLM (method.use_plm=true) and a teacher")
         needs = getattr(self.teacher, "needs_full_label", False)
-        dense = self.teacher(images, full_label=full_label if needs else None)["dense"].float()
+        teach = self.teacher(images, full_label=full_label if needs else None)
         valid = torch.ones_like(label, dtype=torch.bool) if valid is None else valid.bool()
-        fused = self.pseudo_label_map(dense, self.to_seen_ids(label), valid).to(label.device).long()
+        fused = self._fused_labels(images, teach["cls"].float(), teach["dense"].float(), self.to_seen_ids(label),
+                                   valid).to(label.device).long()
         return pseudo_label_quality(fused, full_label, self.num_seen, self.unseen, self.num_classes,
                                     self.ignore_index)
 
@@ -316,12 +506,16 @@ class ClipZSS(Method):
         class_mask = None
         if self.use_plm:
             with torch.no_grad():
-                fused = self.pseudo_label_map(dense, seen_label, valid).to(label.device).long()  # F [B, H, W]
-                pseudo_px = (fused != self.ignore_index) & (fused >= self.num_seen)
-                max_pseudo = int(fused[pseudo_px].max()) - self.num_seen + 1 if bool(pseudo_px.any()) else 0
-            syn = self.synthesizer(embeds, fused, cls, dense=dense, num_ids=self.num_seen + max_pseudo)
+                fused = self._fused_labels(images, cls, dense, seen_label, valid).to(label.device).long()  # F [B,H,W]
+            # K pseudo channels, fixed by the config (pl_max_regions) and the teacher grid, never read from the data
+            # (no host sync); ids of absent regions are masked (present False)
+            max_pseudo = self.num_pseudo_channels(tuple(dense.shape[-2:]))
+            syn = self.synthesizer(embeds, fused, cls, dense=dense, num_ids=self.num_seen + max_pseudo, layout="by_id",
+                                   validate=self.debug)
             p_pseudo, present = syn.by_id(self.num_seen, max_pseudo)  # [B, K, D], [B, K]
             if max_pseudo > 0:
+                if self.detach_pseudo_weights:  # the synthesizer learns from BCE only; CE trains the student
+                    p_pseudo = p_pseudo.detach()
                 cos = torch.einsum("bdhw,bkd->bkhw", F.normalize(embeds, dim=1), p_pseudo.to(embeds.dtype)).float()
                 pl = (self.beta * cos).masked_fill(~present[:, :, None, None], _NEG)
                 logits = torch.cat([logits, pl], dim=1)  # [B, N_seen + K, h_s, w_s]
@@ -334,7 +528,7 @@ class ClipZSS(Method):
             out["pl_regions"] = syn.pseudo_mask(self.num_seen).sum(1).float().mean().detach()
             if batch.get("full_label") is not None:  # diagnostics only: never part of the loss
                 q = pseudo_label_quality(fused, batch["full_label"].to(fused.device), self.num_seen, self.unseen,
-                                         self.num_classes, self.ignore_index)
+                                         self.num_classes, self.ignore_index, num_regions=max_pseudo)
                 out["pl_purity"] = q["purity"].nanmean().nan_to_num(0.0)
                 out["pl_unseen_isolated"] = q["unseen_isolated"].nanmean().nan_to_num(0.0)
 
@@ -342,12 +536,12 @@ class ClipZSS(Method):
             logits = upsample_logits(logits, tuple(target.shape[-2:]))
         else:
             target = self._nearest_down(target, tuple(logits.shape[-2:]))
-        loss_ce = safe_cross_entropy(logits, target, self.ignore_index)
+        loss_ce = self._ce(logits, target, out)
         total = total + self.ce_weight * loss_ce
         out["loss_ce"] = loss_ce.detach()
         if self.nel_weight:  # NEL is off by default (docs/methods.md "NEL"): not computed then
             nel = nel_loss(logits, target, self.ignore_index, class_mask, self.focal_weight, self.dice_weight,
-                           focal_reduction=self.focal_reduction, bias=self.nel_bias)
+                           focal_reduction=self.focal_reduction, bias=self.nel_bias, validate=self.debug)
             total = total + self.nel_weight * nel["loss_nel"]
             out.update(loss_nel=nel["loss_nel"].detach(), loss_focal=nel["loss_focal"], loss_dice=nel["loss_dice"])
         out["loss"] = total
@@ -362,8 +556,9 @@ class ClipZSS(Method):
             decay = [p for p in self.synthesizer.parameters() if p.requires_grad and p.ndim > 1]
             no_decay = [p for p in self.synthesizer.parameters() if p.requires_grad and p.ndim <= 1]
             if decay:
-                groups.append(dict(params=decay, lr=lr * head_lr_mult, weight_decay=weight_decay, name="synthesizer"))
+                groups.append(dict(params=decay, lr=lr * head_lr_mult * self.synth_lr_mult, weight_decay=weight_decay,
+                                   name="synthesizer"))
             if no_decay:
-                groups.append(dict(params=no_decay, lr=lr * head_lr_mult, weight_decay=0.0,
+                groups.append(dict(params=no_decay, lr=lr * head_lr_mult * self.synth_lr_mult, weight_decay=0.0,
                                    name="synthesizer_no_decay"))
         return groups

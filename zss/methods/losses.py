@@ -15,14 +15,14 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from zss.engine.dist import all_gather_cat
 
 __all__ = [
     "cls_attention_pool",
     "CLSBank",
-    "gather_no_grad",
     "info_nce",
     "GlobalDistillLoss",
     "sigmoid_focal_loss",
@@ -80,9 +80,10 @@ def cls_attention_pool(
 class CLSBank(nn.Module):
     """FIFO queue of past CLS tokens, used as extra InfoNCE negatives (docs/methods.md (CLIP-ZSS); size is ours).
 
-    Not trained. The buffers are registered with ``persistent=False``: the bank is *not* saved in
-    checkpoints (it is refilled within ``size / global_batch`` steps after a resume). The teacher is
-    frozen, so stored CLS tokens never go stale and no momentum encoder is needed.
+    Not trained. The buffers are registered with ``persistent=False``: the bank is not part of the model's
+    ``state_dict`` (inference never needs it); the trainer saves it with the training state instead
+    (:meth:`train_state` / :meth:`load_train_state`), so a resumed run continues with the same negatives. The
+    teacher is frozen, so stored CLS tokens never go stale and no momentum encoder is needed.
 
     Args:
         size: capacity M (tokens). ``size=0`` gives an always-empty bank. Our default elsewhere: 1024.
@@ -100,9 +101,12 @@ class CLSBank(nn.Module):
         self.register_buffer("tokens", torch.zeros(self.size, self.dim), persistent=False)  # [M, D] float32
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long), persistent=False)  # next write slot
         self.register_buffer("count", torch.zeros((), dtype=torch.long), persistent=False)  # filled slots
+        # host copies of ptr / count (they follow from the pushed row counts alone), so that len() and get()
+        # never read the device buffers back: no host sync in a training step
+        self._host_ptr, self._host_count = 0, 0
 
     def __len__(self) -> int:
-        return int(self.count)
+        return self._host_count
 
     @torch.no_grad()
     def push(self, x: Tensor) -> None:
@@ -123,41 +127,44 @@ class CLSBank(nn.Module):
         self.tokens[idx] = x
         self.ptr.copy_((self.ptr + n) % self.size)
         self.count.copy_(torch.clamp(self.count + n, max=self.size))
+        self._host_ptr = (self._host_ptr + n) % self.size
+        self._host_count = min(self._host_count + n, self.size)
 
     def get(self) -> Tensor:
         """Stored tokens, oldest first: ``Tensor[n, D] float32`` with ``n = min(pushed, size)`` (a copy)."""
-        n = int(self.count)
+        n = self._host_count
         if n < self.size:
             return self.tokens[:n].clone()
-        return torch.roll(self.tokens, shifts=-int(self.ptr), dims=0).clone()
+        return torch.roll(self.tokens, shifts=-self._host_ptr, dims=0).clone()
 
     def reset(self) -> None:
         """Empty the bank."""
         self.ptr.zero_()
         self.count.zero_()
+        self._host_ptr, self._host_count = 0, 0
+
+    def train_state(self) -> dict[str, Tensor]:
+        """The bank for a training checkpoint: ``tokens`` ``Tensor[M, D] float32``, ``ptr`` and ``count``
+        (``Tensor[] int64``), copies on the CPU."""
+        return {"tokens": self.tokens.detach().cpu().clone(), "ptr": self.ptr.cpu().clone(),
+                "count": self.count.cpu().clone()}
+
+    def load_train_state(self, state: dict[str, Tensor]) -> None:
+        """Restore :meth:`train_state`.
+
+        Raises:
+            ValueError: the saved bank has another size or dimension (``method.bank_size`` changed).
+        """
+        if tuple(state["tokens"].shape) != tuple(self.tokens.shape):
+            raise ValueError(f"CLSBank: the checkpoint's bank is {tuple(state['tokens'].shape)}, this one "
+                             f"{tuple(self.tokens.shape)} (size, D): resume with the bank_size it was trained with")
+        self.tokens.copy_(state["tokens"])
+        self.ptr.copy_(state["ptr"])
+        self.count.copy_(state["count"])
+        self._host_ptr, self._host_count = int(state["ptr"]), int(state["count"])
 
     def extra_repr(self) -> str:
         return f"size={self.size}, dim={self.dim}"
-
-
-def _dist_ready() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def gather_no_grad(x: Tensor) -> tuple[Tensor, int]:
-    """All-gather ``x`` ``Tensor[N, ...]`` over ranks (``torch.distributed`` if initialised).
-
-    Returns ``(Tensor[world·N, ...], offset)`` where rows ``offset:offset+N`` are the local ``x``
-    itself (so gradients still flow to the local rows); other ranks' rows carry no gradient. Every rank
-    must pass the same N. Without an initialised process group returns ``(x, 0)``.
-    """
-    if not _dist_ready():
-        return x, 0
-    world, rank = dist.get_world_size(), dist.get_rank()
-    parts = [torch.empty_like(x) for _ in range(world)]
-    dist.all_gather(parts, x.detach().contiguous())
-    parts[rank] = x
-    return torch.cat(parts, dim=0), rank * x.shape[0]
 
 
 def info_nce(anchor: Tensor, positive: Tensor, negatives: Tensor | None = None, tau: float = 0.07) -> Tensor:
@@ -190,7 +197,7 @@ def info_nce(anchor: Tensor, positive: Tensor, negatives: Tensor | None = None, 
     if tau <= 0:
         raise ValueError(f"info_nce: tau must be > 0, got {tau}")
     anchor, positive = anchor.float(), positive.float()
-    keys, offset = gather_no_grad(positive)  # [B_global, D]
+    keys, offset = all_gather_cat(positive)  # [B_global, D]
     logits = anchor @ keys.t()  # [B, B_global]
     if negatives is not None and negatives.numel() > 0:
         if negatives.dim() != 2 or negatives.shape[1] != anchor.shape[1]:
@@ -240,14 +247,16 @@ class GlobalDistillLoss(nn.Module):
         with torch.no_grad():
             acc = ((pred @ cls.t()).argmax(dim=1) == torch.arange(len(cls), device=cls.device)).float().mean()
         if self.training:
-            gathered, _ = gather_no_grad(cls)
+            gathered, _ = all_gather_cat(cls)
             self.bank.push(gathered)
         return {"loss_glm": loss, "glm_acc": acc}
 
 
 # ---------------------------------------------------------------------------------------------- NEL
-def _one_hot_targets(logits: Tensor, target: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
-    """``(one_hot Tensor[B, C, H, W] float32, valid Tensor[B, 1, H, W] float32)``; checks shapes."""
+def _one_hot_targets(logits: Tensor, target: Tensor, ignore_index: int,
+                     validate: bool = True) -> tuple[Tensor, Tensor]:
+    """``(one_hot Tensor[B, C, H, W] float32, valid Tensor[B, 1, H, W] float32)``; checks shapes, and with
+    ``validate`` the id range (a host sync; without it an id outside ``[0, C)`` gets an all-zero row)."""
     if (logits.dim() != 4 or target.dim() != 3 or logits.shape[0] != target.shape[0]
             or logits.shape[2:] != target.shape[1:]):
         raise ValueError(
@@ -256,14 +265,16 @@ def _one_hot_targets(logits: Tensor, target: Tensor, ignore_index: int) -> tuple
         )
     num_classes = logits.shape[1]
     valid = target != ignore_index  # [B, H, W]
-    bad = valid & ((target < 0) | (target >= num_classes))
-    if bool(bad.any()):
-        raise ValueError(
-            f"NEL: target holds ids outside [0, {num_classes}) that are not ignore_index={ignore_index}: "
-            f"{torch.unique(target[bad]).tolist()[:10]}"
-        )
-    tgt = torch.where(valid, target, torch.zeros_like(target))
-    one_hot = F.one_hot(tgt, num_classes).permute(0, 3, 1, 2).float() * valid[:, None].float()
+    if validate:
+        bad = valid & ((target < 0) | (target >= num_classes))
+        if bool(bad.any()):
+            raise ValueError(
+                f"NEL: target holds ids outside [0, {num_classes}) that are not ignore_index={ignore_index}: "
+                f"{torch.unique(target[bad]).tolist()[:10]}"
+            )
+    # one-hot by comparison (F.one_hot checks the id range with host reads on some devices)
+    classes = torch.arange(num_classes, device=target.device).view(1, num_classes, 1, 1)
+    one_hot = ((target[:, None] == classes) & valid[:, None]).float()
     return one_hot, valid[:, None].float()
 
 
@@ -285,6 +296,7 @@ def sigmoid_focal_loss(
     ignore_index: int = 255,
     class_mask: Tensor | None = None,
     reduction: str = "zegclip",
+    validate: bool = True,
 ) -> Tensor:
     """Per-class sigmoid focal loss on one-hot targets (ZegCLIP's NEL focal term; Lin et al. 2017).
 
@@ -307,6 +319,8 @@ def sigmoid_focal_loss(
         ignore_index: label to ignore (255).
         class_mask: optional ``Tensor[B, C] bool``, False = channel does not exist for that image.
         reduction: ``"zegclip"`` or ``"mean"``.
+        validate: raise on target ids outside ``[0, C)`` (one host sync; default True). Training steps whose
+            targets are valid by construction pass False (then such ids count as background of every class).
 
     Returns:
         scalar ``Tensor[] float32`` (0 with a graph when no pixel is valid).
@@ -316,7 +330,7 @@ def sigmoid_focal_loss(
     """
     if reduction not in ("zegclip", "mean"):
         raise ValueError(f"sigmoid_focal_loss: reduction must be 'zegclip' or 'mean', got {reduction!r}")
-    one_hot, valid = _one_hot_targets(logits, target, ignore_index)
+    one_hot, valid = _one_hot_targets(logits, target, ignore_index, validate)
     cmask = _class_mask(class_mask, logits)
     x = logits.float()
     prob = x.sigmoid()
@@ -343,6 +357,7 @@ def dice_loss(
     class_mask: Tensor | None = None,
     present_only: bool = True,
     smooth: float = 1.0,
+    validate: bool = True,
 ) -> Tensor:
     """Per-class soft dice loss on sigmoid probabilities (ZegCLIP's NEL dice term).
 
@@ -356,6 +371,7 @@ def dice_loss(
         logits: ``Tensor[B, C, H, W]`` (computed in float32). target: ``Tensor[B, H, W] int64``.
         ignore_index: ignored label (255). class_mask: optional ``Tensor[B, C] bool``.
         present_only: see above (default True, ZegCLIP). smooth: additive smoothing (ZegCLIP: 1).
+        validate: see :func:`sigmoid_focal_loss`.
 
     Returns:
         scalar ``Tensor[] float32`` (0 with a graph when no pair qualifies).
@@ -363,7 +379,7 @@ def dice_loss(
     Raises:
         ValueError: on bad shapes or target ids out of range.
     """
-    one_hot, valid = _one_hot_targets(logits, target, ignore_index)
+    one_hot, valid = _one_hot_targets(logits, target, ignore_index, validate)
     cmask = _class_mask(class_mask, logits).flatten(1)  # [B, C]
     prob = logits.float().sigmoid() * valid
     inter = (prob * one_hot).sum(dim=(2, 3))  # [B, C]
@@ -385,6 +401,7 @@ def nel_loss(
     focal_reduction: str = "zegclip",
     dice_present_only: bool = True,
     bias: float = 0.0,
+    validate: bool = True,
 ) -> dict[str, Tensor]:
     """ZegCLIP's non-mutually-exclusive loss: ``focal_weight·focal + dice_weight·dice``.
 
@@ -400,13 +417,15 @@ def nel_loss(
     prior, π = 0.01 -> -4.6) makes an orthogonal embed already a confident negative, so the loss stops
     pushing there; a positive then needs ``cos > -bias/scale``.
 
+    ``validate`` (default True): check the target ids (a host sync), see :func:`sigmoid_focal_loss`.
+
     Returns:
         dict(loss_nel=weighted sum (graph), loss_focal, loss_dice (unweighted, detached)).
     """
     if bias:
         logits = logits.float() + float(bias)
-    focal = sigmoid_focal_loss(logits, target, alpha, gamma, ignore_index, class_mask, focal_reduction)
-    dice = dice_loss(logits, target, ignore_index, class_mask, dice_present_only)
+    focal = sigmoid_focal_loss(logits, target, alpha, gamma, ignore_index, class_mask, focal_reduction, validate)
+    dice = dice_loss(logits, target, ignore_index, class_mask, dice_present_only, validate=validate)
     return {
         "loss_nel": focal_weight * focal + dice_weight * dice,
         "loss_focal": focal.detach(),

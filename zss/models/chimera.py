@@ -27,10 +27,9 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
-from zss.teachers.clip import FrozenCLIP
+from zss.teachers.clip import FrozenCLIP, resample_pos_embed
 
 __all__ = ["CLIPSemanticHead", "ChimeraStudent", "POS_EMBED_MODES", "RESAMPLE_MODES", "CSH_INPUTS"]
 
@@ -43,7 +42,7 @@ CSH_INPUTS = ("decoder", "backbone")
 
 
 def _maskclip_block(blk: nn.Module, x: Tensor) -> Tensor:
-    """MaskCLIP form of an open_clip residual block on ``Tensor[B, L, W]`` (DESIGN §3).
+    """MaskCLIP form of an open_clip residual block on ``Tensor[B, L, W]`` (docs/architecture.md "Teacher").
 
     Delegates to :meth:`zss.teachers.clip.FrozenCLIP.maskclip_block` (one implementation for teacher and CSH).
     It is a staticmethod, so the CSH runs without any FrozenCLIP instance at test time.
@@ -72,7 +71,7 @@ class CLIPSemanticHead(nn.Module):
         num_blocks: k, how many of the teacher's last transformer blocks to copy (0..num_layers). Not in the
             paper (it names k as a knob): our default 2 (of ViT-B/16's 12). k=0 leaves adapter -> ln_post -> proj.
         maskclip_last: run the last copied block in MaskCLIP form (attention replaced by its value path,
-            DESIGN §3). Not in the paper: our default False (the CSH is trained end to end, so plain
+            docs/architecture.md "Teacher"). Not in the paper: our default False (the CSH is trained end to end, so plain
             attention is kept). Needs k >= 1.
         prepend_cls: prepend a class token to the sequence the blocks see (dropped from the output). It is a
             trainable ``Parameter[W]`` initialised from CLIP's ``class_embedding``. Not in the paper: our
@@ -191,16 +190,15 @@ class CLIPSemanticHead(nn.Module):
 
         Args:
             grid: (gh, gw), tokens. Returns: ``Tensor[1 + gh*gw, W]`` (bicubic, antialiased, align_corners=False
-            interpolation of the patch part, as FrozenCLIP / open_clip do, via timm's
-            ``resample_abs_pos_embed``), or None with ``pos_embed="none"``.
+            interpolation of the patch part, as FrozenCLIP / open_clip do, via
+            :func:`~zss.teachers.clip.resample_pos_embed`), or None with ``pos_embed="none"``.
         """
         if self.pos_embed is None:
             return None
         grid = (int(grid[0]), int(grid[1]))
         if grid == self.native_grid:
             return self.pos_embed
-        return resample_abs_pos_embed(self.pos_embed[None], list(grid), list(self.native_grid), num_prefix_tokens=1,
-                                      interpolation="bicubic", antialias=True)[0]
+        return resample_pos_embed(self.pos_embed, grid, self.native_grid, mode="bicubic")
 
     def _resample(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
         h, w = x.shape[-2:]

@@ -3,7 +3,7 @@
 Both decoders take the backbone's feature list (timm ``features_only``) and return one feature map
 ``Tensor[B, channels, H/s, W/s] float32`` at the decoder's ``output_stride`` s. Channel counts and strides
 come from timm's ``feature_info`` (``in_channels=feature_info.channels()``,
-``in_strides=feature_info.reduction()``) and are never hard-coded (DESIGN §4).
+``in_strides=feature_info.reduction()``) and are never hard-coded (docs/architecture.md "Student").
 
 Which levels are used, and at which stride (``plan_levels``; not in the papers: our default):
 
@@ -155,7 +155,7 @@ class ASPPDecoder(_Decoder):
     feature is the finest planned level (stride 4 for ResNets; for single-scale ViTs the first level
     upsampled by a learned pyramid step to stride 4). Note the default dilations (6, 12, 18) are the
     DeepLabV3+ values for an output-stride-16 backbone; for a stride-32 coarsest map consider (3, 6, 9) or a
-    dilated backbone (``backbone_kwargs=dict(output_stride=16)`` on the Student).
+    dilated backbone (``Student(backbone_output_stride=16)``, config key ``model.backbone_output_stride``).
 
     Args:
         in_channels: channels per backbone level (timm ``feature_info.channels()``).

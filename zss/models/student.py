@@ -1,4 +1,4 @@
-"""The student: timm backbone (``features_only``) + dense decoder + 1x1 projection into CLIP space (DESIGN §4).
+"""The student: timm backbone (``features_only``) + dense decoder + 1x1 projection into CLIP space (docs/architecture.md "Student").
 
 Only the student runs at test time (CLIP-ZSS [paper]); its L2-normalised dense embeds are compared with the
 teacher's text embeds of all classes: ``logits = logit_scale * <embeds, text>``.
@@ -78,9 +78,13 @@ class Student(nn.Module):
         drop_path_rate: stochastic depth of the backbone (passed to timm only when > 0).
         decoder_kwargs: extra decoder arguments (e.g. ``dilations``, ``low_channels``, ``dropout``,
             ``min_stride``; see decoders.py).
-        backbone_kwargs: extra ``timm.create_model`` arguments (e.g. ``dict(output_stride=16)`` for a dilated
-            ResNet). ``dynamic_img_size=True`` is added automatically when the model accepts it (ViTs), so
-            inputs of any size divisible by the patch size work.
+        backbone_output_stride: stride in pixels of the backbone's deepest feature map, passed to timm as
+            ``output_stride`` (timm replaces the striding of the last stages by dilation; ResNets accept 8, 16,
+            32). DeepLabV3+ (Chen et al. 2018) trains at 16 with ASPP rates (6, 12, 18) and offers 8 with rates
+            (12, 24, 36); ``None`` (default) keeps the model's native stride (32 for ResNets). Config key
+            ``model.backbone_output_stride``.
+        backbone_kwargs: extra ``timm.create_model`` arguments. ``dynamic_img_size=True`` is added automatically
+            when the model accepts it (ViTs), so inputs of any size divisible by the patch size work.
         input_mean, input_std: normalisation (RGB, [0, 1] units) of the images this Student receives, i.e.
             ``dataset.mean/std`` (the CLI passes them). Default: CLIP's (the default ``dataset.mean/std``).
         backbone_mean, backbone_std: normalisation the backbone expects (RGB, [0, 1] units). ``None`` (both):
@@ -96,6 +100,7 @@ class Student(nn.Module):
 
     Attributes:
         feature_channels / feature_strides: ``list[int]`` from timm ``feature_info`` (strides in pixels).
+        backbone_output_stride (int): ``max(feature_strides)``, the stride of the deepest backbone map.
         input_mean, input_std, backbone_mean, backbone_std: ``tuple[float, float, float]`` (resolved).
         normalization (dict): the four values and ``source`` (``"timm pretrained_cfg"``,
             ``"input (random init)"`` or ``"model.backbone_mean/std"``), for the run's config/log.
@@ -109,7 +114,8 @@ class Student(nn.Module):
 
     Raises:
         ValueError: unknown timm ``backbone`` (lists close matches and names ``model.backbone``), unknown
-            ``decoder``; a bad mean/std, or only one of ``backbone_mean``/``backbone_std`` given; a pretrained
+            ``decoder``; a ``backbone_output_stride`` the timm model does not support, or one given twice (also
+            in ``backbone_kwargs``); a bad mean/std, or only one of ``backbone_mean``/``backbone_std`` given; a pretrained
             backbone whose timm ``pretrained_cfg`` has no mean/std (set ``model.backbone_mean/std``).
         FileNotFoundError: ``pretrained`` is a path that does not exist (names ``model.pretrained``).
         RuntimeError: pretrained weights could not be fetched or loaded (names ``model.pretrained=<local file>``
@@ -120,7 +126,7 @@ class Student(nn.Module):
                  pretrained: bool | str | os.PathLike = False, out_indices: Sequence[int] | None = None,
                  logit_scale: float = 1 / 0.07, drop_path_rate: float = 0.0,
                  decoder_kwargs: dict[str, Any] | None = None, backbone_kwargs: dict[str, Any] | None = None,
-                 input_mean: Sequence[float] = CLIP_MEAN, input_std: Sequence[float] = CLIP_STD,
+                 backbone_output_stride: int | None = None, input_mean: Sequence[float] = CLIP_MEAN, input_std: Sequence[float] = CLIP_STD,
                  backbone_mean: Sequence[float] | None = None, backbone_std: Sequence[float] | None = None):
         super().__init__()
         self.input_mean = check_stats(input_mean, "model input_mean (dataset.mean)")
@@ -131,8 +137,16 @@ class Student(nn.Module):
         self.backbone_name = backbone
         self.embed_dim = int(embed_dim)
         self.decoder_channels = int(decoder_channels)
-        self.backbone = self._create_backbone(backbone, pretrained, out_indices, drop_path_rate,
-                                              dict(backbone_kwargs or {}))
+        bkw = dict(backbone_kwargs or {})
+        if backbone_output_stride is not None:
+            if int(backbone_output_stride) not in (8, 16, 32):
+                raise ValueError(f"Student: model.backbone_output_stride={backbone_output_stride}; timm backbones "
+                                 "take 8, 16 or 32 (null keeps the native stride)")
+            if "output_stride" in bkw:
+                raise ValueError("Student: output_stride given twice (model.backbone_output_stride and "
+                                 "model.backbone_kwargs.output_stride); keep model.backbone_output_stride only")
+            bkw["output_stride"] = int(backbone_output_stride)
+        self.backbone = self._create_backbone(backbone, pretrained, out_indices, drop_path_rate, bkw)
         if backbone_mean is not None:
             source = "model.backbone_mean/std"
             self.backbone_mean = check_stats(backbone_mean, "model.backbone_mean")
@@ -157,6 +171,11 @@ class Student(nn.Module):
         info = self.backbone.feature_info
         self.feature_channels: list[int] = [int(c) for c in info.channels()]
         self.feature_strides: list[int] = [int(s) for s in info.reduction()]
+        self.backbone_output_stride = max(self.feature_strides)
+        if backbone_output_stride is not None and self.backbone_output_stride != int(backbone_output_stride):
+            raise ValueError(f"Student: model.backbone_output_stride={backbone_output_stride} but timm built "
+                             f"{backbone!r} with feature strides {self.feature_strides}; this model does not "
+                             "support that output stride (ResNets: 8, 16, 32), or set model.backbone_output_stride=null")
         self.decoder = build_decoder(decoder, self.feature_channels, self.feature_strides,
                                      channels=decoder_channels, **(decoder_kwargs or {}))
         self.output_stride = self.decoder.output_stride
@@ -194,7 +213,10 @@ class Student(nn.Module):
         def create(extra: dict[str, Any]) -> nn.Module:
             try:
                 return timm.create_model(name, **kwargs, **extra)
-            except TypeError:
+            except TypeError as e:
+                if "output_stride" in kwargs and "output_stride" in str(e):
+                    raise ValueError(f"timm model {name!r} does not take output_stride (model.backbone_output_stride="
+                                     f"{kwargs['output_stride']}): {e}. Set model.backbone_output_stride=null") from e
                 raise
             except Exception as e:  # download / file / state_dict errors from timm, hub, torch.load
                 if not kwargs["pretrained"]:
@@ -245,7 +267,7 @@ class Student(nn.Module):
         return self.project(self.decode(self.features(images)))
 
     def logits(self, embeds: Tensor, text: Tensor) -> Tensor:
-        """Cosine logits ``logit_scale * <normalize(embeds), normalize(text)>`` (DESIGN §4).
+        """Cosine logits ``logit_scale * <normalize(embeds), normalize(text)>`` (docs/architecture.md "Student").
 
         Both inputs are (re-)L2-normalised over D, so this is exactly a scaled cosine similarity.
 
@@ -280,7 +302,7 @@ class Student(nn.Module):
 
         Weight decay ``weight_decay`` on >=2-D weights; 0 on 1-D params (norm weights, biases) and on params
         timm's ``no_weight_decay()`` lists (ViT pos_embed/cls_token). Source: lr x10 on the head and wd 0.01
-        are the ZegCLIP-lineage recipe (DESIGN §2); the no-decay rule is not in the papers: our default
+        are the ZegCLIP-lineage recipe (docs/protocol.md "Reference recipe"); the no-decay rule is not in the papers: our default
         (timm's ``param_groups_weight_decay`` convention). Only ``requires_grad`` params are included, each
         exactly once; empty groups are omitted.
 

@@ -6,8 +6,9 @@ small transformer decoder whose keys/values are the CLIP CLS token (optionally p
 tokens). The decoder outputs one classifier weight per region, L2-normalised: ``P_seen`` for regions
 that are seen classes, ``P_pseudo`` for pseudo regions.
 
-Everything is batched: each image's regions are packed into ``Q = max regions per image`` slots with a
-validity mask (no Python loop over images). The synthesizer is a training-only part of CLIP-ZSS: it is
+Everything is batched (no Python loop over images), in one of two slot layouts with a validity mask: each
+image's regions packed into ``Q = max regions per image`` slots (``layout="packed"``, sized from the data), or
+one slot per possible id (``layout="by_id"``, ``Q = num_ids``: fixed shapes, no host sync; the training step's). The synthesizer is a training-only part of CLIP-ZSS: it is
 trained and checkpointed but never used at test time.
 """
 from __future__ import annotations
@@ -18,17 +19,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SynthOutput", "WeightSynthesizer", "region_prototypes", "MEMORIES", "QUERIES"]
+__all__ = ["SynthOutput", "WeightSynthesizer", "region_prototypes", "MEMORIES", "QUERIES", "LAYOUTS"]
 
 #: Memory (keys/values) choices of :class:`WeightSynthesizer`.
 MEMORIES = ("cls", "cls+dense", "cls+regions")
 #: Query choices of :class:`WeightSynthesizer`.
 QUERIES = ("prototype", "prototype+clip", "clip")
+#: Slot layouts of :func:`region_prototypes`: ``"packed"`` (present regions only, ``Q`` = the most regions in
+#: any image: data-dependent, host syncs) and ``"by_id"`` (slot k = id k, ``Q = num_ids``: fixed, sync-free).
+LAYOUTS = ("packed", "by_id")
 
 
 @dataclass
 class SynthOutput:
-    """Result of :class:`WeightSynthesizer` for a batch (``Q`` = max regions in any image, >= 1).
+    """Result of :class:`WeightSynthesizer` for a batch (``Q`` slots, see ``layout``).
 
     Attributes:
         weights: P ``Tensor[B, Q, D] float32``, L2-normalised synthesized classifier weights.
@@ -37,6 +41,8 @@ class SynthOutput:
             or pseudo id ``>= num_seen``), ``-1`` for padding slots.
         valid: ``Tensor[B, Q] bool``, False on padding slots.
         area: ``Tensor[B, Q] float32``, region size in label pixels (0 on padding).
+        layout: ``"packed"`` (``Q`` = max regions in any image, >= 1; present regions first in id order) or
+            ``"by_id"`` (``Q = num_ids``; slot k holds id k when that region is present).
     """
 
     weights: Tensor
@@ -44,6 +50,7 @@ class SynthOutput:
     region_ids: Tensor
     valid: Tensor
     area: Tensor
+    layout: str = "packed"
 
     def seen_mask(self, num_seen: int) -> Tensor:
         """``Tensor[B, Q] bool``: valid slots whose region is a seen class."""
@@ -59,8 +66,13 @@ class SynthOutput:
         Returns:
             ``(Tensor[B, count, D], Tensor[B, count] bool)``: the weight of id ``start + k`` at position
             k (zeros where that id is not present in the image) and the presence mask. Differentiable.
+            Sync-free for the ``"by_id"`` layout (a slice); the ``"packed"`` one reads the slot ids back.
         """
-        b, _, d = self.weights.shape
+        b, q, d = self.weights.shape
+        if self.layout == "by_id" and start >= 0 and start + count <= q:
+            present = self.valid[:, start:start + count]
+            w = self.weights[:, start:start + count]
+            return torch.where(present[..., None], w, w.new_zeros(())), present
         sel = self.valid & (self.region_ids >= start) & (self.region_ids < start + count)
         bi, qi = sel.nonzero(as_tuple=True)
         ki = self.region_ids[bi, qi] - start
@@ -71,7 +83,8 @@ class SynthOutput:
 
 
 def region_prototypes(
-    embeds: Tensor, fused: Tensor, num_ids: int | None = None, ignore_index: int = 255
+    embeds: Tensor, fused: Tensor, num_ids: int | None = None, ignore_index: int = 255, layout: str = "packed",
+    validate: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Masked average pooling of dense embeds over the regions of a label map, packed per image.
 
@@ -83,20 +96,33 @@ def region_prototypes(
     Args:
         embeds: R ``Tensor[B, D, h, w]`` (any float dtype; pooled in float32).
         fused: F ``Tensor[B, H, W] int64`` with ids in ``[0, num_ids)`` or ``ignore_index``.
-        num_ids: number of possible ids (default ``max id + 1``).
+        num_ids: number of possible ids (default ``max id + 1``; required for ``layout="by_id"``).
         ignore_index: id of pixels that belong to no region (255).
+        layout: ``"packed"`` (default): ``Q = max(1, max regions per image)`` slots, each image's present
+            regions first in increasing id order (sizing and packing read values back: host syncs).
+            ``"by_id"``: ``Q = num_ids`` slots, slot k = id k (``region_ids`` -1 and ``valid`` False where id
+            k is absent): fixed shapes and no host sync, for the training step (ours). Present regions get
+            the same prototypes in both layouts.
+        validate: check that the ids lie in ``[0, num_ids)`` (host syncs). With ``layout="by_id"`` and
+            ``validate=False``, pixels with other ids are ignored.
 
     Returns:
         ``(prototypes Tensor[B, Q, D] float32 L2-normalised, region_ids Tensor[B, Q] int64 (-1 = pad),
-        valid Tensor[B, Q] bool, area Tensor[B, Q] float32 pixels)`` with ``Q = max(1, max regions per
-        image)``; slots are in increasing id order.
+        valid Tensor[B, Q] bool, area Tensor[B, Q] float32 pixels)``; slots are in increasing id order.
 
     Raises:
-        ValueError: on mismatched batch sizes or ids outside ``[0, num_ids)``.
+        ValueError: on mismatched batch sizes, an unknown ``layout``, ``"by_id"`` without ``num_ids``, or
+            (``validate``) ids outside ``[0, num_ids)``.
     """
     if embeds.dim() != 4 or fused.dim() != 3 or embeds.shape[0] != fused.shape[0]:
         raise ValueError(f"region_prototypes: embeds must be [B, D, h, w] and fused [B, H, W]; got "
                          f"{tuple(embeds.shape)} and {tuple(fused.shape)}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"region_prototypes: layout must be one of {LAYOUTS}, got {layout!r}")
+    if layout == "by_id":
+        if num_ids is None:
+            raise ValueError("region_prototypes: layout='by_id' needs num_ids (the fixed number of slots)")
+        return _prototypes_by_id(embeds, fused, int(num_ids), ignore_index, validate)
     b, d, h, w = embeds.shape
     H, W = fused.shape[-2:]
     dev = embeds.device
@@ -130,6 +156,37 @@ def region_prototypes(
     counts = torch.bincount(key, minlength=b * q * h * w).view(b, q, h * w).float()  # [B, Q, hw]
     weights = counts / counts.sum(-1, keepdim=True).clamp(min=1.0)
     protos = torch.bmm(weights, embeds.float().flatten(2).transpose(1, 2))  # [B, Q, D]
+    return F.normalize(protos, dim=-1), region_ids, valid, area
+
+
+def _prototypes_by_id(embeds: Tensor, fused: Tensor, num_ids: int, ignore_index: int,
+                      validate: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`region_prototypes` with ``layout="by_id"``: the same pooling into ``num_ids`` fixed slots, with
+    scatter-adds only (no ``bincount`` / boolean indexing / ``.item()``: nothing reads a value back)."""
+    b, d, h, w = embeds.shape
+    H, W = fused.shape[-2:]
+    dev = embeds.device
+    fused = fused.to(dev).long()
+    valid_px = (fused != ignore_index) & (fused >= 0) & (fused < num_ids)
+    if validate:
+        bad = (fused != ignore_index) & ~valid_px
+        if bool(bad.any()):
+            raise ValueError(f"region_prototypes: fused ids must lie in [0, {num_ids}) or be {ignore_index}; got "
+                             f"{torch.unique(fused[bad])[:10].tolist()}")
+    ids = torch.where(valid_px, fused, torch.zeros_like(fused))
+    one = valid_px.float().flatten()  # weight 1 on region pixels, 0 elsewhere
+    bidx = torch.arange(b, device=dev)[:, None, None]
+    area = torch.zeros(b * num_ids, device=dev).scatter_add_(0, (bidx * num_ids + ids).flatten(), one)
+    area = area.view(b, num_ids)  # [B, num_ids] pixels (exact integers in float32)
+    valid = area > 0
+    region_ids = torch.where(valid, torch.arange(num_ids, device=dev).expand(b, num_ids), -1)
+    ys = torch.div(torch.arange(H, device=dev) * h, H, rounding_mode="floor")
+    xs = torch.div(torch.arange(W, device=dev) * w, W, rounding_mode="floor")
+    cell = ys[:, None] * w + xs[None, :]  # [H, W] embed cell of each label pixel
+    key = ((bidx * num_ids + ids) * (h * w) + cell).flatten()
+    counts = torch.zeros(b * num_ids * h * w, device=dev).scatter_add_(0, key, one).view(b, num_ids, h * w)
+    weights = counts / counts.sum(-1, keepdim=True).clamp(min=1.0)
+    protos = torch.bmm(weights, embeds.float().flatten(2).transpose(1, 2))  # [B, num_ids, D]
     return F.normalize(protos, dim=-1), region_ids, valid, area
 
 
@@ -221,6 +278,8 @@ class WeightSynthesizer(nn.Module):
         cls: Tensor,
         dense: Tensor | None = None,
         num_ids: int | None = None,
+        layout: str = "packed",
+        validate: bool = True,
     ) -> SynthOutput:
         """Synthesize one weight per region of ``fused``.
 
@@ -229,7 +288,11 @@ class WeightSynthesizer(nn.Module):
             fused: fused label map F ``Tensor[B, H, W] int64`` (seen positions, pseudo ids, ignore_index).
             cls: CLIP CLS tokens ``Tensor[B, D]`` (no grad needed).
             dense: teacher dense tokens ``Tensor[B, D, h_t, w_t]``; required unless ``memory="cls"``.
-            num_ids: number of possible F ids (default: max id + 1).
+            num_ids: number of possible F ids (default: max id + 1; required for ``layout="by_id"``).
+            layout: slot layout, see :func:`region_prototypes`: ``"packed"`` (default) or ``"by_id"`` (fixed
+                ``Q = num_ids`` slots, no host sync: the training step's). Present regions get the same
+                weights in both (padding slots are masked out of every attention).
+            validate: check the ids of ``fused`` (host syncs), see :func:`region_prototypes`.
 
         Returns:
             :class:`SynthOutput` (float32).
@@ -245,12 +308,14 @@ class WeightSynthesizer(nn.Module):
         src = embeds.detach() if self.detach_prototypes else embeds
         # float32 throughout (small tensors), also under autocast
         with torch.autocast(device_type=embeds.device.type, enabled=False):
-            protos, region_ids, valid, area = region_prototypes(src.float(), fused, num_ids, self.ignore_index)
+            protos, region_ids, valid, area = region_prototypes(src.float(), fused, num_ids, self.ignore_index,
+                                                                layout, validate)
             mem = cls.detach().float()[:, None, :]  # [B, 1, D]
             mem_pad = None
             if self.memory == "cls+regions" or self.query != "prototype":
                 # CLIP's token per region: the same slots as the prototypes (slot order depends on F only)
-                clip_regions = region_prototypes(dense.detach().float(), fused, num_ids, self.ignore_index)[0]
+                clip_regions = region_prototypes(dense.detach().float(), fused, num_ids, self.ignore_index, layout,
+                                                 validate=False)[0]
             if self.memory == "cls+dense":
                 mem = torch.cat([mem, dense.detach().float().flatten(2).transpose(1, 2)], dim=1)  # [B, 1+N, D]
             elif self.memory == "cls+regions":
@@ -263,7 +328,8 @@ class WeightSynthesizer(nn.Module):
             pad[:, 0] &= valid.any(dim=1)
             out = self.decoder(query, mem, tgt_key_padding_mask=pad, memory_key_padding_mask=mem_pad)  # [B, Q, D]
             out = F.normalize(out.float(), dim=-1)
-        return SynthOutput(weights=out, prototypes=protos, region_ids=region_ids, valid=valid, area=area)
+        return SynthOutput(weights=out, prototypes=protos, region_ids=region_ids, valid=valid, area=area,
+                           layout=layout)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, heads={self.heads}, memory={self.memory!r}, query={self.query!r}"

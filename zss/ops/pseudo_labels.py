@@ -30,6 +30,7 @@ __all__ = [
     "fused_labels",
     "pseudo_labels",
     "PseudoLabels",
+    "num_seeds",
     "DEFAULT_SCALES",
     "DEFAULT_LAMBDA",
     "DEFAULT_MIN_AREA",
@@ -92,8 +93,32 @@ def window_seeds(dense: Tensor, scales: Sequence[int] = DEFAULT_SCALES) -> tuple
     return seeds_t, valid, torch.cat(index)
 
 
-def _components(adj: Tensor) -> Tensor:
-    """Connected components of ``adj [B, M, M]`` (symmetric bool) -> smallest node index per node."""
+def num_seeds(grid: tuple[int, int], scales: Sequence[int] = DEFAULT_SCALES) -> int:
+    """Number of window seeds :func:`window_seeds` makes on a ``grid`` of ``(h, w)`` patches (host ints only).
+
+    ``sum_s n_h(s) * n_w(s)`` with ``n(side) = (side - k) // max(1, k // 2) + 1``, ``k = min(s, side)``
+    (duplicate scales counted once, as :func:`pseudo_labels` does). It bounds the number of K-Means
+    clusters, hence of pseudo regions per image: a static size for sync-free padding (283 for the
+    default scales on a 32x32 grid).
+    """
+    return sum(_scale_sizes(grid, sorted({int(v) for v in scales})))
+
+
+def _scale_sizes(grid: tuple[int, int], scales: Sequence[int]) -> list[int]:
+    """Seeds per scale (in the given order) of :func:`window_seeds` on a ``grid``, as host ints."""
+    h, w = int(grid[0]), int(grid[1])
+    out = []
+    for s in scales:
+        kh, kw = min(int(s), h), min(int(s), w)
+        out.append(((h - kh) // max(1, kh // 2) + 1) * ((w - kw) // max(1, kw // 2) + 1))
+    return out
+
+
+def _components(adj: Tensor, sync_free: bool = False) -> Tensor:
+    """Connected components of ``adj [B, M, M]`` (symmetric bool) -> smallest node index per node.
+
+    ``sync_free``: run all ``M`` propagation rounds (a fixed point is reached earlier and kept, so the
+    result is the same) instead of stopping when nothing changes (a host read-back per round)."""
     B, M, _ = adj.shape
     comp = torch.arange(M, device=adj.device).expand(B, M).contiguous()
     big = torch.full((), M, dtype=comp.dtype, device=adj.device)
@@ -101,30 +126,30 @@ def _components(adj: Tensor) -> Tensor:
         nb = torch.where(adj, comp.unsqueeze(1), big).amin(-1)  # smallest label among neighbours
         new = torch.minimum(comp, nb)
         new = new.gather(1, new)  # pointer jumping (labels are node ids of the same component)
-        if torch.equal(new, comp):
+        if not sync_free and torch.equal(new, comp):
             break
         comp = new
     return comp
 
 
-def _greedy_matching(sim: Tensor, adj: Tensor) -> Tensor:
+def _greedy_matching(sim: Tensor, adj: Tensor, sync_free: bool = False) -> Tensor:
     """Greedy one-to-one matching on edges ``adj`` in descending ``sim`` -> partner ``[B, M]`` (-1: none).
 
     Vectorised as rounds of mutually-best pairs (locally dominant edges), which equals the greedy
-    matching over globally sorted pairs (ties: lowest index first).
+    matching over globally sorted pairs (ties: lowest index first). ``sync_free``: all ``M`` rounds
+    (rounds after the last match change nothing) instead of an early exit that reads a value back.
     """
     B, M, _ = adj.shape
     ar = torch.arange(M, device=adj.device).expand(B, M)
     partner = torch.full((B, M), -1, dtype=torch.int64, device=adj.device)
     free = torch.ones(B, M, dtype=torch.bool, device=adj.device)
-    neg = torch.tensor(float("-inf"), device=sim.device, dtype=sim.dtype)
     for _ in range(M):
         ok = adj & free.unsqueeze(1) & free.unsqueeze(2)
-        s = torch.where(ok, sim, neg)
+        s = torch.where(ok, sim, float("-inf"))
         val, best = s.max(-1)
         has = val > float("-inf")
         mutual = has & (best.gather(1, best) == ar)
-        if not bool(mutual.any()):
+        if not sync_free and not bool(mutual.any()):
             break
         partner = torch.where(mutual, best, partner)
         free = free & ~mutual
@@ -142,6 +167,7 @@ def fuse_masks(
     max_regions: int | None = None,
     area_mask: Tensor | None = None,
     mode: str = "components",
+    sync_free: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Fuse the multi-scale K-Means masks of each image into one region map (docs/methods.md (CLIP-ZSS) PLM).
 
@@ -176,6 +202,8 @@ def fuse_masks(
         max_regions: keep at most this many regions per image (largest first); None = no cap.
         area_mask: ``BoolTensor[B, h, w]`` tokens counted for the area (None = all tokens).
         mode: ``"components"`` or ``"matching"`` (see rule 2).
+        sync_free: run the fusion's fixed number of rounds (``K``) without reading a value back to the
+            host (same result; see :func:`pseudo_labels`). Default False (stop early).
 
     Returns:
         ``(region_ids, num_regions)``: ``Tensor[B, h, w] int64`` in ``{-1, 0..R_b-1}`` (``-1`` = no
@@ -211,9 +239,9 @@ def fuse_masks(
     cross = sidx.unsqueeze(0) != sidx.unsqueeze(1)  # [K, K]
     adj = (sim > lam) & cross & alive.unsqueeze(1) & alive.unsqueeze(2)
     if mode == "components":
-        comp = _components(adj)
+        comp = _components(adj, sync_free)
     else:
-        partner = _greedy_matching(sim, adj)
+        partner = _greedy_matching(sim, adj, sync_free)
         ar = torch.arange(K, device=dev).expand(B, K)
         comp = torch.where(partner >= 0, torch.minimum(ar, partner), ar)
 
@@ -254,7 +282,7 @@ def _number_regions(
 
 @torch.no_grad()
 def merge_clusters(x: Tensor, labels: Tensor, num_clusters: int, lam: float = DEFAULT_LAMBDA,
-                   max_rounds: int = 64) -> Tensor:
+                   max_rounds: int = 64, sync_free: bool = False) -> Tensor:
     """Agglomerative fusion of K-Means clusters with recomputed centres (``mode="merge"``; ours).
 
     The summary's rule "masks whose centres have cosine > λ are fused" read as greedy agglomerative
@@ -273,6 +301,9 @@ def merge_clusters(x: Tensor, labels: Tensor, num_clusters: int, lam: float = DE
         num_clusters: K.
         lam: cosine threshold in ``[-1, 1]`` (fraction). Default 0.9 (ours).
         max_rounds: cap on merge rounds. Default 64 (ours).
+        sync_free: always run ``max_rounds`` rounds instead of stopping at the first round in which no
+            cluster moves (that check reads a value back to the host: a GPU sync per round). A round in
+            which nothing moves changes nothing, so the result is the same; only the cost differs.
 
     Returns:
         ``Tensor[B, N] int64``: merged cluster of each token (ids in ``[0, K)``: the original id of the
@@ -305,7 +336,7 @@ def merge_clusters(x: Tensor, labels: Tensor, num_clusters: int, lam: float = DE
         cand = (val > lam) & alive & bigger
         # ... and is not itself joining another cluster this round (no chains within a round)
         move = cand & ~cand.gather(1, best)
-        if not bool(move.any()):
+        if not sync_free and not bool(move.any()):
             break
         tgt = torch.where(move, best, ar)
         sums = torch.zeros_like(sums).scatter_add_(1, tgt[..., None].expand(B, K, D), sums)
@@ -430,6 +461,8 @@ def pseudo_labels(
     assign_dtype: torch.dtype | str | None = "auto",
     seen_ids: Sequence[int] | Tensor | None = None,
     merge_rounds: int = 64,
+    sync_free: bool | None = None,
+    validate: bool = True,
 ) -> PseudoLabels:
     """CLIP-ZSS PLM pseudo labels end to end (docs/methods.md (CLIP-ZSS)): seeds -> K-Means -> fusion -> fused labels.
 
@@ -466,6 +499,14 @@ def pseudo_labels(
             returned; float32 on CPU), None (float32) or a dtype.
         seen_ids: see :func:`fused_labels`.
         merge_rounds: ``max_rounds`` of :func:`merge_clusters` (``mode="merge"`` only).
+        sync_free: no host synchronisation anywhere in the call (ours): the merge / fusion rounds run
+            their fixed count instead of stopping early (same result: the rounds after convergence change
+            nothing), and the K-Means centre sums use the one-hot matmul (``update="matmul"``: float sums in
+            another order than the CPU's incremental ``index_add_``). None (default): True on CUDA, where a
+            read-back stalls the GPU queue, False elsewhere, where it costs nothing and the early exits save
+            work.
+        validate: check the label values in :func:`fused_labels` (one host sync). Pass False in a training
+            step whose labels are seen-or-ignore by construction.
 
     Returns:
         :class:`PseudoLabels` (for ``mode="merge"``, ``kmeans.labels`` is ``[B, 1, h*w]`` and
@@ -484,12 +525,16 @@ def pseudo_labels(
         assign_dtype = torch.bfloat16 if dense.is_cuda else None
     if mode not in ("merge", "components", "matching"):
         raise ValueError(f"pseudo_labels: mode must be 'merge', 'components' or 'matching', got {mode!r}")
+    sync_free = dense.is_cuda if sync_free is None else bool(sync_free)
     seeds, valid, sidx = window_seeds(dense, scales)
     x = dense.float().flatten(2).transpose(1, 2)  # [B, N, D]
     merge = mode == "merge"
-    groups = torch.zeros_like(sidx).cpu() if merge else sidx.cpu()
-    km = batched_kmeans(x, seeds, valid, iters=iters, spherical=True, relocate_empty=relocate_empty,
-                        assign_dtype=assign_dtype, groups=groups)
+    # group ids as host ints from the shapes (no device read-back); every seed is valid (window_seeds)
+    sizes = _scale_sizes((h, w), scales)
+    groups = [0] * sum(sizes) if merge else [g for g, n in enumerate(sizes) for _ in range(n)]
+    km = batched_kmeans(x, seeds, None, iters=iters, spherical=True, relocate_empty=relocate_empty,
+                        assign_dtype=assign_dtype, groups=groups, update="matmul" if sync_free else "auto",
+                        validate=validate)
     S = len(scales)
     eligible = train_label.long() == ignore_index
     if valid_mask is not None:
@@ -498,20 +543,21 @@ def pseudo_labels(
     area_mask = area_mask.to(dense.device)
     if merge:
         K = seeds.shape[1]
-        pix = merge_clusters(F.normalize(x, dim=-1), km.labels.view(B, h * w), K, lam=lam, max_rounds=merge_rounds)
+        pix = merge_clusters(F.normalize(x, dim=-1), km.labels.view(B, h * w), K, lam=lam, max_rounds=merge_rounds,
+                             sync_free=sync_free)
         region, nreg = _number_regions(pix, K, (h, w), min_area, max_regions, area_mask)
     else:
         region, nreg = fuse_masks(km.centers, km.labels.view(B, S, h, w), valid, sidx, lam=lam, min_area=min_area,
-                                  max_regions=max_regions, area_mask=area_mask, mode=mode)
+                                  max_regions=max_regions, area_mask=area_mask, mode=mode, sync_free=sync_free)
     F_lab = fused_labels(train_label, region.to(train_label.device), num_seen, valid_mask, ignore_index,
-                         max_regions, seen_ids)
+                         max_regions, seen_ids, validate=validate)
     return PseudoLabels(F_lab, region, nreg, km, sidx)
 
 
 @torch.no_grad()
 def pseudo_label_quality(
-    fused: Tensor, full_label: Tensor, num_seen: int, unseen_ids: Sequence[int], num_classes: int,
-    ignore_index: int = 255,
+    fused: Tensor, full_label: Tensor, num_seen: int, unseen_ids: Sequence[int] | Tensor, num_classes: int,
+    ignore_index: int = 255, num_regions: int | None = None,
 ) -> dict[str, Tensor]:
     """Diagnostics of pseudo regions against the FULL ground truth (ours; for logging, never for training).
 
@@ -523,9 +569,12 @@ def pseudo_label_quality(
         fused: F ``Tensor[B, H, W] int64`` from :func:`pseudo_labels` (seen ids, pseudo ids, ignore).
         full_label: ``Tensor[B, H, W] int64`` all-class ground truth (benchmark ids, ``ignore_index``).
         num_seen: first pseudo id.
-        unseen_ids: benchmark ids of the unseen classes.
+        unseen_ids: benchmark ids of the unseen classes (a sequence, or a ``Tensor[U] int64`` on any device).
         num_classes: number of benchmark classes C (ids ``0..C-1``).
         ignore_index: default 255.
+        num_regions: an upper bound on the pseudo ids per image (``fused < num_seen + num_regions``), e.g.
+            the ``max_regions`` the labels were made with; pseudo ids at or above it are not counted. Given,
+            the call makes no host sync (a training-step diagnostic); None reads the largest id back.
 
     Returns:
         dict of ``Tensor[B] float32``: ``regions`` (pseudo regions per image), ``purity`` (fraction of
@@ -546,16 +595,23 @@ def pseudo_label_quality(
     nc = num_classes + 1
     is_pseudo = (fused >= num_seen) & (fused != ignore_index)
     r = torch.where(is_pseudo, fused - num_seen, torch.zeros_like(fused))
-    R = int(r.max()) + 1 if bool(is_pseudo.any()) else 1
+    if num_regions is None:
+        R = int(r.max()) + 1 if bool(is_pseudo.any()) else 1
+    else:
+        R = max(1, int(num_regions))
+        is_pseudo = is_pseudo & (r < R)
+        r = torch.where(is_pseudo, r, torch.zeros_like(r))
     bidx = torch.arange(B, device=dev).view(B, 1, 1).expand_as(r)
-    key = ((bidx * R + r) * nc + cat)[is_pseudo]
-    hist = torch.bincount(key, minlength=B * R * nc).view(B, R, nc).float()  # [B, R, C+1]
+    key = ((bidx * R + r) * nc + cat).flatten()
+    hist = torch.zeros(B * R * nc, device=dev).scatter_add_(0, key, is_pseudo.flatten().float())
+    hist = hist.view(B, R, nc)  # [B, R, C+1] pixel counts (exact integers in float32)
     size = hist.sum(-1)  # [B, R]
     top, arg = hist.max(-1)  # majority category per region
     regions = (size > 0).sum(1).float()
     purity = top.sum(1) / size.sum(1)  # NaN when no region
-    unseen = torch.zeros(nc, dtype=torch.bool, device=dev)
-    unseen[torch.as_tensor(unseen_ids, dtype=torch.long, device=dev)] = True
+    ids = unseen_ids.to(dev) if isinstance(unseen_ids, Tensor) else torch.as_tensor(unseen_ids, dtype=torch.long,
+                                                                                      device=dev)
+    unseen = torch.zeros(nc, dtype=torch.bool, device=dev).index_fill_(0, ids.long(), True)  # no value tensor copy
     unseen_px = unseen[cat]  # [B, H, W]
     maj_unseen = unseen[arg] & (size > 0)  # [B, R]
     in_unseen_region = is_pseudo & maj_unseen.gather(1, r.view(B, -1)).view_as(r)

@@ -1,4 +1,4 @@
-"""Teachers: the frozen CLIP teacher and a label-derived oracle stand-in (DESIGN §3)."""
+"""Teachers: the frozen CLIP teacher and a label-derived oracle stand-in (docs/architecture.md "Teacher")."""
 from zss.teachers.clip import (
     CLIP_MEAN,
     CLIP_STD,

@@ -1,6 +1,6 @@
 """FrozenCLIP: the frozen open_clip teacher (CLS embedding, dense tokens, text embeddings).
 
-This is the only module of zss that touches open_clip internals (DESIGN §3). It walks the open_clip
+This is the only module of zss that touches open_clip internals (docs/architecture.md "Teacher"). It walks the open_clip
 ``VisionTransformer`` by hand (``conv1`` -> class token -> positional embedding -> ``ln_pre`` ->
 ``transformer.resblocks`` -> ``ln_post`` -> ``proj``) so that a single pass yields both the CLS
 embedding and the dense patch embeddings, at any input size (bicubic positional-embedding
@@ -23,12 +23,13 @@ from typing import Any
 import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.transformer import Attention as _OCAttention
 from open_clip.transformer import VisionTransformer
+from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
-from zss.data.normalize import renormalize_affine
+# CLIP_MEAN/STD: open_clip's OPENAI_DATASET_MEAN/STD (defined in zss.data.normalize), re-exported
+from zss.data.normalize import CLIP_MEAN, CLIP_STD, renormalize_affine
 
 __all__ = [
     "CLIP_MEAN",
@@ -38,16 +39,13 @@ __all__ = [
     "TeacherWeightsError",
     "TeacherWeightsNotFoundError",
     "build_tiny_clip",
+    "resample_pos_embed",
     "tiny_clip_cfg",
 ]
 
 log = logging.getLogger(__name__)
 
-#: CLIP (OpenAI) normalisation mean, RGB, in [0, 1] units (open_clip ``OPENAI_DATASET_MEAN``).
-CLIP_MEAN: tuple[float, float, float] = tuple(float(v) for v in OPENAI_DATASET_MEAN)
-#: CLIP (OpenAI) normalisation std, RGB, in [0, 1] units (open_clip ``OPENAI_DATASET_STD``).
-CLIP_STD: tuple[float, float, float] = tuple(float(v) for v in OPENAI_DATASET_STD)
-#: Dense-token modes of :class:`FrozenCLIP` (DESIGN §3).
+#: Dense-token modes of :class:`FrozenCLIP` (docs/architecture.md "Teacher").
 DENSE_MODES = ("tokens", "maskclip")
 
 _RANDOM = ("", "none", "random")
@@ -90,6 +88,86 @@ def _offline_message(model_name: str, what: str, reason: str) -> str:
         f"teacher.model_name={model_name}); for offline smoke runs only, teacher.pretrained=random builds "
         f"random weights (all numbers are then meaningless)."
     )
+
+
+#: Positional-embedding resampling modes of :func:`resample_pos_embed`.
+POS_RESAMPLE_MODES = ("bicubic", "bilinear")
+
+
+def resample_pos_embed(pos: Tensor, grid: Sequence[int], native_grid: Sequence[int], mode: str = "bicubic") -> Tensor:
+    """A ViT's absolute positional embedding resized to another patch grid, class-token row untouched.
+
+    The one implementation in zss (FrozenCLIP, the CLIP-RC encoder, CLIP-ES, the Chimera-Seg head): timm's
+    ``resample_abs_pos_embed`` (interpolation in float32, cast back to ``pos.dtype``, align_corners=False).
+
+    Args:
+        pos: ``Tensor[1 + gh0*gw0, W]`` (class token first), any float dtype.
+        grid: target (gh, gw), patches. native_grid: (gh0, gw0) of ``pos``, patches.
+        mode: ``"bicubic"`` (antialiased: open_clip's own ``resize_pos_embed``, our default) or ``"bilinear"``
+            (no antialias: the CLIP-ES and ZegCLIP / CLIP-RC public code).
+    Returns:
+        ``Tensor[1 + gh*gw, W]`` in ``pos.dtype``; ``pos`` itself when ``grid == native_grid``.
+    Raises:
+        ValueError: unknown ``mode``, or ``pos`` without ``1 + gh0*gw0`` rows.
+    """
+    if mode not in POS_RESAMPLE_MODES:
+        raise ValueError(f"resample_pos_embed: mode={mode!r}; choose one of {POS_RESAMPLE_MODES}")
+    grid, native = [int(g) for g in grid], [int(g) for g in native_grid]
+    if pos.ndim != 2 or pos.shape[0] != 1 + native[0] * native[1]:
+        raise ValueError(f"resample_pos_embed: pos {tuple(pos.shape)} is not [1 + {native[0]}*{native[1]}, W]")
+    if grid == native:
+        return pos
+    return resample_abs_pos_embed(pos[None], grid, native, num_prefix_tokens=1, interpolation=mode,
+                                  antialias=mode == "bicubic")[0]
+
+
+def self_attention(attn: nn.MultiheadAttention, x: Tensor, kv: Tensor | None = None) -> Tensor:
+    """Attention of an ``nn.MultiheadAttention`` on batch-first tokens, computed from its own weights.
+
+    The same values as ``attn(x, kv, kv, need_weights=False)[0]`` (no mask, no dropout: CLIP's blocks run in
+    eval mode), but the projections see contiguous ``[B, L, W]`` tensors. Reason (ours, measured): when the
+    module's fused fast path is off (autocast, or gradients through the frozen blocks), torch's MHA transposes
+    batch-first inputs to ``[L, B, W]`` and the strided in-projection of a batch of two or more ran as a batched
+    matmul over an expanded weight copy: one ViT-B/16 forward at 512², batch 2, bf16 autocast took 26.7 s on a
+    2-core CPU, 2.5 s with this function (README "Performance").
+
+    Args:
+        attn: the block's ``nn.MultiheadAttention`` (packed in-projection, as open_clip's blocks).
+        x: queries ``Tensor[B, Lq, W]`` (LayerNormed tokens), any float dtype.
+        kv: keys/values ``Tensor[B, L, W]``; None = ``x`` (self-attention).
+    Returns:
+        ``Tensor[B, Lq, W]``, the dtype of the projection (autocast's under autocast).
+    """
+    B, Lq, W = x.shape
+    h = attn.num_heads
+    w, b = attn.in_proj_weight, attn.in_proj_bias
+    if kv is None:
+        q, k, v = F.linear(x, w, b).view(B, Lq, 3, h, W // h).permute(2, 0, 3, 1, 4).unbind(0)  # [B, h, L, W/h]
+    else:
+        bq, bkv = (None, None) if b is None else (b[:W], b[W:])
+        q = F.linear(x, w[:W], bq).view(B, Lq, h, W // h).transpose(1, 2)
+        k, v = F.linear(kv, w[W:], bkv).view(B, kv.shape[1], 2, h, W // h).permute(2, 0, 3, 1, 4).unbind(0)
+    out = F.scaled_dot_product_attention(q, k, v)  # [B, h, Lq, W/h]
+    return attn.out_proj(out.transpose(1, 2).reshape(B, Lq, W))
+
+
+def _plain_self_attention_block(blk: nn.Module) -> bool:
+    """True for an open_clip ``ResidualAttentionBlock`` that :func:`self_attention` can run exactly (packed
+    in-projection, no cross-attention norm)."""
+    attn = getattr(blk, "attn", None)
+    return (isinstance(attn, nn.MultiheadAttention) and attn.in_proj_weight is not None
+            and attn._qkv_same_embed_dim and not hasattr(blk, "ln_1_kv")
+            and all(hasattr(blk, n) for n in ("ln_1", "ls_1", "ln_2", "mlp", "ls_2")))
+
+
+def run_block(blk: nn.Module, x: Tensor) -> Tensor:
+    """One open_clip residual attention block on batch-first tokens ``Tensor[B, L, W]`` (no attention mask):
+    ``x + ls_1(attn(ln_1(x)))``, then ``+ ls_2(mlp(ln_2(x)))``, with :func:`self_attention` for plain blocks and
+    the block's own forward otherwise. Same values as ``blk(x)``."""
+    if not _plain_self_attention_block(blk) or not getattr(blk.attn, "batch_first", True):
+        return blk(x)
+    x = x + blk.ls_1(self_attention(blk.attn, blk.ln_1(x)))
+    return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
 
 
 def _looks_like_path(p: str) -> bool:
@@ -149,7 +227,7 @@ def tiny_clip_cfg(
 
 
 class FrozenCLIP(nn.Module):
-    """Frozen open_clip CLIP teacher: CLS embedding, dense patch embeddings, text embeddings (DESIGN §3).
+    """Frozen open_clip CLIP teacher: CLS embedding, dense patch embeddings, text embeddings (docs/architecture.md "Teacher").
 
     Args:
         model_name: open_clip model name (``open_clip.list_models()``, e.g. ``"ViT-B-16-quickgelu"``) or
@@ -158,7 +236,7 @@ class FrozenCLIP(nn.Module):
             ``model_name`` (``"openai"``), a local ``.pt/.bin/.safetensors`` file, ``"hf-hub:org/repo"``,
             or ``None``/``"random"`` for random init (tests, offline smoke runs; numbers meaningless).
         dense_mode: ``"maskclip"`` (last block's attention replaced by its value path) or ``"tokens"``
-            (plain last-layer patch tokens). Both then go through ``ln_post`` and ``proj`` (DESIGN §3).
+            (plain last-layer patch tokens). Both then go through ``ln_post`` and ``proj`` (docs/architecture.md "Teacher").
         image_size: if set (int or (H, W), pixels), inputs are resized to it (bilinear) before the tower;
             ``None`` keeps the input size. Positional embeddings are interpolated to any grid.
         input_mean, input_std: per-channel normalisation (RGB, [0, 1] units) that the incoming images
@@ -460,7 +538,7 @@ class FrozenCLIP(nn.Module):
         return self.visual.conv1.weight.device
 
     def train(self, mode: bool = True) -> "FrozenCLIP":
-        """No-op: the teacher always stays in eval mode (DESIGN §3). Returns self."""
+        """No-op: the teacher always stays in eval mode (docs/architecture.md "Teacher"). Returns self."""
         return super().train(False)
 
     def extra_repr(self) -> str:
@@ -498,7 +576,8 @@ class FrozenCLIP(nn.Module):
         Returns:
             Tensor[1 + gh*gw, W]: the native embedding when ``grid`` is the native grid, else its patch part
             resized bicubically on the 2-D grid (align_corners=False, antialias=True, as open_clip's own
-            ``resize_pos_embed``) with the class-token row untouched. Cached per (grid, device, dtype);
+            ``resize_pos_embed``; :func:`resample_pos_embed`) with the class-token row untouched. Cached per
+            (grid, device, dtype);
             computed without autograd (the parameter is frozen).
         """
         pos = self.visual.positional_embedding
@@ -510,12 +589,7 @@ class FrozenCLIP(nn.Module):
         if cached is not None:
             return cached
         with torch.no_grad():
-            gh0, gw0 = self.native_grid
-            cls_pos, patch_pos = pos[:1], pos[1:]
-            patch_pos = patch_pos.float().reshape(1, gh0, gw0, -1).permute(0, 3, 1, 2)
-            patch_pos = F.interpolate(patch_pos, size=grid, mode="bicubic", align_corners=False, antialias=True)
-            patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(pos.dtype)
-            out = torch.cat([cls_pos, patch_pos], dim=0)
+            out = resample_pos_embed(pos, grid, self.native_grid, mode="bicubic")
         self._pos_cache[key] = out
         return out
 
@@ -546,7 +620,7 @@ class FrozenCLIP(nn.Module):
         if not batch_first:
             x = x.transpose(0, 1)  # [L, B, W]
         for blk in tr.resblocks[start:stop]:
-            x = blk(x)
+            x = run_block(blk, x) if batch_first else blk(x)
         if not batch_first:
             x = x.transpose(0, 1)
         return x
@@ -573,7 +647,7 @@ class FrozenCLIP(nn.Module):
 
     @staticmethod
     def maskclip_block(blk: nn.Module, x: Tensor) -> Tensor:
-        """MaskCLIP form of a residual block (DESIGN §3): attention replaced by its value path.
+        """MaskCLIP form of a residual block (docs/architecture.md "Teacher"): attention replaced by its value path.
 
         x' = x + ls_1(out_proj(v_proj(ln_1(x)))); x' = x' + ls_2(mlp(ln_2(x'))). Per token, so the class
         token may be present or not.
@@ -638,6 +712,9 @@ class FrozenCLIP(nn.Module):
         """Standard last block evaluated for the class-token query only: Tensor[B, 1+N, W] -> [B, 1, W]."""
         y = blk.ln_1(x)
         q, kv = y[:, :1], y
+        if _plain_self_attention_block(blk) and getattr(blk.attn, "batch_first", True):
+            c = x[:, :1] + blk.ls_1(self_attention(blk.attn, q, kv))
+            return c + blk.ls_2(blk.mlp(blk.ln_2(c)))
         if not getattr(self.visual.transformer, "batch_first", True):
             q, kv = q.transpose(0, 1), kv.transpose(0, 1)
         a = blk.attention(q_x=q, k_x=kv, v_x=kv)
@@ -660,7 +737,7 @@ class FrozenCLIP(nn.Module):
               ``encode_image`` at the native size);
               ``dense``: Tensor[B, D, h, w] float32, L2-normalised over D, in ``dense_mode``;
               ``h``, ``w``: ints, the patch grid (H'//patch, W'//patch of the possibly resized input).
-            Source: DESIGN §3 (MaskCLIP value path for ``maskclip``).
+            Source: docs/architecture.md "Teacher" (MaskCLIP value path for ``maskclip``).
         """
         x = self.prepare(images)
         tok, (h, w) = self.embed(x)  # [B, 1+N, W]
@@ -700,7 +777,7 @@ class FrozenCLIP(nn.Module):
 
     @torch.no_grad()
     def text(self, classnames: Sequence[str], templates: Sequence[str]) -> Tensor:
-        """Text embeddings of classes with a prompt-template ensemble (DESIGN §2 "Prompts").
+        """Text embeddings of classes with a prompt-template ensemble (docs/protocol.md "Prompts").
 
         Each template is filled with each class name, embedded with the CLIP text tower, L2-normalised,
         averaged over templates and renormalised, with autocast disabled (full precision). Cached per
@@ -726,14 +803,11 @@ class FrozenCLIP(nn.Module):
                 cached = cached.to(dev)
                 self._text_cache[key] = cached
             return cached
-        C, T = len(key[0]), len(key[1])
-        texts = [t.format(c) for c in key[0] for t in key[1]]  # class-major: [C*T]
-        tok = self._get_tokenizer()(texts).to(dev)
         with torch.autocast(device_type=dev.type, enabled=False):  # cached once: compute in full precision
-            embs = [self.model.encode_text(tok[i:i + _TEXT_CHUNK]).float()
-                    for i in range(0, len(texts), _TEXT_CHUNK)]
-        e = F.normalize(torch.cat(embs, dim=0), dim=-1).view(C, T, -1)
-        e = F.normalize(e.mean(dim=1), dim=-1).contiguous()  # [C, D]
+            w = open_clip.build_zero_shot_classifier(  # [D, C]: per class, mean of unit embeds, renormalised
+                self.model, self._get_tokenizer(), list(key[0]), list(key[1]),
+                num_classes_per_batch=max(1, _TEXT_CHUNK // len(key[1])), device=dev)
+        e = w.t().float().contiguous()  # [C, D]
         self._text_cache[key] = e
         return e
 

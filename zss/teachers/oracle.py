@@ -59,7 +59,8 @@ class OracleTeacher(nn.Module):
     Noise reproducibility: noise comes from a private CPU ``torch.Generator`` seeded at construction, drawn
     per call in a fixed order (dense [B, h*w, D] first, then cls [B, D]), then moved to the label's device.
     The n-th call after construction (or after :meth:`reset_noise`) therefore gives the same result for the
-    same seed and inputs, on any device. No draws happen when ``noise == 0``.
+    same seed and inputs, on any device. No draws happen when ``noise == 0``. The trainer saves the stream's
+    position in checkpoints (:meth:`train_state`), so a resumed run draws what the uninterrupted one would.
 
     Raises:
         ValueError: empty or duplicate classnames, embed_dim/patch_size < 1, noise < 0.
@@ -124,6 +125,14 @@ class OracleTeacher(nn.Module):
         """Restart the noise stream (seed: new base seed; None keeps the constructor's)."""
         base = self.seed if seed is None else int(seed)
         self._noise_gen.manual_seed(base + _NOISE_SEED_OFFSET)
+
+    def train_state(self) -> dict[str, Tensor]:
+        """The noise stream's position for a training checkpoint: ``{"noise_gen": Tensor[N] uint8}``."""
+        return {"noise_gen": self._noise_gen.get_state()}
+
+    def load_train_state(self, state: dict[str, Tensor]) -> None:
+        """Restore :meth:`train_state`: the next noise draws continue the saved stream (exact resume)."""
+        self._noise_gen.set_state(state["noise_gen"].cpu())
 
     def train(self, mode: bool = True) -> "OracleTeacher":
         """No-op: the teacher always stays in eval mode. Returns self."""

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zss.data.normalize import check_stats, renormalize_affine
-from zss.teachers.clip import FrozenCLIP
+from zss.teachers.clip import FrozenCLIP, resample_pos_embed
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -342,11 +342,7 @@ class PromptedCLIPEncoder(nn.Module):
         if cached is not None:
             return cached
         with torch.no_grad():
-            gh0, gw0 = self.native_grid
-            patch = pos[1:].float().reshape(1, gh0, gw0, -1).permute(0, 3, 1, 2)
-            patch = F.interpolate(patch, size=grid, mode="bilinear", align_corners=False)
-            patch = patch.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(pos.dtype)
-            out = torch.cat([pos[:1], patch], dim=0)
+            out = resample_pos_embed(pos, grid, self.native_grid, mode="bilinear")
         self._pos_cache[key] = out
         return out
 

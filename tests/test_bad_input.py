@@ -1,0 +1,250 @@
+"""Bad input -> ONE clear message (naming the file / key / value and the fix), exit code != 0, no traceback.
+
+One table: each case runs the real command function in-process (zss.cli.train_main / eval_main, the dataset
+checker) with the user's argv, on the bundled VOC sample or a 5-image copy of it. ZSS_DEBUG=1 brings the
+traceback back (last test). 16-bit PNG input (not an error: scaled to 8 bits) is tested at the end.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY
+
+FAST = [a for a in TINY if not a.startswith("trainer.max_steps")] + ["trainer.max_steps=1"]
+
+
+def _mini_voc(dst: Path, voc_root: Path, bad: str | None = None) -> tuple[Path, Path]:
+    """4 train + 1 val images of the bundled sample in the VOC layout; ``bad`` spoils the first train image."""
+    sets = voc_root / "ImageSets" / "Segmentation"
+    train, val = sets.joinpath("train.txt").read_text().split()[:4], sets.joinpath("val.txt").read_text().split()[:1]
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (dst / sub).mkdir(parents=True)
+    for i in train + val:
+        shutil.copy(voc_root / "JPEGImages" / f"{i}.jpg", dst / "JPEGImages")
+        shutil.copy(voc_root / "SegmentationClass" / f"{i}.png", dst / "SegmentationClass")
+    (dst / "ImageSets/Segmentation/train.txt").write_text("\n".join(train) + "\n")
+    (dst / "ImageSets/Segmentation/val.txt").write_text("\n".join(val) + "\n")
+    img = dst / "JPEGImages" / f"{train[0]}.jpg"
+    data = img.read_bytes()
+    if bad == "truncated":
+        img.write_bytes(data[: len(data) // 2])
+    elif bad == "empty":
+        img.write_bytes(b"")
+    elif bad == "not_image":
+        img.write_text("<html>404 Not Found</html>\n")
+    return dst, img
+
+
+def _cli(main, args, monkeypatch, capsys) -> tuple[int, str, str]:
+    """Run a command function as ``<cmd> args...``; (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["zss", *map(str, args)])
+    try:
+        code = main()
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return (0 if code is None else code), out.out, out.err
+
+
+@pytest.fixture(autouse=True)
+def _keep_logging():
+    """hydra.main points the root logger at the (captured) stdout of the moment: put the handlers back."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory, voc_root) -> Path:
+    """last.pt of a 1-step TINY run (test_resnet student, 16 decoder channels), trained in-process."""
+    from zss.cli import train_main
+
+    root = tmp_path_factory.mktemp("runs")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(sys, "argv", ["zss", *FAST, f"run_root={root}", f"dataset.root={voc_root}"])
+    handlers = list(logging.getLogger().handlers)
+    try:
+        train_main()
+    finally:
+        mp.undo()
+        logging.getLogger().handlers[:] = handlers
+    (found,) = root.glob("*/*/last.pt")
+    return found
+
+
+def _train(*extra):
+    from zss.cli import train_main
+
+    return train_main, [*FAST, *extra]
+
+
+def _image_case(bad: str, checker: bool):
+    def case(ctx):
+        root, img = _mini_voc(ctx["tmp"] / "voc", ctx["voc_root"], bad)
+        if checker:
+            from zss.cli_check import check_main
+
+            return (lambda: check_main(None)), ["dataset=voc20", f"dataset.root={root}"], [str(img)]
+        main, args = _train(f"dataset.root={root}", f"run_root={ctx['tmp'] / 'runs'}")
+        return main, args, [str(img), "re-download", "zss.data.check"]
+    return case
+
+
+def _root_is_file(ctx):
+    f = ctx["tmp"] / "runs.txt"
+    f.write_text("not a folder")
+    return (*_train(f"run_root={f}"), [f"run_root={f}", "is a file"])
+
+
+def _root_unwritable(ctx):
+    if os.geteuid() == 0:
+        pytest.skip("root can write anywhere")
+    d = ctx["tmp"] / "ro"
+    d.mkdir()
+    d.chmod(0o500)
+    return (*_train(f"run_root={d / 'runs'}"), [f"run_root={d / 'runs'}", "cannot write"])
+
+
+def _garbage(ctx, content=b"\x80\x04garbage, not a checkpoint"):
+    f = ctx["tmp"] / "last.pt"
+    f.write_bytes(content)
+    return f
+
+
+def _eval_garbage(ctx):
+    from zss.cli import eval_main
+
+    f = _garbage(ctx)
+    return eval_main, [f"ckpt={f}"], [str(f), "not a zss checkpoint"]
+
+
+def _eval_pickled_model(ctx):
+    from zss.cli import eval_main
+
+    f = ctx["tmp"] / "model.pt"
+    torch.save(torch.nn.Linear(2, 2), f)  # a whole pickled module: torch would advise weights_only=False
+    return eval_main, [f"ckpt={f}"], [str(f), "not a zss checkpoint"]
+
+
+def _resume_garbage(ctx):
+    f = _garbage(ctx, b"")
+    return (*_train(f"resume={f}", f"dataset.root={ctx['voc_root']}", f"run_root={ctx['tmp']}"),
+            [str(f), "not a zss checkpoint", "empty"])
+
+
+def _resume_other_arch(allow_changes: bool):
+    def case(ctx):
+        ck = ctx["ckpt"]()
+        extra = ["resume_allow_changes=true"] if allow_changes else []
+        expect = [f"resume={ck}", "config.json"] + (["another architecture", "[16"] if allow_changes else [])
+        return (*_train(f"resume={ck}", "model.decoder_channels=8", f"dataset.root={ctx['voc_root']}", *extra),
+                expect)
+    return case
+
+
+def _device_cuda(ctx):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible")
+    return (*_train("device=cuda", f"run_root={ctx['tmp']}"), ["device=cuda", "device=cpu"])
+
+
+CASES = {
+    # key=value mistakes: all refused before anything is built
+    "max_steps=0": lambda ctx: (*_train("trainer.max_steps=0", f"run_root={ctx['tmp']}"), ["trainer.max_steps=0", ">= 1"]),
+    "max_steps<0": lambda ctx: (*_train("trainer.max_steps=-5", f"run_root={ctx['tmp']}"), ["trainer.max_steps=-5"]),
+    "batch_size=0": lambda ctx: (*_train("trainer.batch_size=0", f"run_root={ctx['tmp']}"), ["trainer.batch_size=0", ">= 1"]),
+    "lr<0": lambda ctx: (*_train("trainer.lr=-0.001", f"run_root={ctx['tmp']}"), ["trainer.lr=-0.001", ">= 0"]),
+    "max_steps=text": lambda ctx: (*_train("trainer.max_steps=abc", f"run_root={ctx['tmp']}"),
+                                   ["trainer.max_steps='abc'", "integer"]),
+    "+trainer.typo": lambda ctx: (*_train("+trainer.max_stpes=3", f"run_root={ctx['tmp']}"),
+                                  ["trainer.max_stpes", "max_steps"]),
+    "name=nan": lambda ctx: (*_train("name=nan", f"run_root={ctx['tmp']}"), ["name=nan", "quote"]),
+    "run_root=file": _root_is_file,
+    "run_root=unwritable": _root_unwritable,
+    "device=cuda": _device_cuda,
+    "device=gpu": lambda ctx: (*_train("device=gpu", f"run_root={ctx['tmp']}"), ["device='gpu'", "device=cpu"]),
+    # checkpoints
+    "eval ckpt=garbage": _eval_garbage,
+    "eval ckpt=pickled model": _eval_pickled_model,
+    "resume=empty file": _resume_garbage,
+    "resume=other architecture": _resume_other_arch(False),
+    "resume=other architecture, changes allowed": _resume_other_arch(True),
+    # image files: training names the file, and the checker reports it (it said OK before)
+    **{f"{bad} jpeg: {cmd}": _image_case(bad, cmd == "check")
+       for bad in ("truncated", "empty", "not_image") for cmd in ("train", "check")},
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_clear_message(case, tmp_path, voc_root, request, monkeypatch, capsys):
+    for k in ("ZSS_DEBUG", "HYDRA_FULL_ERROR"):
+        monkeypatch.delenv(k, raising=False)
+    ctx = {"tmp": tmp_path, "voc_root": voc_root, "ckpt": lambda: request.getfixturevalue("ckpt")}
+    main, args, expect = CASES[case](ctx)
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, out, err = _cli(main, args, monkeypatch, capsys)
+    text = out + err + "\n".join(str(w.message) for w in caught)
+    assert code not in (0, None), f"exit code {code}:\n{text[-2000:]}"
+    for piece in expect:
+        assert piece in text, f"{piece!r} not in:\n{text[-2000:]}"
+    assert "Traceback" not in text and "weights_only" not in text, text[-3000:]
+    if "check" not in case:  # the checker prints its report; the others print one message on stderr
+        bars = re.sub(r"train:\s*\d+%\|.*?\]", "", err)  # tqdm's progress bar shares stderr
+        lines = [ln for ln in bars.replace("\r", "\n").splitlines() if ln.strip()]
+        assert lines[0].startswith("zss: error: ") and len(lines) <= 2, err
+
+
+def test_debug_flag_shows_the_traceback(tmp_path, monkeypatch, capsys):
+    from zss.cli import train_main
+
+    monkeypatch.setenv("ZSS_DEBUG", "1")
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # recorded, so the "1" the command sets is undone afterwards
+    monkeypatch.setattr(sys, "argv", ["zss", *FAST, "trainer.batch_size=0", f"run_root={tmp_path}"])
+    with pytest.raises(ValueError, match="trainer.batch_size=0"):
+        train_main()
+
+
+# ------------------------------------------------------------------------------------ 16-bit PNG input
+def _png16(path: Path) -> np.ndarray:
+    """Write a 16-bit greyscale PNG (a ramp over 0..65535); return the 8-bit RGB it should read as."""
+    ramp = np.linspace(0, 65535, 12 * 16).round().astype(np.uint16).reshape(12, 16)
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I")  # really stored with 16 bits
+    grey = np.rint(ramp / 257.0).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def test_16bit_png_is_scaled_for_predict(tmp_path):
+    from zss.predict import load_image
+
+    want = _png16(tmp_path / "x.png")
+    got = load_image(tmp_path / "x.png").permute(1, 2, 0).numpy()  # predict's reader, [H, W, 3] uint8
+    assert np.abs(got.astype(int) - want).max() <= 1
+    assert (got == 255).mean() < 0.1  # not saturated to white
+
+
+def test_16bit_png_is_scaled_in_datasets(tmp_path):
+    from zss.data.dataset import SegDataset
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "ann").mkdir()
+    want = _png16(tmp_path / "img" / "a.png")
+    Image.fromarray(np.zeros((12, 16), np.uint8)).save(tmp_path / "ann" / "a.png")
+    ds = SegDataset(tmp_path, "img", "ann", None, img_suffix=".png", num_classes=2)
+    got = ds[0]["image"].permute(1, 2, 0).numpy()
+    assert np.abs(got.astype(int) - want).max() <= 1
