@@ -331,3 +331,7 @@ def test_own_attention_matches_open_clip_blocks_for_batches():
     y = blk.ln_1(x.detach())
     ref = blk.attn(y[:, :1], y, y, need_weights=False)[0]
     assert torch.allclose(self_attention(blk.attn, y[:, :1], y), ref, atol=1e-5)
+    mask = torch.zeros(17, 17)
+    mask[:, 12:] = float("-inf")
+    mask[12:, 12:] = 0.0
+    assert torch.allclose(run_block(blk, x, mask), blk(x, attn_mask=mask), atol=1e-5)

@@ -121,11 +121,12 @@ def resample_pos_embed(pos: Tensor, grid: Sequence[int], native_grid: Sequence[i
                                   antialias=mode == "bicubic")[0]
 
 
-def self_attention(attn: nn.MultiheadAttention, x: Tensor, kv: Tensor | None = None) -> Tensor:
+def self_attention(attn: nn.MultiheadAttention, x: Tensor, kv: Tensor | None = None,
+                   attn_mask: Tensor | None = None) -> Tensor:
     """Attention of an ``nn.MultiheadAttention`` on batch-first tokens, computed from its own weights.
 
-    The same values as ``attn(x, kv, kv, need_weights=False)[0]`` (no mask, no dropout: CLIP's blocks run in
-    eval mode), but the projections see contiguous ``[B, L, W]`` tensors. Reason (ours, measured): when the
+    The same values as ``attn(x, kv, kv, need_weights=False, attn_mask=attn_mask)[0]`` (attention dropout as
+    the module's, in training mode only), but the projections see contiguous ``[B, L, W]`` tensors. Reason (ours, measured): when the
     module's fused fast path is off (autocast, or gradients through the frozen blocks), torch's MHA transposes
     batch-first inputs to ``[L, B, W]`` and the strided in-projection of a batch of two or more ran as a batched
     matmul over an expanded weight copy: one ViT-B/16 forward at 512², batch 2, bf16 autocast took 26.7 s on a
@@ -135,6 +136,8 @@ def self_attention(attn: nn.MultiheadAttention, x: Tensor, kv: Tensor | None = N
         attn: the block's ``nn.MultiheadAttention`` (packed in-projection, as open_clip's blocks).
         x: queries ``Tensor[B, Lq, W]`` (LayerNormed tokens), any float dtype.
         kv: keys/values ``Tensor[B, L, W]``; None = ``x`` (self-attention).
+        attn_mask: optional additive float mask ``Tensor[Lq, L]`` (0 = may attend, -inf = may not), as
+            open_clip passes it to its blocks.
     Returns:
         ``Tensor[B, Lq, W]``, the dtype of the projection (autocast's under autocast).
     """
@@ -147,7 +150,9 @@ def self_attention(attn: nn.MultiheadAttention, x: Tensor, kv: Tensor | None = N
         bq, bkv = (None, None) if b is None else (b[:W], b[W:])
         q = F.linear(x, w[:W], bq).view(B, Lq, h, W // h).transpose(1, 2)
         k, v = F.linear(kv, w[W:], bkv).view(B, kv.shape[1], 2, h, W // h).permute(2, 0, 3, 1, 4).unbind(0)
-    out = F.scaled_dot_product_attention(q, k, v)  # [B, h, Lq, W/h]
+    mask = None if attn_mask is None else attn_mask.to(q.dtype)
+    drop = float(attn.dropout) if attn.training else 0.0
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)  # [B, h, Lq, W/h]
     return attn.out_proj(out.transpose(1, 2).reshape(B, Lq, W))
 
 
@@ -160,13 +165,13 @@ def _plain_self_attention_block(blk: nn.Module) -> bool:
             and all(hasattr(blk, n) for n in ("ln_1", "ls_1", "ln_2", "mlp", "ls_2")))
 
 
-def run_block(blk: nn.Module, x: Tensor) -> Tensor:
-    """One open_clip residual attention block on batch-first tokens ``Tensor[B, L, W]`` (no attention mask):
+def run_block(blk: nn.Module, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+    """One open_clip residual attention block on batch-first tokens ``Tensor[B, L, W]`` (optional additive mask):
     ``x + ls_1(attn(ln_1(x)))``, then ``+ ls_2(mlp(ln_2(x)))``, with :func:`self_attention` for plain blocks and
     the block's own forward otherwise. Same values as ``blk(x)``."""
     if not _plain_self_attention_block(blk) or not getattr(blk.attn, "batch_first", True):
-        return blk(x)
-    x = x + blk.ls_1(self_attention(blk.attn, blk.ln_1(x)))
+        return blk(x) if attn_mask is None else blk(x, attn_mask=attn_mask)
+    x = x + blk.ls_1(self_attention(blk.attn, blk.ln_1(x), attn_mask=attn_mask))
     return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
 
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zss.data.normalize import check_stats, renormalize_affine
-from zss.teachers.clip import FrozenCLIP, resample_pos_embed
+from zss.teachers.clip import FrozenCLIP, _plain_self_attention_block, resample_pos_embed, run_block, self_attention
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -381,10 +381,12 @@ class PromptedCLIPEncoder(nn.Module):
             x = x.transpose(0, 1)
         if p > 0.0 and hasattr(blk, "attention") and not hasattr(blk, "ln_1_kv"):
             # open_clip's ResidualAttentionBlock.forward, with stochastic depth on both residual branches
-            x = x + _drop_path(blk.ls_1(blk.attention(q_x=blk.ln_1(x), attn_mask=mask)), p, True)
+            att = (self_attention(blk.attn, blk.ln_1(x), attn_mask=mask) if batch_first and _plain_self_attention_block(blk)
+                   else blk.attention(q_x=blk.ln_1(x), attn_mask=mask))
+            x = x + _drop_path(blk.ls_1(att), p, True)
             x = x + _drop_path(blk.ls_2(blk.mlp(blk.ln_2(x))), p, True)
-        else:
-            x = blk(x, attn_mask=mask)
+        else:  # run_block: the block's values without torch MHA's slow path (zss.teachers.clip.self_attention)
+            x = run_block(blk, x, mask) if batch_first else blk(x, attn_mask=mask)
         if not batch_first:
             x = x.transpose(0, 1)
         return x
