@@ -229,7 +229,7 @@ def load_run(run_dir: str | os.PathLike, metrics: Sequence[str] = METRICS, resul
     Args:
         run_dir: the run directory.
         metrics: metric keys to read (missing keys and ``null`` become NaN).
-        results_file: name of the final results file (e.g. ``eval_voc20_val_results.json``).
+        results_file: name of the final results file (e.g. ``eval_voc20_all_slide_sb0_val_results.json``).
         name: display name (default: the directory name).
 
     Returns:
