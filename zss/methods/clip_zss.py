@@ -260,6 +260,7 @@ class ClipZSS(Method):
             self.register_buffer("_es_bg_embeds", t.text(list(cfg["background_words"]), [cfg["template"]]).float().cpu(),
                                  persistent=False)
         self.clip_es_cfg = cfg
+        self._es_scale = float(t.model.logit_scale.exp())  # frozen teacher: read once, not per step
 
     @torch.no_grad()
     def clip_es_tags(self, cls: Tensor, seen_label: Tensor) -> Tensor:
@@ -279,8 +280,7 @@ class ClipZSS(Method):
         present = torch.zeros(B, self.num_classes, dtype=torch.bool, device=dev)
         hits = F.one_hot(seen_label.clamp(max=self.num_seen).flatten(1), self.num_seen + 1)[..., :-1].any(1)  # [B, S]
         present[:, torch.as_tensor(self.seen, device=dev)] = hits
-        scale = float(self.teacher.model.logit_scale.exp())
-        prob = (scale * F.normalize(cls.float(), dim=-1) @ self._es_class_embeds.to(cls.device).t()).softmax(-1)
+        prob = (self._es_scale * F.normalize(cls.float(), dim=-1) @ self._es_class_embeds.to(cls.device).t()).softmax(-1)
         unseen = torch.as_tensor(self.unseen, device=dev, dtype=torch.long)
         present[:, unseen] = prob[:, unseen].to(dev) >= float(self.clip_es_cfg["tag_threshold"])
         return present

@@ -119,44 +119,26 @@ def region_prototypes(
                          f"{tuple(embeds.shape)} and {tuple(fused.shape)}")
     if layout not in LAYOUTS:
         raise ValueError(f"region_prototypes: layout must be one of {LAYOUTS}, got {layout!r}")
+    if layout == "by_id" and num_ids is None:
+        raise ValueError("region_prototypes: layout='by_id' needs num_ids (the fixed number of slots)")
+    if num_ids is None:  # packed: sized from the data (host sync)
+        labelled = fused != ignore_index
+        num_ids = int(fused[labelled].max()) + 1 if bool(labelled.any()) else 1
+    protos, region_ids, valid, area = _prototypes_by_id(embeds, fused, int(num_ids), ignore_index, validate)
     if layout == "by_id":
-        if num_ids is None:
-            raise ValueError("region_prototypes: layout='by_id' needs num_ids (the fixed number of slots)")
-        return _prototypes_by_id(embeds, fused, int(num_ids), ignore_index, validate)
-    b, d, h, w = embeds.shape
-    H, W = fused.shape[-2:]
-    dev = embeds.device
-    fused = fused.to(dev).long()
-    valid_px = fused != ignore_index
-    ids = torch.where(valid_px, fused, torch.zeros_like(fused))
-    if num_ids is None:
-        num_ids = int(ids.max()) + 1 if bool(valid_px.any()) else 1
-    if bool(valid_px.any()) and (int(ids[valid_px].min()) < 0 or int(ids[valid_px].max()) >= num_ids):
-        raise ValueError(f"region_prototypes: fused ids must lie in [0, {num_ids}) or be {ignore_index}; got "
-                         f"range [{int(ids[valid_px].min())}, {int(ids[valid_px].max())}]")
-    bidx = torch.arange(b, device=dev)[:, None, None].expand(b, H, W)
-    # region presence / area per (image, id)
-    key = (bidx * num_ids + ids)[valid_px]
-    area_full = torch.bincount(key, minlength=b * num_ids).view(b, num_ids).float()  # [B, num_ids]
-    present = area_full > 0
-    q = max(1, int(present.sum(1).max()))
-    slot_of_id = present.long().cumsum(1) - 1  # [B, num_ids] slot index for present ids
-    region_ids = torch.full((b, q), -1, dtype=torch.long, device=dev)
-    area = torch.zeros(b, q, device=dev)
-    pb, pid = present.nonzero(as_tuple=True)
-    region_ids[pb, slot_of_id[pb, pid]] = pid
-    area[pb, slot_of_id[pb, pid]] = area_full[pb, pid]
-    valid = region_ids >= 0
-    # per-(slot, cell) pixel counts -> area-weighted pooling weights
-    ys = torch.div(torch.arange(H, device=dev) * h, H, rounding_mode="floor")
-    xs = torch.div(torch.arange(W, device=dev) * w, W, rounding_mode="floor")
-    cell = (ys[:, None] * w + xs[None, :]).expand(b, H, W)
-    slot = slot_of_id.gather(1, ids.view(b, -1)).view(b, H, W)
-    key = ((bidx * q + slot) * (h * w) + cell)[valid_px]
-    counts = torch.bincount(key, minlength=b * q * h * w).view(b, q, h * w).float()  # [B, Q, hw]
-    weights = counts / counts.sum(-1, keepdim=True).clamp(min=1.0)
-    protos = torch.bmm(weights, embeds.float().flatten(2).transpose(1, 2))  # [B, Q, D]
-    return F.normalize(protos, dim=-1), region_ids, valid, area
+        return protos, region_ids, valid, area
+    # packed: the present slots of each image moved to the front, in id order
+    b = protos.shape[0]
+    q = max(1, int(valid.sum(1).max()))
+    pb, pid = valid.nonzero(as_tuple=True)
+    slot = (valid.long().cumsum(1) - 1)[pb, pid]
+    out_p = protos.new_zeros(b, q, protos.shape[-1])
+    out_p[pb, slot] = protos[pb, pid]
+    out_ids = torch.full((b, q), -1, dtype=torch.long, device=protos.device)
+    out_ids[pb, slot] = pid
+    out_area = area.new_zeros(b, q)
+    out_area[pb, slot] = area[pb, pid]
+    return out_p, out_ids, out_ids >= 0, out_area
 
 
 def _prototypes_by_id(embeds: Tensor, fused: Tensor, num_ids: int, ignore_index: int,
