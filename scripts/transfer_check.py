@@ -132,7 +132,7 @@ def verdicts(rows: list[dict], seeds: list[int]) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--steps", type=int, default=None, help="override trainer.max_steps (default: the demo's 300)")
+    ap.add_argument("--steps", type=int, default=None, help="override trainer.max_steps (default: the demo's, configs/experiment/demo.yaml)")
     ap.add_argument("--jobs", type=int, default=2, help="trainings side by side (default 2)")
     ap.add_argument("--out", default="runs/transfer_check")
     ap.add_argument("--rows", nargs="+", default=None,

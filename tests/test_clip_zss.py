@@ -330,3 +330,88 @@ def test_synth_lr_mult_scales_only_the_synthesizer_groups(tiny_clip):
     assert all(g["lr"] > 0 for g in groups if not g["name"].startswith("synthesizer"))
     with pytest.raises(ValueError, match="synth_lr_mult"):
         _method(tiny_clip, synth_lr_mult=-1)
+
+
+def test_cross_image_negatives_equal_the_explicit_softmax():
+    """The logsumexp channel gives a seen pixel exactly the CE over its own channels plus every present pseudo
+    region of the OTHER images (and nothing of its own image twice)."""
+    torch.manual_seed(0)
+    B, K, h, w = 3, 4, 5, 6
+    embeds = torch.randn(B, D, h, w)
+    p = F.normalize(torch.randn(B, K, D), dim=-1)
+    present = torch.tensor([[True, True, False, False], [True, False, False, False], [False] * K])
+    cross = ClipZSS._cross_image_negatives(embeds, p, present, 10.0)
+    assert cross.shape == (B, 1, h, w)
+    rn = F.normalize(embeds, dim=1)
+    own = torch.randn(B, 2, h, w)  # stands for the pixel's seen + own-image channels; target 0
+    for b in range(B):
+        others = [p[n, k] for n in range(B) for k in range(K) if n != b and present[n, k]]
+        explicit = 10.0 * torch.einsum("dhw,kd->khw", rn[b], torch.stack(others))
+        want = F.cross_entropy(torch.cat([own[b], explicit])[None], torch.zeros(1, h, w, dtype=torch.long))
+        got = F.cross_entropy(torch.cat([own[b], cross[b]])[None], torch.zeros(1, h, w, dtype=torch.long))
+        assert torch.allclose(got, want, atol=1e-5)
+    lonely = ClipZSS._cross_image_negatives(embeds[:1], p[:1], present[:1], 10.0)  # no other image: no negative
+    assert torch.all(lonely < -1e3)
+    bank, bank_valid = F.normalize(torch.randn(5, D), dim=-1), torch.tensor([True, False, True, True, False])
+    with_bank = ClipZSS._cross_image_negatives(embeds, p, present, 10.0, bank=bank, bank_valid=bank_valid)
+    for b in range(B):
+        others = [p[n, k] for n in range(B) for k in range(K) if n != b and present[n, k]] + list(bank[bank_valid])
+        explicit = 10.0 * torch.einsum("dhw,kd->khw", rn[b], torch.stack(others))
+        assert torch.allclose(with_bank[b], torch.logsumexp(explicit, 0, keepdim=True), atol=1e-4)
+
+    # de-duplicated: a copy of image 0's own region is dropped for image 0, and a concept held twice counts once
+    bank = torch.stack([p[0, 0], p[1, 0], p[1, 0] * 2.0])  # image 0's region; image 1's region twice
+    dedup = ClipZSS._cross_image_negatives(embeds, p, present, 10.0, same=0.9, bank=bank,
+                                           bank_valid=torch.ones(3, dtype=torch.bool))
+    concepts = {0: [p[1, 0]], 1: [p[0, 0], p[0, 1]], 2: [p[0, 0], p[0, 1], p[1, 0]]}  # per image, once each
+    for b, ws in concepts.items():
+        want = torch.logsumexp(10.0 * torch.einsum("dhw,kd->khw", rn[b], torch.stack(ws)), 0, keepdim=True)
+        assert torch.allclose(dedup[b], want, atol=1e-4), b
+
+
+def test_pseudo_bank_is_a_fifo_of_present_regions(tiny_clip):
+    m = _method(tiny_clip, pseudo_negatives="bank", pseudo_bank_size=4)
+    bank = m.pseudo_bank
+    w = torch.arange(2 * 3, dtype=torch.float32)[:, None].expand(6, D).reshape(2, 3, D)  # row value = slot id
+    bank.push(w, torch.tensor([[True, False, True], [False, True, False]]))  # slots 0, 2, 4
+    weights, valid = bank.get()
+    assert valid.tolist() == [True, True, True, False] and int(bank.ptr) == 3 and weights[:3, 0].tolist() == [0, 2, 4]
+    bank.push(w + 10, torch.tensor([[False, True, True], [False, False, False]]))  # 11, 12: wraps around
+    weights, valid = bank.get()
+    assert weights[:, 0].tolist() == [12.0, 2.0, 4.0, 11.0] and valid.all() and int(bank.ptr) == 1
+    saved = bank.train_state()
+    out = m.training_step(_batch())  # a step reads the bank, then pushes its own regions
+    assert torch.isfinite(out["loss"]) and not torch.equal(bank.weights, saved["weights"])
+    bank.load_train_state(saved)  # the trainer restores it on resume; the model's state_dict does not carry it
+    assert int(bank.ptr) == 1 and not any(k.startswith("pseudo_bank") for k in m.state_dict())
+    with pytest.raises(ValueError, match="pseudo_bank_size"):
+        bank.load_train_state(_bank_state(5))
+
+
+def _bank_state(size: int) -> dict:
+    from zss.methods.clip_zss import PseudoBank
+    return PseudoBank(size, D).train_state()
+
+
+def test_batch_pseudo_negatives_add_negatives_for_seen_pixels_only(tiny_clip):
+    out = {}
+    for mode in ("image", "batch"):
+        torch.manual_seed(0)
+        m = _method(tiny_clip, use_glm=False, ce_reduction="split", pseudo_negatives=mode)
+        out[mode] = m.training_step(_batch())
+        assert torch.isfinite(out[mode]["loss"])
+    assert out["batch"]["pl_regions"] > 0
+    assert torch.allclose(out["batch"]["loss_ce_pseudo"], out["image"]["loss_ce_pseudo"])
+    assert out["batch"]["loss_ce_seen"] > out["image"]["loss_ce_seen"] + 1e-4
+    single = {mode: _method(tiny_clip, use_glm=False, pseudo_negatives=mode) for mode in ("image", "batch")}
+    single["batch"].load_state_dict(single["image"].state_dict())
+    one = {}
+    for k, v in single.items():
+        torch.manual_seed(1)  # the same dropout masks
+        one[k] = v.training_step({kk: vv[:1] for kk, vv in _batch().items()})["loss_ce"]
+    assert torch.allclose(one["batch"], one["image"])  # a batch of one image has no other image
+    with pytest.raises(ValueError, match="pseudo_negatives"):
+        _method(tiny_clip, pseudo_negatives="all")
+    with pytest.raises(ValueError, match="pseudo_bank_size"):
+        _method(tiny_clip, pseudo_negatives="bank", pseudo_bank_size=0)
+    assert _method(tiny_clip, pseudo_negatives="bank", use_plm=False).pseudo_bank is None

@@ -79,3 +79,16 @@ def test_slurm_env_maps_to_torchrun_variables(monkeypatch):
 
     assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("3", "4", "1")
     assert os.environ["MASTER_ADDR"] == "127.0.0.1" and os.environ["MASTER_PORT"] == "20123"
+
+
+def test_demo_is_the_shipping_recipe_at_cpu_scale():
+    """experiment=demo trains the SHIPPING method config (the voc20 preset's); only CPU-scale keys differ:
+    crop/scale, augmentation strength, steps, lr and batch (docs/methods.md "Demo scale")."""
+    from omegaconf import OmegaConf
+
+    demo = OmegaConf.to_container(_compose("train", ["experiment=demo"]), resolve=True)
+    real = OmegaConf.to_container(_compose("train", ["experiment=voc20", "method=clip_zss"]), resolve=True)
+    assert demo["method"] == real["method"]
+    allowed = {"crop_size", "scale", "test_scale", "ratio_range", "photometric"}
+    assert {k for k in demo["dataset"] if demo["dataset"][k] != real["dataset"].get(k)} <= allowed
+    assert demo["dataset"]["benchmark"] == real["dataset"]["benchmark"] == "voc20"

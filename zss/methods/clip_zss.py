@@ -45,6 +45,65 @@ def _zero(ref: Tensor) -> Tensor:
     return ref.new_zeros((), dtype=torch.float32)
 
 
+class PseudoBank(nn.Module):
+    """FIFO bank of past pseudo-region weights: extra negatives for seen pixels (``pseudo_negatives="bank"``; ours).
+
+    Buffers are non-persistent (inference never needs them); the trainer saves them with the training state
+    (:meth:`train_state` / :meth:`load_train_state`), as the GLM's CLS bank. Slot ``size`` is a write sink for
+    absent regions, so :meth:`push` makes no host sync. Under DDP every rank keeps its own bank.
+
+    Args:
+        size: capacity N (weights); dim: D.
+
+    Raises:
+        ValueError: ``size < 1``.
+    """
+
+    def __init__(self, size: int, dim: int) -> None:
+        super().__init__()
+        if int(size) < 1:
+            raise ValueError(f"ClipZSS: pseudo_bank_size must be >= 1 with pseudo_negatives='bank', got {size}")
+        self.size = int(size)
+        self.register_buffer("weights", torch.zeros(self.size + 1, int(dim)), persistent=False)  # [N+1, D] float32
+        self.register_buffer("valid", torch.zeros(self.size + 1, dtype=torch.bool), persistent=False)
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long), persistent=False)
+
+    def get(self) -> tuple[Tensor, Tensor]:
+        """``(Tensor[N, D] float32, Tensor[N] bool)``: the stored weights and which slots hold one."""
+        return self.weights[: self.size], self.valid[: self.size]
+
+    @torch.no_grad()
+    def push(self, weights: Tensor, present: Tensor) -> None:
+        """Append the present rows of ``weights`` ``Tensor[B, K, D]`` (``present`` ``Tensor[B, K] bool``),
+        overwriting the oldest; at most N per call."""
+        n = self.size
+        w, ok = weights.detach().flatten(0, 1).float(), present.flatten()
+        order = torch.argsort((~ok).to(torch.uint8), stable=True)[:n]  # present rows first
+        w, ok = w[order], ok[order]
+        pos = torch.where(ok, (self.ptr + ok.long().cumsum(0) - 1) % n, n)
+        self.weights.index_copy_(0, pos, w)
+        self.valid.index_copy_(0, pos, ok)
+        self.valid[n:].zero_()  # the sink slot never holds a weight
+        self.ptr.copy_((self.ptr + ok.long().sum()) % n)
+
+    def train_state(self) -> dict[str, Tensor]:
+        """The bank for a training checkpoint (CPU copies)."""
+        return {"weights": self.weights.cpu().clone(), "valid": self.valid.cpu().clone(), "ptr": self.ptr.cpu().clone()}
+
+    def load_train_state(self, state: dict[str, Tensor]) -> None:
+        """Restore :meth:`train_state`.
+
+        Raises:
+            ValueError: the saved bank has another size or dimension (``pseudo_bank_size`` changed).
+        """
+        if tuple(state["weights"].shape) != tuple(self.weights.shape):
+            raise ValueError(f"PseudoBank: the checkpoint's bank is {tuple(state['weights'].shape)}, this one "
+                             f"{tuple(self.weights.shape)}: resume with the pseudo_bank_size it was trained with")
+        self.weights.copy_(state["weights"])
+        self.valid.copy_(state["valid"])
+        self.ptr.copy_(state["ptr"])
+
+
 class ClipZSS(Method):
     """CLIP-ZSS training method (docs/methods.md (CLIP-ZSS)). Tags: [paper], [summary], or "ours" (not in the paper: our
     default) for every number.
@@ -98,6 +157,23 @@ class ClipZSS(Method):
             their own count, ``CE_seen + pseudo_ce_weight · CE_pseudo``, so the pseudo regions (background,
             unseen and unlabelled stuff: often most of an image) do not dilute the seen supervision [ours].
         pseudo_ce_weight: weight of CE_pseudo with ``ce_reduction="split"`` [ours: 1.0]; unused with ``"joint"``.
+        pseudo_negatives: which pseudo channels a SEEN pixel's CE scores against [ours]: ``"image"`` — its own
+            image's only (the summary's per-image F; the constructor default, so checkpoints written before the
+            key existed rebuild unchanged) —, ``"batch"`` — also every pseudo region of the other images of the
+            local batch — or ``"bank"`` (the config default) — also those of the last steps, a FIFO bank of
+            ``pseudo_bank_size`` detached pseudo weights. With ``"image"`` a seen pixel is never told it is not an
+            unseen concept its image lacks, and seen classes drift to the unseen directions PLM pulls other
+            images' regions towards (measured: docs/methods.md "Cross-image pseudo negatives"). Pseudo regions
+            lie on unlabelled pixels only, so none of them is a seen class. Pseudo pixels keep their own image's
+            channels: another image's region of the same concept (its background, the same unseen class) would
+            be a false negative. The extra channels enter the CE as one logsumexp channel (exact for a target
+            outside them), computed at the logits' resolution; NEL never sees them.
+        pseudo_negatives_same: cosine above which two pseudo weights are one concept for ``"batch"`` / ``"bank"``:
+            a candidate that close to one of the pixel's own image's regions is dropped and each other counts
+            once however many copies the batch/bank holds (see :meth:`_cross_image_negatives`) [ours: 0.9, the
+            fusion threshold's default]; None = every candidate once, no de-duplication.
+        pseudo_bank_size: entries of the ``"bank"`` FIFO (:class:`PseudoBank`: pseudo weights of present regions,
+            pushed after each step's loss; saved with the training state, not the model's) [ours: 256].
         detach_pseudo_weights: if True, the CE sees P_pseudo detached: the synthesizer then learns from L_BCE only
             and CE trains only the student towards the synthesized weights [ours: False; docs/methods.md "GLM only
             / PLM only / both"].
@@ -159,6 +235,9 @@ class ClipZSS(Method):
         ce_weight: float = 1.0,
         ce_reduction: str = "joint",
         pseudo_ce_weight: float = 1.0,
+        pseudo_negatives: str = "image",
+        pseudo_bank_size: int = 256,
+        pseudo_negatives_same: float | None = 0.9,
         nel_weight: float = 1.0,
         focal_weight: float = 100.0,
         dice_weight: float = 1.0,
@@ -188,6 +267,8 @@ class ClipZSS(Method):
             raise ValueError(f"ClipZSS: loss_resolution must be 'label' or 'logits', got {loss_resolution!r}")
         if ce_reduction not in ("joint", "split"):
             raise ValueError(f"ClipZSS: ce_reduction must be 'joint' or 'split', got {ce_reduction!r}")
+        if pseudo_negatives not in ("image", "batch", "bank"):
+            raise ValueError(f"ClipZSS: pseudo_negatives must be 'image', 'batch' or 'bank', got {pseudo_negatives!r}")
         if not (glm_pool in ("teacher", "none") or (isinstance(glm_pool, int) and glm_pool >= 1)):
             raise ValueError(f"ClipZSS: glm_pool must be 'teacher', 'none' or an int >= 1, got {glm_pool!r}")
         if self.num_seen + 1 > ignore_index and use_plm:
@@ -209,6 +290,10 @@ class ClipZSS(Method):
         self.loss_resolution = loss_resolution
         self.ce_reduction, self.pseudo_ce_weight = ce_reduction, float(pseudo_ce_weight)
         self.detach_pseudo_weights = bool(detach_pseudo_weights)
+        self.pseudo_negatives = pseudo_negatives
+        self.pseudo_same = None if pseudo_negatives_same is None else float(pseudo_negatives_same)
+        self.pseudo_bank = (PseudoBank(pseudo_bank_size, int(self.text_embeds.shape[1]))
+                            if pseudo_negatives == "bank" and use_plm else None)
         if not float(synth_lr_mult) >= 0:
             raise ValueError(f"ClipZSS: synth_lr_mult must be >= 0, got {synth_lr_mult}")
         self.synth_lr_mult = float(synth_lr_mult)
@@ -412,6 +497,49 @@ class ClipZSS(Method):
         return ce_seen + self.pseudo_ce_weight * ce_pseudo
 
     @staticmethod
+    def _cross_image_negatives(embeds: Tensor, p_pseudo: Tensor, present: Tensor, scale: float,
+                               same: float | None = None, bank: Tensor | None = None,
+                               bank_valid: Tensor | None = None) -> Tensor:
+        """One logit channel per pixel: logsumexp of ``scale · cos(R_b, P)`` over the pseudo weights P of the other
+        images of the batch and, if given, of the bank (``pseudo_negatives``), one CONCEPT counted once.
+
+        With ``same`` (a cosine), candidates closer than ``same`` to one of image b's own present regions are
+        dropped for image b (that concept already is one of its channels, e.g. the background), and each
+        remaining candidate enters with weight 1/m, m = the number of valid candidates within ``same`` of it:
+        twenty copies of the background weight would otherwise act as one negative with a +log 20 logit bias.
+        ``same=None``: every candidate of another image once, no de-duplication.
+
+        Args:
+            embeds: R ``Tensor[B, D, h, w]``; p_pseudo: ``Tensor[B, K, D]``; present: ``Tensor[B, K] bool``;
+            scale: logit scale (β); same: concept cosine threshold or None;
+            bank: ``Tensor[N, D]`` past pseudo weights (detached) with ``bank_valid: Tensor[N] bool``.
+
+        Returns:
+            ``Tensor[B, 1, h, w] float32``; about ``_NEG`` where there is no such candidate (finite).
+        """
+        B, K = present.shape
+        cand = p_pseudo.reshape(B * K, -1)  # the batch's regions, then the bank's
+        valid = present.reshape(-1)
+        owner = torch.arange(B, device=present.device).repeat_interleave(K)  # image of each batch candidate
+        if bank is not None:
+            cand = torch.cat([cand, bank.to(cand.dtype)])
+            valid = torch.cat([valid, bank_valid])
+            owner = torch.cat([owner, owner.new_full((len(bank),), -1)])
+        allowed = valid[None] & (owner[None] != torch.arange(B, device=owner.device)[:, None])  # [B, M]
+        log_w = torch.zeros_like(allowed, dtype=torch.float32)
+        if same is not None:
+            cn = F.normalize(cand.detach().float(), dim=-1)
+            close = (cn @ cn.t()) > same  # [M, M]
+            mult = (close & valid[None]).sum(1).clamp(min=1)  # [M]
+            own = close[: B * K].reshape(B, K, -1) & present[..., None]  # [B, K, M]: near one of image b's regions
+            allowed = allowed & ~own.any(1)
+            log_w = log_w - mult.float().log()[None]
+        rn = F.normalize(embeds, dim=1)
+        cos = torch.einsum("bdhw,md->bmhw", rn, F.normalize(cand, dim=-1).to(embeds.dtype)).float()
+        z = (scale * cos + log_w[..., None, None]).masked_fill(~allowed[..., None, None], _NEG)
+        return torch.logsumexp(z, dim=1, keepdim=True)
+
+    @staticmethod
     def _nearest_down(label: Tensor, size: tuple[int, int]) -> Tensor:
         """Nearest (cell-centre) downsampling of ``Tensor[B, H, W]`` int labels to ``size``."""
         H, W = label.shape[-2:]
@@ -492,6 +620,7 @@ class ClipZSS(Method):
             cls = teach["cls"].detach().float()  # [B, D]
             dense = teach["dense"].detach().float()  # [B, D, h, w]
         total = zero
+        cross = None  # other images' pseudo regions as one negative channel for seen pixels (pseudo_negatives)
 
         # ---- GLM
         if self.use_glm:
@@ -519,6 +648,13 @@ class ClipZSS(Method):
                 cos = torch.einsum("bdhw,bkd->bkhw", F.normalize(embeds, dim=1), p_pseudo.to(embeds.dtype)).float()
                 pl = (self.beta * cos).masked_fill(~present[:, :, None, None], _NEG)
                 logits = torch.cat([logits, pl], dim=1)  # [B, N_seen + K, h_s, w_s]
+                if self.pseudo_bank is not None:
+                    cross = self._cross_image_negatives(embeds, p_pseudo, present, self.beta, self.pseudo_same,
+                                                        *self.pseudo_bank.get())
+                    self.pseudo_bank.push(p_pseudo, present)
+                elif self.pseudo_negatives == "batch" and len(present) > 1:
+                    cross = self._cross_image_negatives(embeds, p_pseudo, present, self.beta,  # [B, 1, h_s, w_s]
+                                                        self.pseudo_same)
             class_mask = torch.cat([present.new_ones(len(present), self.num_seen), present], dim=1)
             target = fused
             loss_bce = self._bce(syn)
@@ -534,9 +670,14 @@ class ClipZSS(Method):
 
         if self.loss_resolution == "label":
             logits = upsample_logits(logits, tuple(target.shape[-2:]))
+            cross = None if cross is None else upsample_logits(cross, tuple(target.shape[-2:]))
         else:
             target = self._nearest_down(target, tuple(logits.shape[-2:]))
-        loss_ce = self._ce(logits, target, out)
+        if cross is None:
+            loss_ce = self._ce(logits, target, out)
+        else:  # the extra channel is a negative for seen pixels only (never a target: its index is past every id)
+            cross = cross.masked_fill((target >= self.num_seen)[:, None], _NEG)
+            loss_ce = self._ce(torch.cat([logits, cross.to(logits.dtype)], dim=1), target, out)
         total = total + self.ce_weight * loss_ce
         out["loss_ce"] = loss_ce.detach()
         if self.nel_weight:  # NEL is off by default (docs/methods.md "NEL"): not computed then
