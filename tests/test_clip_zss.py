@@ -415,3 +415,22 @@ def test_batch_pseudo_negatives_add_negatives_for_seen_pixels_only(tiny_clip):
     with pytest.raises(ValueError, match="pseudo_bank_size"):
         _method(tiny_clip, pseudo_negatives="bank", pseudo_bank_size=0)
     assert _method(tiny_clip, pseudo_negatives="bank", use_plm=False).pseudo_bank is None
+
+
+def test_seen_margin_leaves_one_teacher_patch_around_seen_pixels_unlabelled(tiny_clip):
+    batch = _batch()
+    fused = {}
+    for margin in (0.0, 1.0):
+        m = _method(tiny_clip, pl_seen_margin=margin)
+        teach = tiny_clip(batch["image"])
+        fused[margin] = m._fused_labels(batch["image"], teach["cls"], teach["dense"], m.to_seen_ids(batch["label"]),
+                                        batch["valid"])
+    px = IMG // teach["dense"].shape[-2]  # one teacher patch in label pixels
+    seen = (fused[0.0] < m.num_seen).float()[:, None]
+    near = F.max_pool2d(seen, 2 * px + 1, stride=1, padding=px)[:, 0] > 0
+    pseudo = (fused[0.0] >= m.num_seen) & (fused[0.0] != 255)
+    assert (pseudo & near).any()  # without the margin, pseudo regions touch the seen objects
+    assert (fused[1.0][pseudo & near] == 255).all()
+    assert torch.equal(fused[1.0][~(pseudo & near)], fused[0.0][~(pseudo & near)])
+    with pytest.raises(ValueError, match="pl_seen_margin"):
+        _method(tiny_clip, pl_seen_margin=-1)

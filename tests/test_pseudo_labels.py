@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zss.ops.pseudo_labels import fuse_masks, fused_labels, pseudo_labels, window_seeds
+from zss.ops.pseudo_labels import clear_near_seen, fuse_masks, fused_labels, pseudo_labels, window_seeds
 
 
 @pytest.mark.parametrize("hw,scales", [((12, 12), (2, 4, 8)), ((10, 7), (3, 5)), ((6, 6), (4, 9))])
@@ -258,3 +258,24 @@ def test_fusion_matches_a_python_reference(mode):
         ref = _reference_fusion(centers[b], labels[b], sidx.tolist(), 0.8, mode, 2)
         assert region[b].flatten().tolist() == ref
         assert n[b].item() == len(set(ref) - {-1})
+
+
+def test_clear_near_seen_leaves_a_band_of_ignore_around_seen_pixels_only():
+    S, ign = 3, 255
+    f = torch.full((2, 12, 12), ign)
+    f[0, 4:6, 4:6] = 1  # a seen object in a pseudo region 3 (id S + 0)
+    f[0][f[0] == ign] = S
+    f[0, 0, 0] = ign  # an unlabelled pixel stays unlabelled
+    f[1] = S + 1  # an image without seen pixels is left alone
+    out = clear_near_seen(f, S, margin=2, ignore_index=ign)
+    near = torch.zeros(12, 12, dtype=torch.bool)
+    near[2:8, 2:8] = True  # Chebyshev distance <= 2 from the 2x2 object
+    assert torch.equal(out[0][4:6, 4:6], f[0][4:6, 4:6])  # seen labels never change
+    band = near.clone()
+    band[4:6, 4:6] = False
+    assert (out[0][band] == ign).all()
+    assert torch.equal(out[0][~near], f[0][~near])
+    assert torch.equal(out[1], f[1])
+    assert clear_near_seen(f, S, margin=0) is f
+    with pytest.raises(ValueError, match="margin"):
+        clear_near_seen(f, S, margin=-1)

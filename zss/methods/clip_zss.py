@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from zss.methods.base import Method, safe_cross_entropy, upsample_logits
 from zss.methods.losses import GlobalDistillLoss, nel_loss
 from zss.models.synthesizer import SynthOutput, WeightSynthesizer
-from zss.ops.pseudo_labels import DEFAULT_SCALES, num_seeds, pseudo_label_quality, pseudo_labels
+from zss.ops.pseudo_labels import DEFAULT_SCALES, clear_near_seen, num_seeds, pseudo_label_quality, pseudo_labels
 
 __all__ = ["ClipZSS"]
 
@@ -134,6 +134,11 @@ class ClipZSS(Method):
             number of pseudo-logit channels K of the training step (padded, with a mask for absent regions), so
             the step never sizes a tensor from data (no host sync). None = no cap: K = the number of K-Means
             seeds (283 on a 32×32 grid), correct but costly.
+        pl_seen_margin: width, in teacher patches (converted to label pixels with the label-to-teacher-grid
+            ratio, rounded), of the band around seen-labelled pixels where pseudo labels are left unlabelled
+            (:func:`zss.ops.pseudo_labels.clear_near_seen`): pseudo regions are only as fine as the teacher's
+            patches [ours; constructor default 0 = off, so older checkpoints rebuild unchanged; docs/methods.md
+            "Seen margin"].
         pl_kwargs: extra keyword arguments for :func:`zss.ops.pseudo_labels.pseudo_labels` (e.g. ``mode``).
         pl_source: where PLM's pseudo regions come from: ``"kmeans"`` (K-Means on the teacher's dense tokens
             [summary], the default) or ``"clip_es"`` (CLIP-ES masks, :func:`zss.clip_es.clip_es_regions`: one
@@ -227,6 +232,7 @@ class ClipZSS(Method):
         pl_iters: int | None = None,
         pl_min_area: int | None = None,
         pl_max_regions: int | None = 32,
+        pl_seen_margin: float = 0.0,
         pl_kwargs: dict[str, Any] | None = None,
         pl_source: str = "kmeans",
         pl_clip_es: Mapping | None = None,
@@ -291,6 +297,9 @@ class ClipZSS(Method):
         self.ce_reduction, self.pseudo_ce_weight = ce_reduction, float(pseudo_ce_weight)
         self.detach_pseudo_weights = bool(detach_pseudo_weights)
         self.pseudo_negatives = pseudo_negatives
+        if not float(pl_seen_margin) >= 0:
+            raise ValueError(f"ClipZSS: pl_seen_margin must be >= 0 teacher patches, got {pl_seen_margin}")
+        self.pl_seen_margin = float(pl_seen_margin)
         self.pseudo_same = None if pseudo_negatives_same is None else float(pseudo_negatives_same)
         self.pseudo_bank = (PseudoBank(pseudo_bank_size, int(self.text_embeds.shape[1]))
                             if pseudo_negatives == "bank" and use_plm else None)
@@ -408,10 +417,13 @@ class ClipZSS(Method):
         return torch.where(write, self.num_seen + k, seen_label)
 
     def _fused_labels(self, images: Tensor, cls: Tensor, dense: Tensor, seen_label: Tensor, valid: Tensor) -> Tensor:
-        """F from the configured ``pl_source``: ``Tensor[B, H, W] int64``."""
+        """F from the configured ``pl_source``, less the ``pl_seen_margin`` band: ``Tensor[B, H, W] int64``."""
         if self.pl_source == "clip_es":
-            return self.clip_es_label_map(images, cls, seen_label, valid)
-        return self.pseudo_label_map(dense, seen_label, valid)
+            fused = self.clip_es_label_map(images, cls, seen_label, valid)
+        else:
+            fused = self.pseudo_label_map(dense, seen_label, valid)
+        margin = round(self.pl_seen_margin * seen_label.shape[-2] / dense.shape[-2])  # teacher patches -> pixels
+        return clear_near_seen(fused, self.num_seen, margin, self.ignore_index)
 
     def pseudo_label_map(self, dense: Tensor, seen_label: Tensor, valid: Tensor) -> Tensor:
         """Fused labels F from the teacher's dense tokens (PLM, docs/methods.md (CLIP-ZSS) [summary]).

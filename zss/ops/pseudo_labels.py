@@ -555,6 +555,42 @@ def pseudo_labels(
 
 
 @torch.no_grad()
+def clear_near_seen(fused: Tensor, num_seen: int, margin: int, ignore_index: int = 255) -> Tensor:
+    """Set pseudo-labelled pixels within ``margin`` pixels of a seen-labelled pixel to ``ignore_index``.
+
+    Pseudo regions come from the teacher's patch grid (16 px per token for ViT-B/16), nearest-upsampled, so
+    the pixels where a pseudo region meets a seen object are the least certain ones; the student also cannot
+    resolve that boundary finer than its own output stride. Leaving a band unlabelled lets the seen object
+    keep its edge instead of the neighbouring (mostly background) region taking it [ours; not in the paper:
+    docs/methods.md "Seen margin"]. Chebyshev distance (a square window), computed with one ``max_pool2d``:
+    no host sync.
+
+    Args:
+        fused: ``Tensor[B, H, W] int64`` fused labels: seen ids ``[0, num_seen)``, pseudo ids
+            ``[num_seen, ignore_index)``, ``ignore_index``.
+        num_seen: N_seen.
+        margin: band width in label pixels (0 returns ``fused`` unchanged).
+        ignore_index: the ignore label (255).
+
+    Returns:
+        ``Tensor[B, H, W] int64``: ``fused`` with pseudo ids inside the band replaced by ``ignore_index``;
+        seen labels are never changed.
+
+    Raises:
+        ValueError: ``margin`` < 0 or ``fused`` not 3-D.
+    """
+    if margin < 0:
+        raise ValueError(f"clear_near_seen: margin must be >= 0 pixels, got {margin}")
+    if fused.dim() != 3:
+        raise ValueError(f"clear_near_seen: fused must be [B, H, W], got {tuple(fused.shape)}")
+    if margin == 0:
+        return fused
+    seen = (fused < num_seen).to(torch.float32)[:, None]  # [B, 1, H, W]
+    near = F.max_pool2d(seen, 2 * margin + 1, stride=1, padding=margin)[:, 0] > 0
+    pseudo = (fused >= num_seen) & (fused != ignore_index)
+    return torch.where(near & pseudo, torch.full_like(fused, ignore_index), fused)
+
+
 def pseudo_label_quality(
     fused: Tensor, full_label: Tensor, num_seen: int, unseen_ids: Sequence[int] | Tensor, num_classes: int,
     ignore_index: int = 255, num_regions: int | None = None,
