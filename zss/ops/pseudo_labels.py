@@ -591,6 +591,7 @@ def clear_near_seen(fused: Tensor, num_seen: int, margin: int, ignore_index: int
     return torch.where(near & pseudo, torch.full_like(fused, ignore_index), fused)
 
 
+@torch.no_grad()
 def pseudo_label_quality(
     fused: Tensor, full_label: Tensor, num_seen: int, unseen_ids: Sequence[int] | Tensor, num_classes: int,
     ignore_index: int = 255, num_regions: int | None = None,
