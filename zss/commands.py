@@ -28,6 +28,8 @@ unseen ones included). It is a MECHANISM TOOL, NOT A ZERO-SHOT RESULT: it memori
     zss-teach-clip                      # default recipe, seed 0 -> runs/teachers/taught_clip_s0_<key>
     zss-teach-clip --seed 1 --steps 800 # other settings -> another cache dir
     zss-teach-clip --rebuild            # teach again even if cached
+    zss-teach-clip --preset world       # the synthetic world's teacher: taught on its teach split only,
+                                        # scored on its held-out test split (docs/world.md)
 
 (``python scripts/teach_clip.py ...`` is the same command in a checkout.)
 Every recipe key of zss.teachers.taught.TaughtClipSettings is a flag (--width, --lr, --dense-modes, ...).
@@ -54,6 +56,11 @@ def _teach_clip_parser() -> argparse.ArgumentParser:
     ap.add_argument("--rebuild", action="store_true", help="teach again even when a complete cache exists")
     ap.add_argument("--log-every", type=int, default=25, help="steps between progress lines")
     ap.add_argument("--no-eval", action="store_true", help="skip the quality measurement")
+    ap.add_argument("--preset", choices=["voc", "world"], default="voc",
+                    help="voc: the bundled VOC images (default); world: the synthetic world (zss-make-world), "
+                         "zss.teachers.taught.WORLD_PRESET; explicit flags override the preset")
+    ap.add_argument("--eval-splits", nargs="+", default=None,
+                    help="splits scored for the quality table (default: the taught splits; --preset world: test)")
     ap.add_argument("--crop-batches", type=int, default=20,
                     help="batches of fresh taught crops for the final crop patch accuracy (default 20)")
     hints = typing.get_type_hints(TaughtClipSettings)
@@ -86,6 +93,7 @@ def teach_clip_main(argv: list[str] | None = None) -> int:
     from zss.teachers.taught import (
         INFO_FILE,
         WEIGHTS_FILE,
+        WORLD_PRESET,
         TaughtClipSettings,
         ensure_taught_clip,
         evaluate_crop_patch_acc,
@@ -97,6 +105,9 @@ def teach_clip_main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TaughtClipSettings) if hasattr(args, f.name)}
+    if args.preset == "world":
+        given = {**WORLD_PRESET, **given}
+    eval_splits = args.eval_splits or (["test"] if args.preset == "world" else None)
     try:
         settings = TaughtClipSettings(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in given.items()})
     except ValueError as e:  # a recipe value out of range: argparse's usage error (exit 2) naming the key
@@ -113,7 +124,13 @@ def teach_clip_main(argv: list[str] | None = None) -> int:
     info = json.loads(info_path.read_text())
     if not args.no_eval:
         bench = get_benchmark(settings.benchmark)
-        ds = quality_dataset(settings)
+        try:
+            ds = quality_dataset(settings, eval_splits)
+        except FileNotFoundError as e:
+            print(f"zss-teach-clip: error: {e}", file=sys.stderr)
+            return 1
+        scored = " + ".join(eval_splits or settings.splits)
+        held_out = eval_splits is not None and not set(eval_splits) & set(settings.splits)
         quality = {}
         for mode in settings.dense_modes + tuple(m for m in ("maskclip", "tokens") if m not in settings.dense_modes):
             teacher = load_taught_clip(out_dir, dense_mode=mode)
@@ -121,9 +138,10 @@ def teach_clip_main(argv: list[str] | None = None) -> int:
                                        min_labelled=settings.min_labelled)
             q["crop_patch_acc"] = evaluate_crop_patch_acc(teacher, settings, num_batches=args.crop_batches)["patch_acc"]
             quality[mode] = q
-        info["quality"] = quality
+        info["quality" if not held_out else f"quality_{'+'.join(eval_splits)}"] = quality
         info_path.write_text(json.dumps(info, indent=2, default=float) + "\n")
-        print()
+        print(f"\nquality on split {scored!r} ({len(ds)} images, "
+              f"{'HELD OUT: never taught' if held_out else 'the TAUGHT images'}):")
         print(format_quality(quality, info.get("train_patch_acc_last50")))
     if "wall_s" in info:
         print(f"\nteaching wall time: {info['wall_s']:.0f} s on {info.get('device')} "

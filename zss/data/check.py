@@ -47,7 +47,7 @@ CHECK_COMMAND = "python -m zss.data.check dataset={name} root={root}"
 IGNORE_INDEX = 255
 _LABEL_MODES = ("P", "L")
 # Raw value range of each preset's annotation files (without 255): for "wrong preset?" hints.
-_RAW_MAX = {"voc20": 20, "voc21": 20, "cocostuff171": 170, "context59": 59, "context60": 59}
+_RAW_MAX = {"voc20": 20, "voc21": 20, "cocostuff171": 170, "context59": 59, "context60": 59, "world": 20}
 
 
 # ------------------------------------------------------------------------------------------------ results

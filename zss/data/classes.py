@@ -13,6 +13,7 @@ name              C       unseen split(s)                 labels
 ``cocostuff171``  171     15 ids (default)                ``*_labelTrainIds.png`` 0..170
 ``context59``     59      ``zs3`` or ``cascade``          background 0 -> 255 (reduce_zero_label)
 ``context60``     60      ``zs3`` or ``cascade`` (ids+1)  background is class 0, no reduction
+``world``         20      ``default`` or ``alt``          synthetic (zss.data.synthetic), as voc20
 ================  ======  ==============================  ===================================
 """
 from __future__ import annotations
@@ -20,6 +21,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from typing import Sequence
+
+from .synthetic import WORLD_CLASSES, WORLD_UNSEEN_SPLITS
 
 __all__ = [
     "Benchmark",
@@ -120,6 +123,7 @@ BENCHMARKS: dict[str, tuple[str | None, ...]] = {
     "cocostuff171": (None,),
     "context59": tuple(_CONTEXT59_SPLITS),
     "context60": tuple(_CONTEXT59_SPLITS),
+    "world": (None, *(k for k in WORLD_UNSEEN_SPLITS if k != "default")),  # synthetic world (docs/world.md)
 }
 """Benchmark name -> its valid unseen-split names (``None`` = the single default split)."""
 
@@ -205,9 +209,10 @@ def get_benchmark(name: str, split: str | None = None) -> Benchmark:
     """Return the preset benchmark ``name`` with unseen split ``split``.
 
     Args:
-        name: one of ``"voc20"``, ``"voc21"``, ``"cocostuff171"``, ``"context59"``, ``"context60"``.
+        name: one of ``"voc20"``, ``"voc21"``, ``"cocostuff171"``, ``"context59"``, ``"context60"``, ``"world"``.
         split: ``"zs3"`` or ``"cascade"`` for the Context presets (required there); ``None`` (or
-            ``"default"``) for VOC and COCO-Stuff.  ``voc21`` (background + 20 classes, no unseen class)
+            ``"default"``) for VOC and COCO-Stuff; ``None``/``"default"`` or ``"alt"`` for the synthetic world
+            (``zss.data.synthetic.WORLD_UNSEEN_SPLITS``, docs/world.md).  ``voc21`` (background + 20 classes, no unseen class)
             is the weakly-supervised setting of CLIP-ES (docs/clip_es.md).
 
     Returns:
@@ -235,6 +240,8 @@ def get_benchmark(name: str, split: str | None = None) -> Benchmark:
         return Benchmark(name, None, ("background",) + VOC_CLASSES, (), VOC_TEMPLATES)
     if name == "cocostuff171":
         return Benchmark(name, None, COCO_STUFF_CLASSES, _COCO_UNSEEN, COCO_TEMPLATES)
+    if name == "world":
+        return Benchmark(name, split, WORLD_CLASSES, WORLD_UNSEEN_SPLITS[split or "default"], VOC_TEMPLATES)
     assert split is not None
     if name == "context59":
         return Benchmark(name, split, CONTEXT59_CLASSES, _CONTEXT59_SPLITS[split], COCO_TEMPLATES)
@@ -356,6 +363,15 @@ DATASET_LAYOUTS: dict[str, DatasetLayout] = {
         seg_suffix="_labelTrainIds.png",
         reduce_zero_label=False,
         default_root="coco_stuff164k",
+    ),
+    "world": DatasetLayout(
+        img_dir="JPEGImages",
+        ann_dir="SegmentationClass",
+        split_file="ImageSets/Segmentation/{split}.txt",
+        img_suffix=".jpg",
+        seg_suffix=".png",
+        reduce_zero_label=True,
+        default_root="world",
     ),
     "context59": DatasetLayout(reduce_zero_label=True, **_CONTEXT_LAYOUT),
     "context60": DatasetLayout(reduce_zero_label=False, **_CONTEXT_LAYOUT),

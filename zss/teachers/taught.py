@@ -53,6 +53,7 @@ __all__ = [
     "TAUGHT_HINT",
     "TAUGHT_MODEL_NAME",
     "TAUGHT_WARNING",
+    "WORLD_PRESET",
     "WEIGHTS_FILE",
     "TaughtClipSettings",
     "ensure_taught_clip",
@@ -89,6 +90,14 @@ TAUGHT_WARNING = (
 TAUGHT_HINT = (
     "This is the label-taught CLIP: build it first with `python scripts/teach_clip.py` (default settings; "
     "about 15 min on one CPU core), which prints the cache path to use as teacher.pretrained."
+)
+
+#: The synthetic world's teacher (docs/world.md): taught on the ``teach`` split only, at the world's 128 px
+#: images with 8 px patches (a 16 x 16 grid, as real CLIP's 14 x 14 at 224 px), a smaller ViT. Ours.
+#: ``zss-teach-clip --preset world``; every other key keeps the TaughtClipSettings default.
+WORLD_PRESET: dict[str, Any] = dict(
+    benchmark="world", data_root="data/world", splits=("teach",), image_size=128, patch_size=8, width=128, layers=4,
+    heads=4, scale=(512, 128), eval_scale=(512, 128), steps=1000,
 )
 
 _FORMAT = 1  # bump when the files or the recipe's meaning change (invalidates every cache key)
@@ -252,9 +261,13 @@ def _splits_dataset(settings: TaughtClipSettings, transform: Callable) -> Datase
     return ds
 
 
-def quality_dataset(settings: TaughtClipSettings) -> Dataset:
-    """The taught images for :func:`evaluate_dense_quality`: keep-ratio resize to ``eval_scale``, CLIP norm.
+def quality_dataset(settings: TaughtClipSettings, splits: Sequence[str] | None = None) -> Dataset:
+    """Images for :func:`evaluate_dense_quality`: keep-ratio resize to ``eval_scale``, CLIP norm.
 
+    Args:
+        settings: the recipe (benchmark, data root, eval scale). splits: split lists to score; None: the taught
+            ``settings.splits`` (the images it memorised); e.g. ``("test",)`` for the synthetic world's
+            held-out images (its zero-shot ceiling, docs/world.md).
     Returns:
         Dataset of dicts ``image`` Tensor[3, H', W'] float32 (CLIP mean/std), ``full_label`` Tensor[H, W]
         int64 at the original size (all classes; 255 = ignore), ``name`` str.
@@ -262,6 +275,8 @@ def quality_dataset(settings: TaughtClipSettings) -> Dataset:
         FileNotFoundError: missing data root / split list (from ``build_dataset``; names the fix).
     """
     tf = build_test_transform(scale=settings.eval_scale, mean=CLIP_MEAN, std=CLIP_STD)
+    if splits is not None:
+        settings = dataclasses.replace(settings, splits=tuple(splits), max_images=None)
     return _splits_dataset(settings, tf)
 
 
