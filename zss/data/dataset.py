@@ -18,7 +18,8 @@ from torchvision import tv_tensors
 
 from .classes import get_benchmark, layout
 
-__all__ = ["SegDataset", "WithoutKeys", "build_dataset", "read_label", "read_image", "pil_to_rgb"]
+__all__ = ["SegDataset", "UnseenLabelGuard", "WithoutKeys", "build_dataset", "check_no_unseen", "read_label",
+           "read_image", "pil_to_rgb"]
 
 _ROOT_HINT = "Set dataset.root=/path/to/the/dataset (the folder holding the layout above) or see README (data preparation)."
 _CHECK_HINT = "Run `python -m zss.data.check dataset={name} root={root}` to list every problem with its fix."
@@ -454,3 +455,57 @@ class WithoutKeys(torch.utils.data.Dataset):
     def __getitem__(self, item) -> dict:
         sample = self.dataset[item]
         return {k: v for k, v in sample.items() if k not in self.keys}
+
+
+class UnseenLabelGuard(torch.utils.data.Dataset):
+    """View of a training dataset that refuses any sample whose training ``label`` holds an unseen class id.
+
+    In the zero-shot settings (inductive, and zss's transductive one) a training label never names an unseen
+    class: ``hide_unseen`` sets those pixels to ``ignore_index``. A label that still holds one (a dataset built
+    with ``hide_unseen=False``, or a custom label folder) would train the transductive terms on unseen
+    ground truth. The check runs on the CPU, in the loader's workers (no device sync). Source: not in the
+    papers: our leak guard (docs/protocol.md "Settings").
+
+    Args:
+        dataset: yields dicts with ``label`` ``Tensor[H, W] int64`` (benchmark ids) and optionally ``name``.
+        unseen: unseen class ids (benchmark ids); empty = no check.
+
+    Raises (on access):
+        ValueError: one line naming the sample, the unseen ids found and the fix (``dataset.hide_unseen=true``).
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, unseen: Sequence[int]) -> None:
+        super().__init__()
+        self.dataset = dataset
+        self.unseen = torch.tensor(sorted(int(u) for u in unseen), dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item) -> dict:
+        sample = self.dataset[item]
+        check_no_unseen(sample["label"], self.unseen, sample.get("name", item))
+        return sample
+
+
+def check_no_unseen(label: torch.Tensor, unseen: Sequence[int] | torch.Tensor, name: object = "?") -> None:
+    """Raise when a training label holds an unseen class id (see :class:`UnseenLabelGuard`).
+
+    Args:
+        label: ``Tensor[..., H, W]`` int64 benchmark ids (``ignore_index`` for ignored pixels).
+        unseen: unseen class ids. name: the sample (image id) for the message.
+
+    Raises:
+        ValueError: one line naming the sample, the ids and ``dataset.hide_unseen=true``.
+    """
+    ids = torch.as_tensor(unseen, dtype=torch.long)
+    if ids.numel() == 0:
+        return
+    lab = torch.as_tensor(label)
+    hit = torch.isin(lab.to(ids.device), ids)
+    if bool(hit.any()):
+        found = sorted(set(lab.to(ids.device)[hit].tolist()))
+        raise ValueError(
+            f"training sample {name!r}: its training label holds unseen class id(s) {found}, i.e. unseen ground "
+            f"truth would reach a training step; set dataset.hide_unseen=true (the zero-shot setting hides unseen "
+            f"pixels as 255), or use a label folder without unseen classes")

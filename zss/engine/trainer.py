@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from zss.data.dataset import WithoutKeys
+from zss.data.dataset import UnseenLabelGuard, WithoutKeys
 from zss.engine import dist as zdist
 from zss.engine.checkpoint import git_sha, load_checkpoint, save_atomic, versions
 from zss.engine.evaluate import evaluate
@@ -308,6 +308,12 @@ class Trainer:
             self.optimizer, [functools.partial(lr_factor, cfg=cfg, base_lr=g["lr"]) for g in groups])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.train_set, self.val_set = train_set, val_set
+        if (train_set is not None and getattr(train_set, "hide_unseen", True) is False
+                and getattr(train_set, "unseen", ()) and method.unseen.numel() > 0):
+            raise ValueError(
+                f"the training set was built with hide_unseen=false on a benchmark with unseen classes "
+                f"{list(train_set.unseen)}: its labels would hand unseen ground truth to the training steps; set "
+                f"dataset.hide_unseen=true (the zero-shot setting)")
         #: keys removed from training samples before collation (full_label unless the teacher needs it)
         self.dropped_keys: tuple[str, ...] = () if needs_full_label(method) else ("full_label",)
         self.step, self.best = 0, {"hIoU": -math.inf, "step": -1}
@@ -477,6 +483,8 @@ class Trainer:
         data = SeededDataset(self.train_set)
         if self.dropped_keys:
             data = WithoutKeys(data, self.dropped_keys)
+        if self.method.unseen.numel() > 0:  # a training label never names an unseen class (CPU, in the workers)
+            data = UnseenLabelGuard(data, self.method.unseen.tolist())
         return DataLoader(
             data, batch_size=self.micro, sampler=sampler, num_workers=self.cfg.num_workers,
             drop_last=True, persistent_workers=self.cfg.num_workers > 0, pin_memory=self.device.type == "cuda",
