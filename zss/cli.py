@@ -48,8 +48,9 @@ def build_data(ds: DictConfig, bench, train: bool = True, val_split: str | None 
     """(train_set, val_set) from the dataset config group."""
     mean, std = tuple(ds.mean), tuple(ds.std)
     val_tf = build_test_transform(scale=tuple(ds.test_scale), mean=mean, std=std)
+    ann = _train_ann_dirs(ds) if val_split is not None and val_split == ds.get("train_split") else None
     val_set = build_dataset(ds.benchmark, ds.root, split=val_split or ds.val_split, hide_unseen=False,
-                            transform=val_tf, benchmark_split=ds.get("split"))
+                            transform=val_tf, benchmark_split=ds.get("split"), ann_dir=ann)
     val_set.mean, val_set.std = mean, std
     train_set = None
     if train:
@@ -59,15 +60,15 @@ def build_data(ds: DictConfig, bench, train: bool = True, val_split: str | None 
         )
         try:
             train_set = build_dataset(ds.benchmark, ds.root, split=ds.train_split, hide_unseen=ds.hide_unseen,
-                                      transform=tf, benchmark_split=ds.get("split"), ann_dir=_train_label_dir(ds))
+                                      transform=tf, benchmark_split=ds.get("split"),
+                                      ann_dir=_train_label_dir(ds) or _train_ann_dirs(ds))
         except FileNotFoundError as e:
             if not ds.get("train_label_dir"):
                 raise
             raise FileNotFoundError(
                 f"{e}\nNOTE: dataset.train_label_dir={ds.train_label_dir} must hold one <id>.png per image of "
                 f"split {ds.train_split!r}: for pseudo masks write the whole split (python scripts/clip_es_masks.py "
-                f"split={ds.train_split} out_dir=<new folder>, docs/clip_es.md); for VOC-Aug (dataset=voc20_aug) "
-                f"use the SegmentationClassAug folder and aug.txt list of mmseg's voc_aug.py converter."
+                f"split={ds.train_split} out_dir=<new folder>, docs/clip_es.md)."
             ) from e
     return train_set, val_set
 
@@ -100,9 +101,17 @@ def check_teacher_allowed(cfg: DictConfig) -> None:
         )
 
 
+def _train_ann_dirs(ds: DictConfig) -> list | None:
+    """``dataset.train_ann_dirs``: one label folder per ``+``-joined part of ``dataset.train_split``, relative to
+    ``dataset.root`` (null entries: the layout's), e.g. VOC-Aug ``[SegmentationClass, SegmentationClassAug]``;
+    None when unset."""
+    dirs = ds.get("train_ann_dirs")
+    return None if dirs is None else [None if d is None else str(d) for d in dirs]
+
+
 def _train_label_dir(ds: DictConfig) -> str | None:
-    """``dataset.train_label_dir`` (pseudo masks, e.g. CLIP-ES, docs/clip_es.md; or VOC-Aug's
-    ``SegmentationClassAug``, ``dataset=voc20_aug``) as an absolute path, or None."""
+    """``dataset.train_label_dir`` (pseudo masks for every part of the training split, e.g. CLIP-ES,
+    docs/clip_es.md) as an absolute path, or None."""
     d = ds.get("train_label_dir")
     if not d:
         return None
@@ -110,8 +119,7 @@ def _train_label_dir(ds: DictConfig) -> str | None:
     if not p.is_dir():
         raise FileNotFoundError(
             f"dataset.train_label_dir={d} ({p}) does not exist. Write pseudo masks there first, e.g. "
-            f"python scripts/clip_es_masks.py out_dir={d} (docs/clip_es.md); for VOC-Aug (dataset=voc20_aug) "
-            f"put SegmentationClassAug under dataset.root (mmseg's voc_aug.py); or set dataset.train_label_dir=null "
+            f"python scripts/clip_es_masks.py out_dir={d} (docs/clip_es.md); or set dataset.train_label_dir=null "
             f"to train on the ground truth."
         )
     return str(p)
@@ -594,8 +602,9 @@ def clip_es_masks(cfg: DictConfig) -> dict:
     if not isinstance(teacher, FrozenCLIP):
         raise ValueError(f"CLIP-ES needs a CLIP teacher (FrozenCLIP), got {type(teacher).__name__} "
                          f"(teacher._target_={cfg.teacher._target_}); use teacher=clip_vitb16 or teacher=tiny_random.")
+    ann = _train_ann_dirs(cfg.dataset) if cfg.split == cfg.dataset.get("train_split") else None
     ds = build_dataset(cfg.dataset.benchmark, cfg.dataset.root, split=cfg.split, transform=None,
-                       benchmark_split=cfg.dataset.get("split"))
+                       benchmark_split=cfg.dataset.get("split"), ann_dir=ann)
     out_dir = cfg.out_dir or str(Path(cfg.run_root) / "clip_es" / f"{cfg.dataset.name}_{cfg.split}")
     v, c, k = cfg.clip_es, cfg.crf, cfg.cam
     crf_enabled = c.enabled if isinstance(c.enabled, bool) else str(c.enabled)
