@@ -123,12 +123,15 @@ def lr_factor(step: int, cfg: TrainConfig, base_lr: float | None = None) -> floa
 
 
 def needs_full_label(method: nn.Module) -> bool:
-    """True when the method's teacher declares ``needs_full_label = True`` (the label-derived OracleTeacher).
+    """True when the method's teacher declares ``needs_full_label = True`` (the label-derived OracleTeacher) or
+    the method itself ``reads_full_label`` (CLIP-RC's ``method.transductive.gt_unseen_mask``, the public code's
+    ground-truth self-training).
 
-    Only then do training batches carry ``full_label`` (every class, unseen included); for any other teacher
-    (FrozenCLIP, none) the trainer drops it, so no training step can read unseen ground truth.
+    Only then do training batches carry ``full_label`` (every class, unseen included); otherwise the trainer
+    drops it, so no training step can read unseen ground truth.
     """
-    return bool(getattr(getattr(method, "teacher", None), "needs_full_label", False))
+    return bool(getattr(getattr(method, "teacher", None), "needs_full_label", False)
+                or getattr(method, "reads_full_label", False))
 
 
 def new_run_dir(root: str | Path, name: str) -> Path:
