@@ -384,7 +384,8 @@ def train(cfg: DictConfig) -> dict | None:
         zdist.cleanup()
         raise SystemExit(128 + int(signal.Signals[trainer.stopped_by]))
     if zdist.is_main() and results is not None:
-        _report(results, run_dir, "final", note=_teacher_note(method.teacher_identity()))
+        _report(results, run_dir, "final", note=_teacher_note(method.teacher_identity()), config=resolved,
+                split=cfg.dataset.val_split)
     if cfg.get("transfer_view") and cfg.transfer_view.get("enabled"):
         _transfer_view(cfg, method, bench, tcfg, run_dir, trainer.device)  # collective: every rank evaluates
     zdist.cleanup()
@@ -482,8 +483,18 @@ def save_run_info(run_dir: Path) -> tuple[Path, Path]:
     return ov, ver
 
 
-def _report(results: dict, out_dir: Path, tag: str, note: str | None = None) -> None:
+def _report(results: dict, out_dir: Path, tag: str, note: str | None = None, config: dict | None = None,
+            split: str | None = None) -> None:
+    """Print and write ``<tag>_results.{md,json}``; with the run's ``config``, both name the preset that produced
+    them and the .md carries the matching published rows with deltas (zss/published.py)."""
     table = format_table(results)
+    if config is not None:
+        from zss.published import format_comparison, run_settings
+
+        settings = run_settings(config)
+        results["preset"], results["run_settings"] = settings["preset"], settings
+        table = (f"preset: method={settings['preset']} dataset={settings['dataset']} ({settings['setting']})\n\n"
+                 + table + "\n\n" + format_comparison(results, settings, split))
     print("\n" + table)
     if note:
         print(f"\nNOTE: {note}")
@@ -575,7 +586,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
                     "eval_mode": ev.eval_mode, "seen_bias": float(ev.seen_bias), "amp": ev.amp or "fp32"}
         results["settings"] = settings
         tag = eval_tag(settings)  # one file set per setting: runs with other settings never overwrite it
-        _report(results, out, tag, note=_teacher_note(ckpt.get("teacher") or {}))
+        _report(results, out, tag, note=_teacher_note(ckpt.get("teacher") or {}), config=ckpt.get("config"),
+                split=split)
         eff_mode = cfg.get("efficiency", "auto")
         if eff_mode:
             from zss.engine.efficiency import efficiency_report, format_efficiency
