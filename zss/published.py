@@ -119,7 +119,7 @@ def _warnings(row: Mapping, s: Mapping) -> list[str]:
     if row.get("setting") == "transductive" and row.get("transductive_mask") != s.get("transductive_mask"):
         out.append(f"transductive unseen-pixel rule: published {row.get('transductive_mask')} (ground-truth mask), "
                    f"this run {s.get('transductive_mask')}")
-    if row.get("student") and s.get("student") and row["student"] != s["student"]:
+    if row.get("student") and "not stated" not in row["student"] and s.get("student") and row["student"] != s["student"]:
         out.append(f"student: published {row['student']}, this run {s['student']}")
     if row.get("precision") and s.get("precision") and row["precision"] != s["precision"]:
         out.append(f"precision: published {row['precision']}, this run {s['precision']}")
