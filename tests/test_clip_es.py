@@ -261,7 +261,8 @@ def test_voc21_benchmark_and_wsss_preset_compose():
     assert b.num_classes == 21 and b.classes[0] == "background" and b.unseen == () and len(b.seen) == 21
     cfg = OmegaConf.to_container(_compose("train", ["experiment=voc21_wsss"]), resolve=True)
     assert cfg["dataset"]["benchmark"] == "voc21" and cfg["dataset"]["hide_unseen"] is False
-    assert cfg["dataset"]["train_label_dir"] == "runs/clip_es/voc21_train"
+    assert cfg["dataset"]["train_label_dir"] == "runs/clip_es/voc21_train+aug"  # VOC-Aug, as CLIP-ES's student
+    assert cfg["dataset"]["train_split"] == "train+aug"
     assert cfg["method"]["_target_"] == "zss.methods.baseline.SeenOnlyBaseline"
     es = _compose("clip_es", [])
     assert es.dataset.benchmark == "voc21" and len(es.clip_es.background_words) == 25
@@ -283,7 +284,7 @@ def test_empty_unseen_list_reports_not_applicable():
 def test_train_label_dir_is_used_and_checked(voc_root, tmp_path):
     from zss.cli import build_benchmark, build_data
 
-    cfg = _compose("train", ["experiment=voc21_wsss", f"dataset.root={voc_root}",
+    cfg = _compose("train", ["experiment=voc21_wsss", f"dataset.root={voc_root}", "dataset.train_split=train",
                              f"dataset.train_label_dir={tmp_path / 'missing'}"])
     with pytest.raises(FileNotFoundError, match="clip_es_masks.py"):
         build_data(cfg.dataset, build_benchmark(cfg.dataset))
@@ -293,7 +294,7 @@ def test_train_label_dir_is_used_and_checked(voc_root, tmp_path):
     for n in names:
         w, h = Image.open(voc_root / "JPEGImages" / f"{n}.jpg").size
         Image.fromarray(np.full((h, w), 7, np.uint8), mode="L").save(masks / f"{n}.png")
-    cfg = _compose("train", ["experiment=voc21_wsss", f"dataset.root={voc_root}",
+    cfg = _compose("train", ["experiment=voc21_wsss", f"dataset.root={voc_root}", "dataset.train_split=train",
                              f"dataset.train_label_dir={masks}"])
     train_set, val_set = build_data(cfg.dataset, build_benchmark(cfg.dataset))
     item = train_set[0]

@@ -84,7 +84,7 @@ def test_region_windows_cover_uneven_grids_once():
 # ------------------------------------------------------------------------------------------ encoder
 def test_zero_prompts_no_regions_reproduce_open_clip():
     clip = _clip(patch=8, width=64, layers=2, dense_mode="tokens")
-    enc = PromptedCLIPEncoder(clip, num_prompts=0, region_grid=0, pos_interp="bicubic").eval()
+    enc = PromptedCLIPEncoder(clip, num_prompts=0, region_grid=0, pos_interp="bicubic", cls_input="clip").eval()
     assert sum(p.numel() for p in enc.parameters() if p.requires_grad) == 0
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 3, 64, 64, generator=g)  # native size (8x8 patches)

@@ -224,31 +224,33 @@ def test_empty_directory_scan(tmp_path, voc_root):
         SegDataset(root, "img", "ann", None, num_classes=20)
 
 
-def test_voc_aug_preset_reads_segmentation_class_aug(tmp_path):
-    """dataset=voc20_aug trains on ImageSets/Segmentation/aug.txt with SegmentationClassAug labels; val stays
-    on SegmentationClass (a tiny fake VOC tree: 'a' is in both label folders with different labels)."""
+def test_voc_aug_preset_reads_train_and_aug(tmp_path):
+    """dataset=voc20_aug trains on train.txt (SegmentationClass) + aug.txt (SegmentationClassAug), mmseg's VOC-Aug;
+    val stays on SegmentationClass (a tiny fake VOC tree: 'a' is in both label folders with different labels)."""
     from hydra import compose, initialize_config_dir
 
     from zss.cli import build_benchmark, build_data
 
-    root = _mini_voc(tmp_path, {"a": np.full((6, 8), 1), "v": np.full((6, 8), 2)})
+    root = _mini_voc(tmp_path, {"a": np.full((6, 8), 1), "v": np.full((6, 8), 2)}, split_ids=["a"])
     (root / "ImageSets" / "Segmentation" / "val.txt").write_text("v\n")
     aug = root / "SegmentationClassAug"
     aug.mkdir()
-    _palette_png(aug / "a.png", np.full((6, 8), 3))            # differs from SegmentationClass/a.png (1)
+    _palette_png(aug / "a.png", np.full((6, 8), 3))            # differs from SegmentationClass/a.png (1): unused
     Image.fromarray(np.full((6, 8, 3), 128, np.uint8)).save(root / "JPEGImages" / "sbd_only.jpg")
     _palette_png(aug / "sbd_only.png", np.full((6, 8), 16))    # SBD image: no SegmentationClass label at all
-    (root / "ImageSets" / "Segmentation" / "aug.txt").write_text("a\nsbd_only\n")
+    (root / "ImageSets" / "Segmentation" / "aug.txt").write_text("sbd_only\n")  # mmseg's aug.txt: no train ids
 
     configs = Path(__file__).resolve().parents[1] / "configs"
     with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["experiment=voc20", "dataset=voc20_aug", f"dataset.root={root}"])
-    assert cfg.dataset.train_split == "aug" and cfg.dataset.benchmark == "voc20"
+        cfg = compose(config_name="train", overrides=["experiment=voc20", f"dataset.root={root}"])
+    assert cfg.dataset.name == "voc20_aug" and cfg.dataset.train_split == "train+aug"
     train_set, val_set = build_data(cfg.dataset, build_benchmark(cfg.dataset))
     train_set.transform = val_set.transform = None
-    assert train_set.ann_dir == aug and train_set.names == ["a", "sbd_only"]
+    assert train_set.names == ["a", "sbd_only"] and len(train_set) == 2
+    assert train_set.ann_path(0) == root / "SegmentationClass" / "a.png"
+    assert train_set.ann_path(1) == aug / "sbd_only.png"
     by_name = {s["name"]: s for s in (train_set[0], train_set[1])}
-    assert torch.all(by_name["a"]["full_label"] == 2)          # raw 3 - 1 (reduce_zero_label), from the Aug folder
+    assert torch.all(by_name["a"]["full_label"] == 0)          # raw 1 - 1, from SegmentationClass (train.txt part)
     assert torch.all(by_name["sbd_only"]["full_label"] == 15)  # pottedplant: unseen ...
     assert torch.all(by_name["sbd_only"]["label"] == 255)      # ... so hidden in the training label
     assert val_set.ann_dir == root / "SegmentationClass" and val_set.names == ["v"]

@@ -48,8 +48,9 @@ def build_data(ds: DictConfig, bench, train: bool = True, val_split: str | None 
     """(train_set, val_set) from the dataset config group."""
     mean, std = tuple(ds.mean), tuple(ds.std)
     val_tf = build_test_transform(scale=tuple(ds.test_scale), mean=mean, std=std)
+    ann = _train_ann_dirs(ds) if val_split is not None and val_split == ds.get("train_split") else None
     val_set = build_dataset(ds.benchmark, ds.root, split=val_split or ds.val_split, hide_unseen=False,
-                            transform=val_tf, benchmark_split=ds.get("split"))
+                            transform=val_tf, benchmark_split=ds.get("split"), ann_dir=ann)
     val_set.mean, val_set.std = mean, std
     train_set = None
     if train:
@@ -59,15 +60,15 @@ def build_data(ds: DictConfig, bench, train: bool = True, val_split: str | None 
         )
         try:
             train_set = build_dataset(ds.benchmark, ds.root, split=ds.train_split, hide_unseen=ds.hide_unseen,
-                                      transform=tf, benchmark_split=ds.get("split"), ann_dir=_train_label_dir(ds))
+                                      transform=tf, benchmark_split=ds.get("split"),
+                                      ann_dir=_train_label_dir(ds) or _train_ann_dirs(ds))
         except FileNotFoundError as e:
             if not ds.get("train_label_dir"):
                 raise
             raise FileNotFoundError(
                 f"{e}\nNOTE: dataset.train_label_dir={ds.train_label_dir} must hold one <id>.png per image of "
                 f"split {ds.train_split!r}: for pseudo masks write the whole split (python scripts/clip_es_masks.py "
-                f"split={ds.train_split} out_dir=<new folder>, docs/clip_es.md); for VOC-Aug (dataset=voc20_aug) "
-                f"use the SegmentationClassAug folder and aug.txt list of mmseg's voc_aug.py converter."
+                f"split={ds.train_split} out_dir=<new folder>, docs/clip_es.md)."
             ) from e
     return train_set, val_set
 
@@ -100,9 +101,17 @@ def check_teacher_allowed(cfg: DictConfig) -> None:
         )
 
 
+def _train_ann_dirs(ds: DictConfig) -> list | None:
+    """``dataset.train_ann_dirs``: one label folder per ``+``-joined part of ``dataset.train_split``, relative to
+    ``dataset.root`` (null entries: the layout's), e.g. VOC-Aug ``[SegmentationClass, SegmentationClassAug]``;
+    None when unset."""
+    dirs = ds.get("train_ann_dirs")
+    return None if dirs is None else [None if d is None else str(d) for d in dirs]
+
+
 def _train_label_dir(ds: DictConfig) -> str | None:
-    """``dataset.train_label_dir`` (pseudo masks, e.g. CLIP-ES, docs/clip_es.md; or VOC-Aug's
-    ``SegmentationClassAug``, ``dataset=voc20_aug``) as an absolute path, or None."""
+    """``dataset.train_label_dir`` (pseudo masks for every part of the training split, e.g. CLIP-ES,
+    docs/clip_es.md) as an absolute path, or None."""
     d = ds.get("train_label_dir")
     if not d:
         return None
@@ -110,8 +119,7 @@ def _train_label_dir(ds: DictConfig) -> str | None:
     if not p.is_dir():
         raise FileNotFoundError(
             f"dataset.train_label_dir={d} ({p}) does not exist. Write pseudo masks there first, e.g. "
-            f"python scripts/clip_es_masks.py out_dir={d} (docs/clip_es.md); for VOC-Aug (dataset=voc20_aug) "
-            f"put SegmentationClassAug under dataset.root (mmseg's voc_aug.py); or set dataset.train_label_dir=null "
+            f"python scripts/clip_es_masks.py out_dir={d} (docs/clip_es.md); or set dataset.train_label_dir=null "
             f"to train on the ground truth."
         )
     return str(p)
@@ -376,7 +384,8 @@ def train(cfg: DictConfig) -> dict | None:
         zdist.cleanup()
         raise SystemExit(128 + int(signal.Signals[trainer.stopped_by]))
     if zdist.is_main() and results is not None:
-        _report(results, run_dir, "final", note=_teacher_note(method.teacher_identity()))
+        _report(results, run_dir, "final", note=_teacher_note(method.teacher_identity()), config=resolved,
+                split=cfg.dataset.val_split)
     if cfg.get("transfer_view") and cfg.transfer_view.get("enabled"):
         _transfer_view(cfg, method, bench, tcfg, run_dir, trainer.device)  # collective: every rank evaluates
     zdist.cleanup()
@@ -474,8 +483,18 @@ def save_run_info(run_dir: Path) -> tuple[Path, Path]:
     return ov, ver
 
 
-def _report(results: dict, out_dir: Path, tag: str, note: str | None = None) -> None:
+def _report(results: dict, out_dir: Path, tag: str, note: str | None = None, config: dict | None = None,
+            split: str | None = None) -> None:
+    """Print and write ``<tag>_results.{md,json}``; with the run's ``config``, both name the preset that produced
+    them and the .md carries the matching published rows with deltas (zss/published.py)."""
     table = format_table(results)
+    if config is not None:
+        from zss.published import format_comparison, run_settings
+
+        settings = run_settings(config)
+        results["preset"], results["run_settings"] = settings["preset"], settings
+        table = (f"preset: method={settings['preset']} dataset={settings['dataset']} ({settings['setting']})\n\n"
+                 + table + "\n\n" + format_comparison(results, settings, split))
     print("\n" + table)
     if note:
         print(f"\nNOTE: {note}")
@@ -567,7 +586,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
                     "eval_mode": ev.eval_mode, "seen_bias": float(ev.seen_bias), "amp": ev.amp or "fp32"}
         results["settings"] = settings
         tag = eval_tag(settings)  # one file set per setting: runs with other settings never overwrite it
-        _report(results, out, tag, note=_teacher_note(ckpt.get("teacher") or {}))
+        _report(results, out, tag, note=_teacher_note(ckpt.get("teacher") or {}), config=ckpt.get("config"),
+                split=split)
         eff_mode = cfg.get("efficiency", "auto")
         if eff_mode:
             from zss.engine.efficiency import efficiency_report, format_efficiency
@@ -594,8 +614,9 @@ def clip_es_masks(cfg: DictConfig) -> dict:
     if not isinstance(teacher, FrozenCLIP):
         raise ValueError(f"CLIP-ES needs a CLIP teacher (FrozenCLIP), got {type(teacher).__name__} "
                          f"(teacher._target_={cfg.teacher._target_}); use teacher=clip_vitb16 or teacher=tiny_random.")
+    ann = _train_ann_dirs(cfg.dataset) if cfg.split == cfg.dataset.get("train_split") else None
     ds = build_dataset(cfg.dataset.benchmark, cfg.dataset.root, split=cfg.split, transform=None,
-                       benchmark_split=cfg.dataset.get("split"))
+                       benchmark_split=cfg.dataset.get("split"), ann_dir=ann)
     out_dir = cfg.out_dir or str(Path(cfg.run_root) / "clip_es" / f"{cfg.dataset.name}_{cfg.split}")
     v, c, k = cfg.clip_es, cfg.crf, cfg.cam
     crf_enabled = c.enabled if isinstance(c.enabled, bool) else str(c.enabled)

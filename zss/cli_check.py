@@ -140,6 +140,10 @@ def check_main(argv: Sequence[str] | None = None) -> int:
     if ds.get("train_label_dir"):
         print(f"NOTE: dataset={ds['name']} trains on labels in {ds['train_label_dir']} (split {ds['train_split']}); "
               f"check them with split={ds['train_split']} ann_dir={ds['train_label_dir']}")
+    if ds.get("train_ann_dirs"):
+        for part, d in zip(str(ds["train_split"]).split("+"), ds["train_ann_dirs"]):
+            print(f"NOTE: dataset={ds['name']} trains on split part {part!r} with labels in {d or 'the layout default'}; "
+                  f"check it with split={part}" + (f" ann_dir={d}" if d else ""))
     return 0 if rep.ok else 1
 
 

@@ -18,7 +18,8 @@ from torchvision import tv_tensors
 
 from .classes import get_benchmark, layout
 
-__all__ = ["SegDataset", "WithoutKeys", "build_dataset", "read_label", "read_image", "pil_to_rgb"]
+__all__ = ["ConcatSegDataset", "SegDataset", "UnseenLabelGuard", "split_parts", "WithoutKeys", "build_dataset", "check_no_unseen", "read_label",
+           "read_image", "pil_to_rgb"]
 
 _ROOT_HINT = "Set dataset.root=/path/to/the/dataset (the folder holding the layout above) or see README (data preparation)."
 _CHECK_HINT = "Run `python -m zss.data.check dataset={name} root={root}` to list every problem with its fix."
@@ -355,20 +356,118 @@ class SegDataset(torch.utils.data.Dataset):
         )
 
 
+def split_parts(split: str | Sequence[str]) -> list[str]:
+    """The split lists of a (possibly composite) split name: ``"train+aug"`` or ``["train", "aug"]`` ->
+    ``["train", "aug"]``; ``"train"`` -> ``["train"]``.
+
+    Raises:
+        ValueError: an empty part (e.g. ``"train+"``).
+    """
+    parts = [str(p).strip() for p in (split.split("+") if isinstance(split, str) else split)]
+    if not parts or any(not p for p in parts):
+        raise ValueError(f"split {split!r}: every '+'-joined part must name a split list (e.g. train+aug)")
+    return parts
+
+
+class ConcatSegDataset(torch.utils.data.ConcatDataset):
+    """Several :class:`SegDataset` parts read as one (mmseg's list-valued ``split`` / ``ann_dir``), e.g. VOC-Aug =
+    ``train.txt`` with ``SegmentationClass`` + ``aug.txt`` with ``SegmentationClassAug`` (1,464 + 9,118 = 10,582
+    images). Samples are the parts' samples in order; an image id may appear in one part only.
+
+    Args:
+        parts: the :class:`SegDataset` parts (same benchmark, root and label settings).
+
+    Attributes:
+        names: every image id, in order. parts: the parts. root, benchmark, unseen, hide_unseen, num_classes,
+        reduce_zero_label, ignore_index: the first part's (equal in all).
+
+    Raises:
+        ValueError: no part, or an id listed in two parts (names both split files: e.g. ``trainaug.txt``, which
+            already holds the train ids, given instead of ``aug.txt``).
+    """
+
+    def __init__(self, parts: Sequence[SegDataset]) -> None:
+        parts = list(parts)
+        if not parts:
+            raise ValueError("ConcatSegDataset needs at least one part")
+        first: dict[str, SegDataset] = {}
+        for p in parts:
+            for n in p.names:
+                if n in first:
+                    raise ValueError(
+                        f"image id {n!r} is listed in both {str(first[n].split_file)!r} and {str(p.split_file)!r}: "
+                        f"each image may be in one part only (for VOC-Aug use mmseg's aug.txt, which excludes the "
+                        f"train and val ids, not trainaug.txt)")
+                first[n] = p
+        super().__init__(parts)
+        self.parts = parts
+        self.names = [n for p in parts for n in p.names]
+        for k in ("root", "benchmark", "unseen", "hide_unseen", "num_classes", "reduce_zero_label", "ignore_index"):
+            setattr(self, k, getattr(parts[0], k))
+
+    @property
+    def transform(self):
+        """The parts' joint transform (set on every part)."""
+        return self.parts[0].transform
+
+    @transform.setter
+    def transform(self, value) -> None:
+        for p in self.parts:
+            p.transform = value
+
+    def _locate(self, i: int) -> tuple[SegDataset, int]:
+        for p in self.parts:
+            if i < len(p):
+                return p, i
+            i -= len(p)
+        raise IndexError(i)
+
+    def img_path(self, i: int) -> Path:
+        p, j = self._locate(i)
+        return p.img_path(j)
+
+    def ann_path(self, i: int) -> Path:
+        p, j = self._locate(i)
+        return p.ann_path(j)
+
+    def load_full_label(self, i: int) -> np.ndarray:
+        p, j = self._locate(i)
+        return p.load_full_label(j)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n={len(self)}, parts={[repr(p) for p in self.parts]})"
+
+
+#: mmseg's converter for VOC-Aug (SBD): named by every error about a missing SegmentationClassAug.
+VOC_AUG_HINT = ("VOC-Aug needs SegmentationClassAug/ and ImageSets/Segmentation/aug.txt under dataset.root: build "
+                "them from SBD with mmseg's tools/dataset_converters/voc_aug.py (docs/reproduce.md), or train on the "
+                "1,464 train images alone with dataset=voc20")
+
+
+#: Benchmarks whose ``aug`` split part reads ``SegmentationClassAug`` by default (VOC-Aug).
+VOC_AUG_BENCHMARKS = ("voc20", "voc21")
+
+
 def build_dataset(
     name: str,
     root: str | os.PathLike,
-    split: str = "train",
+    split: str | Sequence[str] = "train",
     *,
     hide_unseen: bool = False,
     transform: Callable | None = None,
     benchmark_split: str | None = None,
     ignore_index: int = 255,
     img_dir: str | None = None,
-    ann_dir: str | None = None,
+    ann_dir: str | Sequence[str | None] | None = None,
     split_file: str | None = None,
-) -> SegDataset:
+) -> SegDataset | ConcatSegDataset:
     """Build a ``SegDataset`` for a benchmark preset from its layout defaults (``zss.data.classes.layout``).
+
+    A composite ``split`` (``"train+aug"`` or a list) builds one part per split list and returns a
+    :class:`ConcatSegDataset`; ``ann_dir`` may then be a list with one label folder per part (None: the
+    layout's), e.g. VOC-Aug: ``split="train+aug", ann_dir=[None, "SegmentationClassAug"]`` (10,582 images); for
+    VOC the ``aug`` part reads ``SegmentationClassAug`` unless told otherwise. A missing ``SegmentationClassAug``
+    raises a FileNotFoundError naming mmseg's converter (:data:`VOC_AUG_HINT`); an id in two parts a ValueError.
 
     Args:
         name: benchmark preset (``"voc20"``, ``"cocostuff171"``, ``"context59"``, ``"context60"``).
@@ -390,6 +489,33 @@ def build_dataset(
         KeyError: unknown ``name``. ValueError: bad ``benchmark_split``.
         FileNotFoundError: missing root, folders or split file (lists the split files that exist).
     """
+    parts = split_parts(split)
+    if len(parts) > 1 or not isinstance(ann_dir, (str, type(None))):
+        dirs = list(ann_dir) if not isinstance(ann_dir, (str, type(None))) else [ann_dir] * len(parts)
+        if len(dirs) != len(parts):
+            raise ValueError(f"split {split!r} has {len(parts)} parts but {len(dirs)} label folders were given "
+                             f"(dataset.train_ann_dirs): give one per part (null = the layout's)")
+        if split_file is not None:
+            raise ValueError("split_file cannot be combined with a composite split")
+        built = []
+        for part, d in zip(parts, dirs):
+            if d is None and part == "aug" and name in VOC_AUG_BENCHMARKS:
+                d = "SegmentationClassAug"  # mmseg's VOC-Aug layout: aug.txt's labels live there
+            if d is not None and "SegmentationClassAug" in str(d):
+                aug = Path(root).expanduser() / d
+                if not aug.is_dir():
+                    raise FileNotFoundError(f"label folder {str(aug)!r} (split part {part!r}) does not exist. "
+                                            f"{VOC_AUG_HINT}.")
+            try:
+                built.append(build_dataset(name, root, part, hide_unseen=hide_unseen, transform=transform,
+                                           benchmark_split=benchmark_split, ignore_index=ignore_index,
+                                           img_dir=img_dir, ann_dir=d))
+            except FileNotFoundError as e:
+                if part == "aug":
+                    raise FileNotFoundError(f"{e} {VOC_AUG_HINT}.") from None
+                raise
+        return built[0] if len(built) == 1 else ConcatSegDataset(built)
+    split = parts[0]
     bench = get_benchmark(name, benchmark_split)
     kw = layout(name).resolve(split)
     if img_dir is not None:
@@ -454,3 +580,57 @@ class WithoutKeys(torch.utils.data.Dataset):
     def __getitem__(self, item) -> dict:
         sample = self.dataset[item]
         return {k: v for k, v in sample.items() if k not in self.keys}
+
+
+class UnseenLabelGuard(torch.utils.data.Dataset):
+    """View of a training dataset that refuses any sample whose training ``label`` holds an unseen class id.
+
+    In the zero-shot settings (inductive, and zss's transductive one) a training label never names an unseen
+    class: ``hide_unseen`` sets those pixels to ``ignore_index``. A label that still holds one (a dataset built
+    with ``hide_unseen=False``, or a custom label folder) would train the transductive terms on unseen
+    ground truth. The check runs on the CPU, in the loader's workers (no device sync). Source: not in the
+    papers: our leak guard (docs/protocol.md "Settings").
+
+    Args:
+        dataset: yields dicts with ``label`` ``Tensor[H, W] int64`` (benchmark ids) and optionally ``name``.
+        unseen: unseen class ids (benchmark ids); empty = no check.
+
+    Raises (on access):
+        ValueError: one line naming the sample, the unseen ids found and the fix (``dataset.hide_unseen=true``).
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, unseen: Sequence[int]) -> None:
+        super().__init__()
+        self.dataset = dataset
+        self.unseen = torch.tensor(sorted(int(u) for u in unseen), dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item) -> dict:
+        sample = self.dataset[item]
+        check_no_unseen(sample["label"], self.unseen, sample.get("name", item))
+        return sample
+
+
+def check_no_unseen(label: torch.Tensor, unseen: Sequence[int] | torch.Tensor, name: object = "?") -> None:
+    """Raise when a training label holds an unseen class id (see :class:`UnseenLabelGuard`).
+
+    Args:
+        label: ``Tensor[..., H, W]`` int64 benchmark ids (``ignore_index`` for ignored pixels).
+        unseen: unseen class ids. name: the sample (image id) for the message.
+
+    Raises:
+        ValueError: one line naming the sample, the ids and ``dataset.hide_unseen=true``.
+    """
+    ids = torch.as_tensor(unseen, dtype=torch.long)
+    if ids.numel() == 0:
+        return
+    lab = torch.as_tensor(label)
+    hit = torch.isin(lab.to(ids.device), ids)
+    if bool(hit.any()):
+        found = sorted(set(lab.to(ids.device)[hit].tolist()))
+        raise ValueError(
+            f"training sample {name!r}: its training label holds unseen class id(s) {found}, i.e. unseen ground "
+            f"truth would reach a training step; set dataset.hide_unseen=true (the zero-shot setting hides unseen "
+            f"pixels as 255), or use a label folder without unseen classes")

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from zss.data.dataset import WithoutKeys
+from zss.data.dataset import UnseenLabelGuard, WithoutKeys
 from zss.engine import dist as zdist
 from zss.engine.checkpoint import git_sha, load_checkpoint, save_atomic, versions
 from zss.engine.evaluate import evaluate
@@ -123,12 +123,15 @@ def lr_factor(step: int, cfg: TrainConfig, base_lr: float | None = None) -> floa
 
 
 def needs_full_label(method: nn.Module) -> bool:
-    """True when the method's teacher declares ``needs_full_label = True`` (the label-derived OracleTeacher).
+    """True when the method's teacher declares ``needs_full_label = True`` (the label-derived OracleTeacher) or
+    the method itself ``reads_full_label`` (CLIP-RC's ``method.transductive.gt_unseen_mask``, the public code's
+    ground-truth self-training).
 
-    Only then do training batches carry ``full_label`` (every class, unseen included); for any other teacher
-    (FrozenCLIP, none) the trainer drops it, so no training step can read unseen ground truth.
+    Only then do training batches carry ``full_label`` (every class, unseen included); otherwise the trainer
+    drops it, so no training step can read unseen ground truth.
     """
-    return bool(getattr(getattr(method, "teacher", None), "needs_full_label", False))
+    return bool(getattr(getattr(method, "teacher", None), "needs_full_label", False)
+                or getattr(method, "reads_full_label", False))
 
 
 def new_run_dir(root: str | Path, name: str) -> Path:
@@ -308,6 +311,12 @@ class Trainer:
             self.optimizer, [functools.partial(lr_factor, cfg=cfg, base_lr=g["lr"]) for g in groups])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.train_set, self.val_set = train_set, val_set
+        if (train_set is not None and getattr(train_set, "hide_unseen", True) is False
+                and getattr(train_set, "unseen", ()) and method.unseen.numel() > 0):
+            raise ValueError(
+                f"the training set was built with hide_unseen=false on a benchmark with unseen classes "
+                f"{list(train_set.unseen)}: its labels would hand unseen ground truth to the training steps; set "
+                f"dataset.hide_unseen=true (the zero-shot setting)")
         #: keys removed from training samples before collation (full_label unless the teacher needs it)
         self.dropped_keys: tuple[str, ...] = () if needs_full_label(method) else ("full_label",)
         self.step, self.best = 0, {"hIoU": -math.inf, "step": -1}
@@ -477,6 +486,8 @@ class Trainer:
         data = SeededDataset(self.train_set)
         if self.dropped_keys:
             data = WithoutKeys(data, self.dropped_keys)
+        if self.method.unseen.numel() > 0:  # a training label never names an unseen class (CPU, in the workers)
+            data = UnseenLabelGuard(data, self.method.unseen.tolist())
         return DataLoader(
             data, batch_size=self.micro, sampler=sampler, num_workers=self.cfg.num_workers,
             drop_last=True, persistent_workers=self.cfg.num_workers > 0, pin_memory=self.device.type == "cuda",

@@ -119,6 +119,21 @@ class Method(nn.Module):
         """
         return self.seen_lut[label.clamp(0, 255)]
 
+    def full_label_for_teacher(self, batch: Mapping) -> Tensor | None:
+        """``batch["full_label"]`` (all classes, unseen included) when the teacher declares
+        ``needs_full_label`` (the label-derived OracleTeacher), else None: the only way a method passes the
+        full label to its teacher, so a CLIP teacher never receives unseen ground truth even when a batch
+        carries it. Source: not in the papers: our guard (docs/protocol.md "Settings").
+
+        Args:
+            batch: a training batch (dict); ``full_label`` Tensor[B, H, W] int64 may be absent.
+        Returns:
+            ``Tensor[B, H, W] int64`` or None.
+        """
+        if getattr(self.teacher, "needs_full_label", False):
+            return batch.get("full_label")
+        return None
+
     def set_vocabulary(self, classnames: Sequence[str], unseen: Sequence[int], text_embeds: Tensor) -> None:
         """Switch the label space for inference (open-vocabulary / cross-dataset evaluation).
 

@@ -273,7 +273,7 @@ class ChimeraSeg(Method):
 
         # ---- SGD
         with torch.no_grad():
-            cls = self.teacher(images, full_label=batch.get("full_label"))["cls"].detach().float()  # [B, D]
+            cls = self.teacher(images, full_label=self.full_label_for_teacher(batch))["cls"].detach().float()  # [B, D]
         r = self.current_keep_ratio
         keep = select_top_ratio(embeds.detach(), cls, r, self._valid_cells(valid, grid))  # [B, gh, gw]
         sgd = self.sgd(embeds, cls, keep)

@@ -18,7 +18,9 @@ Inference: sigmoid SCORES in probability space for all classes (``predict``), so
 Transductive ("st") variant [public code ``self_training=True``]: queries every class, seen labels keep
 their ids, and unlabelled pixels are labelled online from the detached sigmoid scores of the same forward
 pass (:func:`st_pseudo_labels`; the public code picks the unseen-GT pixels, which zss never reveals to a
-training step), then the same losses.
+training step), then the same losses. ``method.transductive.gt_unseen_mask=true`` reproduces the public
+code's rule instead (:func:`st_pseudo_labels_gt_mask`): it READS THE UNSEEN GROUND TRUTH, for comparison with
+the published transductive numbers only.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from zss.teachers.clip import FrozenCLIP
 from zss.teachers.prompted import IMAGENET_MEAN, IMAGENET_STD, PromptedCLIPEncoder, visual_fingerprint
 
 __all__ = ["CLIP_INPUT_NORMS", "ClipRC", "ClipRCNet", "focal_dice_ignore_as_negative",
-           "st_pseudo_labels"]
+           "st_pseudo_labels", "st_pseudo_labels_gt_mask"]
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +115,30 @@ def st_pseudo_labels(
     return torch.where(keep, pred, label)
 
 
+@torch.no_grad()
+def st_pseudo_labels_gt_mask(logits: Tensor, label: Tensor, full_label: Tensor, unseen: Tensor) -> Tensor:
+    """Training targets of the public code's self-training, which READS UNSEEN GROUND TRUTH: every pixel whose
+    ground truth is an unseen class gets the argmax over the unseen channels (no threshold); every other pixel
+    keeps its label. Only for comparing with the published transductive numbers
+    (``method.transductive.gt_unseen_mask=true``); not a zero-shot setting. Source: public CLIP-RC / ZegCLIP
+    ``decode_seg.py forward_train`` (self_training: labels -1 = unseen ground truth -> argmax over unseen).
+
+    Args:
+        logits: Tensor[B, C_all, H, W] at the label size. label: Tensor[B, H, W] int64 (seen ids, 255 elsewhere).
+        full_label: Tensor[B, H, W] int64, all classes (benchmark ids, 255 ignored). unseen: Tensor[U] int64.
+    Returns:
+        Tensor[B, H, W] int64.
+    Raises:
+        ValueError: ``full_label`` and ``label`` shapes differ.
+    """
+    if full_label.shape != label.shape:
+        raise ValueError(f"st_pseudo_labels_gt_mask: full_label {tuple(full_label.shape)} and label "
+                         f"{tuple(label.shape)} differ")
+    unseen = unseen.to(logits.device)
+    pred = unseen[logits.float()[:, unseen].argmax(dim=1)]  # [B, H, W] unseen ids
+    return torch.where(torch.isin(full_label.to(logits.device), unseen), pred, label)
+
+
 class ClipRCNet(nn.Module):
     """The test-time network: prompted frozen CLIP encoder + region-text decoder.
 
@@ -161,6 +187,8 @@ class ClipRC(Method):
         clip_input_norm: ``"imagenet"`` [public code: ImageNet mean/std fed to CLIP weights] or ``"clip"``.
             Images arrive in the teacher's ``input_mean``/``input_std`` (= ``dataset.mean/std``) and are
             converted exactly (zss/data/normalize.py algebra) to the chosen statistics.
+        cls_input: ``"public"`` [public code: the CLS slot enters as 2·class_embedding + pos[0]] or ``"clip"``
+            (open_clip's class_embedding + pos[0]); see :class:`~zss.teachers.prompted.PromptedCLIPEncoder`.
         decoder_layers, decoder_heads, ffn_ratio, decoder_dropout, attn_dropout: [public code: 3, 8, 4, 0.1,
             0.1]. bidirectional, lateral_proj: [CLIP-RC: True, True; ZegCLIP: False, False].
         logits: ``"dot"`` [CLIP-RC] / ``"attention"`` [ZegCLIP]. head_init: ``"pytorch"`` [public code: the
@@ -171,7 +199,10 @@ class ClipRC(Method):
         transductive: ``method.transductive`` mapping: ``enabled``, ``start_step`` (steps of inductive
             training before self-training starts; the public code starts ST from an inductive checkpoint),
             ``threshold`` (sigmoid score, :func:`st_pseudo_labels`; ours 0.5); ``weight`` must stay 1.0 and
-            ``topk_fraction`` null (pseudo labels join the targets, there is no separate term).
+            ``topk_fraction`` null (pseudo labels join the targets, there is no separate term);
+            ``gt_unseen_mask`` (default False): True reproduces the public code, which self-trains exactly the
+            pixels whose GROUND TRUTH is unseen (:func:`st_pseudo_labels_gt_mask`; the trainer then keeps
+            ``full_label`` in training batches) — it uses ground truth, so its numbers are not zero-shot.
 
     Raises:
         ValueError: no FrozenCLIP teacher, bad option values, text width != the CLIP joint width.
@@ -181,6 +212,8 @@ class ClipRC(Method):
     uses_student = False
     #: Rebuilding for evaluation needs the real CLIP weights (the image tower runs at test time).
     clip_at_test_time = True
+    #: ``method.transductive`` keys: the base ones plus ``gt_unseen_mask`` (the public code's ground-truth mask)
+    TRANSDUCTIVE_KEYS = Method.TRANSDUCTIVE_KEYS + ("gt_unseen_mask",)
 
     def __init__(
         self,
@@ -200,6 +233,7 @@ class ClipRC(Method):
         drop_path_rate: float = 0.0,
         pos_interp: str = "bilinear",
         clip_input_norm: str = "imagenet",
+        cls_input: str = "public",
         decoder_layers: int = 3,
         decoder_heads: int = 8,
         ffn_ratio: int = 4,
@@ -236,7 +270,7 @@ class ClipRC(Method):
         encoder = PromptedCLIPEncoder(
             teacher, num_prompts=num_prompts, deep_prompts=deep_prompts, region_grid=region_grid,
             train_region_tokens=train_region_tokens, prompt_dropout=prompt_dropout, drop_path_rate=drop_path_rate,
-            pos_interp=pos_interp, pixel_mean=pix[0], pixel_std=pix[1],
+            pos_interp=pos_interp, pixel_mean=pix[0], pixel_std=pix[1], cls_input=cls_input,
         )
         dim = encoder.embed_dim
         decoder = RegionTextDecoder(
@@ -260,17 +294,31 @@ class ClipRC(Method):
 
     # ------------------------------------------------------------------ settings
     def configure_transductive(self, enabled: bool = False, start_step: int = 0, threshold: float = 0.5,
-                               weight: float = 1.0, topk_fraction: float | None = None) -> None:
+                               weight: float = 1.0, topk_fraction: float | None = None,
+                               gt_unseen_mask: bool = False) -> None:
         """Transductive settings (see the class docstring); ``threshold`` is a sigmoid score in [0, 1]
-        (:func:`st_pseudo_labels`; ours: 0.5).
+        (:func:`st_pseudo_labels`; ours: 0.5). ``gt_unseen_mask``: the public code's ground-truth unseen mask
+        (:func:`st_pseudo_labels_gt_mask`; ``threshold`` unused then) [default False: leak-free].
 
         Raises:
-            ValueError: bad values, ``weight != 1`` or ``topk_fraction`` set (not meaningful here).
+            ValueError: bad values, ``weight != 1`` or ``topk_fraction`` set (not meaningful here), or
+                ``gt_unseen_mask`` without ``enabled`` (an inductive run must not read unseen ground truth).
         """
+        if gt_unseen_mask and not enabled:
+            raise ValueError("ClipRC: method.transductive.gt_unseen_mask=true reads the unseen ground truth and is "
+                             "refused in the inductive setting; set method.transductive.enabled=true (the public "
+                             "code's transductive comparison) or gt_unseen_mask=false")
+        self.transductive_gt_unseen_mask = bool(gt_unseen_mask)
         super().configure_transductive(enabled, start_step, threshold, weight, topk_fraction)
         if float(weight) != 1.0 or topk_fraction is not None:
             raise ValueError("ClipRC: method.transductive.weight must be 1.0 and topk_fraction null: CLIP-RC's "
                              "self-training writes its pseudo labels into the focal/dice targets (no separate term)")
+
+    @property
+    def reads_full_label(self) -> bool:
+        """True when training steps read ``full_label`` (``gt_unseen_mask`` with the transductive term on): the
+        trainer then keeps it in training batches (:func:`zss.engine.trainer.needs_full_label`)."""
+        return self.transductive_enabled and self.transductive_gt_unseen_mask
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -345,7 +393,13 @@ class ClipRC(Method):
         text = self.text_embeds if st else self.text_embeds[self.seen]
         out = self.student(images, text)
         logits = upsample_logits(out["logits"].float(), tuple(label.shape[-2:]))  # [B, C, H, W]
-        if st:
+        if st and self.transductive_gt_unseen_mask:  # the public code's: reads the unseen ground truth
+            if batch.get("full_label") is None:
+                raise ValueError("ClipRC: method.transductive.gt_unseen_mask=true needs full_label in the training "
+                                 "batch (the trainer keeps it for this method); none was given")
+            target = st_pseudo_labels_gt_mask(logits.detach(), label, batch["full_label"], self.unseen)
+            n_st = (target != label).sum().float()
+        elif st:
             target = st_pseudo_labels(logits.detach(), label, self.unseen, batch.get("valid"),
                                       self.transductive_threshold, self.ignore_index)
             n_st = (target != label).sum().float()

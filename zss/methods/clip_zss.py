@@ -627,8 +627,7 @@ class ClipZSS(Method):
         if self.use_glm or self.use_plm:
             with torch.no_grad():
                 # only a label-derived teacher (OracleTeacher.needs_full_label) may read the full label map
-                needs = getattr(self.teacher, "needs_full_label", False)
-                teach = self.teacher(images, full_label=batch.get("full_label") if needs else None)
+                teach = self.teacher(images, full_label=self.full_label_for_teacher(batch))
             cls = teach["cls"].detach().float()  # [B, D]
             dense = teach["dense"].detach().float()  # [B, D, h, w]
         total = zero

@@ -10,8 +10,13 @@ Token sequence (batch first), as the public CLIP-RC code (``models/backbone/img_
 
 * ``[CLS | N prompts | h·w patches | R region tokens]``, R = G·G (G = ``region_grid``, 4 in CLIP-RC,
   0 = none as in ZegCLIP).
-* CLS and patches get CLIP's positional embedding; region tokens are initialised to
-  ``class_embedding + positional_embedding[0]`` (the CLS token's input value) and carry no position;
+* CLS and patches get CLIP's positional embedding. The public CLIP-RC and ZegCLIP encoders build the CLS
+  slot from ``class_embedding`` and then add ``cls_pos = positional_embedding[0] + class_embedding``, so the
+  CLS token enters ``ln_pre`` as ``2·class_embedding + positional_embedding[0]`` (the class embedding counted
+  twice; ``cls_input="public"``, the default); ``cls_input="clip"`` feeds open_clip's
+  ``class_embedding + positional_embedding[0]``. Region tokens are initialised to ``cls_pos`` =
+  ``class_embedding + positional_embedding[0]`` (the public code's value, which is NOT what its CLS token
+  receives) and carry no position;
   ``ln_pre`` runs on CLS, patches and region tokens. Prompts are inserted right after CLS *after*
   ``ln_pre``: ``Dropout(prompt_proj(E_0))``; before every later block l >= 1 the prompt slots are
   overwritten by ``Dropout(prompt_proj(E_l))`` (VPT-deep; one shared ``prompt_proj``).
@@ -38,7 +43,12 @@ from torch import Tensor, nn
 from zss.data.normalize import check_stats, renormalize_affine
 from zss.teachers.clip import FrozenCLIP, _plain_self_attention_block, resample_pos_embed, run_block, self_attention
 
+#: CLS-slot inputs of :class:`PromptedCLIPEncoder`: the public CLIP-RC / ZegCLIP code's (class embedding
+#: counted twice) and open_clip's.
+CLS_INPUTS = ("public", "clip")
+
 __all__ = [
+    "CLS_INPUTS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "POS_INTERP_MODES",
@@ -182,6 +192,9 @@ class PromptedCLIPEncoder(nn.Module):
             bicubic). At the native grid both return the native embedding.
         input_mean, input_std: normalisation (RGB, [0, 1] units) of the incoming images (the dataset's);
             None = the FrozenCLIP's ``input_mean``/``input_std`` (what ``scripts/train.py`` gave it).
+        cls_input: what the CLS slot enters ``ln_pre`` with: ``"public"`` = ``2·class_embedding + pos[0]``
+            (public CLIP-RC / ZegCLIP encoders: the class embedding counted twice) or ``"clip"`` =
+            ``class_embedding + pos[0]`` (open_clip / OpenAI CLIP) [public code: "public"].
         pixel_mean, pixel_std: normalisation the CLIP tower receives; None = the weights' own
             (``clip.clip_mean``/``clip_std``). The public code feeds ImageNet-normalised pixels
             (:data:`IMAGENET_MEAN`/:data:`IMAGENET_STD`) to CLIP weights.
@@ -208,8 +221,12 @@ class PromptedCLIPEncoder(nn.Module):
         input_std: Sequence[float] | None = None,
         pixel_mean: Sequence[float] | None = None,
         pixel_std: Sequence[float] | None = None,
+        cls_input: str = "public",
     ) -> None:
         super().__init__()
+        if cls_input not in CLS_INPUTS:
+            raise ValueError(f"PromptedCLIPEncoder: cls_input={cls_input!r} (method.cls_input); choose {CLS_INPUTS}")
+        self.cls_input = cls_input
         if not isinstance(clip, FrozenCLIP):
             raise ValueError(f"PromptedCLIPEncoder needs a zss FrozenCLIP (teacher=clip_vitb16 / tiny_random), got "
                              f"{type(clip).__name__}")
@@ -274,7 +291,7 @@ class PromptedCLIPEncoder(nn.Module):
             self.prompt_proj = self.prompt_norm = self.prompt_dropout = None
         if self.num_regions > 0:
             v = clip.visual
-            init = (v.class_embedding.detach() + v.positional_embedding.detach()[0]).float()  # CLS input value
+            init = (v.class_embedding.detach() + v.positional_embedding.detach()[0]).float()  # public cls_pos
             self.region_tokens = nn.Parameter(init.expand(self.num_regions, W).clone().to(v.class_embedding.dtype),
                                               requires_grad=bool(train_region_tokens))
         else:
@@ -306,7 +323,7 @@ class PromptedCLIPEncoder(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"clip={self.identity.get('model_name')!r}, num_prompts={self.num_prompts}, deep={self.deep_prompts}, "
-                f"region_grid={self.region_grid}, pos_interp={self.pos_interp!r}")
+                f"region_grid={self.region_grid}, pos_interp={self.pos_interp!r}, cls_input={self.cls_input!r}")
 
     # ------------------------------------------------------------------ building blocks
     def prepare(self, images: Tensor) -> Tensor:
@@ -409,7 +426,8 @@ class PromptedCLIPEncoder(nn.Module):
         x = v.conv1(x)  # [B, W, h, w]
         B, _, h, w = x.shape
         x = x.flatten(2).transpose(1, 2)  # [B, h*w, W]
-        cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(B, -1, -1)
+        times = 2.0 if self.cls_input == "public" else 1.0  # public code: class_embedding + (pos[0] + class_embedding)
+        cls = (times * v.class_embedding).to(x.dtype).view(1, 1, -1).expand(B, -1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding((h, w)).to(x.dtype)  # [B, 1 + hw, W]
         if self.region_tokens is not None:
             x = torch.cat([x, self.region_tokens.to(x.dtype).unsqueeze(0).expand(B, -1, -1)], dim=1)
