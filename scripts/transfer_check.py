@@ -79,8 +79,12 @@ def _parse_rows(specs: list[str] | None) -> dict[str, list[str]]:
 
 
 def train_and_score(name: str, overrides: list[str], seed: int, steps: int | None, out: Path, threads: int,
-                    extra: list[str]) -> dict:
-    """Train one row for one seed, evaluate it on the training images' full labels; returns the scores."""
+                    extra: list[str], split: str = "train") -> dict:
+    """Train one row for one seed and score it on ``split`` with FULL labels (label spaces all and unseen).
+
+    Returns: dict name, seed, mIoU_S, mIoU_U, hIoU, five_way (pixel), five_way_macc (class-mean), per_class_IoU
+    (list, label space all), efficiency (test-time model report of scripts/eval.py, seed 0 only), wall, run.
+    """
     slug = "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
     root = out / f"seed{seed}" / slug
     root.mkdir(parents=True, exist_ok=True)
@@ -93,18 +97,23 @@ def train_and_score(name: str, overrides: list[str], seed: int, steps: int | Non
         args.append(f"trainer.max_steps={steps}")
     _run(args, threads, log)
     ckpt = max(root.glob("*/*/last.pt"), key=lambda p: p.stat().st_mtime)
-    scores = {}
+    scores, eff = {}, None
     for space in ("all", "unseen"):
-        res_dir = ckpt.parent / f"transfer_{space}"
-        _run(["scripts/eval.py", f"ckpt={ckpt}", "split=train", f"eval.label_space={space}", f"out_dir={res_dir}",
-              "efficiency=false"], threads, log)
+        res_dir = ckpt.parent / f"transfer_{split}_{space}"
+        measure_cost = space == "all" and seed == 0 and split != "train"
+        _run(["scripts/eval.py", f"ckpt={ckpt}", f"split={split}", f"eval.label_space={space}", f"out_dir={res_dir}",
+              f"efficiency={'auto' if measure_cost else 'false'}"], threads, log)
         scores[space] = json.loads(next(res_dir.glob("*_results.json")).read_text())
+        found = sorted(res_dir.glob("*_efficiency.json"))
+        if found:
+            eff = json.loads(found[0].read_text())
     wall = time.perf_counter() - t0
     a, u = scores["all"], scores["unseen"]
     row = dict(name=name, seed=seed, mIoU_S=a["mIoU_seen"], mIoU_U=a["mIoU_unseen"], hIoU=a["hIoU"],
-               five_way=u["pAcc"], five_way_macc=u["mAcc"], wall=wall, run=str(ckpt.parent))
-    print(f"{name} seed {seed}: mIoU(S) {row['mIoU_S']:.2f} mIoU(U) {row['mIoU_U']:.2f} 5-way {row['five_way']:.1f}% "
-          f"({wall:.0f} s, {ckpt.parent})", flush=True)
+               five_way=u["pAcc"], five_way_macc=u["mAcc"], per_class_IoU=[c["IoU"] for c in a["per_class"]],
+               efficiency=eff, wall=wall, run=str(ckpt.parent))
+    print(f"{name} seed {seed} ({split}): mIoU(S) {row['mIoU_S']:.2f} mIoU(U) {row['mIoU_U']:.2f} 5-way class-mean "
+          f"{row['five_way_macc']:.1f}% ({wall:.0f} s, {ckpt.parent})", flush=True)
     return row
 
 

@@ -166,9 +166,9 @@ def main() -> None:
         lines.append(f"| {cname}{' (U)' if c in bench.unseen else ''} | " + " | ".join(cells) + " |")
     cost = [(name, rs[0]["efficiency"]) for name, rs in by.items() if rs[0].get("efficiency")]
     if cost:
-        lines += ["", "Test-time model (one forward at 512², from scripts/eval.py's efficiency report):", "",
+        lines += ["", "Test-time model (one forward at 512², batch 1; scripts/eval.py efficiency report, FLOPs = 2 x MACs):", "",
                   "| method | parameters (M) | GFLOPs |", "|---|---:|---:|"]
-        lines += [f"| {n} | {e.get('params_total', float('nan')) / 1e6:.1f} | {e.get('gflops', float('nan')):.1f} |"
+        lines += [f"| {n} | {e.get('total_params', float('nan')) / 1e6:.1f} | {e.get('gflops', float('nan')):.1f} |"
                   for n, e in cost]
     lines += ["", *verdicts(by, tu)]
     text = "\n".join(lines)

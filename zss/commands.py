@@ -142,7 +142,8 @@ def teach_clip_main(argv: list[str] | None = None) -> int:
         info_path.write_text(json.dumps(info, indent=2, default=float) + "\n")
         print(f"\nquality on split {scored!r} ({len(ds)} images, "
               f"{'HELD OUT: never taught' if held_out else 'the TAUGHT images'}):")
-        print(format_quality(quality, info.get("train_patch_acc_last50")))
+        print(format_quality(quality, info.get("train_patch_acc_last50"), held_out=held_out,
+                             short_side=min(settings.eval_scale)))
     if "wall_s" in info:
         print(f"\nteaching wall time: {info['wall_s']:.0f} s on {info.get('device')} "
               f"({info.get('torch_threads')} thread(s))")
