@@ -58,7 +58,7 @@ LOSS_KEYS = {"loss", "loss_glm", "loss_ce", "loss_nel", "loss_bce", "loss_focal"
 
 # ------------------------------------------------------------------------------------- method
 def test_training_step_finite_losses_and_gradients_only_on_trainable(tiny_clip):
-    m = _method(tiny_clip)
+    m = _method(tiny_clip, nel_weight=1.0)  # every term, NEL (off by default) included
     m.train()
     out = m.training_step(_batch())
     assert LOSS_KEYS <= set(out)

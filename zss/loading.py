@@ -141,6 +141,7 @@ def load_for_inference(
     bench = get_benchmark(ds["benchmark"], ds.get("split"))
     new_vocab = classnames is not None and list(classnames) != list(ckpt["classnames"])
     method_cls, method_kwargs = registry.split_node(config["method"], "method", source, drop=METHOD_BOOKKEEPING)
+    method_kwargs = {**getattr(method_cls, "CHECKPOINT_DEFAULTS", {}), **method_kwargs}  # keys older configs lack
     teacher_node = _merge(config["teacher"], teacher_overrides or {})
     teacher_cls = registry.resolve(teacher_node.get("_target_"), "teacher", source)
     clip_at_test = bool(getattr(method_cls, "clip_at_test_time", False))

@@ -58,6 +58,10 @@ class Method(nn.Module):
     #: run input checks that read values back to the host (GPU syncs) inside ``training_step``; methods that
     #: take a ``debug`` argument set it (ClipZSS, ChimeraSeg), off by default (ours)
     debug: bool = False
+    #: constructor values for keys a checkpoint's stored ``method`` config lacks (older checkpoints were trained
+    #: with the constructor defaults of their time); :func:`zss.loading.load_for_inference` fills them in before
+    #: today's defaults apply. Subclasses list every default that changed after checkpoints were written.
+    CHECKPOINT_DEFAULTS: Mapping = {}
 
     def __init__(
         self,
