@@ -76,7 +76,7 @@ def test_csh_output_shape_and_unit_norm(tiny):
         assert emb.shape == (2, D, *grid), kw
         torch.testing.assert_close(emb.norm(dim=1), torch.ones(2, *grid), atol=1e-5, rtol=0)
     with torch.no_grad():
-        assert m.predict(torch.randn(1, 3, IMG, IMG)).shape == (1, len(NAMES), 8, 8)
+        assert m.predict(torch.randn(1, 3, IMG, IMG)).shape == (1, len(NAMES), IMG, IMG)  # the input size
 
 
 def test_csh_positional_embedding_matches_teacher(tiny):
