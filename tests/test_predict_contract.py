@@ -15,7 +15,7 @@ from zss.methods import ClipRC, ClipZSS
 from zss.methods.base import MASKED_LOGIT
 from zss.models.student import Student
 from zss.predict import predict_image
-from zss.teachers.clip import build_tiny_clip
+from zss.teachers.clip import FrozenCLIP, build_tiny_clip, tiny_clip_cfg
 from zss.teachers.oracle import OracleTeacher
 
 D = 32
@@ -122,3 +122,30 @@ def test_clip_zss_checkpoint_without_the_newer_keys_rebuilds_as_trained(tmp_path
     assert m.pl_seen_margin == 0.0 and m.glm.attn_scale is None
     _, new_path = _clip_zss_ckpt(tmp_path / "new.pt", synth_query="clip")  # a stored value wins
     assert zss.from_checkpoint(new_path).synthesizer.query == "clip"
+
+
+@pytest.mark.parametrize("stored", [None, "public", "clip"])
+def test_clip_rc_checkpoint_without_cls_input_rebuilds_with_clip(tmp_path, stored):
+    """Old CLIP-RC / ZegCLIP checkpoints have no ``cls_input``: they ran open_clip's CLS input (``clip``)."""
+    cfg = tiny_clip_cfg(embed_dim=D, image_size=64, patch_size=16, width=32, layers=1, heads=2)
+    wfile = tmp_path / "clip.pt"
+    torch.manual_seed(0)
+    torch.save(FrozenCLIP(model_name="tiny-file", pretrained=None, model_cfg=cfg, hash_weights=False).model.state_dict(),
+               wfile)
+    teacher = FrozenCLIP(model_name="tiny-file", pretrained=str(wfile), model_cfg=cfg, hash_weights=False,
+                         input_mean=MEAN, input_std=STD)
+    trained_with = stored or "clip"
+    torch.manual_seed(0)
+    m = ClipRC(None, teacher, list(VOC20.classes), list(VOC20.unseen), text_embeds=_text(), num_prompts=2,
+               cls_input=trained_with).eval()
+    node = {"_target_": "zss.methods.clip_rc.ClipRC", "name": "clip_rc", "num_prompts": 2}
+    if stored is not None:
+        node["cls_input"] = stored
+    tnode = {"_target_": "zss.teachers.clip.FrozenCLIP", "model_name": "tiny-file", "pretrained": str(wfile),
+             "model_cfg": cfg, "hash_weights": False}
+    path = _save(tmp_path / "last.pt", m, node, {}, tnode)
+    back = zss.from_checkpoint(path)
+    assert back.student.encoder.cls_input == trained_with
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(back.predict(x), m.predict(x))

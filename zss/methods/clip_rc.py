@@ -214,6 +214,9 @@ class ClipRC(Method):
     clip_at_test_time = True
     #: ``method.transductive`` keys: the base ones plus ``gt_unseen_mask`` (the public code's ground-truth mask)
     TRANSDUCTIVE_KEYS = Method.TRANSDUCTIVE_KEYS + ("gt_unseen_mask",)
+    #: a checkpoint whose stored config has no ``cls_input`` was trained before the key existed, with open_clip's
+    #: CLS input (``clip``), not today's ``public`` default (:mod:`zss.loading` fills it in)
+    CHECKPOINT_DEFAULTS = {"cls_input": "clip"}
 
     def __init__(
         self,
