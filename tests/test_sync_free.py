@@ -68,6 +68,7 @@ def _clip_zss(teacher, **kw) -> ClipZSS:
     kw.setdefault("bank_size", 8)
     kw.setdefault("pl_scales", (2, 4))
     kw.setdefault("pl_min_area", 1)
+    kw.setdefault("pseudo_negatives", "image")  # what _legacy_clip_zss_step scores seen pixels against
     m = ClipZSS(_student(), teacher, NAMES, UNSEEN, **kw)
     return m.train()
 
@@ -231,7 +232,7 @@ def test_pseudo_channel_count_is_fixed_by_the_config(tiny_clip):
     assert uncapped.num_pseudo_channels((8, 8)) == num_seeds((8, 8), (2, 4)) == 49 + 9
     assert window_seeds(torch.zeros(1, 4, 32, 32), (4, 8, 16))[0].shape[1] == num_seeds((32, 32)) == 283
     # over the cap the largest regions are kept: every pseudo id stays below num_seen + cap
-    capped = _clip_zss(tiny_clip, pl_max_regions=3)
+    capped = _clip_zss(tiny_clip, pl_max_regions=3, pl_seen_margin=0.0)  # no region cleared next to seen pixels
     batch = _batch()
     with torch.no_grad():
         dense = tiny_clip(batch["image"])["dense"]

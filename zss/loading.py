@@ -3,7 +3,8 @@
     import zss
     method = zss.from_checkpoint("runs/<name>/<stamp>/last.pt")            # the checkpoint's own classes
     method = zss.from_checkpoint(path, classnames=["cat", "dog", "grass"], teacher_pretrained="ViT-B-16.pt")
-    pred = method.predict(images)                                          # Tensor[B, C, h, w] logits
+    pred = method.predict(images)                                          # Tensor[B, C, H, W] logits
+    seg = predict_image(method, "photo.jpg")    # from zss.predict import predict_image: Tensor[H, W] class ids
 
 Every class is taken from the allow-list of :mod:`zss.registry`, never from an arbitrary dotted path stored
 in the checkpoint. ``scripts/eval.py`` and ``scripts/predict.py`` use the same code
@@ -141,6 +142,7 @@ def load_for_inference(
     bench = get_benchmark(ds["benchmark"], ds.get("split"))
     new_vocab = classnames is not None and list(classnames) != list(ckpt["classnames"])
     method_cls, method_kwargs = registry.split_node(config["method"], "method", source, drop=METHOD_BOOKKEEPING)
+    method_kwargs = {**getattr(method_cls, "CHECKPOINT_DEFAULTS", {}), **method_kwargs}  # keys older configs lack
     teacher_node = _merge(config["teacher"], teacher_overrides or {})
     teacher_cls = registry.resolve(teacher_node.get("_target_"), "teacher", source)
     clip_at_test = bool(getattr(method_cls, "clip_at_test_time", False))
@@ -169,6 +171,9 @@ def load_for_inference(
         tmpl = templates or _templates(ds, bench)
         method.set_vocabulary(list(classnames), list(unseen or []), teacher.text(list(classnames), tmpl))
     method.teacher_info = dict(ckpt.get("teacher") or {})
+    scale = [int(v) for v in ds.get("test_scale") or (2048, 512)]  # the checkpoint's test resize (long, short)
+    method.preprocessing = {"mean": tuple(float(v) for v in mean), "std": tuple(float(v) for v in std),
+                            "short_side": min(scale), "long_side": max(scale)}
     object.__setattr__(method, "teacher", None)
     return method.to(device).eval(), ckpt
 
@@ -195,7 +200,9 @@ def from_checkpoint(
 
     Returns:
         a :class:`zss.methods.Method` in eval mode: ``method.predict(images Tensor[B, 3, H, W] float32)`` gives
-        ``Tensor[B, C, h, w] float32`` logits; ``method.classnames`` names the C classes.
+        ``Tensor[B, C, H, W] float32`` logits at the input size; ``method.classnames`` names the C classes;
+        ``method.preprocessing`` holds the images' ``mean`` / ``std`` and the test resize (``short_side`` /
+        ``long_side``), so ``zss.predict.predict_image(method, "photo.jpg")`` is one call.
 
     Raises:
         FileNotFoundError, ValueError (zss.registry.UntrustedTargetError among them): see

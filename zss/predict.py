@@ -1,7 +1,7 @@
 """Prediction on the user's own images with any vocabulary: the library half of ``scripts/predict.py``.
 
-    method, ckpt = zss.cli.load_for_inference(ckpt_path, classnames=["cat", "dog", "grass"], unseen=[])
-    pred = predict_image(method, "photo.jpg", mean, std, short_side=512, mode="slide")   # [H, W] int64
+    method = zss.from_checkpoint(ckpt_path, classnames=["cat", "dog", "grass"])
+    pred = predict_image(method, "photo.jpg")        # [H, W] int64; the checkpoint's mean/std and test resize
     save_prediction(load_image("photo.jpg"), pred, method.classnames, "predictions", "photo")
 
 Preprocessing is the evaluation pipeline of docs/protocol.md "Pipeline" (keep-ratio resize with the short side to
@@ -175,9 +175,9 @@ def preprocess(
 def predict_image(
     method: torch.nn.Module,
     image: str | os.PathLike | Tensor,
-    mean: Sequence[float],
-    std: Sequence[float],
-    short_side: int = 512,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    short_side: int | None = None,
     mode: str = "slide",
     *,
     long_side: int | None = None,
@@ -194,13 +194,16 @@ def predict_image(
     Args:
         method: a :class:`~zss.methods.base.Method` in eval mode (e.g. from ``zss.cli.load_for_inference``).
         image: a path, or ``Tensor[3, H, W] uint8`` RGB.
-        mean, std: RGB normalisation in [0, 1] units (the checkpoint's ``config.dataset.mean/std``).
-        short_side, long_side: keep-ratio resize, see :func:`preprocess` (pixels).
+        mean, std: RGB normalisation in [0, 1] units; None = ``method.preprocessing`` (a method from
+            ``zss.from_checkpoint`` carries its checkpoint's ``dataset.mean/std``).
+        short_side, long_side: keep-ratio resize, see :func:`preprocess` (pixels). ``short_side`` None = the
+            method's test resize (``method.preprocessing``: short side and its long-side bound, protocol 512 /
+            2048), or 512 with no long-side bound for a method without one; ``long_side`` None = no bound then.
         mode: ``"slide"`` (mmseg sliding window) or ``"whole"``.
         crop, stride, crop_batch: sliding-window crop / stride (pixels) and crops per forward
             (protocol 512 / 426; crop_batch our default 8).
         label_space: ``"all"`` (every class of the vocabulary) or ``"unseen"`` (only ``method.unseen``).
-        seen_bias: subtracted from the seen-class logits (logit units; 0 = off).
+        seen_bias: subtracted from the seen-class logits (the units of ``Method.predict``'s output: logits; CLIP-RC / ZegCLIP's are sigmoid probabilities; 0 = off).
         amp_dtype: autocast dtype for the forward (``torch.bfloat16``) or None (fp32).
         device: where to run; None = the method's device.
 
@@ -209,8 +212,19 @@ def predict_image(
         (logits resized bilinearly to ``(H, W)`` before the argmax).
 
     Raises:
-        ValueError: unknown ``mode`` or ``label_space``; unreadable image; bad sizes.
+        ValueError: unknown ``mode`` or ``label_space``; unreadable image; bad sizes; no ``mean``/``std`` given
+            and none carried by ``method``.
     """
+    prep = getattr(method, "preprocessing", None) or {}
+    if mean is None or std is None:
+        if "mean" not in prep:
+            raise ValueError("predict_image: pass mean= and std= (the RGB normalisation in [0, 1] units the method "
+                             "was trained with), or use a method from zss.from_checkpoint, which carries them")
+        mean = prep["mean"] if mean is None else mean
+        std = prep["std"] if std is None else std
+    if short_side is None:
+        short_side = prep.get("short_side", 512)
+        long_side = prep.get("long_side") if long_side is None else long_side
     if mode not in INFERENCE_MODES:
         raise ValueError(f"mode={mode!r}: choose mode=slide or mode=whole")
     classes = method.label_space_ids(label_space)  # None (all) or the unseen ids: argmax after resizing
@@ -354,8 +368,8 @@ def predict_paths(
     method: torch.nn.Module,
     images: Iterable[str | os.PathLike],
     out_dir: str | os.PathLike,
-    mean: Sequence[float],
-    std: Sequence[float],
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     *,
     overwrite: bool = False,
     alpha: float = 0.5,
@@ -368,7 +382,7 @@ def predict_paths(
         method: the method (vocabulary = ``method.classnames``).
         images: image paths (e.g. from :func:`list_images`).
         out_dir: output folder. overwrite, alpha: see :func:`save_prediction` / :func:`write_classes`.
-        mean, std: normalisation ([0, 1] units).
+        mean, std: normalisation ([0, 1] units); None = the method's (see :func:`predict_image`).
         log: called with one line per image (None = silent).
         **predict_kwargs: forwarded to :func:`predict_image` (``short_side``, ``mode``, ``crop``...).
 

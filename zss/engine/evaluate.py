@@ -22,8 +22,10 @@ def make_logits_fn(method: torch.nn.Module, *, seen_bias: float = 0.0) -> Callab
     :func:`zss.engine.inference.argmax_classes` (masking before resizing made NaN, see inference.py).
 
     ``seen_bias`` is subtracted from the seen classes' logits (explicit form of the calibration
-    ZegCLIP / CLIP-RC apply silently with 0.1; our default 0 = none). It is in logit units and only
-    matters for ``label_space="all"`` (in ZSS no seen class can win anyway).
+    ZegCLIP / CLIP-RC apply silently with 0.1; our default 0 = none). It is in the units of ``predict``'s output
+    for every method (logits at the input size; CLIP-RC / ZegCLIP return sigmoid probabilities as their logits, so
+    there it is the public code's probability margin) and only matters for ``label_space="all"`` (in ZSS no seen
+    class can win anyway).
     """
 
     def fn(images: Tensor) -> Tensor:
@@ -64,7 +66,7 @@ def evaluate(
             forward) or ``whole``.
         label_space: ``all`` (GZSS) or ``unseen`` (ZSS: the argmax is over the unseen classes only, taken
             after resizing the all-class logits to the label size).
-        seen_bias: subtracted from seen-class logits (logit units; 0 = off).
+        seen_bias: subtracted from seen-class logits (the units of ``Method.predict``'s output: logits; CLIP-RC / ZegCLIP's are sigmoid probabilities; 0 = off).
         amp_dtype: autocast dtype for the forward pass (``torch.bfloat16``) or None.
         on_prediction: optional callback ``(sample, pred Tensor[H, W] int64)`` per image (rank-local),
             e.g. for overlays.

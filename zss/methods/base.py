@@ -58,6 +58,14 @@ class Method(nn.Module):
     #: run input checks that read values back to the host (GPU syncs) inside ``training_step``; methods that
     #: take a ``debug`` argument set it (ClipZSS, ChimeraSeg), off by default (ours)
     debug: bool = False
+    #: constructor values for keys a checkpoint's stored ``method`` config lacks (older checkpoints were trained
+    #: with the constructor defaults of their time); :func:`zss.loading.load_for_inference` fills them in before
+    #: today's defaults apply. Subclasses list every default that changed after checkpoints were written.
+    CHECKPOINT_DEFAULTS: Mapping = {}
+    #: how images are prepared for :meth:`predict` (set by :func:`zss.loading.load_for_inference`, None for a method
+    #: built in Python): ``mean`` / ``std`` (RGB, [0, 1] units, the normalisation ``predict`` expects) and the test
+    #: resize ``short_side`` / ``long_side`` (pixels); :func:`zss.predict.predict_image` reads it
+    preprocessing: dict | None = None
 
     def __init__(
         self,
@@ -183,7 +191,14 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def predict(self, images: Tensor, label_space: str = "all") -> Tensor:
-        """Logits over all classes for ``images`` (seen ones pushed to :data:`MASKED_LOGIT` for ``unseen``).
+        """Logits over all classes for ``images`` at the input size (seen ones :data:`MASKED_LOGIT` for ``unseen``).
+
+        The contract of every zss method: ``Tensor[B, C, H, W] float32`` per-class scores at the size of
+        ``images``, whose argmax over classes is the prediction; ``seen_bias`` (evaluation, ``predict_image``) is
+        subtracted from the seen classes of exactly this output, so it is in the units of ``predict`` (logit
+        units). The students' logits are ``logit_scale · cos(embed, text)`` at stride 4, upsampled bilinearly
+        (``align_corners=False``) to the input size, as the evaluator resized them before. CLIP-RC / ZegCLIP
+        return their per-class sigmoid scores as their logits (:meth:`zss.methods.clip_rc.ClipRC.predict`).
 
         The evaluation engine always calls ``label_space="all"`` and restricts the argmax to the label
         space after resizing (:meth:`label_space_ids`, :func:`zss.engine.inference.argmax_classes`).
@@ -196,7 +211,7 @@ class Method(nn.Module):
             label_space: ``all`` (GZSS: every class) or ``unseen`` (ZSS: seen logits = ``MASKED_LOGIT``).
 
         Returns:
-            Tensor[B, C_all, h, w] float32 logits at the student's output stride.
+            Tensor[B, C_all, H, W] float32 logits at the input size.
 
         Raises:
             ValueError: unknown ``label_space``.
@@ -204,7 +219,8 @@ class Method(nn.Module):
         if label_space not in LABEL_SPACES:
             raise ValueError(f"label_space must be 'all' or 'unseen', got {label_space!r}")
         embeds = self.student(images)
-        logits = self.student.logits(embeds, self.text_embeds.to(embeds.dtype)).float()
+        logits = self.student.logits(embeds, self.text_embeds.to(embeds.dtype)).float()  # [B, C, h, w] stride 4
+        logits = upsample_logits(logits, tuple(images.shape[-2:]))  # [B, C, H, W]
         if label_space == "unseen":
             logits[:, self.seen] = MASKED_LOGIT
         return logits

@@ -12,7 +12,7 @@ are NEGATIVES of every class, as the public code does (its targets are all-zero 
 per-(image, class) pixel mean summed over classes and divided by the number of (image, present class)
 pairs, dice is averaged over the present pairs. Inductive training queries the seen classes only.
 
-Inference: sigmoid SCORES in probability space for all classes (``predict``), so ``trainer.seen_bias``
+Inference: sigmoid SCORES in probability space for all classes, the logits of ``predict``, so ``trainer.seen_bias``
 (subtracted from the seen classes by the evaluator) is in the same units as the public code's 0.1.
 
 Transductive ("st") variant [public code ``self_training=True``]: queries every class, seen labels keep
@@ -214,6 +214,9 @@ class ClipRC(Method):
     clip_at_test_time = True
     #: ``method.transductive`` keys: the base ones plus ``gt_unseen_mask`` (the public code's ground-truth mask)
     TRANSDUCTIVE_KEYS = Method.TRANSDUCTIVE_KEYS + ("gt_unseen_mask",)
+    #: a checkpoint whose stored config has no ``cls_input`` was trained before the key existed, with open_clip's
+    #: CLS input (``clip``), not today's ``public`` default (:mod:`zss.loading` fills it in)
+    CHECKPOINT_DEFAULTS = {"cls_input": "clip"}
 
     def __init__(
         self,
@@ -420,13 +423,22 @@ class ClipRC(Method):
                 "loss_recovery": rec.detach(), "loss_st": zero, "st_pixels": n_st.detach()}
 
     # ------------------------------------------------------------------ inference
-    def predict(self, images: Tensor, label_space: str = "all") -> Tensor:
-        """Sigmoid SCORES (probability space, not logits) for every class at the input size.
+    def decoder_logits(self, images: Tensor) -> Tensor:
+        """The decoder's per-class logits d ``Tensor[B, C, H, W] float32``, upsampled bilinearly to the input size
+        (``sigmoid(d)`` is :meth:`predict`'s output). ``images``: Tensor[B, 3, H, W] float32, normalised."""
+        logits = self.student(images, self.text_embeds)["logits"].float()
+        return upsample_logits(logits, tuple(images.shape[-2:]))
 
-        The decoder logits are upsampled bilinearly to the input size, then ``sigmoid`` (public code
-        ``semantic_inference``). The evaluator subtracts ``trainer.seen_bias`` from the seen classes of this
-        output, so the bias is in probability units: 0.1 reproduces the public code's inductive calibration
-        (0 for its transductive models).
+    def predict(self, images: Tensor, label_space: str = "all") -> Tensor:
+        """The logits of the zss predict contract (:meth:`Method.predict`): for CLIP-RC / ZegCLIP these are the
+        per-class sigmoid SCORES ``sigmoid(d)`` in [0, 1] of the decoder logits d (:meth:`decoder_logits`) at the
+        input size (public code ``semantic_inference``).
+
+        The map d -> sigmoid(d) is the same increasing function for every class, so the argmax is the decoder
+        logits' argmax; sliding-window crops are averaged in this space, as the public code averages its scores.
+        ``seen_bias``, subtracted from the seen classes of ``predict``'s output for every method, is therefore a
+        probability margin here: the public code's ``P[:, seen] -= 0.1`` is ``trainer.seen_bias=0.1``
+        (0 for its self-trained models).
 
         Args:
             images: Tensor[B, 3, H, W] float32, normalised. label_space: ``all`` or ``unseen`` (seen classes
@@ -438,8 +450,7 @@ class ClipRC(Method):
         """
         if label_space not in LABEL_SPACES:
             raise ValueError(f"label_space must be 'all' or 'unseen', got {label_space!r}")
-        logits = self.student(images, self.text_embeds)["logits"].float()
-        scores = upsample_logits(logits, tuple(images.shape[-2:])).sigmoid()
+        scores = self.decoder_logits(images).sigmoid()
         if label_space == "unseen":
             scores[:, self.seen] = MASKED_LOGIT
         return scores

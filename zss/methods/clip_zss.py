@@ -118,7 +118,8 @@ class ClipZSS(Method):
             is CE + NEL on the seen GT only (fused labels = seen labels; no synthesizer is built).
         glm_weight: weight of L_GLM [ours: 1.0; the summary's L is an unweighted sum].
         glm_tau: InfoNCE temperature [ours: 0.07]. bank_size: CLS bank size in tokens [ours: 1024].
-        glm_attn_scale: attention scale of the CLS-query pooling; None = 1/√D [summary].
+        glm_attn_scale: attention scale of the CLS-query pooling; 0 = explicit mean pooling (ours, the default);
+            None = 1/√D [summary] (docs/methods.md "GLM pooling").
         glm_pool: where GLM pools the student's embeds: ``"teacher"`` (adaptive average pool to the
             teacher's h×w patch grid, then re-normalised; ours, default), ``"none"`` (student
             resolution) or an int k (``avg_pool2d`` with kernel = stride = k student cells).
@@ -137,8 +138,7 @@ class ClipZSS(Method):
         pl_seen_margin: width, in teacher patches (converted to label pixels with the label-to-teacher-grid
             ratio, rounded), of the band around seen-labelled pixels where pseudo labels are left unlabelled
             (:func:`zss.ops.pseudo_labels.clear_near_seen`): pseudo regions are only as fine as the teacher's
-            patches [ours; constructor default 0 = off, so older checkpoints rebuild unchanged; docs/methods.md
-            "Seen margin"].
+            patches [ours: 1.0; 0 = off; docs/methods.md "Seen margin"].
         pl_kwargs: extra keyword arguments for :func:`zss.ops.pseudo_labels.pseudo_labels` (e.g. ``mode``).
         pl_source: where PLM's pseudo regions come from: ``"kmeans"`` (K-Means on the teacher's dense tokens
             [summary], the default) or ``"clip_es"`` (CLIP-ES masks, :func:`zss.clip_es.clip_es_regions`: one
@@ -155,7 +155,7 @@ class ClipZSS(Method):
             all classes from the CLS token reaches it, a fraction).
         alpha: logit scale α of the seen part; None = the student's ``logit_scale`` (the same scale as
             test-time logits; ours).
-        beta: logit scale β of the pseudo part, applied to cosines [ours: 1/0.07].
+        beta: logit scale β of the pseudo part, applied to cosines [ours: 14.285714 = 1/0.07 to 6 decimals].
         ce_weight: weight of CE on F [ours: 1.0].
         ce_reduction: ``"joint"`` — one CE averaged over every labelled pixel of F (seen and pseudo together,
             the summary's "CE on F") — or ``"split"`` — the seen pixels and the pseudo pixels each averaged over
@@ -163,9 +163,8 @@ class ClipZSS(Method):
             unseen and unlabelled stuff: often most of an image) do not dilute the seen supervision [ours].
         pseudo_ce_weight: weight of CE_pseudo with ``ce_reduction="split"`` [ours: 1.0]; unused with ``"joint"``.
         pseudo_negatives: which pseudo channels a SEEN pixel's CE scores against [ours]: ``"image"`` — its own
-            image's only (the summary's per-image F; the constructor default, so checkpoints written before the
-            key existed rebuild unchanged) —, ``"batch"`` — also every pseudo region of the other images of the
-            local batch — or ``"bank"`` (the config default) — also those of the last steps, a FIFO bank of
+            image's only (the summary's per-image F) —, ``"batch"`` — also every pseudo region of the other images of the
+            local batch — or ``"bank"`` (the default) — also those of the last steps, a FIFO bank of
             ``pseudo_bank_size`` detached pseudo weights. With ``"image"`` a seen pixel is never told it is not an
             unseen concept its image lacks, and seen classes drift to the unseen directions PLM pulls other
             images' regions towards (measured: docs/methods.md "Cross-image pseudo negatives"). Pseudo regions
@@ -185,15 +184,15 @@ class ClipZSS(Method):
         synth_lr_mult: learning-rate multiplier of the synthesizer on top of the head lr [ours: 1.0]; 0 freezes it
             at its initialisation, which with ``synth_query="clip"`` (zero-initialised residual branches) makes
             every pseudo weight exactly CLIP's region-pooled token.
-        nel_weight: weight of the whole NEL term [ours: 1.0]; inside it ``focal_weight`` (ZegCLIP: 100)
+        nel_weight: weight of the whole NEL term [ours: 0.0 = off, docs/methods.md "NEL"]; inside it ``focal_weight`` (ZegCLIP: 100)
             and ``dice_weight`` (ZegCLIP: 1).
         focal_reduction: normalisation of the focal term, ``"zegclip"`` or ``"mean"`` (see
             :func:`zss.methods.losses.sigmoid_focal_loss`).
         nel_bias: logit offset before NEL's sigmoid (see :func:`zss.methods.losses.nel_loss`; ours).
         bce_weight: weight of L_BCE [ours: 1.0].
-        bce_scale, bce_bias: BCE logits = ``bce_scale · <P_seen, T_seen> + bce_bias`` [ours: 1/0.07, 0].
+        bce_scale, bce_bias: BCE logits = ``bce_scale · <P_seen, T_seen> + bce_bias`` [ours: 14.285714, 0].
         synth_depth, synth_heads, synth_ffn_dim, synth_memory, synth_query, synth_detach_prototypes: see
-            :class:`~zss.models.synthesizer.WeightSynthesizer` [ours: 2, 4, 4·D, "cls", False].
+            :class:`~zss.models.synthesizer.WeightSynthesizer` [ours: 2, 4, 4·D, "cls", "clip", False].
         loss_resolution: ``"label"`` (default, as the baseline: logits bilinearly upsampled to the label
             size) or ``"logits"`` (F nearest-downsampled to the logit grid: ~16× cheaper) [ours].
         transductive: optional transductive self-training settings (off by default), see
@@ -208,6 +207,11 @@ class ClipZSS(Method):
     Raises:
         ValueError: bad option values, or a teacher/text dimension that does not match the student.
     """
+
+    #: Values of keys a checkpoint's stored method config may lack (:mod:`zss.loading`): a checkpoint written before
+    #: a key was in configs/method/clip_zss.yaml was trained with the constructor default of that time, not today's.
+    CHECKPOINT_DEFAULTS: dict[str, Any] = dict(glm_attn_scale=None, pl_seen_margin=0.0, pseudo_negatives="image",
+                                               nel_weight=1.0, synth_query="prototype")
 
     def __init__(
         self,
@@ -224,7 +228,7 @@ class ClipZSS(Method):
         glm_weight: float = 1.0,
         glm_tau: float = 0.07,
         bank_size: int = 1024,
-        glm_attn_scale: float | None = None,
+        glm_attn_scale: float | None = 0.0,
         glm_pool: str | int = "teacher",
         glm_mask_padding: bool = True,
         pl_scales: Sequence[int] | None = None,
@@ -232,31 +236,31 @@ class ClipZSS(Method):
         pl_iters: int | None = None,
         pl_min_area: int | None = None,
         pl_max_regions: int | None = 32,
-        pl_seen_margin: float = 0.0,
+        pl_seen_margin: float = 1.0,
         pl_kwargs: dict[str, Any] | None = None,
         pl_source: str = "kmeans",
         pl_clip_es: Mapping | None = None,
         alpha: float | None = None,
-        beta: float = 1 / 0.07,
+        beta: float = 14.285714,
         ce_weight: float = 1.0,
         ce_reduction: str = "joint",
         pseudo_ce_weight: float = 1.0,
-        pseudo_negatives: str = "image",
+        pseudo_negatives: str = "bank",
         pseudo_bank_size: int = 256,
         pseudo_negatives_same: float | None = 0.9,
-        nel_weight: float = 1.0,
+        nel_weight: float = 0.0,
         focal_weight: float = 100.0,
         dice_weight: float = 1.0,
         focal_reduction: str = "zegclip",
         nel_bias: float = 0.0,
         bce_weight: float = 1.0,
-        bce_scale: float = 1 / 0.07,
+        bce_scale: float = 14.285714,
         bce_bias: float = 0.0,
         synth_depth: int = 2,
         synth_heads: int = 4,
         synth_ffn_dim: int | None = None,
         synth_memory: str = "cls",
-        synth_query: str = "prototype",
+        synth_query: str = "clip",
         synth_detach_prototypes: bool = False,
         detach_pseudo_weights: bool = False,
         synth_lr_mult: float = 1.0,

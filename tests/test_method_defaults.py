@@ -1,0 +1,86 @@
+"""A method built in Python equals the shipped config: every constructor default of every method is the value its
+configs/method/<name>.yaml writes, and every constructor setting is written there."""
+from __future__ import annotations
+
+import inspect
+import re
+
+import pytest
+import yaml
+
+from conftest import REPO
+from zss.methods import ChimeraSeg, ClipRC, ClipZSS, SeenOnlyBaseline
+from zss.methods.clip_zss import CLIP_ES_DEFAULTS
+
+METHOD_CONFIGS = REPO / "configs" / "method"
+#: config name -> the class whose defaults it states
+DEFAULTS = {"baseline": SeenOnlyBaseline, "clip_zss": ClipZSS, "chimera_seg": ChimeraSeg, "clip_rc": ClipRC}
+#: presets: deltas over one of the configs above (paper settings, ZegCLIP on CLIP-RC's machinery), not defaults
+PRESETS = {"clip_zss_paper": "clip_zss", "chimera_seg_paper": "chimera_seg", "zegclip": "clip_rc"}
+#: config keys that are no constructor argument
+BOOKKEEPING = {"_target_", "name", "recipe", "defaults"}
+#: constructor arguments no default config writes: free-form pass-through (None in every default config)
+PYTHON_ONLY = {"pl_kwargs"}
+#: ``${oc.select:<per-benchmark recipe key>,<fallback>}``: the benchmark recipe decides, the fallback is the default
+_SELECT = re.compile(r"^\$\{oc\.select:[^,]+,(.+)\}$")
+
+
+def _config(name: str) -> dict:
+    return yaml.safe_load((METHOD_CONFIGS / f"{name}.yaml").read_text())
+
+
+def _settings(cls) -> dict[str, inspect.Parameter]:
+    """The method's own settings: keyword-only constructor arguments plus ``transductive``."""
+    params = inspect.signature(cls).parameters
+    return {k: p for k, p in params.items() if p.kind is p.KEYWORD_ONLY or k == "transductive"}
+
+
+def _default(value):
+    """The default a config value states (the fallback of a per-benchmark interpolation)."""
+    if isinstance(value, str) and value.startswith("${"):
+        m = _SELECT.match(value)
+        assert m, f"interpolation {value!r} is not an oc.select with a fallback"
+        return yaml.safe_load(m.group(1))
+    return value
+
+
+def test_every_method_config_is_a_default_or_a_named_preset():
+    assert {p.stem for p in METHOD_CONFIGS.glob("*.yaml")} == set(DEFAULTS) | set(PRESETS)
+    for preset, base in PRESETS.items():
+        cfg = _config(preset)
+        assert base in cfg["defaults"] and "_target_" not in cfg  # a delta: the base's class and defaults
+        unknown = set(cfg) - BOOKKEEPING - set(_settings(DEFAULTS[base]))
+        assert not unknown, f"{preset}.yaml sets {unknown}, which {DEFAULTS[base].__name__} does not take"
+
+
+@pytest.mark.parametrize("name", sorted(DEFAULTS))
+def test_constructor_defaults_equal_the_shipped_config(name):
+    cls, cfg = DEFAULTS[name], _config(name)
+    assert cfg["_target_"] == f"{cls.__module__}.{cls.__qualname__}"
+    settings = _settings(cls)
+    keys = set(cfg) - BOOKKEEPING
+    assert keys <= set(settings), f"{name}.yaml keys {keys - set(settings)} are no {cls.__name__} argument"
+    assert set(settings) - keys <= PYTHON_ONLY, f"{cls.__name__} arguments missing from {name}.yaml"
+    wrong = {}
+    for key in sorted(keys):
+        want, have = _default(cfg[key]), settings[key].default
+        if key == "transductive":  # None = configure_transductive's defaults; the config spells them out
+            trans = {k: p.default for k, p in inspect.signature(cls.configure_transductive).parameters.items()
+                     if k != "self"}
+            assert have is None
+            have = trans
+        elif key == "pl_clip_es":  # None = CLIP_ES_DEFAULTS; the CLIP-ES text data come from a benchmark preset
+            assert have is None
+            have = {k: CLIP_ES_DEFAULTS[k] for k in want}
+        if have != want:
+            wrong[key] = (have, want)
+    assert not wrong, f"{cls.__name__} default != configs/method/{name}.yaml (python, yaml): {wrong}"
+
+
+def test_checkpoint_defaults_name_real_arguments_that_changed():
+    """``CHECKPOINT_DEFAULTS`` (values for keys an older checkpoint's config lacks) only list arguments whose
+    default changed: anything else would be a silent second default."""
+    for cls in DEFAULTS.values():
+        settings = _settings(cls)
+        for key, old in cls.CHECKPOINT_DEFAULTS.items():
+            assert key in settings and settings[key].default != old, (cls.__name__, key)

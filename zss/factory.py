@@ -1,0 +1,152 @@
+"""Build a method in Python from its shipped config, as ``timm.create_model`` builds a model (no Hydra).
+
+    import zss
+    zss.list_methods()                     # ['baseline', 'chimera_seg', 'chimera_seg_paper', 'clip_rc', ...]
+    teacher = zss.teachers.clip.FrozenCLIP(pretrained="ViT-B-16.pt")
+    student = zss.models.Student("resnet101.tv_in1k", embed_dim=teacher.embed_dim, pretrained=True)
+    method = zss.create_method("clip_zss", benchmark="voc20", student=student, teacher=teacher, nel_weight=1.0)
+
+A method's settings are those of ``configs/method/<name>.yaml`` (its ``defaults`` list merged first, then the
+file itself, as Hydra composes it), with per-benchmark values (``${oc.select:method.recipe.<benchmark>...}``)
+resolved for ``benchmark``; keyword overrides win. The class comes from the allow-list of :mod:`zss.registry`.
+The configs are read with OmegaConf (no Hydra import). Source: ours.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from torch import nn
+
+from zss.resources import config_dir
+
+__all__ = ["list_methods", "method_settings", "create_method"]
+
+#: method-config keys that are no constructor argument (as zss.loading.METHOD_BOOKKEEPING)
+_BOOKKEEPING = ("_target_", "name", "recipe")
+
+
+def list_methods() -> list[str]:
+    """Names ``create_method`` takes: the shipped method configs (``configs/method/<name>.yaml``), sorted.
+
+    ``baseline``, ``clip_zss``, ``chimera_seg`` and ``clip_rc`` are the methods with their defaults (equal to the
+    classes' constructor defaults); ``zegclip`` (ZegCLIP on CLIP-RC's machinery) and ``*_paper`` (paper presets) are
+    named deltas over them.
+
+    Raises:
+        FileNotFoundError: from :func:`zss.resources.config_dir` (a broken install).
+    """
+    return sorted(p.stem for p in (Path(config_dir()) / "method").glob("*.yaml"))
+
+
+def _load(group: str, name: str):
+    """The config ``configs/<group>/<name>.yaml`` with its ``defaults`` list merged (Hydra's order: the entries
+    in order, ``_self_`` where listed, else last)."""
+    from omegaconf import OmegaConf
+
+    path = Path(config_dir()) / group / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        what = "method" if group == "method" else f"{group} preset"
+        raise ValueError(f"unknown {what} {name!r} ({path} does not exist); choose one of {known}")
+    raw = OmegaConf.load(path)
+    defaults = list(raw.pop("defaults", None) or [])
+    parts, self_listed = [], False
+    for entry in defaults:
+        if entry == "_self_":
+            parts.append(raw)
+            self_listed = True
+        elif isinstance(entry, str):  # another option of the same group (a preset's base)
+            parts.append(_load(group, entry))
+        else:  # {"/other_group@key": option}
+            for key, option in entry.items():
+                other, _, package = str(key).lstrip("/").partition("@")
+                node = _load(other, str(option))
+                parts.append(OmegaConf.create({package: node}) if package else node)
+    if not self_listed:
+        parts.append(raw)
+    return OmegaConf.merge(*parts)
+
+
+def method_settings(name: str, benchmark: str = "voc20") -> tuple[str, dict[str, Any]]:
+    """``(target, settings)`` of a shipped method config: the dotted class path and its constructor arguments.
+
+    Args:
+        name: one of :func:`list_methods`.
+        benchmark: benchmark name (``dataset.benchmark``: ``voc20``, ``cocostuff171``, ``context59`` ...) that
+            per-benchmark values are read for (CLIP-RC / ZegCLIP ``recipe``); others fall back to the default.
+
+    Returns:
+        the ``_target_`` string and a plain dict of constructor keyword arguments (no ``name`` / ``recipe``).
+
+    Raises:
+        ValueError: unknown ``name`` (lists the shipped ones).
+    """
+    from omegaconf import OmegaConf
+
+    root = OmegaConf.create({"method": _load("method", name), "dataset": {"benchmark": str(benchmark)}})
+    node = OmegaConf.to_container(root.method, resolve=True)
+    target = node.get("_target_")
+    return target, {k: v for k, v in node.items() if k not in _BOOKKEEPING}
+
+
+def _merge(base: Mapping, over: Mapping) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def create_method(
+    name: str,
+    *,
+    benchmark: str = "voc20",
+    split: str | None = None,
+    student: nn.Module | None = None,
+    teacher: nn.Module | None = None,
+    **overrides: Any,
+) -> nn.Module:
+    """A training method built with the settings of its shipped config (``configs/method/<name>.yaml``).
+
+    Equal to what ``scripts/train.py method=<name> dataset=<benchmark's preset>`` builds around the same student
+    and teacher. Classes, unseen ids and prompt templates are the benchmark's
+    (:func:`zss.data.classes.get_benchmark`); text embeddings come from ``teacher.text``.
+
+    Args:
+        name: one of :func:`list_methods` (``baseline``, ``clip_zss``, ``chimera_seg``, ``clip_rc``, ``zegclip``,
+            paper presets).
+        benchmark: benchmark name (``voc20``, ``cocostuff171``, ``context59``, ``context60``, ``voc21``); also
+            picks per-benchmark values of the config (CLIP-RC's ``recipe``).
+        split: the benchmark's unseen split where it has several (``zs3`` / ``cascade`` for Context).
+        student: the built student (e.g. :class:`zss.models.Student` with ``embed_dim=teacher.embed_dim``);
+            required except for CLIP-RC / ZegCLIP, which build their model from the CLIP teacher (ignored there).
+        teacher: the built frozen teacher (:class:`zss.teachers.clip.FrozenCLIP`, or
+            :class:`zss.teachers.oracle.OracleTeacher` for CLIP-ZSS / baseline mechanism runs).
+        **overrides: constructor arguments that replace the config's (``nel_weight=1.0``); a mapping merges into a
+            mapping-valued setting (``transductive=dict(enabled=True)`` keeps the block's other keys). May also
+            replace ``classnames`` / ``unseen`` / ``templates`` / ``text_embeds``.
+
+    Returns:
+        the method (an ``nn.Module``, :class:`zss.methods.Method`) in training mode.
+
+    Raises:
+        ValueError: unknown ``name`` or ``benchmark``/``split``, no ``teacher``, no ``student`` for a method that
+            trains one, or whatever the method's constructor rejects (an unknown override is a TypeError).
+    """
+    from zss import registry
+    from zss.data.classes import get_benchmark
+
+    target, settings = method_settings(name, benchmark)
+    cls = registry.resolve(target, "method", f"configs/method/{name}.yaml")
+    if teacher is None:
+        raise ValueError(f"create_method({name!r}): pass teacher= (a built zss.teachers.clip.FrozenCLIP, or an "
+                         f"OracleTeacher for mechanism runs); every method needs one for its text embeddings")
+    uses_student = bool(getattr(cls, "uses_student", True))
+    if uses_student and student is None:
+        raise ValueError(f"create_method({name!r}): pass student= (e.g. zss.models.Student('resnet101.tv_in1k', "
+                         f"embed_dim=teacher.embed_dim)); {cls.__name__} trains a student")
+    bench = get_benchmark(benchmark, split)
+    kwargs = dict(classnames=list(bench.classes), unseen=list(bench.unseen), templates=list(bench.templates),
+                  **settings)
+    kwargs = _merge(kwargs, overrides)
+    return cls(student=student if uses_student else None, teacher=teacher, **kwargs)
