@@ -68,8 +68,14 @@ def teacher_ceiling(split: str, out: Path) -> dict:
     import torch
 
     from zss.data.classes import get_benchmark
-    from zss.teachers.taught import (WORLD_PRESET, TaughtClipSettings, ensure_taught_clip, evaluate_dense_quality,
-                                     load_taught_clip, quality_dataset)
+    from zss.teachers.taught import (
+        WORLD_PRESET,
+        TaughtClipSettings,
+        ensure_taught_clip,
+        evaluate_dense_quality,
+        load_taught_clip,
+        quality_dataset,
+    )
 
     torch.set_num_threads(os.cpu_count() or 1)
     settings = TaughtClipSettings(**WORLD_PRESET)
