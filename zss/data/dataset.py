@@ -623,13 +623,13 @@ def check_no_unseen(label: torch.Tensor, unseen: Sequence[int] | torch.Tensor, n
     Raises:
         ValueError: one line naming the sample, the ids and ``dataset.hide_unseen=true``.
     """
-    ids = torch.as_tensor(unseen, dtype=torch.long)
-    if ids.numel() == 0:
+    ids = np.asarray(torch.as_tensor(unseen, dtype=torch.long).cpu())
+    if ids.size == 0:
         return
-    lab = torch.as_tensor(label)
-    hit = torch.isin(lab.to(ids.device), ids)
-    if bool(hit.any()):
-        found = sorted(set(lab.to(ids.device)[hit].tolist()))
+    lab = np.asarray(torch.as_tensor(label).cpu())  # numpy: a data-side check, never a torch (device) read-back
+    hit = np.isin(lab, ids)
+    if hit.any():
+        found = sorted(set(lab[hit].tolist()))
         raise ValueError(
             f"training sample {name!r}: its training label holds unseen class id(s) {found}, i.e. unseen ground "
             f"truth would reach a training step; set dataset.hide_unseen=true (the zero-shot setting hides unseen "

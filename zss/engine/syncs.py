@@ -10,7 +10,8 @@ them; on a CPU nothing waits, so :class:`HostSyncCounter` finds the same call si
 * a :class:`torch.utils._python_dispatch.TorchDispatchMode` sees every aten op and counts the ones above
   (``aten._local_scalar_dense`` is what ``.item()`` / ``bool()`` / ``int()`` / ``float()`` reach);
 * ``torch.Tensor.tolist`` / ``.cpu`` / ``.numpy`` are wrapped while the counter is active, because on a
-  CPU tensor they read memory without dispatching an op.
+  CPU tensor they read memory without dispatching an op; calls from the data pipeline (``zss/data``: CPU
+  tensors by construction, e.g. the training-label leak guard) are not counted.
 
 Not seen on a CPU: ``.to(device)`` calls whose target happens to be the CPU (a device-to-host copy on a
 GPU), and syncs inside C++ kernels that have no CPU counterpart. The CUDA test
@@ -61,6 +62,16 @@ def _where() -> str:
     return f"{Path(f.filename).name}:{f.lineno} ({f.name})"
 
 
+_DATA = str(Path(_ZSS) / "data")
+
+
+def _in_data_pipeline() -> bool:
+    """True when the innermost zss frame is data-pipeline code (``zss/data``): it handles CPU tensors by
+    construction (normally in the loader's workers), so its ``.cpu`` / ``.numpy`` / ``.tolist`` are no device syncs."""
+    own = [f for f in traceback.extract_stack()[:-2] if f.filename.startswith(_ZSS) and not f.filename.endswith("syncs.py")]
+    return bool(own) and own[-1].filename.startswith(_DATA)
+
+
 class HostSyncCounter(TorchDispatchMode):
     """Context manager counting host syncs (see the module docstring) inside its ``with`` block.
 
@@ -105,7 +116,8 @@ class HostSyncCounter(TorchDispatchMode):
             self._saved[name] = orig
 
             def wrapped(t, *a, _orig=orig, _name=name, **k):
-                counter._hit(_name)
+                if not _in_data_pipeline():
+                    counter._hit(_name)
                 return _orig(t, *a, **k)
 
             setattr(torch.Tensor, name, wrapped)
