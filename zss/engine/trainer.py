@@ -240,6 +240,17 @@ def non_finite_tensors(tensors: dict) -> list[str]:
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
 
 
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: the worker ignores :data:`STOP_SIGNALS`, so a signal to the whole process
+    group (SLURM's time limit, ``scancel``, ``timeout``, Ctrl-C, submitit's SIGUSR1) is left to the main process,
+    which finishes its step, writes ``last.pt`` and shuts the workers down itself; a worker still exits when its
+    parent dies (torch's watchdog). Source: ours."""
+    for name in STOP_SIGNALS:
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)
+
+
 class Trainer:
     """Train a :class:`~zss.methods.base.Method` and evaluate it.
 
@@ -480,6 +491,7 @@ class Trainer:
         return DataLoader(
             data, batch_size=self.micro, sampler=sampler, num_workers=self.cfg.num_workers,
             drop_last=True, persistent_workers=self.cfg.num_workers > 0, pin_memory=self.device.type == "cuda",
+            worker_init_fn=ignore_stop_signals if self.cfg.num_workers > 0 else None,
         )
 
     def _to_device(self, batch: dict) -> dict:
