@@ -161,6 +161,67 @@ def _device_cuda(ctx):
     return (*_train("device=cuda", f"run_root={ctx['tmp']}"), ["device=cuda", "device=cpu"])
 
 
+def _spoiled(ctx, edit, name="spoiled.pt") -> Path:
+    """A copy of the module's 1-step checkpoint changed by ``edit(ckpt)``, still weights_only-loadable."""
+    ck = torch.load(ctx["ckpt"](), weights_only=True)
+    edit(ck)
+    f = ctx["tmp"] / name
+    torch.save(ck, f)
+    return f
+
+
+def _nan_weight(ck):
+    ck["state"]["student.proj.weight"][0, 0] = float("nan")
+
+
+SPOIL = {  # how a checkpoint was spoiled -> what the one line says
+    "NaN weights": (_nan_weight, ["student.proj.weight", "non-finite"]),
+    "19 class names, 20 text embeds": (lambda ck: ck["classnames"].pop(), ["19 class names", "text_embeds"]),
+    "21 class names, 20 text embeds": (lambda ck: ck["classnames"].append("extra"), ["21 class names"]),
+    "unseen id out of range": (lambda ck: ck.update(unseen=[15, 25]), ["'unseen'=[15, 25]", "[0, 20)"]),
+    "${oc.env:...} in its config": (lambda ck: ck["config"]["dataset"].update(root="${oc.env:HOME}"),
+                                    ["config.dataset.root='${oc.env:HOME}'", "interpolation"]),
+    "trainer.seen_bias=nan in its config": (lambda ck: ck["config"]["trainer"].update(seen_bias=float("nan")),
+                                            ["config.trainer.seen_bias=nan", "finite"]),
+    "no method group": (lambda ck: ck["config"].pop("method"), ["no method group"]),
+}
+
+
+def _spoiled_ckpt(what: str, cmd: str):
+    def case(ctx):
+        edit, expect = SPOIL[what]
+        f = _spoiled(ctx, edit)
+        expect = [f"checkpoint {f}", "cannot be used", *expect]
+        if cmd == "eval":
+            from zss.cli import eval_main
+
+            return eval_main, [f"ckpt={f}", f"out_dir={ctx['tmp'] / 'ev'}", "efficiency=false"], expect
+        if cmd == "predict":
+            from zss.cli_predict import predict_main
+
+            img = next(Path(ctx["voc_root"], "JPEGImages").glob("*.jpg"))
+            return predict_main, [f"ckpt={f}", f"image={img}", f"out={ctx['tmp'] / 'pred'}"], expect
+        return (*_train(f"resume={f}", "resume_allow_changes=true", f"dataset.root={ctx['voc_root']}",
+                        f"run_root={ctx['tmp']}"), expect)
+    return case
+
+
+def _predict(ctx, *args):
+    from zss.cli_predict import predict_main
+
+    img = next(Path(ctx["voc_root"], "JPEGImages").glob("*.jpg"))
+    return predict_main, [f"image={img}", f"out={ctx['tmp'] / 'pred'}", *args]
+
+
+def _predict_out_is_input(ctx):
+    d = ctx["tmp"] / "photos"
+    d.mkdir()
+    shutil.copy(next(Path(ctx["voc_root"], "JPEGImages").glob("*.jpg")), d)
+    from zss.cli_predict import predict_main
+
+    return predict_main, [f"ckpt={ctx['tmp'] / 'missing.pt'}", f"image={d}", f"out={d}"], [f"out={d}", "read as input"]
+
+
 CASES = {
     # key=value mistakes: all refused before anything is built
     "max_steps=0": lambda ctx: (*_train("trainer.max_steps=0", f"run_root={ctx['tmp']}"), ["trainer.max_steps=0", ">= 1"]),
@@ -182,6 +243,17 @@ CASES = {
     "resume=empty file": _resume_garbage,
     "resume=other architecture": _resume_other_arch(False),
     "resume=other architecture, changes allowed": _resume_other_arch(True),
+    **{f"{cmd} ckpt with {what}": _spoiled_ckpt(what, cmd) for what in SPOIL for cmd in ("eval", "predict")},
+    "resume=ckpt with NaN weights": _spoiled_ckpt("NaN weights", "train"),
+    # inference settings: refused before the model is built (the checkpoint here does not even exist)
+    "eval eval.seen_bias=nan": lambda ctx: (__import__("zss.cli", fromlist=["x"]).eval_main,
+                                            [f"ckpt={ctx['ckpt']()}", "eval.seen_bias=nan", "efficiency=false",
+                                             f"out_dir={ctx['tmp']}"], ["eval.seen_bias=nan", "finite"]),
+    "predict seen_bias=nan": lambda ctx: (*_predict(ctx, f"ckpt={ctx['tmp'] / 'missing.pt'}", "seen_bias=nan"),
+                                          ["seen_bias=nan", "finite"]),
+    "predict crop_batch=0": lambda ctx: (*_predict(ctx, f"ckpt={ctx['tmp'] / 'missing.pt'}", "crop_batch=0"),
+                                         ["crop_batch=0", ">= 1"]),
+    "predict out=its image folder": _predict_out_is_input,
     # image files: training names the file, and the checker reports it (it said OK before)
     **{f"{bad} jpeg: {cmd}": _image_case(bad, cmd == "check")
        for bad in ("truncated", "empty", "not_image") for cmd in ("train", "check")},
@@ -248,3 +320,23 @@ def test_16bit_png_is_scaled_in_datasets(tmp_path):
     ds = SegDataset(tmp_path, "img", "ann", None, img_suffix=".png", num_classes=2)
     got = ds[0]["image"].permute(1, 2, 0).numpy()
     assert np.abs(got.astype(int) - want).max() <= 1
+
+
+def test_from_checkpoint_refuses_a_spoiled_checkpoint(ckpt, tmp_path):
+    import zss
+
+    f = _spoiled({"ckpt": lambda: ckpt, "tmp": tmp_path}, _nan_weight)
+    with pytest.raises(ValueError, match=r"cannot be used: non-finite weights: student\.proj\.weight"):
+        zss.from_checkpoint(f)
+
+
+def test_predict_never_reads_its_own_outputs(tmp_path, voc_root):
+    from zss.predict import list_images, write_classes
+
+    src = next(Path(voc_root, "JPEGImages").glob("*.jpg"))
+    shutil.copy(src, tmp_path / "photo.jpg")
+    assert list_images(tmp_path) == [tmp_path / "photo.jpg"]
+    for name in ("photo_overlay.png", "photo_label.png"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    write_classes(tmp_path, ["cat", "dog"])  # an out= folder of an earlier run that also held the inputs
+    assert list_images(tmp_path) == [tmp_path / "photo.jpg"]

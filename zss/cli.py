@@ -528,6 +528,44 @@ def writable_dir(path: Path, key: str) -> Path:
     return path
 
 
+def check_eval_settings(ev, prefix: str = "") -> None:
+    """Refuse inference settings that would fail deep inside (or give NaN) before any model is built.
+
+    ``ev``: mapping with any of ``eval_mode``/``mode``, ``eval_crop``/``crop``, ``eval_stride``/``stride``,
+    ``eval_crop_batch``/``crop_batch``, ``label_space``, ``seen_bias``, ``amp`` (None = not set).
+
+    Raises:
+        ValueError: one line naming ``<prefix><key>=<value>`` and what it must be.
+    """
+    import math
+
+    from zss.engine.inference import INFERENCE_MODES
+
+    def bad(key, want):
+        return ValueError(f"{prefix}{key}={ev[key]!r}: must be {want}")
+
+    for key in set(ev) & {"seen_bias", "alpha"}:
+        v = ev[key]
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            raise bad(key, "a finite number" + (" (logit units)" if key == "seen_bias" else ""))
+    for key in set(ev) & {"eval_crop_batch", "crop_batch", "short_side", "long_side"}:
+        v = ev[key]
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise bad(key, "an integer >= 1" + (" (crops per forward)" if "batch" in key else " (pixels)"))
+    for key in set(ev) & {"eval_crop", "crop", "eval_stride", "stride"}:
+        v = ev[key]
+        if v is not None and (isinstance(v, (str, int)) or len(v) != 2 or not all(
+                isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v)):
+            raise bad(key, "[h, w], two integers >= 1 (pixels)")
+    for key in set(ev) & {"eval_mode", "mode"}:
+        if ev[key] is not None and ev[key] not in INFERENCE_MODES:
+            raise bad(key, " or ".join(INFERENCE_MODES))
+    if ev.get("label_space") is not None and ev["label_space"] not in ("all", "unseen"):
+        raise bad("label_space", "all (GZSS) or unseen (ZSS)")
+    if ev.get("amp") is not None and ev["amp"] not in ("fp32", "bf16", "fp16"):
+        raise bad("amp", "fp32 or bf16")
+
+
 def eval_tag(settings: dict) -> str:
     """File stem of an evaluation's results: ``eval_<benchmark>_<label_space>_<mode>_sb<seen_bias>[_bf16]_<split>``
     (e.g. ``eval_voc20_all_slide_sb0_val``), so evaluations with different settings keep separate files."""
@@ -547,16 +585,17 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     tcfg = OmegaConf.create(ckpt["config"])
     ds = OmegaConf.merge(tcfg.dataset, _non_null(cfg.get("dataset")))
     bench = build_benchmark(ds)
-    method, ckpt = load_for_inference(
-        cfg.ckpt, classnames=list(bench.classes), unseen=list(bench.unseen), templates=templates_for(ds, bench),
-        teacher_overrides=_non_null(cfg.get("teacher")), device=device, input_norm=(ds.mean, ds.std),
-    )
-    _, val_set = build_data(ds, bench, train=False, val_split=cfg.split or ds.val_split)
     ev = OmegaConf.merge(
         {k: tcfg.trainer[k] for k in ("eval_mode", "eval_crop", "eval_stride", "eval_crop_batch", "label_space",
                                        "seen_bias", "amp")},
         _non_null(cfg.get("eval")),
     )
+    check_eval_settings(ev, "eval.")  # before the model is built
+    method, ckpt = load_for_inference(
+        cfg.ckpt, classnames=list(bench.classes), unseen=list(bench.unseen), templates=templates_for(ds, bench),
+        teacher_overrides=_non_null(cfg.get("teacher")), device=device, input_norm=(ds.mean, ds.std),
+    )
+    _, val_set = build_data(ds, bench, train=False, val_split=cfg.split or ds.val_split)
     amp = torch.bfloat16 if ev.amp == "bf16" else None
     results = evaluate(method, val_set, mode=ev.eval_mode, crop=tuple(ev.eval_crop), stride=tuple(ev.eval_stride),
                        crop_batch=ev.eval_crop_batch, label_space=ev.label_space, seen_bias=ev.seen_bias,

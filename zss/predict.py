@@ -104,7 +104,8 @@ def list_images(path: str | os.PathLike) -> list[Path]:
             suffix is in :data:`IMAGE_SUFFIXES` (case-insensitive).
 
     Returns:
-        list of ``Path``.
+        list of ``Path``. A folder that holds predict's own outputs (a ``classes.txt``) contributes no
+        ``<name>_overlay.png`` / ``<name>_label.png``: predict never segments its own outputs.
 
     Raises:
         FileNotFoundError: ``path`` does not exist, or the folder holds no image (names the ``image=`` key).
@@ -113,7 +114,9 @@ def list_images(path: str | os.PathLike) -> list[Path]:
     if p.is_file():
         return [p]
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        ours = (p / "classes.txt").is_file()
+        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                       and not (ours and f.name.endswith(("_overlay.png", "_label.png"))))
         if not files:
             raise FileNotFoundError(f"image={path}: the folder holds no image file ({', '.join(IMAGE_SUFFIXES)})")
         return files

@@ -424,7 +424,7 @@ class Trainer:
         }
 
     def _load(self, path: str | Path) -> None:
-        ckpt = load_checkpoint(path, map_location=self.device)
+        ckpt = load_checkpoint(path, map_location=self.device, need_config=False)
         self.method.load_state_dict(ckpt["state"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
