@@ -206,6 +206,13 @@ def _spoiled_ckpt(what: str, cmd: str):
     return case
 
 
+def _stripped(ctx) -> Path:
+    """A weights-only export of the module's checkpoint (no optimizer / scaler / step / best) in its own folder."""
+    (ctx["tmp"] / "w").mkdir(exist_ok=True)
+    keep = ("state", "config", "classnames", "unseen", "teacher")
+    return _spoiled(ctx, lambda ck: [ck.pop(k) for k in list(ck) if k not in keep], "w/weights.pt")
+
+
 def _predict(ctx, *args):
     from zss.cli_predict import predict_main
 
@@ -245,6 +252,9 @@ CASES = {
     "resume=other architecture, changes allowed": _resume_other_arch(True),
     **{f"{cmd} ckpt with {what}": _spoiled_ckpt(what, cmd) for what in SPOIL for cmd in ("eval", "predict")},
     "resume=ckpt with NaN weights": _spoiled_ckpt("NaN weights", "train"),
+    "resume=ckpt without optimizer state": lambda ctx: (
+        *_train(f"resume={_stripped(ctx)}", f"dataset.root={ctx['voc_root']}", f"run_root={ctx['tmp']}"),
+        ["optimizer, scaler, step, best missing", f"init_from={ctx['tmp'] / 'w' / 'weights.pt'}"]),
     # inference settings: refused before the model is built (the checkpoint here does not even exist)
     "eval eval.seen_bias=nan": lambda ctx: (__import__("zss.cli", fromlist=["x"]).eval_main,
                                             [f"ckpt={ctx['ckpt']()}", "eval.seen_bias=nan", "efficiency=false",
@@ -340,3 +350,47 @@ def test_predict_never_reads_its_own_outputs(tmp_path, voc_root):
         Image.new("RGB", (4, 4)).save(tmp_path / name)
     write_classes(tmp_path, ["cat", "dog"])  # an out= folder of an earlier run that also held the inputs
     assert list_images(tmp_path) == [tmp_path / "photo.jpg"]
+
+
+def test_resume_writes_nothing_before_the_checkpoint_is_accepted(ckpt, tmp_path, voc_root, monkeypatch, capsys):
+    """A refused resume (no training state; another architecture) leaves the checkpoint's folder as it was."""
+    from zss.cli import train_main
+
+    ctx = {"ckpt": lambda: ckpt, "tmp": tmp_path}
+    for bad, extra in ((_stripped(ctx), []), (ckpt, ["model.decoder_channels=8", "resume_allow_changes=true"])):
+        before = sorted(p.name for p in bad.parent.iterdir())
+        code, out, err = _cli(train_main, [*FAST, f"resume={bad}", f"dataset.root={voc_root}", *extra],
+                              monkeypatch, capsys)
+        assert code == 1 and "zss: error: resume=" in err, err
+        assert sorted(p.name for p in bad.parent.iterdir()) == before
+
+
+def test_init_from_starts_a_new_run_from_a_weights_only_checkpoint(ckpt, tmp_path, voc_root, monkeypatch, capsys):
+    from zss.cli import train_main
+
+    weights = _stripped({"ckpt": lambda: ckpt, "tmp": tmp_path})
+    code, out, err = _cli(train_main, [*FAST, f"init_from={weights}", f"dataset.root={voc_root}",
+                                       f"run_root={tmp_path / 'runs'}", "trainer.lr=0"], monkeypatch, capsys)
+    assert code == 0, err[-2000:]
+    (new,) = (tmp_path / "runs").glob("*/*/last.pt")
+    a, b = torch.load(new, weights_only=True), torch.load(ckpt, weights_only=True)
+    assert a["step"] == 1 and a["config"]["init_from"] == str(weights)
+    assert torch.equal(a["state"]["student.proj.weight"], b["state"]["student.proj.weight"])  # lr=0: kept
+
+
+def test_resume_auto_skips_an_unreadable_last_pt_and_names_it(tmp_path, voc_root, monkeypatch, capsys):
+    from zss.cli import train_main
+
+    args = [*FAST, f"run_root={tmp_path}", f"dataset.root={voc_root}", "name=r", "resume=auto"]
+    assert _cli(train_main, args, monkeypatch, capsys)[0] == 0
+    (good,) = tmp_path.glob("r/*/last.pt")
+    for i, content in enumerate((b"", b"PK\x03\x04 cut")):  # empty; truncated: newer than the good one
+        bad = tmp_path / "r" / f"zz-{i}" / "last.pt"
+        bad.parent.mkdir()
+        bad.write_bytes(content)
+        os.utime(bad, (good.stat().st_mtime + 10 + i,) * 2)
+    code, out, err = _cli(train_main, args, monkeypatch, capsys)
+    assert code == 0, err[-2000:]
+    for i in range(2):
+        assert f"resume=auto skips {tmp_path / 'r' / f'zz-{i}' / 'last.pt'}: unreadable" in out + err
+    assert "Traceback" not in out + err and f"run dir {good.parent}" in out

@@ -97,7 +97,7 @@ def test_checkpoint_config_cannot_call_arbitrary_functions(tiny_ckpt, tmp_path):
 def _fake_run(root: Path, name: str, config: dict, stamp: str) -> Path:
     run = root / name / stamp
     run.mkdir(parents=True)
-    torch.save({"state": {}, "config": config, "step": 1}, run / "last.pt")
+    torch.save({"state": {}, "config": config, "step": 1, "optimizer": {}, "scaler": {}, "best": {}}, run / "last.pt")
     return run / "last.pt"
 
 

@@ -203,7 +203,8 @@ def _resolve_dirs(cfg: DictConfig, config: dict | None = None) -> tuple[Path, Pa
     resume = cfg.get("resume")
     ckpt = None
     if resume == "auto":
-        ckpt = find_resume(cfg.run_root, cfg.name, config=config)
+        warn = (lambda msg: print(msg, flush=True)) if zdist.is_main() else None
+        ckpt = find_resume(cfg.run_root, cfg.name, config=config, warn=warn)
         others = find_resume(cfg.run_root, cfg.name) if ckpt is None and config is not None else None
         if others is not None and zdist.is_main():
             print(f"zss: resume=auto: no run of {cfg.name} under {cfg.run_root} has this config (newest differs in "
@@ -305,6 +306,24 @@ def check_run_target(run_root, name) -> None:
                          f"run_root=<a folder you can write>")
 
 
+def check_resumable(path) -> dict:
+    """The checkpoint ``resume=<path>`` names, loaded memory-mapped, if it can continue a run.
+
+    Raises:
+        ValueError: not a usable zss checkpoint (:func:`zss.engine.checkpoint.load_checkpoint`), or it holds no
+            training state (optimizer, ...): names what is missing and ``init_from=`` to start from its weights.
+    """
+    from zss.engine.checkpoint import missing_train_state
+
+    ckpt = load_checkpoint(path, mmap=True)
+    missing = missing_train_state(ckpt)
+    if missing:
+        raise ValueError(f"resume={path}: the checkpoint holds weights but no training state ({', '.join(missing)} "
+                         f"missing), so it cannot continue a run; start a new run from its weights with "
+                         f"init_from={path} (and no resume=)")
+    return ckpt
+
+
 def _resume_mismatch(path, err: RuntimeError) -> str:
     """One message for ``load_state_dict``'s strict-mode dump when resuming another architecture."""
     import re
@@ -334,7 +353,11 @@ def train(cfg: DictConfig) -> dict | None:
     train_config(cfg.trainer)  # bad trainer values, run name or run_root fail here, before anything is built
     check_run_target(cfg.run_root, cfg.name)
     if cfg.get("resume") not in (None, "auto") and Path(str(cfg.resume)).is_file():
-        load_checkpoint(cfg.resume, mmap=True)  # not a zss checkpoint: one message now (memory-mapped: cheap)
+        check_resumable(cfg.resume)  # not a zss checkpoint, or no training state: one message now
+    if cfg.get("init_from") and cfg.get("resume"):
+        raise ValueError(f"init_from={cfg.init_from} starts a NEW run from a checkpoint's weights, resume={cfg.resume} "
+                         f"continues an old one: pass only one of them")
+    init = load_checkpoint(cfg.init_from) if cfg.get("init_from") else None  # checked before anything is built
     check_teacher_allowed(cfg)
     device = zdist.init_distributed(cfg.device)
     torch.manual_seed(cfg.trainer.seed)
@@ -347,6 +370,11 @@ def train(cfg: DictConfig) -> dict | None:
     method = instantiate(_without(cfg.method, *METHOD_BOOKKEEPING), student=student, teacher=teacher,
                          classnames=list(bench.classes), unseen=list(bench.unseen),
                          templates=templates_for(cfg.dataset, bench))
+    if init is not None:
+        try:
+            method.load_state_dict(init["state"])
+        except RuntimeError as e:
+            raise ValueError(_resume_mismatch(cfg.init_from, e).replace("resume=", "init_from=", 1)) from e
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["model"]["embed_dim"] = embed_dim
     norm = _normalizations(cfg.dataset, student if student is not None else method.student, teacher)
@@ -356,6 +384,13 @@ def train(cfg: DictConfig) -> dict | None:
         resolved["model"]["backbone_std"] = norm["student"]["backbone_std"]
     run_dir, resume_ckpt = _resolve_dirs(cfg, resolved)  # resume only a run of the same config
     tcfg = TrainConfig(**OmegaConf.to_container(cfg.trainer, resolve=True))
+    try:  # loads a resumed checkpoint before anything is written into its folder
+        trainer = Trainer(method, train_set, val_set, tcfg, run_dir, config=resolved, resume_from=resume_ckpt,
+                          device=device)
+    except RuntimeError as e:  # strict load_state_dict of a checkpoint of another architecture
+        if resume_ckpt is None or "Error(s) in loading state_dict" not in str(e):
+            raise
+        raise ValueError(_resume_mismatch(resume_ckpt, e)) from e
     if zdist.is_main():
         print(f"zss: run dir {run_dir}")
         save_run_info(run_dir)
@@ -364,13 +399,6 @@ def train(cfg: DictConfig) -> dict | None:
         print(f"zss: teacher {ident.get('model_name')} (weights: {ident.get('pretrained')})"
               + (f"\nzss: NOTE {note}" if note else ""), flush=True)
         print("zss: normalisation " + json.dumps(norm), flush=True)
-    try:
-        trainer = Trainer(method, train_set, val_set, tcfg, run_dir, config=resolved, resume_from=resume_ckpt,
-                          device=device)
-    except RuntimeError as e:  # strict load_state_dict of a checkpoint of another architecture
-        if resume_ckpt is None or "Error(s) in loading state_dict" not in str(e):
-            raise
-        raise ValueError(_resume_mismatch(resume_ckpt, e)) from e
     results = trainer.fit()
     if trainer.stopped_by:  # SIGTERM/SIGINT/SIGUSR1: last.pt is written; exit as the signal would have
         zdist.cleanup()

@@ -76,6 +76,20 @@ def _load_reason(err: BaseException, path: Path) -> str:
     return "not a PyTorch checkpoint file"
 
 
+#: Entries a checkpoint needs to CONTINUE training (``resume=``), besides its weights (``state``).
+TRAIN_STATE_KEYS = ("optimizer", "scaler", "step", "best")
+
+
+def missing_train_state(ckpt: dict) -> list[str]:
+    """The :data:`TRAIN_STATE_KEYS` a loaded checkpoint lacks (e.g. a weights-only export): it cannot be resumed."""
+    return [k for k in TRAIN_STATE_KEYS if k not in ckpt]
+
+
+def read_reason(err: BaseException, path: str | os.PathLike) -> str:
+    """Why a checkpoint file could not be read, in a few words (torch's own advice left out)."""
+    return _load_reason(err, Path(path))
+
+
 #: Config groups every zss checkpoint stores (``zss.cli.train`` writes the whole resolved config).
 CONFIG_GROUPS = ("dataset", "method", "teacher", "trainer")
 
