@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -328,12 +329,21 @@ def test_eval_files_are_named_by_settings_and_out_dir_is_checked_first(tiny_ckpt
     base = [f"ckpt={tiny_ckpt}", f"dataset.root={voc_root}", f"out_dir={out}", "efficiency=false"]
     gz = cli.evaluate_checkpoint(_compose("eval", base))
     zs = cli.evaluate_checkpoint(_compose("eval", [*base, "eval.label_space=unseen", "eval.seen_bias=0.5"]))
-    a = json.loads((out / "eval_voc20_all_whole_sb0_val_results.json").read_text())
-    b = json.loads((out / "eval_voc20_unseen_whole_sb0.5_val_results.json").read_text())
+    (fa,) = out.glob("eval_voc20_all_whole_sb0_*_val_results.json")
+    (fb,) = out.glob("eval_voc20_unseen_whole_sb0.5_*_val_results.json")
+    a, b = json.loads(fa.read_text()), json.loads(fb.read_text())
     assert a["settings"]["label_space"] == "all" and b["settings"] == {
         "benchmark": "voc20", "split": "val", "label_space": "unseen", "eval_mode": "whole", "seen_bias": 0.5,
-        "amp": "fp32"}
+        "amp": "fp32", "data_root": str(voc_root.resolve()), "test_scale": [256, 64], "eval_crop": [224, 224],
+        "eval_stride": [160, 160], "checkpoint": str(tiny_ckpt.resolve()), "step": 2}
     assert a["pAcc"] == pytest.approx(gz["pAcc"]) and b["pAcc"] == pytest.approx(zs["pAcc"])
+    # another data root or test scale (issue 21: they replaced the run's results file) gets its own file
+    other = tmp_path / "voc_copy"
+    shutil.copytree(voc_root, other)
+    cli.evaluate_checkpoint(_compose("eval", [*base[:1], f"dataset.root={other}", *base[2:]]))
+    cli.evaluate_checkpoint(_compose("eval", [*base, "dataset.test_scale=[128,32]"]))
+    assert len(list(out.glob("eval_voc20_all_whole_sb0_*_val_results.json"))) == 3
+    assert json.loads(fa.read_text()) == a  # the first result is untouched
 
     def never(*a, **k):
         raise AssertionError("evaluated before checking that out_dir is writable")

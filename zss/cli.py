@@ -595,11 +595,17 @@ def check_eval_settings(ev, prefix: str = "") -> None:
 
 
 def eval_tag(settings: dict) -> str:
-    """File stem of an evaluation's results: ``eval_<benchmark>_<label_space>_<mode>_sb<seen_bias>[_bf16]_<split>``
-    (e.g. ``eval_voc20_all_slide_sb0_val``), so evaluations with different settings keep separate files."""
+    """File stem of an evaluation's results:
+    ``eval_<benchmark>_<label_space>_<mode>_sb<seen_bias>[_bf16]_<digest>_<split>`` (e.g.
+    ``eval_voc20_all_slide_sb0_1a2b3c4d_val``), where ``digest`` is the first 8 hex digits of the SHA-1 of every
+    setting (the keys above and the data root, test scale, crop/stride, checkpoint file and step): evaluations
+    that can differ in their numbers never share a file; the same evaluation again writes the same file."""
+    import hashlib
+
     amp = "" if settings.get("amp", "fp32") in (None, "fp32") else f"_{settings['amp']}"
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return (f"eval_{settings['benchmark']}_{settings['label_space']}_{settings['eval_mode']}_"
-            f"sb{float(settings['seen_bias']):g}{amp}_{settings['split']}")
+            f"sb{float(settings['seen_bias']):g}{amp}_{digest}_{settings['split']}")
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
@@ -631,7 +637,11 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     if zdist.is_main():
         split = cfg.split or ds.val_split
         settings = {"benchmark": ds.benchmark, "split": split, "label_space": ev.label_space,
-                    "eval_mode": ev.eval_mode, "seen_bias": float(ev.seen_bias), "amp": ev.amp or "fp32"}
+                    "eval_mode": ev.eval_mode, "seen_bias": float(ev.seen_bias), "amp": ev.amp or "fp32",
+                    "data_root": str(Path(str(ds.root)).expanduser().resolve()),
+                    "test_scale": [int(v) for v in ds.test_scale], "eval_crop": [int(v) for v in ev.eval_crop],
+                    "eval_stride": [int(v) for v in ev.eval_stride],
+                    "checkpoint": str(Path(str(cfg.ckpt)).expanduser().resolve()), "step": ckpt.get("step")}
         results["settings"] = settings
         tag = eval_tag(settings)  # one file set per setting: runs with other settings never overwrite it
         _report(results, out, tag, note=_teacher_note(ckpt.get("teacher") or {}))
