@@ -229,6 +229,76 @@ def _predict_out_is_input(ctx):
     return predict_main, [f"ckpt={ctx['tmp'] / 'missing.pt'}", f"image={d}", f"out={d}"], [f"out={d}", "read as input"]
 
 
+def _voc_variant(ctx, kind: str) -> tuple[Path, Path]:
+    """The 5-image VOC copy with its train split spoiled: ``utf16`` (saved as UTF-16), ``dup`` (an id listed
+    twice) or ``unseen_only`` (every train label rewritten to background + an unseen class)."""
+    root, _ = _mini_voc(ctx["tmp"] / "voc", ctx["voc_root"])
+    sf = root / "ImageSets/Segmentation/train.txt"
+    ids = sf.read_text().split()
+    if kind == "utf16":
+        sf.write_text("\n".join(ids) + "\n", encoding="utf-16")
+    elif kind == "dup":
+        sf.write_text("\n".join(ids + ids[:1]) + "\n")
+    elif kind == "unseen_only":
+        for i in ids:
+            p = root / "SegmentationClass" / f"{i}.png"
+            with Image.open(p) as im:
+                lab = np.asarray(im).copy()
+                pal = im.getpalette()
+            lab[(lab != 0) & (lab != 255)] = 16  # raw 16 = pottedplant, unseen in voc20
+            out = Image.fromarray(lab, mode="P")
+            out.putpalette(pal)
+            out.save(p)
+    return root, sf
+
+
+def _split_case(kind: str, cmd: str, expect: list[str]):
+    def case(ctx):
+        root, sf = _voc_variant(ctx, kind)
+        if cmd == "check":
+            from zss.cli_check import check_main
+
+            return (lambda: check_main(None)), ["dataset=voc20", f"dataset.root={root}"], [sf.name, *expect]
+        return (*_train(f"dataset.root={root}", f"run_root={ctx['tmp'] / 'runs'}"), expect)
+    return case
+
+
+def _classes_utf16(ctx):
+    f = ctx["tmp"] / "classes.txt"
+    f.write_text("cat\ndog\n", encoding="utf-16")
+    return (*_predict(ctx, f"ckpt={ctx['tmp'] / 'missing.pt'}", f"classes_file={f}"),
+            [f"classes_file '{f}'", "UTF-16", "UTF-8"])
+
+
+def _huge_strip(ctx):
+    f = ctx["tmp"] / "strip.png"
+    Image.new("RGB", (20000, 50)).save(f)
+    return (*_predict(ctx, f"ckpt={ctx['ckpt']()}", "short_side=512", f"image={f}"),
+            [str(f), "20000x50", "max_pixels=50000000", "long_side=2048"])
+
+
+def _bomb(ctx):
+    ctx["mp"].setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # a 100x100 image stands for a 14000x14000 one
+    f = ctx["tmp"] / "big.png"
+    Image.new("RGB", (100, 100)).save(f)
+    return (*_predict(ctx, f"ckpt={ctx['ckpt']()}", f"image={f}"), [str(f), "decompression-bomb", "downscale"])
+
+
+def _aggregate(ctx, *args):
+    from zss.commands import aggregate_main
+
+    run = ctx["tmp"] / "run1"
+    run.mkdir()
+    (run / "final_results.json").write_text('{"mIoU_seen": 10.0, "mIoU_unseen": 5.0, "hIoU": 6.7}')
+    return aggregate_main, [str(run), *args]
+
+
+def _cmd(name):
+    import zss.commands as c
+
+    return getattr(c, name)
+
+
 CASES = {
     # key=value mistakes: all refused before anything is built
     "max_steps=0": lambda ctx: (*_train("trainer.max_steps=0", f"run_root={ctx['tmp']}"), ["trainer.max_steps=0", ">= 1"]),
@@ -264,6 +334,33 @@ CASES = {
     "predict crop_batch=0": lambda ctx: (*_predict(ctx, f"ckpt={ctx['tmp'] / 'missing.pt'}", "crop_batch=0"),
                                          ["crop_batch=0", ">= 1"]),
     "predict out=its image folder": _predict_out_is_input,
+    # images too large for predict: a clear refusal naming the limit and the key
+    "predict 20000x50 image at short_side=512": _huge_strip,
+    "predict decompression bomb": _bomb,
+    # Hydra cannot lex the value: say how to quote it
+    "predict image=phöto.jpg unquoted": lambda ctx: (*_predict(ctx, "ckpt=x.pt", "image=/photos/phöto.jpg"),
+                                                      ["image=/photos/phöto.jpg", "quote the value",
+                                                       "image=\"'/photos/phöto.jpg'\""]),
+    "train name=it's unquoted": lambda ctx: (*_train("name=it's", f"run_root={ctx['tmp']}"),
+                                             ["name=it's", "quote the value", 'name=\\"it'"'"'s\\"']),
+    # text files that are not UTF-8
+    "train split file in UTF-16": _split_case("utf16", "train", ["train.txt", "UTF-16", "UTF-8"]),
+    "check split file in UTF-16": _split_case("utf16", "check", ["UTF-16"]),
+    "predict classes_file in UTF-16": _classes_utf16,
+    # split files and labels that train nothing or count twice
+    "train split with a duplicate id": _split_case("dup", "train", ["train.txt", "twice"]),
+    "check split with a duplicate id": _split_case("dup", "check", ["more than once"]),
+    "train split whose labels hold no seen class": _split_case("unseen_only", "train",
+                                                               ["dataset.train_split=train", "holds a seen", "zss-check"]),
+    "check split whose labels hold no seen class": _split_case("unseen_only", "check", ["holds a seen-class pixel"]),
+    # the argparse commands: one line too
+    "aggregate missing run dir": lambda ctx: (_cmd("aggregate_main"), [str(ctx["tmp"] / "nope")],
+                                              [str(ctx["tmp"] / "nope"), "does not exist"]),
+    "aggregate --metrics foo": lambda ctx: (*_aggregate(ctx, "--metrics", "foo"), ["--metrics foo", "spelling"]),
+    "plot missing run dir": lambda ctx: (_cmd("plot_main"), [str(ctx["tmp"] / "nope")], ["metrics.jsonl"]),
+    "teach-clip missing data": lambda ctx: (_cmd("teach_clip_main"), ["--root", str(ctx["tmp"] / "tc"),
+                                            "--data-root", str(ctx["tmp"] / "nodata")],
+                                            [str(ctx["tmp"] / "nodata"), "Set --data-root"]),
     # image files: training names the file, and the checker reports it (it said OK before)
     **{f"{bad} jpeg: {cmd}": _image_case(bad, cmd == "check")
        for bad in ("truncated", "empty", "not_image") for cmd in ("train", "check")},
@@ -274,7 +371,7 @@ CASES = {
 def test_bad_input_is_one_clear_message(case, tmp_path, voc_root, request, monkeypatch, capsys):
     for k in ("ZSS_DEBUG", "HYDRA_FULL_ERROR"):
         monkeypatch.delenv(k, raising=False)
-    ctx = {"tmp": tmp_path, "voc_root": voc_root, "ckpt": lambda: request.getfixturevalue("ckpt")}
+    ctx = {"tmp": tmp_path, "voc_root": voc_root, "ckpt": lambda: request.getfixturevalue("ckpt"), "mp": monkeypatch}
     main, args, expect = CASES[case](ctx)
     capsys.readouterr()
     with warnings.catch_warnings(record=True) as caught:

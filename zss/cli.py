@@ -306,6 +306,25 @@ def check_run_target(run_root, name) -> None:
                          f"run_root=<a folder you can write>")
 
 
+def check_seen_labels(train_set, ds: DictConfig) -> None:
+    """Refuse a training split whose labels hold no seen-class pixel (only ignore/background and unseen classes):
+    nothing to learn from, and ``zss-check`` reports the same. Checks up to 200 labels spread over the split.
+
+    Raises:
+        ValueError: naming the split, the labels read and the checker command.
+    """
+    count = getattr(train_set, "labels_with_seen_class", None)
+    if count is None:
+        return
+    read, hits = count()
+    if read and not hits:
+        where = f"dataset.train_label_dir={ds.train_label_dir}" if ds.get("train_label_dir") else \
+            f"dataset.root={ds.root}"
+        raise ValueError(f"dataset.train_split={ds.train_split}: none of the {read} labels read ({where}) holds a seen "
+                         f"class pixel (only background/ignore and unseen classes), so training has nothing to learn; "
+                         f"check the split and labels with zss-check dataset={ds.name} dataset.root={ds.root}")
+
+
 def check_resumable(path) -> dict:
     """The checkpoint ``resume=<path>`` names, loaded memory-mapped, if it can continue a run.
 
@@ -363,6 +382,7 @@ def train(cfg: DictConfig) -> dict | None:
     torch.manual_seed(cfg.trainer.seed)
     bench = build_benchmark(cfg.dataset)
     train_set, val_set = build_data(cfg.dataset, bench)
+    check_seen_labels(train_set, cfg.dataset)
     teacher = build_teacher(cfg, bench)
     embed_dim = int(teacher.embed_dim)
     student = (build_student(cfg.model, embed_dim, cfg.dataset.mean, cfg.dataset.std)
@@ -576,7 +596,7 @@ def check_eval_settings(ev, prefix: str = "") -> None:
         v = ev[key]
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
             raise bad(key, "a finite number" + (" (logit units)" if key == "seen_bias" else ""))
-    for key in set(ev) & {"eval_crop_batch", "crop_batch", "short_side", "long_side"}:
+    for key in set(ev) & {"eval_crop_batch", "crop_batch", "short_side", "long_side", "max_pixels"}:
         v = ev[key]
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise bad(key, "an integer >= 1" + (" (crops per forward)" if "batch" in key else " (pixels)"))
@@ -760,6 +780,32 @@ def report_user_errors(fn, *args):
         raise SystemExit(1) from None
 
 
+def check_override_syntax(args: list[str]) -> None:
+    """Parse each ``key=value`` override with Hydra's grammar before Hydra does, so that a value Hydra cannot lex
+    (non-ASCII letters ``classes=café``, an apostrophe ``name=it's``) gets one line saying how to quote it.
+    Command-line flags (``-m``, ``--cfg`` ...) are left to Hydra.
+
+    Raises:
+        ValueError: naming the override and a quoted form Hydra reads.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for a in args:
+        if a.startswith("-") or "=" not in a:
+            continue
+        try:
+            parser.parse_overrides([a])
+        except OverrideParseException as e:
+            key, _, val = a.partition("=")
+            quoted = f'{key}=\\"{val}\\"' if "'" in val else f"{key}=\"'{val}'\""
+            why = str(e).splitlines()[0].split(":")[0]
+            raise ValueError(f"cannot read the override {a!r} ({why}: Hydra's override grammar does not take this "
+                             f"value unquoted, e.g. non-ASCII letters or an apostrophe); quote the value, in a shell: "
+                             f"{quoted}") from None
+
+
 def _run(config_name: str, fn) -> None:
     """Hydra entry: ``python scripts/<x>.py key=value ...`` / ``zss-<x> key=value ...``; user errors end in one
     message (:func:`report_user_errors`); ``ZSS_DEBUG=1`` shows Hydra's full traceback instead."""
@@ -767,6 +813,7 @@ def _run(config_name: str, fn) -> None:
 
     if debug_enabled():
         os.environ["HYDRA_FULL_ERROR"] = "1"
+    report_user_errors(check_override_syntax, sys.argv[1:])
 
     @hydra.main(config_path=CONFIG_DIR, config_name=config_name, version_base="1.3")
     def _main(cfg: DictConfig) -> None:

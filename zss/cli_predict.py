@@ -80,7 +80,8 @@ def predict(cfg) -> list[dict]:
     classnames = parse_classes(classes, cfg.get("classes_file"))
     images = list_images(cfg.image)  # fail before loading anything
     check_eval_settings({k: _plain(cfg.get(k)) for k in ("mode", "crop", "stride", "crop_batch", "short_side",
-                                                          "long_side", "label_space", "seen_bias", "alpha", "amp")})
+                                                          "long_side", "label_space", "seen_bias", "alpha", "amp",
+                                                          "max_pixels")})
     check_out_dir(cfg.out, cfg.image)
     device = cfg.get("device", "auto")
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
@@ -128,6 +129,7 @@ def predict(cfg) -> list[dict]:
         stride=tuple(pick("stride", tc.get("eval_stride", (426, 426)))),
         crop_batch=int(pick("crop_batch", tc.get("eval_crop_batch", 8))), label_space=label_space,
         seen_bias=float(cfg.get("seen_bias") or 0.0), amp_dtype=amp, device=device,
+        max_pixels=None if cfg.get("max_pixels") is None else int(cfg.max_pixels),
     )
     print(f"zss: wrote {2 * len(results)} files and classes.txt to {Path(cfg.out)}")
     return results
