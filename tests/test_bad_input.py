@@ -109,6 +109,12 @@ def _root_is_file(ctx):
     return (*_train(f"run_root={f}"), [f"run_root={f}", "is a file"])
 
 
+def _root_below_file(ctx):
+    f = ctx["tmp"] / "runs.txt"
+    f.write_text("not a folder")
+    return (*_train(f"run_root={f / 'sub'}"), [f"run_root={f / 'sub'}", f"{f} is a file, not a folder"])
+
+
 def _root_unwritable(ctx):
     if os.geteuid() == 0:
         pytest.skip("root can write anywhere")
@@ -312,6 +318,10 @@ CASES = {
     "name=nan": lambda ctx: (*_train("name=nan", f"run_root={ctx['tmp']}"), ["name=nan", "quote"]),
     "run_root=file": _root_is_file,
     "run_root=unwritable": _root_unwritable,
+    "run_root below a file": _root_below_file,
+    "batch of one at 32 px crops": lambda ctx: (*_train("trainer.batch_size=1", "dataset.crop_size=[32,32]",
+                                                        f"run_root={ctx['tmp']}", f"dataset.root={ctx['voc_root']}"),
+                                                ["BatchNorm", "trainer.batch_size", "dataset.crop_size"]),
     "device=cuda": _device_cuda,
     "device=gpu": lambda ctx: (*_train("device=gpu", f"run_root={ctx['tmp']}"), ["device='gpu'", "device=cpu"]),
     # checkpoints
@@ -334,6 +344,8 @@ CASES = {
     "predict crop_batch=0": lambda ctx: (*_predict(ctx, f"ckpt={ctx['tmp'] / 'missing.pt'}", "crop_batch=0"),
                                          ["crop_batch=0", ">= 1"]),
     "predict out=its image folder": _predict_out_is_input,
+    "predict out= below a file": lambda ctx: (*_predict(ctx, f"ckpt={ctx['tmp'] / 'missing.pt'}",
+                                                        f"out={_garbage(ctx)}/sub"), ["out=", "cannot write there"]),
     # images too large for predict: a clear refusal naming the limit and the key
     "predict 20000x50 image at short_side=512": _huge_strip,
     "predict decompression bomb": _bomb,
@@ -491,3 +503,18 @@ def test_resume_auto_skips_an_unreadable_last_pt_and_names_it(tmp_path, voc_root
     for i in range(2):
         assert f"resume=auto skips {tmp_path / 'r' / f'zz-{i}' / 'last.pt'}: unreadable" in out + err
     assert "Traceback" not in out + err and f"run dir {good.parent}" in out
+
+
+def test_predict_out_of_memory_names_the_keys(ckpt, tmp_path, voc_root, monkeypatch):
+    import zss.predict as zp
+    from zss.cli import load_for_inference
+
+    method, _ = load_for_inference(ckpt)
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 6.70 GiB")
+
+    monkeypatch.setattr(zp, "predict_image", oom)
+    img = next(Path(voc_root, "JPEGImages").glob("*.jpg"))
+    with pytest.raises(ValueError, match=r"out of memory .*crop_batch= \(now 4\).*short_side="):
+        zp.predict_paths(method, [img], tmp_path, (0.5,) * 3, (0.5,) * 3, log=None, crop_batch=4)

@@ -301,6 +301,9 @@ def check_run_target(run_root, name) -> None:
     near = root
     while not near.exists() and near != near.parent:
         near = near.parent
+    if near.exists() and not near.is_dir():
+        raise ValueError(f"run_root={run_root}: {near} is a file, not a folder, so no folder can be made below it; "
+                         f"pass run_root=<a folder> (created if missing)")
     if not os.access(near, os.W_OK | os.X_OK):
         raise ValueError(f"run_root={run_root}: cannot write in {near} (permission denied); pass "
                          f"run_root=<a folder you can write>")
@@ -419,7 +422,15 @@ def train(cfg: DictConfig) -> dict | None:
         print(f"zss: teacher {ident.get('model_name')} (weights: {ident.get('pretrained')})"
               + (f"\nzss: NOTE {note}" if note else ""), flush=True)
         print("zss: normalisation " + json.dumps(norm), flush=True)
-    results = trainer.fit()
+    try:
+        results = trainer.fit()
+    except ValueError as e:  # torch's BatchNorm on a [1, C, 1, 1] input: name the keys that fix it
+        if "Expected more than 1 value per channel" not in str(e):
+            raise
+        raise ValueError(f"a BatchNorm layer got one value per channel ({e}): the micro-batch holds "
+                         f"{trainer.micro} image(s) and dataset.crop_size={list(cfg.dataset.crop_size)} shrinks to 1x1 "
+                         f"in the backbone; raise trainer.batch_size (or trainer.micro_batch_size) to >= 2 or "
+                         f"dataset.crop_size") from None
     if trainer.stopped_by:  # SIGTERM/SIGINT/SIGUSR1: last.pt is written; exit as the signal would have
         zdist.cleanup()
         raise SystemExit(128 + int(signal.Signals[trainer.stopped_by]))
