@@ -310,6 +310,8 @@ CASES = {
     "max_steps=0": lambda ctx: (*_train("trainer.max_steps=0", f"run_root={ctx['tmp']}"), ["trainer.max_steps=0", ">= 1"]),
     "max_steps<0": lambda ctx: (*_train("trainer.max_steps=-5", f"run_root={ctx['tmp']}"), ["trainer.max_steps=-5"]),
     "batch_size=0": lambda ctx: (*_train("trainer.batch_size=0", f"run_root={ctx['tmp']}"), ["trainer.batch_size=0", ">= 1"]),
+    "seen_bias=nan": lambda ctx: (*_train("trainer.seen_bias=nan", f"run_root={ctx['tmp']}"),
+                                  ["trainer.seen_bias=nan", "finite"]),
     "lr<0": lambda ctx: (*_train("trainer.lr=-0.001", f"run_root={ctx['tmp']}"), ["trainer.lr=-0.001", ">= 0"]),
     "max_steps=text": lambda ctx: (*_train("trainer.max_steps=abc", f"run_root={ctx['tmp']}"),
                                    ["trainer.max_steps='abc'", "integer"]),

@@ -262,12 +262,12 @@ def train_config(trainer: DictConfig | dict) -> TrainConfig:
     def bad(key: str, want: str):
         return ValueError(f"trainer.{key}={values[key]!r}: must be {want} (configs/trainer/default.yaml)")
 
-    for key in set(_POSITIVE_INT + _NON_NEGATIVE + _INT_KEYS) & set(values):
+    for key in set(_POSITIVE_INT + _NON_NEGATIVE + _INT_KEYS + ("seen_bias",)) & set(values):
         v = values[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (key in _INT_KEYS and not isinstance(v, int)):
             raise bad(key, "an integer" if key in _INT_KEYS else "a number")
-        if v != v:  # nan
-            raise bad(key, "a number")
+        if v != v or (key == "seen_bias" and v in (float("inf"), float("-inf"))):  # nan; an infinite bias
+            raise bad(key, "a finite number")
         if key in _POSITIVE_INT and v < 1:
             raise bad(key, "an integer >= 1" + (" (optimizer steps)" if key == "max_steps" else " (images)"))
         if key in _NON_NEGATIVE and v < 0:
