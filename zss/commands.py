@@ -134,8 +134,7 @@ def teach_clip_main(argv: list[str] | None = None) -> int:
         if not (cached and args.no_eval):
             quality_dataset(settings)
     except FileNotFoundError as e:  # build_dataset's message names the Hydra key; this command's flag is --data-root
-        raise FileNotFoundError(str(e).replace("dataset.root=", "--data-root ")
-) from e
+        raise FileNotFoundError(str(e).replace("dataset.root=", "--data-root ")) from e
     out_dir, built = ensure_taught_clip(settings, root=args.root, device=device, rebuild=args.rebuild,
                                         log_every=args.log_every, log=lambda m: print(m, flush=True))
     print(f"teach_clip: {'built' if built else 'reused'} {out_dir} ({time.time() - t0:.0f} s)")
@@ -247,6 +246,7 @@ Existing outputs are skipped unless ``--overwrite``; counts are printed either w
 """
 
 
+@_one_line_errors
 def prepare_cocostuff_main(argv: list[str] | None = None) -> int:
     """``zss-prepare-cocostuff`` / ``python scripts/prepare_cocostuff.py``: see :data:`PREPARE_COCOSTUFF_DOC`. Returns the exit code."""
     from zss.data.convert import convert_cocostuff
@@ -284,6 +284,7 @@ Writes ``<voc2010>/SegmentationClassContext/<id>.png`` (0 = background, 1..59 = 
 """
 
 
+@_one_line_errors
 def prepare_context_main(argv: list[str] | None = None) -> int:
     """``zss-prepare-context`` / ``python scripts/prepare_context.py``: see :data:`PREPARE_CONTEXT_DOC`. Returns the exit code."""
     from zss.data.convert import convert_context
