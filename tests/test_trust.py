@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -97,7 +98,7 @@ def test_checkpoint_config_cannot_call_arbitrary_functions(tiny_ckpt, tmp_path):
 def _fake_run(root: Path, name: str, config: dict, stamp: str) -> Path:
     run = root / name / stamp
     run.mkdir(parents=True)
-    torch.save({"state": {}, "config": config, "step": 1}, run / "last.pt")
+    torch.save({"state": {}, "config": config, "step": 1, "optimizer": {}, "scaler": {}, "best": {}}, run / "last.pt")
     return run / "last.pt"
 
 
@@ -218,27 +219,56 @@ def test_stop_signal_finishes_the_step_and_writes_last_pt(signame, tmp_path, voc
     assert not list(run.glob(".*.tmp"))
 
 
-def test_sigterm_to_scripts_train_writes_last_pt_and_exits_143(tmp_path, voc_root):
-    root = tmp_path / "runs"
-    args = [sys.executable, "scripts/train.py", *TINY, "trainer.max_steps=5000", f"run_root={root}",
-            f"dataset.root={voc_root}"]
-    proc = subprocess.Popen(args, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _train_until_logged(root: Path, *extra: str, group: bool = False) -> subprocess.Popen:
+    """``scripts/train.py`` (TINY, 5000 steps) started in its own process group when ``group``; returns once
+    it has logged a step."""
+    args = [sys.executable, "scripts/train.py", *TINY, "trainer.max_steps=5000", f"run_root={root}", *extra]
+    proc = subprocess.Popen(args, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=group)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(root.glob("*/*/metrics.jsonl")):
+        if proc.poll() is not None:
+            pytest.fail(proc.stdout.read()[-3000:])
+        time.sleep(0.2)
+    return proc
+
+
+def _stopped_run(proc: subprocess.Popen, root: Path, signame: str) -> tuple[Path, int, str]:
+    """(run dir, step of its last.pt, log) after ``proc`` exited as the signal asks (128 + its number)."""
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline and not list(root.glob("*/*/metrics.jsonl")):
-            assert proc.poll() is None, proc.stdout.read()[-3000:]
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
         log, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM, log[-3000:]
+    assert proc.returncode == 128 + signal.Signals[signame], log[-3000:]
     run = next(root.glob("*/*"))
     step = torch.load(run / "last.pt", weights_only=True)["step"]
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert 1 <= step < 5000 and max(r["step"] for r in rows) == step
-    assert "SIGTERM" in log and "resume=" in log and "Traceback" not in log
+    assert signame in log and "resume=" in log and "Traceback" not in log, log[-3000:]
+    return run, step, log
+
+
+def test_sigterm_to_scripts_train_writes_last_pt_and_exits_143(tmp_path, voc_root):
+    root = tmp_path / "runs"
+    proc = _train_until_logged(root, f"dataset.root={voc_root}")
+    proc.send_signal(signal.SIGTERM)
+    _stopped_run(proc, root, "SIGTERM")
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGUSR1"])
+def test_signal_to_the_process_group_with_workers_writes_a_resumable_last_pt(signame, tmp_path, voc_root):
+    """SLURM, scancel, ``timeout`` and submitit signal the whole process group: the DataLoader workers ignore it
+    and the main process saves last.pt and exits 128 + the signal (it ended in a worker RuntimeError, exit 1)."""
+    root = tmp_path / "runs"
+    proc = _train_until_logged(root, f"dataset.root={voc_root}", "trainer.num_workers=2", group=True)
+    os.killpg(proc.pid, getattr(signal, signame))
+    run, step, log = _stopped_run(proc, root, signame)
+    assert "DataLoader worker" not in log
+    out = run_script(["scripts/train.py", *TINY, f"trainer.max_steps={step + 1}", "trainer.num_workers=2",
+                      f"run_root={root}", f"dataset.root={voc_root}", f"resume={run / 'last.pt'}",
+                      "resume_allow_changes=true"])
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == step + 1, out.stdout[-2000:]
 
 
 # ------------------------------------------------------------------- 5. exact resume
@@ -299,12 +329,21 @@ def test_eval_files_are_named_by_settings_and_out_dir_is_checked_first(tiny_ckpt
     base = [f"ckpt={tiny_ckpt}", f"dataset.root={voc_root}", f"out_dir={out}", "efficiency=false"]
     gz = cli.evaluate_checkpoint(_compose("eval", base))
     zs = cli.evaluate_checkpoint(_compose("eval", [*base, "eval.label_space=unseen", "eval.seen_bias=0.5"]))
-    a = json.loads((out / "eval_voc20_all_whole_sb0_val_results.json").read_text())
-    b = json.loads((out / "eval_voc20_unseen_whole_sb0.5_val_results.json").read_text())
+    (fa,) = out.glob("eval_voc20_all_whole_sb0_*_val_results.json")
+    (fb,) = out.glob("eval_voc20_unseen_whole_sb0.5_*_val_results.json")
+    a, b = json.loads(fa.read_text()), json.loads(fb.read_text())
     assert a["settings"]["label_space"] == "all" and b["settings"] == {
         "benchmark": "voc20", "split": "val", "label_space": "unseen", "eval_mode": "whole", "seen_bias": 0.5,
-        "amp": "fp32"}
+        "amp": "fp32", "data_root": str(voc_root.resolve()), "test_scale": [256, 64], "eval_crop": [224, 224],
+        "eval_stride": [160, 160], "checkpoint": str(tiny_ckpt.resolve()), "step": 2}
     assert a["pAcc"] == pytest.approx(gz["pAcc"]) and b["pAcc"] == pytest.approx(zs["pAcc"])
+    # another data root or test scale (issue 21: they replaced the run's results file) gets its own file
+    other = tmp_path / "voc_copy"
+    shutil.copytree(voc_root, other)
+    cli.evaluate_checkpoint(_compose("eval", [*base[:1], f"dataset.root={other}", *base[2:]]))
+    cli.evaluate_checkpoint(_compose("eval", [*base, "dataset.test_scale=[128,32]"]))
+    assert len(list(out.glob("eval_voc20_all_whole_sb0_*_val_results.json"))) == 3
+    assert json.loads(fa.read_text()) == a  # the first result is untouched
 
     def never(*a, **k):
         raise AssertionError("evaluated before checking that out_dir is writable")

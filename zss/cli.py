@@ -211,7 +211,8 @@ def _resolve_dirs(cfg: DictConfig, config: dict | None = None) -> tuple[Path, Pa
     resume = cfg.get("resume")
     ckpt = None
     if resume == "auto":
-        ckpt = find_resume(cfg.run_root, cfg.name, config=config)
+        warn = (lambda msg: print(msg, flush=True)) if zdist.is_main() else None
+        ckpt = find_resume(cfg.run_root, cfg.name, config=config, warn=warn)
         others = find_resume(cfg.run_root, cfg.name) if ckpt is None and config is not None else None
         if others is not None and zdist.is_main():
             print(f"zss: resume=auto: no run of {cfg.name} under {cfg.run_root} has this config (newest differs in "
@@ -269,12 +270,12 @@ def train_config(trainer: DictConfig | dict) -> TrainConfig:
     def bad(key: str, want: str):
         return ValueError(f"trainer.{key}={values[key]!r}: must be {want} (configs/trainer/default.yaml)")
 
-    for key in set(_POSITIVE_INT + _NON_NEGATIVE + _INT_KEYS) & set(values):
+    for key in set(_POSITIVE_INT + _NON_NEGATIVE + _INT_KEYS + ("seen_bias",)) & set(values):
         v = values[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (key in _INT_KEYS and not isinstance(v, int)):
             raise bad(key, "an integer" if key in _INT_KEYS else "a number")
-        if v != v:  # nan
-            raise bad(key, "a number")
+        if v != v or (key == "seen_bias" and v in (float("inf"), float("-inf"))):  # nan; an infinite bias
+            raise bad(key, "a finite number")
         if key in _POSITIVE_INT and v < 1:
             raise bad(key, "an integer >= 1" + (" (optimizer steps)" if key == "max_steps" else " (images)"))
         if key in _NON_NEGATIVE and v < 0:
@@ -308,9 +309,49 @@ def check_run_target(run_root, name) -> None:
     near = root
     while not near.exists() and near != near.parent:
         near = near.parent
+    if near.exists() and not near.is_dir():
+        raise ValueError(f"run_root={run_root}: {near} is a file, not a folder, so no folder can be made below it; "
+                         f"pass run_root=<a folder> (created if missing)")
     if not os.access(near, os.W_OK | os.X_OK):
         raise ValueError(f"run_root={run_root}: cannot write in {near} (permission denied); pass "
                          f"run_root=<a folder you can write>")
+
+
+def check_seen_labels(train_set, ds: DictConfig) -> None:
+    """Refuse a training split whose labels hold no seen-class pixel (only ignore/background and unseen classes):
+    nothing to learn from, and ``zss-check`` reports the same. Checks up to 200 labels spread over the split.
+
+    Raises:
+        ValueError: naming the split, the labels read and the checker command.
+    """
+    count = getattr(train_set, "labels_with_seen_class", None)
+    if count is None:
+        return
+    read, hits = count()
+    if read and not hits:
+        where = f"dataset.train_label_dir={ds.train_label_dir}" if ds.get("train_label_dir") else \
+            f"dataset.root={ds.root}"
+        raise ValueError(f"dataset.train_split={ds.train_split}: none of the {read} labels read ({where}) holds a seen "
+                         f"class pixel (only background/ignore and unseen classes), so training has nothing to learn; "
+                         f"check the split and labels with zss-check dataset={ds.name} dataset.root={ds.root}")
+
+
+def check_resumable(path) -> dict:
+    """The checkpoint ``resume=<path>`` names, loaded memory-mapped, if it can continue a run.
+
+    Raises:
+        ValueError: not a usable zss checkpoint (:func:`zss.engine.checkpoint.load_checkpoint`), or it holds no
+            training state (optimizer, ...): names what is missing and ``init_from=`` to start from its weights.
+    """
+    from zss.engine.checkpoint import missing_train_state
+
+    ckpt = load_checkpoint(path, mmap=True)
+    missing = missing_train_state(ckpt)
+    if missing:
+        raise ValueError(f"resume={path}: the checkpoint holds weights but no training state ({', '.join(missing)} "
+                         f"missing), so it cannot continue a run; start a new run from its weights with "
+                         f"init_from={path} (and no resume=)")
+    return ckpt
 
 
 def _resume_mismatch(path, err: RuntimeError) -> str:
@@ -342,12 +383,17 @@ def train(cfg: DictConfig) -> dict | None:
     train_config(cfg.trainer)  # bad trainer values, run name or run_root fail here, before anything is built
     check_run_target(cfg.run_root, cfg.name)
     if cfg.get("resume") not in (None, "auto") and Path(str(cfg.resume)).is_file():
-        load_checkpoint(cfg.resume, mmap=True)  # not a zss checkpoint: one message now (memory-mapped: cheap)
+        check_resumable(cfg.resume)  # not a zss checkpoint, or no training state: one message now
+    if cfg.get("init_from") and cfg.get("resume"):
+        raise ValueError(f"init_from={cfg.init_from} starts a NEW run from a checkpoint's weights, resume={cfg.resume} "
+                         f"continues an old one: pass only one of them")
+    init = load_checkpoint(cfg.init_from) if cfg.get("init_from") else None  # checked before anything is built
     check_teacher_allowed(cfg)
     device = zdist.init_distributed(cfg.device)
     torch.manual_seed(cfg.trainer.seed)
     bench = build_benchmark(cfg.dataset)
     train_set, val_set = build_data(cfg.dataset, bench)
+    check_seen_labels(train_set, cfg.dataset)
     teacher = build_teacher(cfg, bench)
     embed_dim = int(teacher.embed_dim)
     student = (build_student(cfg.model, embed_dim, cfg.dataset.mean, cfg.dataset.std)
@@ -355,6 +401,11 @@ def train(cfg: DictConfig) -> dict | None:
     method = instantiate(_without(cfg.method, *METHOD_BOOKKEEPING), student=student, teacher=teacher,
                          classnames=list(bench.classes), unseen=list(bench.unseen),
                          templates=templates_for(cfg.dataset, bench))
+    if init is not None:
+        try:
+            method.load_state_dict(init["state"])
+        except RuntimeError as e:
+            raise ValueError(_resume_mismatch(cfg.init_from, e).replace("resume=", "init_from=", 1)) from e
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["model"]["embed_dim"] = embed_dim
     norm = _normalizations(cfg.dataset, student if student is not None else method.student, teacher)
@@ -364,6 +415,13 @@ def train(cfg: DictConfig) -> dict | None:
         resolved["model"]["backbone_std"] = norm["student"]["backbone_std"]
     run_dir, resume_ckpt = _resolve_dirs(cfg, resolved)  # resume only a run of the same config
     tcfg = TrainConfig(**OmegaConf.to_container(cfg.trainer, resolve=True))
+    try:  # loads a resumed checkpoint before anything is written into its folder
+        trainer = Trainer(method, train_set, val_set, tcfg, run_dir, config=resolved, resume_from=resume_ckpt,
+                          device=device)
+    except RuntimeError as e:  # strict load_state_dict of a checkpoint of another architecture
+        if resume_ckpt is None or "Error(s) in loading state_dict" not in str(e):
+            raise
+        raise ValueError(_resume_mismatch(resume_ckpt, e)) from e
     if zdist.is_main():
         print(f"zss: run dir {run_dir}")
         save_run_info(run_dir)
@@ -373,13 +431,14 @@ def train(cfg: DictConfig) -> dict | None:
               + (f"\nzss: NOTE {note}" if note else ""), flush=True)
         print("zss: normalisation " + json.dumps(norm), flush=True)
     try:
-        trainer = Trainer(method, train_set, val_set, tcfg, run_dir, config=resolved, resume_from=resume_ckpt,
-                          device=device)
-    except RuntimeError as e:  # strict load_state_dict of a checkpoint of another architecture
-        if resume_ckpt is None or "Error(s) in loading state_dict" not in str(e):
+        results = trainer.fit()
+    except ValueError as e:  # torch's BatchNorm on a [1, C, 1, 1] input: name the keys that fix it
+        if "Expected more than 1 value per channel" not in str(e):
             raise
-        raise ValueError(_resume_mismatch(resume_ckpt, e)) from e
-    results = trainer.fit()
+        raise ValueError(f"a BatchNorm layer got one value per channel ({e}): the micro-batch holds "
+                         f"{trainer.micro} image(s) and dataset.crop_size={list(cfg.dataset.crop_size)} shrinks to 1x1 "
+                         f"in the backbone; raise trainer.batch_size (or trainer.micro_batch_size) to >= 2 or "
+                         f"dataset.crop_size") from None
     if trainer.stopped_by:  # SIGTERM/SIGINT/SIGUSR1: last.pt is written; exit as the signal would have
         zdist.cleanup()
         raise SystemExit(128 + int(signal.Signals[trainer.stopped_by]))
@@ -547,12 +606,56 @@ def writable_dir(path: Path, key: str) -> Path:
     return path
 
 
+def check_eval_settings(ev, prefix: str = "") -> None:
+    """Refuse inference settings that would fail deep inside (or give NaN) before any model is built.
+
+    ``ev``: mapping with any of ``eval_mode``/``mode``, ``eval_crop``/``crop``, ``eval_stride``/``stride``,
+    ``eval_crop_batch``/``crop_batch``, ``label_space``, ``seen_bias``, ``amp`` (None = not set).
+
+    Raises:
+        ValueError: one line naming ``<prefix><key>=<value>`` and what it must be.
+    """
+    import math
+
+    from zss.engine.inference import INFERENCE_MODES
+
+    def bad(key, want):
+        return ValueError(f"{prefix}{key}={ev[key]!r}: must be {want}")
+
+    for key in set(ev) & {"seen_bias", "alpha"}:
+        v = ev[key]
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            raise bad(key, "a finite number" + (" (logit units)" if key == "seen_bias" else ""))
+    for key in set(ev) & {"eval_crop_batch", "crop_batch", "short_side", "long_side", "max_pixels"}:
+        v = ev[key]
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise bad(key, "an integer >= 1" + (" (crops per forward)" if "batch" in key else " (pixels)"))
+    for key in set(ev) & {"eval_crop", "crop", "eval_stride", "stride"}:
+        v = ev[key]
+        if v is not None and (isinstance(v, (str, int)) or len(v) != 2 or not all(
+                isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v)):
+            raise bad(key, "[h, w], two integers >= 1 (pixels)")
+    for key in set(ev) & {"eval_mode", "mode"}:
+        if ev[key] is not None and ev[key] not in INFERENCE_MODES:
+            raise bad(key, " or ".join(INFERENCE_MODES))
+    if ev.get("label_space") is not None and ev["label_space"] not in ("all", "unseen"):
+        raise bad("label_space", "all (GZSS) or unseen (ZSS)")
+    if ev.get("amp") is not None and ev["amp"] not in ("fp32", "bf16", "fp16"):
+        raise bad("amp", "fp32 or bf16")
+
+
 def eval_tag(settings: dict) -> str:
-    """File stem of an evaluation's results: ``eval_<benchmark>_<label_space>_<mode>_sb<seen_bias>[_bf16]_<split>``
-    (e.g. ``eval_voc20_all_slide_sb0_val``), so evaluations with different settings keep separate files."""
+    """File stem of an evaluation's results:
+    ``eval_<benchmark>_<label_space>_<mode>_sb<seen_bias>[_bf16]_<digest>_<split>`` (e.g.
+    ``eval_voc20_all_slide_sb0_1a2b3c4d_val``), where ``digest`` is the first 8 hex digits of the SHA-1 of every
+    setting (the keys above and the data root, test scale, crop/stride, checkpoint file and step): evaluations
+    that can differ in their numbers never share a file; the same evaluation again writes the same file."""
+    import hashlib
+
     amp = "" if settings.get("amp", "fp32") in (None, "fp32") else f"_{settings['amp']}"
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return (f"eval_{settings['benchmark']}_{settings['label_space']}_{settings['eval_mode']}_"
-            f"sb{float(settings['seen_bias']):g}{amp}_{settings['split']}")
+            f"sb{float(settings['seen_bias']):g}{amp}_{digest}_{settings['split']}")
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
@@ -566,16 +669,17 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     tcfg = OmegaConf.create(ckpt["config"])
     ds = OmegaConf.merge(tcfg.dataset, _non_null(cfg.get("dataset")))
     bench = build_benchmark(ds)
-    method, ckpt = load_for_inference(
-        cfg.ckpt, classnames=list(bench.classes), unseen=list(bench.unseen), templates=templates_for(ds, bench),
-        teacher_overrides=_non_null(cfg.get("teacher")), device=device, input_norm=(ds.mean, ds.std),
-    )
-    _, val_set = build_data(ds, bench, train=False, val_split=cfg.split or ds.val_split)
     ev = OmegaConf.merge(
         {k: tcfg.trainer[k] for k in ("eval_mode", "eval_crop", "eval_stride", "eval_crop_batch", "label_space",
                                        "seen_bias", "amp")},
         _non_null(cfg.get("eval")),
     )
+    check_eval_settings(ev, "eval.")  # before the model is built
+    method, ckpt = load_for_inference(
+        cfg.ckpt, classnames=list(bench.classes), unseen=list(bench.unseen), templates=templates_for(ds, bench),
+        teacher_overrides=_non_null(cfg.get("teacher")), device=device, input_norm=(ds.mean, ds.std),
+    )
+    _, val_set = build_data(ds, bench, train=False, val_split=cfg.split or ds.val_split)
     amp = torch.bfloat16 if ev.amp == "bf16" else None
     results = evaluate(method, val_set, mode=ev.eval_mode, crop=tuple(ev.eval_crop), stride=tuple(ev.eval_stride),
                        crop_batch=ev.eval_crop_batch, label_space=ev.label_space, seen_bias=ev.seen_bias,
@@ -583,7 +687,11 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     if zdist.is_main():
         split = cfg.split or ds.val_split
         settings = {"benchmark": ds.benchmark, "split": split, "label_space": ev.label_space,
-                    "eval_mode": ev.eval_mode, "seen_bias": float(ev.seen_bias), "amp": ev.amp or "fp32"}
+                    "eval_mode": ev.eval_mode, "seen_bias": float(ev.seen_bias), "amp": ev.amp or "fp32",
+                    "data_root": str(Path(str(ds.root)).expanduser().resolve()),
+                    "test_scale": [int(v) for v in ds.test_scale], "eval_crop": [int(v) for v in ev.eval_crop],
+                    "eval_stride": [int(v) for v in ev.eval_stride],
+                    "checkpoint": str(Path(str(cfg.ckpt)).expanduser().resolve()), "step": ckpt.get("step")}
         results["settings"] = settings
         tag = eval_tag(settings)  # one file set per setting: runs with other settings never overwrite it
         _report(results, out, tag, note=_teacher_note(ckpt.get("teacher") or {}), config=ckpt.get("config"),
@@ -704,6 +812,32 @@ def report_user_errors(fn, *args):
         raise SystemExit(1) from None
 
 
+def check_override_syntax(args: list[str]) -> None:
+    """Parse each ``key=value`` override with Hydra's grammar before Hydra does, so that a value Hydra cannot lex
+    (non-ASCII letters ``classes=café``, an apostrophe ``name=it's``) gets one line saying how to quote it.
+    Command-line flags (``-m``, ``--cfg`` ...) are left to Hydra.
+
+    Raises:
+        ValueError: naming the override and a quoted form Hydra reads.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for a in args:
+        if a.startswith("-") or "=" not in a:
+            continue
+        try:
+            parser.parse_overrides([a])
+        except OverrideParseException as e:
+            key, _, val = a.partition("=")
+            quoted = f'{key}=\\"{val}\\"' if "'" in val else f"{key}=\"'{val}'\""
+            why = str(e).splitlines()[0].split(":")[0]
+            raise ValueError(f"cannot read the override {a!r} ({why}: Hydra's override grammar does not take this "
+                             f"value unquoted, e.g. non-ASCII letters or an apostrophe); quote the value, in a shell: "
+                             f"{quoted}") from None
+
+
 def _run(config_name: str, fn) -> None:
     """Hydra entry: ``python scripts/<x>.py key=value ...`` / ``zss-<x> key=value ...``; user errors end in one
     message (:func:`report_user_errors`); ``ZSS_DEBUG=1`` shows Hydra's full traceback instead."""
@@ -711,6 +845,7 @@ def _run(config_name: str, fn) -> None:
 
     if debug_enabled():
         os.environ["HYDRA_FULL_ERROR"] = "1"
+    report_user_errors(check_override_syntax, sys.argv[1:])
 
     @hydra.main(config_path=CONFIG_DIR, config_name=config_name, version_base="1.3")
     def _main(cfg: DictConfig) -> None:

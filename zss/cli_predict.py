@@ -30,6 +30,29 @@ def quote_classes_arg(args: list[str]) -> list[str]:
     return out
 
 
+def _plain(v):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+
+
+def check_out_dir(out, image) -> Path:
+    """``out=`` checked before the model loads: writable (created if missing) and not the input folder, whose
+    images the next run would read back (predict never reads its own outputs).
+
+    Raises:
+        ValueError: ``out`` is the ``image=`` folder (or the folder of the ``image=`` file). OSError: not writable.
+    """
+    from zss.cli import writable_dir
+
+    src = Path(image).expanduser().resolve()
+    src = src if src.is_dir() else src.parent
+    if Path(out).expanduser().resolve() == src:
+        raise ValueError(f"out={out} is the folder of image={image}: the overlays would be read as input by the next "
+                         f"run on that folder; pass out=<another folder>")
+    return writable_dir(Path(out).expanduser(), "out")
+
+
 def predict(cfg) -> list[dict]:
     """Build the method from ``cfg.ckpt`` for the requested vocabulary and segment ``cfg.image``.
 
@@ -48,7 +71,7 @@ def predict(cfg) -> list[dict]:
     import torch
     from omegaconf import OmegaConf
 
-    from zss.cli import _non_null, _teacher_note, load_for_inference
+    from zss.cli import _non_null, _teacher_note, check_eval_settings, load_for_inference
     from zss.predict import list_images, parse_classes, predict_paths
 
     classes = cfg.get("classes")
@@ -56,6 +79,10 @@ def predict(cfg) -> list[dict]:
         classes = list(OmegaConf.to_container(classes, resolve=True))
     classnames = parse_classes(classes, cfg.get("classes_file"))
     images = list_images(cfg.image)  # fail before loading anything
+    check_eval_settings({k: _plain(cfg.get(k)) for k in ("mode", "crop", "stride", "crop_batch", "short_side",
+                                                          "long_side", "label_space", "seen_bias", "alpha", "amp",
+                                                          "max_pixels")})
+    check_out_dir(cfg.out, cfg.image)
     device = cfg.get("device", "auto")
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           ("cpu" if device == "auto" else device))
@@ -102,6 +129,7 @@ def predict(cfg) -> list[dict]:
         stride=tuple(pick("stride", tc.get("eval_stride", (426, 426)))),
         crop_batch=int(pick("crop_batch", tc.get("eval_crop_batch", 8))), label_space=label_space,
         seen_bias=float(cfg.get("seen_bias") or 0.0), amp_dtype=amp, device=device,
+        max_pixels=None if cfg.get("max_pixels") is None else int(cfg.max_pixels),
     )
     print(f"zss: wrote {2 * len(results)} files and classes.txt to {Path(cfg.out)}")
     return results

@@ -19,6 +19,27 @@ from pathlib import Path
 
 __all__ = ["teach_clip_main", "aggregate_main", "plot_main", "prepare_cocostuff_main", "prepare_context_main"]
 
+
+def _one_line_errors(fn):
+    """Wrap a command: a user error (:func:`zss.cli.user_error_message`) ends in ONE ``zss: error:`` line on
+    stderr and exit code 1, as for the Hydra commands (``ZSS_DEBUG=1`` shows the traceback); Hydra is imported
+    only when an error is being sorted."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(argv: list[str] | None = None) -> int:
+        try:
+            return fn(argv)
+        except Exception as e:  # noqa: BLE001 - sorted by user_error_message
+            from zss.cli import debug_enabled, user_error_message
+
+            msg = user_error_message(e)
+            if msg is None or debug_enabled():
+                raise
+            print(f"zss: error: {msg}\n(set ZSS_DEBUG=1 to see the traceback)", file=sys.stderr, flush=True)
+            return 1
+    return run
+
 # ------------------------------------------------------------------------------------------ teach-clip
 TEACH_CLIP_DOC = """Build (or reuse) the label-taught CLIP and print its cache path and quality (docs/taught_clip.md).
 
@@ -83,6 +104,7 @@ def _teach_clip_parser() -> argparse.ArgumentParser:
     return ap
 
 
+@_one_line_errors
 def teach_clip_main(argv: list[str] | None = None) -> int:
     """``zss-teach-clip`` / ``python scripts/teach_clip.py``: see :data:`TEACH_CLIP_DOC`. Returns the exit code."""
     ap = _teach_clip_parser()
@@ -101,6 +123,7 @@ def teach_clip_main(argv: list[str] | None = None) -> int:
         format_quality,
         load_taught_clip,
         quality_dataset,
+        taught_clip_dir,
     )
 
     torch.set_num_threads(max(1, args.threads))
@@ -117,6 +140,12 @@ def teach_clip_main(argv: list[str] | None = None) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
 
     t0 = time.time()
+    cached = (taught_clip_dir(args.root, settings) / WEIGHTS_FILE).is_file() and not args.rebuild
+    try:  # the data first (when it is needed): one message naming --data-root, before any teaching
+        if not (cached and args.no_eval):
+            quality_dataset(settings)
+    except FileNotFoundError as e:  # build_dataset's message names the Hydra key; this command's flag is --data-root
+        raise FileNotFoundError(str(e).replace("dataset.root=", "--data-root ")) from e
     out_dir, built = ensure_taught_clip(settings, root=args.root, device=device, rebuild=args.rebuild,
                                         log_every=args.log_every, log=lambda m: print(m, flush=True))
     print(f"teach_clip: {'built' if built else 'reused'} {out_dir} ({time.time() - t0:.0f} s)")
@@ -167,6 +196,7 @@ Glob patterns may be quoted (expanded here). null / NaN values are excluded from
 """
 
 
+@_one_line_errors
 def aggregate_main(argv: list[str] | None = None) -> int:
     """``zss-aggregate`` / ``python scripts/aggregate.py``: see :data:`AGGREGATE_DOC`. Returns the exit code."""
     from zss.engine.report import METRICS, RESULTS_FILE, aggregate
@@ -181,6 +211,10 @@ def aggregate_main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="also write rows + summary as JSON to this file")
     a = p.parse_args(argv)
     table = aggregate(a.runs, metrics=a.metrics, recursive=a.recursive, results_file=a.results_file)
+    unknown = [m for m in a.metrics if m not in METRICS and table.n[m] == 0]
+    if unknown:
+        raise ValueError(f"--metrics {unknown[0]}: no run has this metric (the usual ones: {', '.join(METRICS)}); "
+                         f"check its spelling")
     md = table.to_markdown(a.digits)
     print(md)
     for d, why in table.skipped:
@@ -204,6 +238,7 @@ Needs matplotlib (pip install 'zss[plot]'). Default output: <run_dir>/curves.png
 """
 
 
+@_one_line_errors
 def plot_main(argv: list[str] | None = None) -> int:
     """``zss-plot`` / ``python scripts/plot.py``: see :data:`PLOT_DOC`. Returns the exit code."""
     from zss.engine.report import plot_metrics
@@ -230,6 +265,7 @@ Existing outputs are skipped unless ``--overwrite``; counts are printed either w
 """
 
 
+@_one_line_errors
 def prepare_cocostuff_main(argv: list[str] | None = None) -> int:
     """``zss-prepare-cocostuff`` / ``python scripts/prepare_cocostuff.py``: see :data:`PREPARE_COCOSTUFF_DOC`. Returns the exit code."""
     from zss.data.convert import convert_cocostuff
@@ -267,6 +303,7 @@ Writes ``<voc2010>/SegmentationClassContext/<id>.png`` (0 = background, 1..59 = 
 """
 
 
+@_one_line_errors
 def prepare_context_main(argv: list[str] | None = None) -> int:
     """``zss-prepare-context`` / ``python scripts/prepare_context.py``: see :data:`PREPARE_CONTEXT_DOC`. Returns the exit code."""
     from zss.data.convert import convert_context

@@ -49,6 +49,10 @@ __all__ = [
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 """File suffixes (case-insensitive) taken from an input folder."""
 
+MAX_PIXELS = 50_000_000
+"""Default bound on an input image's pixels, original or resized (``max_pixels=``): a 48 MP photo passes; a
+20000x50 strip at short side 512 (205 Mpx, a multi-GB allocation) is refused with a message. Our default."""
+
 _NO_LONG_BOUND = 10**9  # a long-side bound that never binds: the short side alone sets the scale
 
 
@@ -75,7 +79,9 @@ def parse_classes(classes: str | Sequence[str] | None = None,
         path = Path(classes_file).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"classes_file={classes_file}: no such file (a text file, one class a line)")
-        names = [ln.strip() for ln in path.read_text().splitlines()]
+        from zss.data.dataset import read_lines
+
+        names = read_lines(path, "classes_file")
         names = [n for n in names if n and not n.startswith("#")]
         source = f"classes_file={classes_file}"
     elif classes is not None:
@@ -104,7 +110,8 @@ def list_images(path: str | os.PathLike) -> list[Path]:
             suffix is in :data:`IMAGE_SUFFIXES` (case-insensitive).
 
     Returns:
-        list of ``Path``.
+        list of ``Path``. A folder that holds predict's own outputs (a ``classes.txt``) contributes no
+        ``<name>_overlay.png`` / ``<name>_label.png``: predict never segments its own outputs.
 
     Raises:
         FileNotFoundError: ``path`` does not exist, or the folder holds no image (names the ``image=`` key).
@@ -113,7 +120,9 @@ def list_images(path: str | os.PathLike) -> list[Path]:
     if p.is_file():
         return [p]
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        ours = (p / "classes.txt").is_file()
+        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                       and not (ours and f.name.endswith(("_overlay.png", "_label.png"))))
         if not files:
             raise FileNotFoundError(f"image={path}: the folder holds no image file ({', '.join(IMAGE_SUFFIXES)})")
         return files
@@ -135,6 +144,9 @@ def load_image(path: str | os.PathLike) -> Tensor:
     try:
         with Image.open(path) as im:
             arr = pil_to_rgb(ImageOps.exif_transpose(im), path)  # [H, W, 3] uint8
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"cannot read image {str(path)!r}: {e.args[0].split('could be')[0].strip()} (Pillow's "
+                         f"decompression-bomb limit); downscale it first") from e
     except (OSError, SyntaxError) as e:
         why = ("empty file (0 bytes)" if Path(path).is_file() and Path(path).stat().st_size == 0 else
                "not an image format Pillow recognises" if isinstance(e, UnidentifiedImageError) else str(e))
@@ -188,6 +200,7 @@ def predict_image(
     seen_bias: float = 0.0,
     amp_dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    max_pixels: int | None = MAX_PIXELS,
 ) -> Tensor:
     """Segment one image with ``method`` over its current vocabulary (``method.classnames``).
 
@@ -206,6 +219,8 @@ def predict_image(
         seen_bias: subtracted from the seen-class logits (the units of ``Method.predict``'s output: logits; CLIP-RC / ZegCLIP's are sigmoid probabilities; 0 = off).
         amp_dtype: autocast dtype for the forward (``torch.bfloat16``) or None (fp32).
         device: where to run; None = the method's device.
+        max_pixels: refuse an image whose original or resized size has more pixels (None = no bound;
+            :data:`MAX_PIXELS`).
 
     Returns:
         ``Tensor[H, W] int64`` on CPU: class ids ``0..C-1`` of ``method.classnames`` at the ORIGINAL size
@@ -213,7 +228,7 @@ def predict_image(
 
     Raises:
         ValueError: unknown ``mode`` or ``label_space``; unreadable image; bad sizes; no ``mean``/``std`` given
-            and none carried by ``method``.
+            and none carried by ``method``; more pixels than ``max_pixels`` (names the key and ``long_side``).
     """
     prep = getattr(method, "preprocessing", None) or {}
     if mean is None or std is None:
@@ -236,6 +251,13 @@ def predict_image(
         first = next(iter(method.parameters()), None)
         device = first.device if first is not None else torch.device("cpu")
     device = torch.device(device)
+    h, w = img.shape[-2:]
+    scale = min(int(long_side or _NO_LONG_BOUND) / max(h, w), int(short_side) / min(h, w))
+    rh, rw = int(h * scale + 0.5), int(w * scale + 0.5)
+    if max_pixels is not None and max(h * w, rh * rw) > max_pixels:
+        raise ValueError(f"image {w}x{h} px resizes to {rw}x{rh} px at short_side={short_side}, "
+                         f"long_side={long_side}: more than max_pixels={max_pixels}; pass long_side=2048 (bounds the "
+                         f"long side), a smaller short_side=, or raise max_pixels=")
     x = preprocess(img, mean, std, short_side, long_side).to(device)
     H, W = img.shape[-2:]
     fn = make_logits_fn(method, seen_bias=seen_bias)
@@ -398,7 +420,16 @@ def predict_paths(
     results = []
     for path in images:
         img = load_image(path)
-        pred = predict_image(method, img, mean, std, **predict_kwargs)
+        try:
+            pred = predict_image(method, img, mean, std, **predict_kwargs)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e
+        except (torch.OutOfMemoryError, RuntimeError) as e:
+            if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
+                raise
+            raise ValueError(f"{path}: out of memory on {predict_kwargs.get('device') or 'the device'}; lower "
+                             f"crop_batch= (now {predict_kwargs.get('crop_batch', 8)}) or short_side=/long_side=, or "
+                             f"use mode=slide") from None
         saved = save_prediction(img, pred, classnames, out_dir, Path(path).stem, overwrite=overwrite, alpha=alpha)
         present = [classnames[c] for c in torch.unique(pred).tolist()]
         res = dict(image=Path(path), size=tuple(pred.shape), present=present, **saved)

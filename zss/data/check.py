@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -38,6 +39,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .classes import BENCHMARKS, DATASET_LAYOUTS, DatasetLayout, get_benchmark, layout
+from .dataset import read_lines
 
 __all__ = ["Problem", "SplitCount", "CheckReport", "check_dataset", "format_report", "main", "CHECK_COMMAND"]
 
@@ -362,13 +364,25 @@ def check_dataset(
                     split=split, fix=f"choose split= one of {found or 'none found'} (files in {str(sdir)!r})",
                 ))
                 continue
-            ids = [ln.strip() for ln in sf.read_text().splitlines() if ln.strip()]
+            try:
+                ids = read_lines(sf, "split file")
+            except ValueError as e:
+                rep.problems.append(Problem("encoding", str(e).split("; ")[0], path=str(sf), split=split,
+                                            fix="re-save it as UTF-8, e.g. iconv -f UTF-16 -t UTF-8 old.txt > new.txt"))
+                continue
             sc = SplitCount(split, str(sf), ids=len(ids))
             rep.splits[split] = sc
             if not ids:
                 rep.problems.append(Problem("empty_split", f"split file {_rel(sf, rootp)!r} lists no image id",
                                             path=str(sf), split=split, fix="regenerate the split file (one id a line)"))
                 continue
+            dups = sorted({i for i, n in Counter(ids).items() if n > 1})
+            if dups:
+                rep.problems.append(Problem(
+                    "duplicate_ids", f"split file {_rel(sf, rootp)!r} lists {len(ids) - len(set(ids))} id(s) more than "
+                    f"once; first: {dups[0]!r}", path=str(sf), split=split, count=len(dups),
+                    fix="remove the repeats (a repeated id is trained on and counted in metrics more than once)"))
+                ids = list(dict.fromkeys(ids))
         else:
             if not idir.is_dir():
                 rep.problems.append(Problem(
@@ -480,6 +494,9 @@ def check_dataset(
             agg[kind] = [1, dict(kind=kind, message=msg, fix=fix, path=str(path), split=split)]
 
     bad_values: set[int] = set()
+    lut = _reduce_lut(lay)
+    read_in: dict[str, int] = {}  # split -> labels read / labels holding a seen-class pixel
+    seen_in: dict[str, int] = {}
     for k in keys:
         split, apath, ipath = to_read[k]
         try:
@@ -520,6 +537,10 @@ def check_dataset(
         counts = np.bincount(arr.reshape(-1), minlength=256)[:256]
         raw_hist += counts
         present = np.flatnonzero(counts)
+        read_in[split] = read_in.get(split, 0) + 1
+        ids_here = {int(lut[v]) for v in present if valid[v] and v != IGNORE_INDEX and int(lut[v]) != IGNORE_INDEX}
+        if ids_here - set(bench.unseen):
+            seen_in[split] = seen_in.get(split, 0) + 1
         bad = present[~valid[present]]
         if bad.size:
             vals = set(int(v) for v in bad)
@@ -538,8 +559,14 @@ def check_dataset(
             kw["message"] = f"{count} of {rep.labels_read} labels read: {kw['message']} (first)"
         rep.problems.append(Problem(count=count, **kw))
 
+    for split, n in read_in.items():
+        if not seen_in.get(split):
+            rep.problems.append(Problem(
+                "no_seen_class", f"none of the {n} labels read of split {split!r} holds a seen-class pixel (only "
+                f"background/ignore and unseen classes)", split=split, path=str(rootp),
+                fix="training on this split learns nothing from its labels (zss-train refuses it): check that the "
+                    "split file and annotation folder belong to this dataset and benchmark split"))
     rep.raw_histogram = {int(v): int(c) for v, c in enumerate(raw_hist) if c}
-    lut = _reduce_lut(lay)
     hist: dict[int, int] = {}
     for v, c in rep.raw_histogram.items():
         if valid[v]:

@@ -18,11 +18,32 @@ from torchvision import tv_tensors
 
 from .classes import get_benchmark, layout
 
+<<<<<<< HEAD
 __all__ = ["ConcatSegDataset", "SegDataset", "UnseenLabelGuard", "split_parts", "WithoutKeys", "build_dataset", "check_no_unseen", "read_label",
            "read_image", "pil_to_rgb"]
+=======
+__all__ = ["SegDataset", "WithoutKeys", "build_dataset", "read_label", "read_image", "pil_to_rgb", "read_lines"]
+>>>>>>> issue21
 
 _ROOT_HINT = "Set dataset.root=/path/to/the/dataset (the folder holding the layout above) or see README (data preparation)."
 _CHECK_HINT = "Run `python -m zss.data.check dataset={name} root={root}` to list every problem with its fix."
+
+
+def read_lines(path: str | os.PathLike, what: str = "file") -> list[str]:
+    """The stripped, non-empty lines of a UTF-8 text file (a split list, a class list); a UTF-8 BOM is allowed.
+
+    Raises:
+        ValueError: the file is not UTF-8 text (e.g. UTF-16, as Windows editors save "Unicode"); one line naming
+            ``what`` and the file and how to re-save it.
+    """
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        enc = "UTF-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "not UTF-8"
+        raise ValueError(f"{what} {str(path)!r} is {enc} text (byte {e.start}: {data[e.start:e.start + 1]!r}); "
+                         f"re-save it as UTF-8, e.g. iconv -f UTF-16 -t UTF-8 old.txt > new.txt") from None
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
 
 
 def read_label(path: str | os.PathLike) -> np.ndarray:
@@ -231,9 +252,13 @@ class SegDataset(torch.utils.data.Dataset):
         assert sf is not None
         if not sf.is_file():
             raise FileNotFoundError(f"Split file {str(sf)!r} does not exist. Check the split name or {_ROOT_HINT}")
-        names = [ln.strip() for ln in sf.read_text().splitlines() if ln.strip()]
+        names = read_lines(sf, "split file")
         if not names:
             raise ValueError(f"Split file {str(sf)!r} lists no image ids.")
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"Split file {str(sf)!r} lists {len(names) - len(set(names))} id(s) twice, e.g. "
+                             f"{dup[0]!r}: remove the repeats (python -m zss.data.check reports them all)")
         imgs, anns = _list_files(self.img_dir), _list_files(self.ann_dir)
 
         def exists(listing: set[str] | None, folder: Path, fname: str) -> bool:
@@ -314,6 +339,22 @@ class SegDataset(torch.utils.data.Dataset):
                 f"{self._check_hint()}"
             )
         return raw
+
+    def labels_with_seen_class(self, sample: int = 200) -> tuple[int, int]:
+        """``(labels read, labels holding a seen-class pixel)`` over up to ``sample`` labels spread evenly over the
+        split (a cheap check that training has something to learn; seen = not unseen, not ignore).
+
+        Raises:
+            ValueError: a label that cannot be read or holds out-of-range values (as ``__getitem__``).
+        """
+        seen = np.zeros(self.num_classes + 1, dtype=bool)
+        seen[[c for c in range(self.num_classes) if c not in self.unseen]] = True
+        idx = np.unique(np.linspace(0, len(self) - 1, min(int(sample), len(self))).round().astype(int))
+        hits = 0
+        for i in idx:
+            full = self._full_lut[self._load_raw(int(i))]
+            hits += bool(seen[np.where(full == self.ignore_index, self.num_classes, full)].any())
+        return len(idx), hits
 
     def _check_hint(self) -> str:
         name = getattr(getattr(self, "benchmark", None), "name", None) or "<preset>"

@@ -154,10 +154,12 @@ BEST_ON_VAL_NAME = "best_on_val_split.pt"
 
 #: Config keys (dotted; a key covers everything below it) that may differ between a run and its resume: they
 #: do not change the numbers (where the data lies, logging/checkpoint/eval cadence, loader workers, the
-#: post-training transfer view, bookkeeping). Everything else, ``trainer.max_steps`` included (the poly
-#: schedule depends on it), must match unless ``resume_allow_changes=true``. Ours (docs: README "Resume").
+#: post-training transfer view, bookkeeping; ``init_from`` only sets the weights a run STARTS from). Everything
+#: else, ``trainer.max_steps`` included (the poly schedule depends on it), must match unless
+#: ``resume_allow_changes=true``. Ours (docs: README "Resume").
 RESUME_HARMLESS_KEYS = (
-    "resume", "resume_allow_changes", "run_root", "name", "device", "allow_oracle_teacher", "dataset.root",
+    "resume", "resume_allow_changes", "init_from", "run_root", "name", "device", "allow_oracle_teacher",
+    "dataset.root",
     "transfer_view", "trainer.log_interval", "trainer.ckpt_interval", "trainer.eval_interval",
     "trainer.num_workers", "trainer.overlay_count",
 )
@@ -198,22 +200,43 @@ def format_changes(changes: dict, limit: int = 8) -> str:
 
 def checkpoint_config(path: str | Path) -> dict:
     """The resolved config stored in a zss checkpoint (memory-mapped: the tensors are not read)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # not a zip-format file: mmap unsupported
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = _peek(path)
     return dict(ckpt.get("config") or {}) if isinstance(ckpt, dict) else {}
 
 
-def find_resume(root: str | Path, name: str, config: dict | None = None) -> Path | None:
+def find_resume(root: str | Path, name: str, config: dict | None = None, warn=None) -> Path | None:
     """Newest ``root/name/*/last.pt`` (for ``resume=auto``) whose stored config matches ``config`` in every
     number-shaping key (:func:`config_changes`; the seed included, so a seed sweep never merges), or None.
-    ``config=None`` takes the newest whatever its config."""
+    ``config=None`` takes the newest whatever its config. A candidate that cannot be read (empty, truncated) or
+    holds no training state (a weights-only export) is skipped; ``warn`` (e.g. ``print``) is told its path and why."""
+    from zss.engine.checkpoint import missing_train_state, read_reason
+
     cands = sorted(Path(root, name).glob("*/last.pt"), key=lambda p: p.stat().st_mtime)
     for cand in reversed(cands):
-        if config is None or not config_changes(checkpoint_config(cand), config):
+        try:
+            ckpt = _peek(cand)
+            if not isinstance(ckpt, dict):
+                raise ValueError("not a dict")
+        except Exception as e:  # noqa: BLE001 - any reason torch cannot read it: skip this candidate
+            if warn:
+                warn(f"zss: WARNING resume=auto skips {cand}: unreadable ({read_reason(e, cand)})")
+            continue
+        missing = missing_train_state(ckpt)
+        if missing:
+            if warn:
+                warn(f"zss: WARNING resume=auto skips {cand}: it holds no {', '.join(missing)} state")
+            continue
+        if config is None or not config_changes(dict(ckpt.get("config") or {}), config):
             return cand
     return None
+
+
+def _peek(path: str | Path):
+    """``torch.load`` memory-mapped (the tensors are not read), falling back to a full load for old formats."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # not a zip-format file: mmap unsupported
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def remove_stale_temp_files(run_dir: str | Path) -> list[Path]:
@@ -241,6 +264,17 @@ def non_finite_tensors(tensors: dict) -> list[str]:
 #: Signals after which the trainer finishes the current step, writes ``last.pt`` and stops (SIGUSR1: SLURM's
 #: pre-emption / time-limit warning, e.g. ``--signal=USR1@90``).
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: the worker ignores :data:`STOP_SIGNALS`, so a signal to the whole process
+    group (SLURM's time limit, ``scancel``, ``timeout``, Ctrl-C, submitit's SIGUSR1) is left to the main process,
+    which finishes its step, writes ``last.pt`` and shuts the workers down itself; a worker still exits when its
+    parent dies (torch's watchdog). Source: ours."""
+    for name in STOP_SIGNALS:
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 class Trainer:
@@ -422,7 +456,7 @@ class Trainer:
         }
 
     def _load(self, path: str | Path) -> None:
-        ckpt = load_checkpoint(path, map_location=self.device)
+        ckpt = load_checkpoint(path, map_location=self.device, need_config=False)
         self.method.load_state_dict(ckpt["state"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -491,6 +525,7 @@ class Trainer:
         return DataLoader(
             data, batch_size=self.micro, sampler=sampler, num_workers=self.cfg.num_workers,
             drop_last=True, persistent_workers=self.cfg.num_workers > 0, pin_memory=self.device.type == "cuda",
+            worker_init_fn=ignore_stop_signals if self.cfg.num_workers > 0 else None,
         )
 
     def _to_device(self, batch: dict) -> dict:
