@@ -18,12 +18,8 @@ from torchvision import tv_tensors
 
 from .classes import get_benchmark, layout
 
-<<<<<<< HEAD
-__all__ = ["ConcatSegDataset", "SegDataset", "UnseenLabelGuard", "split_parts", "WithoutKeys", "build_dataset", "check_no_unseen", "read_label",
-           "read_image", "pil_to_rgb"]
-=======
-__all__ = ["SegDataset", "WithoutKeys", "build_dataset", "read_label", "read_image", "pil_to_rgb", "read_lines"]
->>>>>>> issue21
+__all__ = ["ConcatSegDataset", "SegDataset", "UnseenLabelGuard", "split_parts", "WithoutKeys", "build_dataset",
+           "check_no_unseen", "read_label", "read_image", "pil_to_rgb", "read_lines"]
 
 _ROOT_HINT = "Set dataset.root=/path/to/the/dataset (the folder holding the layout above) or see README (data preparation)."
 _CHECK_HINT = "Run `python -m zss.data.check dataset={name} root={root}` to list every problem with its fix."

@@ -23,21 +23,16 @@ def make_logits_fn(method: torch.nn.Module, *, seen_bias: float = 0.0) -> Callab
     :func:`zss.engine.inference.argmax_classes` (masking before resizing made NaN, see inference.py).
 
     ``seen_bias`` is subtracted from the seen classes' logits (explicit form of the calibration
-<<<<<<< HEAD
     ZegCLIP / CLIP-RC apply silently with 0.1; our default 0 = none). It is in the units of ``predict``'s output
     for every method (logits at the input size; CLIP-RC / ZegCLIP return sigmoid probabilities as their logits, so
     there it is the public code's probability margin) and only matters for ``label_space="all"`` (in ZSS no seen
     class can win anyway).
-=======
-    ZegCLIP / CLIP-RC apply silently with 0.1; our default 0 = none). It is in logit units and only
-    matters for ``label_space="all"`` (in ZSS no seen class can win anyway).
 
     Raises:
         ValueError: ``seen_bias`` is not a finite number (NaN would turn every seen logit into NaN).
->>>>>>> issue21
     """
     if isinstance(seen_bias, bool) or not isinstance(seen_bias, (int, float)) or not math.isfinite(seen_bias):
-        raise ValueError(f"seen_bias={seen_bias!r}: must be a finite number (logit units; 0 = no calibration)")
+        raise ValueError(f"seen_bias={seen_bias!r}: must be a finite number (units of predict's output; 0 = no calibration)")
 
     def fn(images: Tensor) -> Tensor:
         logits = method.predict(images, label_space="all")
