@@ -452,11 +452,15 @@ def train(cfg: DictConfig) -> dict | None:
 
 
 def _transfer_view(cfg: DictConfig, method: Method, bench, tcfg: TrainConfig, run_dir: Path, device) -> dict:
-    """The demo's transfer view: the TRAINING images on their FULL labels (their unseen pixels were never
-    labelled for the student), GZSS and ZSS (unseen 5-way), plus PLM pseudo-label quality when the method has
-    one, next to the seen-only reference quoted in ``transfer_view.reference`` (measured by
-    ``scripts/transfer_check.py``). Written to ``transfer_view.{md,json}`` in the run directory."""
-    _, train_eval = build_data(cfg.dataset, bench, train=False, val_split=cfg.dataset.train_split)
+    """The demo's transfer view: the images of ``transfer_view.split`` (default the TRAINING split) on their FULL
+    labels, GZSS and ZSS (unseen 5-way), plus PLM pseudo-label quality when the method has one, next to the
+    seen-only reference quoted in ``transfer_view.reference`` and, with ``transfer_view.teacher_ceiling``, the
+    teacher's own dense zero-shot score on the same images. ``transfer_view.picture: N`` also writes
+    ``transfer_view.png`` (N images: image | ground truth | prediction). Written to ``transfer_view.{md,json}``
+    in the run directory. On the training split the unseen pixels were never labelled for the student; on the
+    synthetic world's ``test`` split (docs/world.md) neither the images nor the labels were ever seen."""
+    split = cfg.transfer_view.get("split") or cfg.dataset.train_split
+    _, train_eval = build_data(cfg.dataset, bench, train=False, val_split=split)
     kw = dict(mode=tcfg.eval_mode, crop=tcfg.eval_crop, stride=tcfg.eval_stride, crop_batch=tcfg.eval_crop_batch,
               device=device)
     gz = evaluate(method, train_eval, label_space="all", **kw)  # sharded over ranks, all-reduced
@@ -465,7 +469,18 @@ def _transfer_view(cfg: DictConfig, method: Method, bench, tcfg: TrainConfig, ru
         return {}
     row = {"mIoU_seen": gz["mIoU_seen"], "mIoU_unseen": gz["mIoU_unseen"], "hIoU": gz["hIoU"],
            "five_way_pixel": zs["pAcc"], "five_way_class_mean": zs["mAcc"]}
-    if hasattr(method, "pseudo_label_report") and getattr(method, "use_plm", False):
+    teacher = None
+    if cfg.transfer_view.get("teacher_ceiling") and hasattr(method.teacher, "text"):
+        from zss.teachers.taught import evaluate_dense_quality
+
+        q = evaluate_dense_quality(method.teacher, train_eval, bench.classes, templates_for(cfg.dataset, bench),
+                                   bench.unseen)
+        teacher = {"mIoU_seen": q["mIoU_seen"], "mIoU_unseen": q["mIoU_unseen"], "hIoU": q["hIoU"],
+                   "five_way_pixel": q["five_way_pAcc"], "five_way_class_mean": q["five_way_mAcc"]}
+    if int(cfg.transfer_view.get("picture") or 0) > 0:
+        _transfer_picture(method, train_eval, int(cfg.transfer_view.picture), run_dir / "transfer_view.png", device,
+                          cfg.dataset.mean, cfg.dataset.std)
+    if hasattr(method, "pseudo_label_report") and getattr(method, "use_plm", False) and split == cfg.dataset.train_split:
         qs = []
         with torch.no_grad():
             for sample in train_eval:
@@ -481,14 +496,22 @@ def _transfer_view(cfg: DictConfig, method: Method, bench, tcfg: TrainConfig, ru
     ref = cfg.transfer_view.get("reference")
     ref = OmegaConf.to_container(ref, resolve=True) if ref is not None else {}
     f = lambda v: "n/a" if v is None or v != v else f"{v:.2f}"  # noqa: E731
-    lines = [f"Transfer view: the {len(train_eval)} TRAINING images on their FULL labels (unseen pixels never "
-             "labelled for the student)", "",
+    what = ("TRAINING images on their FULL labels (unseen pixels never labelled for the student)"
+            if split == cfg.dataset.train_split else
+            f"{split!r} images, never trained on by the student (nor, for the synthetic world, by its teacher)")
+    lines = [f"Transfer view: the {len(train_eval)} {what}", "",
              "| run | mIoU(S) | mIoU(U) | hIoU | unseen 5-way pixel % | 5-way class-mean % |", "|---|---:|---:|---:|---:|---:|",
              f"| this run ({cfg.method.name}) | {f(row['mIoU_seen'])} | {f(row['mIoU_unseen'])} | {f(row['hIoU'])} | "
              f"{f(row['five_way_pixel'])} | {f(row['five_way_class_mean'])} |"]
     if ref:
         lines.append(f"| {ref.get('name', 'reference')} | {f(ref.get('mIoU_seen'))} | {f(ref.get('mIoU_unseen'))} | "
                      f"{f(ref.get('hIoU'))} | {f(ref.get('five_way_pixel'))} | {f(ref.get('five_way_class_mean'))} |")
+    if teacher:
+        lines.append(f"| teacher's own dense zero-shot (its ceiling) | {f(teacher['mIoU_seen'])} | "
+                     f"{f(teacher['mIoU_unseen'])} | {f(teacher['hIoU'])} | {f(teacher['five_way_pixel'])} | "
+                     f"{f(teacher['five_way_class_mean'])} |")
+        if teacher["mIoU_unseen"] > 0:
+            lines += ["", f"student mIoU(U) / teacher mIoU(U): {row['mIoU_unseen'] / teacher['mIoU_unseen'] * 100:.0f}%"]
     if "pl_regions" in row:
         lines += ["", f"PLM pseudo labels on these images: {row['pl_regions']:.1f} regions per image, purity "
                       f"{row['pl_purity']:.1f}%, unseen pixels in an unseen-dominated region "
@@ -498,8 +521,33 @@ def _transfer_view(cfg: DictConfig, method: Method, bench, tcfg: TrainConfig, ru
     text = "\n".join(lines)
     print("\n" + text, flush=True)
     (run_dir / "transfer_view.md").write_text(text + "\n")
-    (run_dir / "transfer_view.json").write_text(json.dumps({"run": row, "reference": ref}, indent=2))
+    (run_dir / "transfer_view.json").write_text(json.dumps({"split": split, "run": row, "reference": ref,
+                                                            "teacher": teacher}, indent=2))
     return row
+
+
+@torch.no_grad()
+def _transfer_picture(method: Method, data, n: int, path: Path, device, mean, std) -> None:
+    """PNG of the first ``n`` images of ``data``: one row each, image | ground truth | prediction (class colours;
+    ``mean``/``std``: the images' normalisation, [0, 1] units)."""
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    from zss.engine.visualize import colorize, denormalize
+
+    tiles = []
+    for i in range(min(n, len(data))):
+        sample = data[i]
+        full = sample["full_label"]
+        logits = method.predict(sample["image"][None].to(device), label_space="all")  # [1, C, H', W'] input size
+        logits = torch.nn.functional.interpolate(logits.float(), size=tuple(full.shape), mode="bilinear")
+        pred = logits.argmax(1)[0].cpu()
+        img = denormalize(sample["image"], mean, std)
+        img = torch.nn.functional.interpolate(img[None].float(), size=tuple(full.shape), mode="bilinear")[0]
+        tiles += [img.round().clamp(0, 255).to(torch.uint8), colorize(full, method.num_classes),
+                  colorize(pred, method.num_classes)]
+    grid = make_grid(tiles, nrow=3, padding=2, pad_value=255)
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
 
 
 def _normalizations(ds: DictConfig, student, teacher) -> dict:
