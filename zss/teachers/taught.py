@@ -83,8 +83,8 @@ INFO_FILE = "taught_clip.json"
 TAUGHT_MODEL_NAME = "taught-clip"
 #: Printed with every number a taught CLIP produces (FrozenCLIP ``warning``).
 TAUGHT_WARNING = (
-    "label-taught CLIP (zss.teachers.taught, docs/taught_clip.md): a small open_clip CLIP taught on the bundled "
-    "images' labels, unseen classes included; a mechanism tool, NOT a zero-shot result."
+    "label-taught CLIP (zss.teachers.taught, docs/taught_clip.md): a small open_clip CLIP taught on labelled "
+    "images, unseen classes included; a mechanism tool, NOT a zero-shot result."
 )
 #: Appended to FrozenCLIP's missing-weights error for a taught CLIP (FrozenCLIP ``missing_weights_hint``).
 TAUGHT_HINT = (
