@@ -22,7 +22,8 @@ def _pyproject() -> dict:
 #: console command -> its wrapper in scripts/ (same function)
 WRAPPERS = {"zss-train": "train", "zss-eval": "eval", "zss-predict": "predict", "zss-check": "check_data",
             "zss-clip-es-masks": "clip_es_masks", "zss-teach-clip": "teach_clip", "zss-aggregate": "aggregate",
-            "zss-plot": "plot", "zss-prepare-cocostuff": "prepare_cocostuff", "zss-prepare-context": "prepare_context"}
+            "zss-plot": "plot", "zss-prepare-cocostuff": "prepare_cocostuff", "zss-prepare-context": "prepare_context",
+            "zss-make-world": "make_world"}
 
 
 def test_every_subpackage_is_listed_for_the_wheel():

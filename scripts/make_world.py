@@ -1,0 +1,11 @@
+#!/usr/bin/env python
+"""Write the synthetic zero-shot world (docs/world.md): ``python scripts/make_world.py [--out data/world ...]``.
+
+Installed package: ``zss-make-world``. Every flag: ``--help`` (zss.data.synthetic.MAKE_WORLD_DOC).
+"""
+import sys
+
+from zss.data.synthetic import make_world_main as main
+
+if __name__ == "__main__":
+    sys.exit(main())
