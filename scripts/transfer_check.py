@@ -208,8 +208,9 @@ def format_report(results: list[dict], scores: dict, row_teacher: dict, unseen: 
     def f(v):
         return "nan" if v is None or v != v else f"{v:.2f}"
 
+    n = next(iter(scores.values()))["num_images"] if scores else 40
     lines = [
-        "Transfer check on the 40 bundled VOC training images, scored on their FULL labels (unseen pixels never",
+        f"Transfer check on the {n} bundled VOC training images, scored on their FULL labels (unseen pixels never",
         "labelled for the student): a real-image smoke check of the pipeline. Teachers are mechanism tools (oracle:",
         "reads the label map; taught CLIP: memorised these images): NOT zero-shot results.", "",
         "| method | seed | mIoU(S) | mIoU(U) | hIoU | 5-way class-mean % | 5-way pixel % | mIoU(U) / teacher's % "

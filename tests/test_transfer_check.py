@@ -97,7 +97,7 @@ def test_report_prints_teacher_rows_and_the_constant_prediction():
     gt = [0] * 20
     gt[15], gt[19] = 100, 300
     nan = float("nan")
-    scores = {"k": dict(teacher="oracle", mIoU_seen=95.0, mIoU_unseen=99.0, hIoU=97.0, five_way_mAcc=99.5,
+    scores = {"k": dict(teacher="oracle", num_images=40, mIoU_seen=95.0, mIoU_unseen=99.0, hIoU=97.0, five_way_mAcc=99.5,
                         five_way_pAcc=99.9, gt_pixels=gt)}
     rows = [_row("seen-only (oracle)", 0, 70.0, 0.0, 20.0, 14.0), _row("CLIP-ZSS (oracle)", 0, 68.0, 49.5, nan, 70.0)]
     text = tc.format_report(rows, scores, {r["name"]: "k" for r in rows}, list(bench.unseen), list(bench.classes), [0])
