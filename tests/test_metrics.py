@@ -241,3 +241,46 @@ def test_cuda_update_matches_cpu():
     assert gpu.confusion.is_cuda
     assert torch.equal(gpu.confusion.cpu(), cpu.confusion)
     assert json.dumps(to_json(gpu.compute())) == json.dumps(to_json(cpu.compute()))
+
+
+# ------------------------------------------------------------------------ constant-prediction 5-way
+def test_constant_five_way_on_a_hand_made_label_set():
+    from zss.engine.metrics import constant_five_way, label_histogram
+
+    # 4 classes, unseen = {2, 3}; two label maps: unseen pixels 2: 3, 3: 6 (class 3 holds 2/3 of them)
+    labels = [_t([[0, 2, 3, 3], [255, 3, 1, 1]]), _t([[3, 3, 2, 2], [3, 255, 0, 255]])]
+    counts = label_histogram(labels, 4)
+    assert counts.tolist() == [2, 2, 3, 6]
+    c = constant_five_way(counts, unseen=[2, 3])
+    assert c["class_id"] == 3 and c["unseen_pixels"] == 9 and c["present"] == 2
+    assert c["pAcc"] == pytest.approx(6 / 9 * 100) and c["mAcc"] == pytest.approx(50.0)
+    # it IS the ZSS score of predicting class 3 everywhere (SegEvaluator, label_space=unseen)
+    ev = _ev(label_space="unseen")
+    for lab in labels:
+        ev.update(torch.full_like(lab, 3)[None], lab[None])
+    r = ev.compute()
+    assert r["pAcc"] == pytest.approx(c["pAcc"]) and r["mAcc"] == pytest.approx(c["mAcc"])
+    # and the other constant does worse
+    ev = _ev(label_space="unseen")
+    for lab in labels:
+        ev.update(torch.full_like(lab, 2)[None], lab[None])
+    assert ev.compute()["pAcc"] < c["pAcc"]
+    # a confusion matrix (rows = ground truth, some pixels mispredicted) gives the answer of its row sums
+    conf = torch.diag(counts)
+    conf[3, 3] -= 2
+    conf[3, 0] += 2
+    assert constant_five_way(conf, [2, 3]) == c
+
+
+def test_constant_five_way_edge_cases_and_errors():
+    from zss.engine.metrics import constant_five_way, label_histogram
+
+    none = constant_five_way([5, 5, 0, 0], [2, 3])  # no unseen pixel
+    assert math.isnan(none["pAcc"]) and none["class_id"] == -1
+    assert constant_five_way([0, 0, 4, 4], [3, 2])["class_id"] == 2  # tie: the lowest id
+    with pytest.raises(ValueError, match="outside"):
+        constant_five_way([1, 2, 3], [3])
+    with pytest.raises(ValueError, match="shape"):
+        constant_five_way(np.zeros((2, 3)), [1])
+    with pytest.raises(ValueError, match="label value 7"):
+        label_histogram([_t([[0, 7]])], 4)

@@ -526,6 +526,36 @@ def _transfer_view(cfg: DictConfig, method: Method, bench, tcfg: TrainConfig, ru
     return row
 
 
+def teacher_dense_score(cfg: DictConfig, split: str | None = None) -> dict:
+    """The teacher of ``cfg`` scored on its own: dense zero-shot segmentation of ``split``'s images on their FULL
+    labels, the pixels ``scripts/eval.py split=<split>`` scores a student on (same test transform, labels at the
+    original size). Logits = the teacher's dense embeds · its text embeds of the benchmark's classes
+    (:func:`zss.teachers.taught.evaluate_dense_quality`); the OracleTeacher is handed each full label, as in
+    training. For an oracle or label-taught teacher this is a mechanism tool's ceiling, NOT a zero-shot result.
+
+    Args:
+        cfg: a composed train config (``dataset``, ``teacher`` groups are used).
+        split: split list to score; None: ``dataset.train_split``.
+    Returns:
+        dict of :func:`~zss.teachers.taught.evaluate_dense_quality` (percent floats ``mIoU_seen``, ``mIoU_unseen``,
+        ``hIoU``, ``five_way_mAcc``, ``five_way_pAcc``, ``per_class_IoU``, ``gt_pixels``, ...) plus ``teacher``
+        (str: "oracle" or ``teacher.model_name``) and ``split`` (str).
+    Raises:
+        FileNotFoundError: missing data or teacher weights (names the file and the fix).
+    """
+    from zss.teachers.taught import evaluate_dense_quality
+
+    bench = build_benchmark(cfg.dataset)
+    split = split or str(cfg.dataset.train_split)
+    _, data = build_data(cfg.dataset, bench, train=False, val_split=split)
+    teacher = build_teacher(cfg, bench)
+    q = evaluate_dense_quality(teacher, data, bench.classes, templates_for(cfg.dataset, bench), bench.unseen)
+    oracle = str(cfg.teacher._target_).endswith("OracleTeacher")
+    q["teacher"] = "oracle" if oracle else str(cfg.teacher.get("model_name") or cfg.teacher._target_)
+    q["split"] = split
+    return q
+
+
 @torch.no_grad()
 def _transfer_picture(method: Method, data, n: int, path: Path, device, mean, std) -> None:
     """PNG of the first ``n`` images of ``data``: one row each, image | ground truth | prediction (class colours;

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["SegEvaluator", "format_table", "summary_line", "to_json", "to_serializable", "LABEL_SPACES"]
+__all__ = ["SegEvaluator", "constant_five_way", "format_table", "label_histogram", "summary_line", "to_json",
+           "to_serializable", "LABEL_SPACES"]
 
 LABEL_SPACES = ("all", "unseen")
 
@@ -301,6 +302,76 @@ class SegEvaluator:
             "num_classes": self.num_classes,
             "per_class": per_class,
         }
+
+
+# ---------------------------------------------------------------------- label statistics
+def label_histogram(labels: Iterable[torch.Tensor], num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+    """Ground-truth pixel count of each class over a set of label maps.
+
+    Args:
+        labels: label maps, each an integer Tensor of any shape (e.g. ``[H, W]`` ``full_label`` of a dataset's
+            samples); ``ignore_index`` pixels are skipped.
+        num_classes: C.
+        ignore_index: label of ignored pixels (255).
+    Returns:
+        ``Tensor[C] int64`` (CPU): pixels per class.
+    Raises:
+        ValueError: a label value outside ``[0, C)`` other than ``ignore_index`` (names the value).
+    """
+    counts = torch.zeros(int(num_classes), dtype=torch.int64)
+    for lab in labels:
+        v = torch.as_tensor(lab).reshape(-1).long().cpu()
+        v = v[v != ignore_index]
+        if v.numel() and (int(v.min()) < 0 or int(v.max()) >= num_classes):
+            bad = v[(v < 0) | (v >= num_classes)][0]
+            raise ValueError(f"label_histogram: label value {int(bad)} is outside [0, {num_classes}) and not "
+                             f"ignore_index={ignore_index}; check the label files or num_classes")
+        counts += torch.bincount(v, minlength=num_classes)
+    return counts
+
+
+def constant_five_way(counts: torch.Tensor | np.ndarray | Sequence[int], unseen: Sequence[int]) -> dict[str, Any]:
+    """The best constant predictor of the ZSS (unseen-only, "5-way") view: one unseen class on every unseen pixel.
+
+    The ZSS view scores pixels whose ground truth is unseen with the argmax over the unseen classes only
+    (``SegEvaluator(label_space="unseen")``). Predicting the same class ``k`` everywhere scores pixel accuracy
+    ``n_k / sum_u n_u`` (best: the largest unseen class's share of the unseen pixels) and class-mean accuracy
+    ``100 / K`` (``K`` = unseen classes present: class ``k`` at 100%, the others at 0), whichever ``k``. A
+    model's 5-way pixel accuracy means something only above this pixel floor. Not in the papers: our check.
+
+    Args:
+        counts: ground-truth pixels per class, ``[C]`` (e.g. :func:`label_histogram`), or a confusion matrix
+            ``[C, C]`` (rows = ground truth, e.g. :attr:`SegEvaluator.confusion` in label space ``all``; its row
+            sums are used). Integers >= 0.
+        unseen: the unseen class ids (ints in ``[0, C)``).
+    Returns:
+        dict: ``pAcc`` (percent float, the best constant's pixel accuracy), ``mAcc`` (percent float, its
+        class-mean accuracy), ``class_id`` (int, the largest unseen class; ties: the lowest id),
+        ``unseen_pixels`` (int), ``present`` (int, K). With no unseen pixel: ``pAcc``/``mAcc`` NaN,
+        ``class_id`` -1.
+    Raises:
+        ValueError: counts not 1-D or square 2-D, negative counts, or unseen ids outside ``[0, C)``.
+    """
+    c = torch.as_tensor(np.asarray(counts)).to(torch.int64)
+    if c.ndim == 2 and c.shape[0] == c.shape[1]:
+        c = c.sum(dim=1)
+    if c.ndim != 1:
+        raise ValueError(f"constant_five_way: counts must be [C] pixels per class or a [C, C] confusion matrix, "
+                         f"got shape {tuple(c.shape)}")
+    if bool((c < 0).any()):
+        raise ValueError("constant_five_way: counts must be >= 0 (pixels per class)")
+    ids = sorted({int(u) for u in unseen})
+    bad = [u for u in ids if not 0 <= u < c.numel()]
+    if bad:
+        raise ValueError(f"constant_five_way: unseen ids {bad} are outside [0, {c.numel()})")
+    n = c[ids] if ids else c[:0]
+    total = int(n.sum())
+    if total == 0:
+        return {"pAcc": float("nan"), "mAcc": float("nan"), "class_id": -1, "unseen_pixels": 0, "present": 0}
+    j = int(torch.argmax(n))  # first maximum: the lowest position among ties
+    present = int((n > 0).sum())
+    return {"pAcc": float(n[j]) / total * 100.0, "mAcc": 100.0 / present, "class_id": ids[j],
+            "unseen_pixels": total, "present": present}
 
 
 # ---------------------------------------------------------------------- formatting

@@ -640,7 +640,8 @@ def evaluate_dense_quality(
         ``text_max_cos`` / ``text_mean_cos`` (largest / mean off-diagonal cosine between class text embeds,
         fractions), ``num_images`` (int), ``per_class_IoU`` (list of C floats), ``hIoU``, and the unseen-only
         view: ``five_way_mAcc`` / ``five_way_pAcc`` (pixels whose ground truth is unseen, argmax over the
-        unseen classes; class-mean / pixel accuracy; NaN without ``unseen``).
+        unseen classes; class-mean / pixel accuracy; NaN without ``unseen``), ``gt_pixels`` (list of C ints: the
+        scored ground-truth pixels of each class, e.g. for :func:`zss.engine.metrics.constant_five_way`).
     Raises:
         ValueError: an empty dataset.
     """
@@ -699,6 +700,7 @@ def evaluate_dense_quality(
         "text_mean_cos": float(off.mean()) if off.size else float("nan"),
         "num_images": len(dataset),
         "per_class_IoU": [pc["IoU"] for pc in r["per_class"]],
+        "gt_pixels": [int(v) for v in ev.confusion.sum(dim=1).tolist()],
     }
 
 
