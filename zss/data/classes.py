@@ -13,7 +13,7 @@ name              C       unseen split(s)                 labels
 ``cocostuff171``  171     15 ids (default)                ``*_labelTrainIds.png`` 0..170
 ``context59``     59      ``zs3`` or ``cascade``          background 0 -> 255 (reduce_zero_label)
 ``context60``     60      ``zs3`` or ``cascade`` (ids+1)  background is class 0, no reduction
-``world``         20      ``default`` or ``alt``          synthetic (zss.data.synthetic), as voc20
+``world``         20      ``default``/``texture``/``shared`` synthetic (zss.data.synthetic), as voc20
 ================  ======  ==============================  ===================================
 """
 from __future__ import annotations
@@ -211,7 +211,7 @@ def get_benchmark(name: str, split: str | None = None) -> Benchmark:
     Args:
         name: one of ``"voc20"``, ``"voc21"``, ``"cocostuff171"``, ``"context59"``, ``"context60"``, ``"world"``.
         split: ``"zs3"`` or ``"cascade"`` for the Context presets (required there); ``None`` (or
-            ``"default"``) for VOC and COCO-Stuff; ``None``/``"default"`` or ``"alt"`` for the synthetic world
+            ``"default"``) for VOC and COCO-Stuff; ``None``/``"default"``, ``"texture"`` or ``"shared"`` for the synthetic world
             (``zss.data.synthetic.WORLD_UNSEEN_SPLITS``, docs/world.md).  ``voc21`` (background + 20 classes, no unseen class)
             is the weakly-supervised setting of CLIP-ES (docs/clip_es.md).
 

@@ -3,9 +3,9 @@
 No real CLIP weights or large datasets can be had offline, so transfer to images the student never saw
 is tested on a world whose classes are composed from attributes and named in words (docs/world.md):
 5 textures x 4 colours = 20 classes, e.g. ``"striped blue shape"``, each object drawn in a random outline
-(disc, square, triangle, ring, cross). Each unseen class shares its texture with seen classes and its colour
-with other seen classes, so a text encoder and an image encoder that learned the attributes can name it,
-as CLIP names a class that no segmentation label taught.
+(disc, square, triangle, ring, cross). In the default unseen split every yellow class is unseen: each unseen
+class shares its texture with seen classes, but its colour is one no seen class has, so only a teacher that
+saw it (as CLIP saw the web) can name it (``WORLD_UNSEEN_SPLITS`` has the other splits).
 
 Four disjoint image splits (ids never repeat across splits):
 
@@ -75,11 +75,15 @@ SHAPES: tuple[str, ...] = ("disc", "square", "triangle", "ring", "cross")
 WORLD_CLASSES: tuple[str, ...] = tuple(f"{t} {c} shape" for t in TEXTURES for c, _ in COLOURS)
 """The 20 class names in label-id order: id = texture index * 4 + colour index (label value = id + 1)."""
 
-# Unseen splits: one unseen class per texture, every colour used, so each unseen class shares its texture with
-# three seen classes and its colour with three or four others. Ours.
+# Unseen splits (ours). `default`: every class of one colour (yellow) is unseen: each unseen class shares its texture
+# with three seen classes, and its colour with no seen class, as an unseen VOC class shares parts and context with
+# seen ones but is a concept of its own. `texture`: every class of one texture (dotted) is unseen. `shared`: one
+# unseen class per texture, every colour used, so BOTH attributes of every unseen class occur in seen classes; there
+# the teacher's text embeds alone carry the unseen classes to a seen-only student (docs/world.md "Unseen splits").
 WORLD_UNSEEN_SPLITS: dict[str, tuple[int, ...]] = {
-    "default": (3, 6, 9, 12, 17),  # solid yellow, striped green, dotted blue, checkered red, wavy blue
-    "alt": (1, 4, 11, 14, 18),     # solid blue, striped red, dotted yellow, checkered green, wavy green
+    "default": (3, 7, 11, 15, 19),  # solid / striped / dotted / checkered / wavy yellow
+    "texture": (8, 9, 10, 11),      # dotted red / blue / green / yellow
+    "shared": (3, 6, 9, 12, 17),    # solid yellow, striped green, dotted blue, checkered red, wavy blue
 }
 """Named unseen splits of the world (``dataset.split`` / ``get_benchmark("world", split)``), class ids."""
 
@@ -102,7 +106,7 @@ class WorldSettings:
     """Every value that defines a world (written to ``world.json``). Not in any paper: all ours.
 
     Attributes:
-        seed: generator seed. unseen: name of the unseen split recorded for the world (``"default"``/``"alt"``;
+        seed: generator seed. unseen: name of the unseen split recorded for the world (``"default"``/``"texture"``/``"shared"``;
             the loader still reads every class, ``dataset.split`` picks the split used in training/scoring).
         counts: images per split, in ``WORLD_SPLITS`` order (teach, train, val, test).
         size: image side, pixels (square images).
@@ -399,7 +403,7 @@ def read_world_info(root: str | os.PathLike) -> dict:
 MAKE_WORLD_DOC = """Write the synthetic zero-shot world (docs/world.md) in the PASCAL VOC layout.
 
     zss-make-world                         # data/world, the default world (about 1 minute on 2 cores)
-    zss-make-world --out data/world_alt --unseen alt --seed 1
+    zss-make-world --out data/world_s1 --seed 1 --unseen texture
     python scripts/train.py experiment=world dataset.root=data/world
 
 The world is deterministic for its arguments; an existing world with the same arguments is kept.
