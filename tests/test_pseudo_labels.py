@@ -279,3 +279,24 @@ def test_clear_near_seen_leaves_a_band_of_ignore_around_seen_pixels_only():
     assert clear_near_seen(f, S, margin=0) is f
     with pytest.raises(ValueError, match="margin"):
         clear_near_seen(f, S, margin=-1)
+
+
+@pytest.mark.parametrize("margin", [1, 3, 16])
+def test_clear_near_seen_is_the_chebyshev_band_on_random_maps(margin):
+    # brute force: a pseudo pixel is cleared iff a seen pixel lies within Chebyshev distance `margin`
+    S, ign = 4, 255
+    g = torch.Generator().manual_seed(margin)
+    f = torch.randint(0, 12, (2, 40, 37), generator=g)
+    f[f >= 10] = ign
+    f[(f >= S) & (f < 10) & (torch.rand(f.shape, generator=g) < 0.9)] = S + 1  # mostly one pseudo region
+    f[0, :, :5] = S  # a seen-free strip wider than small margins
+    f[0][f[0] < S] = S + 2
+    f[0, 20, 30] = 0  # one seen pixel in image 0
+    out = clear_near_seen(f, S, margin=margin, ignore_index=ign)
+    ys, xs = torch.meshgrid(torch.arange(40), torch.arange(37), indexing="ij")
+    for b in range(2):
+        seen = (f[b] < S).nonzero()
+        dist = ((ys[None] - seen[:, :1, None]).abs().maximum((xs[None] - seen[:, 1:, None]).abs())).amin(0)
+        pseudo = (f[b] >= S) & (f[b] != ign)
+        want = torch.where(pseudo & (dist <= margin), torch.full_like(f[b], ign), f[b])
+        assert torch.equal(out[b], want)

@@ -311,27 +311,3 @@ def test_bad_dense_mode_and_resnet_tower():
     cfg["text_cfg"]["layers"] = 1
     with pytest.raises(ValueError, match="ViT visual towers only"):
         FrozenCLIP(model_cfg=cfg, pretrained=None)
-
-
-
-def test_own_attention_matches_open_clip_blocks_for_batches():
-    # zss.teachers.clip.run_block / self_attention replace torch MHA's slow path (README "Performance");
-    # they must give the block's own values for batches > 1, self- and cross-attention, with gradients
-    from zss.teachers.clip import build_tiny_clip, run_block, self_attention
-
-    t = build_tiny_clip(embed_dim=32)
-    blk = t.visual.transformer.resblocks[0]
-    x = torch.randn(3, 17, t.width, requires_grad=True)
-    want = blk(x)
-    got = run_block(blk, x)
-    assert torch.allclose(got, want, atol=1e-5)
-    g_want, = torch.autograd.grad(want.sum(), x)
-    g_got, = torch.autograd.grad(got.sum(), x)
-    assert torch.allclose(g_got, g_want, atol=1e-5)
-    y = blk.ln_1(x.detach())
-    ref = blk.attn(y[:, :1], y, y, need_weights=False)[0]
-    assert torch.allclose(self_attention(blk.attn, y[:, :1], y), ref, atol=1e-5)
-    mask = torch.zeros(17, 17)
-    mask[:, 12:] = float("-inf")
-    mask[12:, 12:] = 0.0
-    assert torch.allclose(run_block(blk, x, mask), blk(x, attn_mask=mask), atol=1e-5)

@@ -25,9 +25,9 @@ from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from zss.teachers.clip import resample_pos_embed
+from zss.models import clip_ops
 
 __all__ = [
     "POS_INTERP_MODES",
@@ -99,7 +99,8 @@ def _bilinear_pos(teacher, grid: tuple[int, int]) -> Tensor:
     """Positional embedding ``Tensor[1 + h*w, W]`` with the patch part resized bilinearly
     (align_corners=False, no antialias), as CLIP-ES's ``upsample_pos_emb``; CLS row untouched."""
     with torch.no_grad():
-        return resample_pos_embed(teacher.visual.positional_embedding, grid, teacher.native_grid, mode="bilinear")
+        return clip_ops.resample_pos_embed(teacher.visual.positional_embedding, grid, teacher.native_grid,
+                                           mode="bilinear")
 
 
 def embed_tokens(teacher, x: Tensor, pos_interp: str = "bilinear") -> tuple[Tensor, tuple[int, int]]:
@@ -121,13 +122,8 @@ def embed_tokens(teacher, x: Tensor, pos_interp: str = "bilinear") -> tuple[Tens
     if pos_interp != "bilinear":
         raise ValueError(f"embed_tokens: pos_interp={pos_interp!r} is not one of {POS_INTERP_MODES} "
                          f"(clip_es.cam.pos_interp=...)")
-    v = teacher.visual
-    feat = v.conv1(x)  # [B, W, h, w]
-    grid = (int(feat.shape[-2]), int(feat.shape[-1]))
-    tok = feat.flatten(2).transpose(1, 2)  # [B, h*w, W]
-    cls = v.class_embedding.to(tok.dtype).view(1, 1, -1).expand(tok.shape[0], -1, -1)
-    tok = torch.cat([cls, tok], dim=1) + _bilinear_pos(teacher, grid).to(tok.dtype)
-    return v.ln_pre(tok), grid
+    p = teacher.patch_size
+    return clip_ops.embed(teacher.visual, x, _bilinear_pos(teacher, (x.shape[-2] // p, x.shape[-1] // p)))
 
 
 def labels_to_multihot(class_ids: Tensor | Sequence[Sequence[int]], num_classes: int,
@@ -173,30 +169,12 @@ def minmax_normalize(x: Tensor, dims: int = 1, eps: float = 1e-7) -> Tensor:
 def _check_blocks(teacher) -> None:
     for i, blk in enumerate(teacher.visual.transformer.resblocks):
         attn = getattr(blk, "attn", None)
-        if not isinstance(attn, nn.MultiheadAttention) or hasattr(blk, "ln_1_kv") or not hasattr(blk, "ln_1"):
+        if not clip_ops.is_plain_block(blk):
             raise ValueError(
                 f"CLIP-ES: vision block {i} of teacher {teacher.identity.get('model_name')!r} is a "
                 f"{type(blk).__name__} with {type(attn).__name__} attention; CLIP-ES needs open_clip's standard "
                 f"ResidualAttentionBlock (torch MultiheadAttention), e.g. teacher.model_name=ViT-B-16-quickgelu."
             )
-
-
-def _attend(blk: nn.Module, y: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
-    """Self-attention of a block on LayerNormed tokens ``y [B, L, W]`` (batch first).
-
-    Returns (output ``[B, L, W]``, head-averaged weights ``[B, L, L]`` or None)."""
-    attn: nn.MultiheadAttention = blk.attn
-    yy = y if attn.batch_first else y.transpose(0, 1)
-    out, w = attn(yy, yy, yy, need_weights=need_weights, average_attn_weights=True)
-    if not attn.batch_first:
-        out = out.transpose(0, 1)
-    return out, w
-
-
-def _block_rest(blk: nn.Module, x: Tensor, a: Tensor) -> Tensor:
-    """Residual + MLP half of a block given its attention output ``a``: ``[B, L, W] -> [B, L, W]``."""
-    x = x + blk.ls_1(a)
-    return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
 
 
 def clip_es_cams(
@@ -267,13 +245,13 @@ def clip_es_cams(
         attn_sum = None
         for i in range(L - 1):
             blk = blocks[i]
-            a, wts = _attend(blk, blk.ln_1(tok), need_weights=i >= L - k)
+            a, wts = clip_ops.attend(blk, clip_ops.pre_attention_norm(blk, tok), need_weights=i >= L - k)
             if wts is not None:
                 attn_sum = wts.float() if attn_sum is None else attn_sum + wts.float()
-            tok = _block_rest(blk, tok, a)
+            tok = clip_ops.finish_block(blk, tok, a)
         last = blocks[L - 1]
-        y = last.ln_1(tok)  # GradCAM target activations [B, 1+N, W]
-        _, w_last = _attend(last, y, need_weights=True)
+        y = clip_ops.pre_attention_norm(last, tok)  # GradCAM target activations [B, 1+N, W]
+        _, w_last = clip_ops.attend(last, y, need_weights=True)
         attn_sum = w_last.float() if attn_sum is None else attn_sum + w_last.float()
         attn = (attn_sum / k)[:, 1:, 1:].contiguous()  # [B, N, N]
 
@@ -287,8 +265,8 @@ def clip_es_cams(
         b, c = chunk[:, 0], chunk[:, 1]
         with torch.enable_grad():
             A = y[b].detach().clone().requires_grad_(True)  # [p, 1+N, W], one copy per pair
-            a, _ = _attend(last, A, need_weights=False)
-            out = _block_rest(last, tok[b], a)
+            a, _ = clip_ops.attend(last, A)
+            out = clip_ops.finish_block(last, tok[b], a)
             feat = F.normalize(teacher.project(out[:, 1:]).float().mean(dim=1), dim=-1)  # [p, D] patch GAP
             logits = scale * feat @ text.t()  # [p, C + C_bg]
             absent = torch.zeros_like(logits, dtype=torch.bool)

@@ -515,7 +515,7 @@ class ClipZSS(Method):
     @staticmethod
     def _cross_image_negatives(embeds: Tensor, p_pseudo: Tensor, present: Tensor, scale: float,
                                same: float | None = None, bank: Tensor | None = None,
-                               bank_valid: Tensor | None = None) -> Tensor:
+                               bank_valid: Tensor | None = None, unit: Tensor | None = None) -> Tensor:
         """One logit channel per pixel: logsumexp of ``scale · cos(R_b, P)`` over the pseudo weights P of the other
         images of the batch and, if given, of the bank (``pseudo_negatives``), one CONCEPT counted once.
 
@@ -529,6 +529,8 @@ class ClipZSS(Method):
             embeds: R ``Tensor[B, D, h, w]``; p_pseudo: ``Tensor[B, K, D]``; present: ``Tensor[B, K] bool``;
             scale: logit scale (β); same: concept cosine threshold or None;
             bank: ``Tensor[N, D]`` past pseudo weights (detached) with ``bank_valid: Tensor[N] bool``.
+            unit: ``F.normalize(embeds, dim=1)`` when the caller has it already (the same values; saves a
+                normalisation and its backward); None computes it.
 
         Returns:
             ``Tensor[B, 1, h, w] float32``; about ``_NEG`` where there is no such candidate (finite).
@@ -550,7 +552,7 @@ class ClipZSS(Method):
             own = close[: B * K].reshape(B, K, -1) & present[..., None]  # [B, K, M]: near one of image b's regions
             allowed = allowed & ~own.any(1)
             log_w = log_w - mult.float().log()[None]
-        rn = F.normalize(embeds, dim=1)
+        rn = F.normalize(embeds, dim=1) if unit is None else unit
         cos = torch.einsum("bdhw,md->bmhw", rn, F.normalize(cand, dim=-1).to(embeds.dtype)).float()
         z = (scale * cos + log_w[..., None, None]).masked_fill(~allowed[..., None, None], _NEG)
         return torch.logsumexp(z, dim=1, keepdim=True)
@@ -660,16 +662,17 @@ class ClipZSS(Method):
             if max_pseudo > 0:
                 if self.detach_pseudo_weights:  # the synthesizer learns from BCE only; CE trains the student
                     p_pseudo = p_pseudo.detach()
-                cos = torch.einsum("bdhw,bkd->bkhw", F.normalize(embeds, dim=1), p_pseudo.to(embeds.dtype)).float()
+                unit = F.normalize(embeds, dim=1)  # [B, D, h_s, w_s], shared by the pseudo and negative channels
+                cos = torch.einsum("bdhw,bkd->bkhw", unit, p_pseudo.to(embeds.dtype)).float()
                 pl = (self.beta * cos).masked_fill(~present[:, :, None, None], _NEG)
                 logits = torch.cat([logits, pl], dim=1)  # [B, N_seen + K, h_s, w_s]
                 if self.pseudo_bank is not None:
                     cross = self._cross_image_negatives(embeds, p_pseudo, present, self.beta, self.pseudo_same,
-                                                        *self.pseudo_bank.get())
+                                                        *self.pseudo_bank.get(), unit=unit)
                     self.pseudo_bank.push(p_pseudo, present)
                 elif self.pseudo_negatives == "batch" and len(present) > 1:
                     cross = self._cross_image_negatives(embeds, p_pseudo, present, self.beta,  # [B, 1, h_s, w_s]
-                                                        self.pseudo_same)
+                                                        self.pseudo_same, unit=unit)
             class_mask = torch.cat([present.new_ones(len(present), self.num_seen), present], dim=1)
             target = fused
             loss_bce = self._bce(syn)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zss.teachers.clip import FrozenCLIP, resample_pos_embed
+from zss.models import clip_ops
 
 __all__ = ["CLIPSemanticHead", "ChimeraStudent", "POS_EMBED_MODES", "RESAMPLE_MODES", "CSH_INPUTS"]
 
@@ -39,15 +39,6 @@ POS_EMBED_MODES = ("frozen", "learnable", "none")
 RESAMPLE_MODES = ("auto", "area", "bilinear")
 #: Which body output feeds the CSH.
 CSH_INPUTS = ("decoder", "backbone")
-
-
-def _maskclip_block(blk: nn.Module, x: Tensor) -> Tensor:
-    """MaskCLIP form of an open_clip residual block on ``Tensor[B, L, W]`` (docs/architecture.md "Teacher").
-
-    Delegates to :meth:`zss.teachers.clip.FrozenCLIP.maskclip_block` (one implementation for teacher and CSH).
-    It is a staticmethod, so the CSH runs without any FrozenCLIP instance at test time.
-    """
-    return FrozenCLIP.maskclip_block(blk, x)
 
 
 class CLIPSemanticHead(nn.Module):
@@ -191,14 +182,14 @@ class CLIPSemanticHead(nn.Module):
         Args:
             grid: (gh, gw), tokens. Returns: ``Tensor[1 + gh*gw, W]`` (bicubic, antialiased, align_corners=False
             interpolation of the patch part, as FrozenCLIP / open_clip do, via
-            :func:`~zss.teachers.clip.resample_pos_embed`), or None with ``pos_embed="none"``.
+            :func:`zss.models.clip_ops.resample_pos_embed`), or None with ``pos_embed="none"``.
         """
         if self.pos_embed is None:
             return None
         grid = (int(grid[0]), int(grid[1]))
         if grid == self.native_grid:
             return self.pos_embed
-        return resample_pos_embed(self.pos_embed, grid, self.native_grid, mode="bicubic")
+        return clip_ops.resample_pos_embed(self.pos_embed, grid, self.native_grid, mode="bicubic")
 
     def _resample(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
         h, w = x.shape[-2:]
@@ -240,25 +231,20 @@ class CLIPSemanticHead(nn.Module):
 
     def run_blocks(self, x: Tensor) -> Tensor:
         """The copied frozen blocks on ``Tensor[B, L, W]`` (batch first; the last one in MaskCLIP form when
-        ``maskclip_last``). Same computation as :meth:`FrozenCLIP.run_blocks` with ``start_block=-k``; autograd
-        on. Returns ``Tensor[B, L, W]``."""
+        ``maskclip_last``), with zss's attention (:func:`zss.models.clip_ops.run_blocks`, the teacher's path).
+        Same computation as :meth:`FrozenCLIP.run_blocks` with ``start_block=-k``; autograd on. Returns
+        ``Tensor[B, L, W]``."""
         n = len(self.blocks)
         std = self.blocks[: n - 1] if self.maskclip_last else self.blocks
-        if len(std):
-            if not self.batch_first:
-                x = x.transpose(0, 1)
-            for blk in std:
-                x = blk(x)
-            if not self.batch_first:
-                x = x.transpose(0, 1)
+        x = clip_ops.run_blocks(std, x, batch_first=self.batch_first)
         if self.maskclip_last:
-            x = _maskclip_block(self.blocks[n - 1], x)
+            x = clip_ops.maskclip_block(self.blocks[n - 1], x)
         return x
 
     def project(self, tokens: Tensor) -> Tensor:
-        """Frozen ``ln_post`` then ``proj``: ``Tensor[B, N, W] -> Tensor[B, N, D]`` (not normalised)."""
-        x = self.ln_post(tokens)
-        return x @ self.proj.to(x.dtype) if self.proj is not None else x
+        """Frozen ``ln_post`` then ``proj``: ``Tensor[B, N, W] -> Tensor[B, N, D]`` (not normalised;
+        :func:`zss.models.clip_ops.project`)."""
+        return clip_ops.project(tokens, self.ln_post, self.proj)
 
     def forward_tokens(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
         """Frozen tail on a ready token sequence.

@@ -1,10 +1,10 @@
 """FrozenCLIP: the frozen open_clip teacher (CLS embedding, dense tokens, text embeddings).
 
-This is the only module of zss that touches open_clip internals (docs/architecture.md "Teacher"). It walks the open_clip
-``VisionTransformer`` by hand (``conv1`` -> class token -> positional embedding -> ``ln_pre`` ->
-``transformer.resblocks`` -> ``ln_post`` -> ``proj``) so that a single pass yields both the CLS
-embedding and the dense patch embeddings, at any input size (bicubic positional-embedding
-interpolation), with the MaskCLIP value-path trick on the last block as an option.
+It walks the open_clip ``VisionTransformer`` with the free functions of :mod:`zss.models.clip_ops` (the one
+module of zss that reaches into open_clip's vision tower, docs/architecture.md "CLIP surgery"): ``conv1`` ->
+class token -> positional embedding -> ``ln_pre`` -> ``transformer.resblocks`` -> ``ln_post`` -> ``proj``, so
+that a single pass yields both the CLS embedding and the dense patch embeddings, at any input size (bicubic
+positional-embedding interpolation), with the MaskCLIP value-path trick on the last block as an option.
 
 The teacher is frozen: ``train()`` never leaves eval mode, parameters have ``requires_grad=False``,
 and :meth:`FrozenCLIP.forward` / :meth:`FrozenCLIP.text` run under ``torch.no_grad()``.
@@ -23,13 +23,13 @@ from typing import Any
 import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import Attention as _OCAttention
 from open_clip.transformer import VisionTransformer
-from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
 # CLIP_MEAN/STD: open_clip's OPENAI_DATASET_MEAN/STD (defined in zss.data.normalize), re-exported
 from zss.data.normalize import CLIP_MEAN, CLIP_STD, renormalize_affine
+from zss.models import clip_ops
+from zss.models.clip_ops import resample_pos_embed  # re-exported: zss.teachers.clip.resample_pos_embed
 
 __all__ = [
     "CLIP_MEAN",
@@ -88,91 +88,6 @@ def _offline_message(model_name: str, what: str, reason: str) -> str:
         f"teacher.model_name={model_name}); for offline smoke runs only, teacher.pretrained=random builds "
         f"random weights (all numbers are then meaningless)."
     )
-
-
-#: Positional-embedding resampling modes of :func:`resample_pos_embed`.
-POS_RESAMPLE_MODES = ("bicubic", "bilinear")
-
-
-def resample_pos_embed(pos: Tensor, grid: Sequence[int], native_grid: Sequence[int], mode: str = "bicubic") -> Tensor:
-    """A ViT's absolute positional embedding resized to another patch grid, class-token row untouched.
-
-    The one implementation in zss (FrozenCLIP, the CLIP-RC encoder, CLIP-ES, the Chimera-Seg head): timm's
-    ``resample_abs_pos_embed`` (interpolation in float32, cast back to ``pos.dtype``, align_corners=False).
-
-    Args:
-        pos: ``Tensor[1 + gh0*gw0, W]`` (class token first), any float dtype.
-        grid: target (gh, gw), patches. native_grid: (gh0, gw0) of ``pos``, patches.
-        mode: ``"bicubic"`` (antialiased: open_clip's own ``resize_pos_embed``, our default) or ``"bilinear"``
-            (no antialias: the CLIP-ES and ZegCLIP / CLIP-RC public code).
-    Returns:
-        ``Tensor[1 + gh*gw, W]`` in ``pos.dtype``; ``pos`` itself when ``grid == native_grid``.
-    Raises:
-        ValueError: unknown ``mode``, or ``pos`` without ``1 + gh0*gw0`` rows.
-    """
-    if mode not in POS_RESAMPLE_MODES:
-        raise ValueError(f"resample_pos_embed: mode={mode!r}; choose one of {POS_RESAMPLE_MODES}")
-    grid, native = [int(g) for g in grid], [int(g) for g in native_grid]
-    if pos.ndim != 2 or pos.shape[0] != 1 + native[0] * native[1]:
-        raise ValueError(f"resample_pos_embed: pos {tuple(pos.shape)} is not [1 + {native[0]}*{native[1]}, W]")
-    if grid == native:
-        return pos
-    return resample_abs_pos_embed(pos[None], grid, native, num_prefix_tokens=1, interpolation=mode,
-                                  antialias=mode == "bicubic")[0]
-
-
-def self_attention(attn: nn.MultiheadAttention, x: Tensor, kv: Tensor | None = None,
-                   attn_mask: Tensor | None = None) -> Tensor:
-    """Attention of an ``nn.MultiheadAttention`` on batch-first tokens, computed from its own weights.
-
-    The same values as ``attn(x, kv, kv, need_weights=False, attn_mask=attn_mask)[0]`` (attention dropout as
-    the module's, in training mode only), but the projections see contiguous ``[B, L, W]`` tensors. Reason (ours, measured): when the
-    module's fused fast path is off (autocast, or gradients through the frozen blocks), torch's MHA transposes
-    batch-first inputs to ``[L, B, W]`` and the strided in-projection of a batch of two or more ran as a batched
-    matmul over an expanded weight copy: one ViT-B/16 forward at 512², batch 2, bf16 autocast took 26.7 s on a
-    2-core CPU, 2.5 s with this function (README "Performance").
-
-    Args:
-        attn: the block's ``nn.MultiheadAttention`` (packed in-projection, as open_clip's blocks).
-        x: queries ``Tensor[B, Lq, W]`` (LayerNormed tokens), any float dtype.
-        kv: keys/values ``Tensor[B, L, W]``; None = ``x`` (self-attention).
-        attn_mask: optional additive float mask ``Tensor[Lq, L]`` (0 = may attend, -inf = may not), as
-            open_clip passes it to its blocks.
-    Returns:
-        ``Tensor[B, Lq, W]``, the dtype of the projection (autocast's under autocast).
-    """
-    B, Lq, W = x.shape
-    h = attn.num_heads
-    w, b = attn.in_proj_weight, attn.in_proj_bias
-    if kv is None:
-        q, k, v = F.linear(x, w, b).view(B, Lq, 3, h, W // h).permute(2, 0, 3, 1, 4).unbind(0)  # [B, h, L, W/h]
-    else:
-        bq, bkv = (None, None) if b is None else (b[:W], b[W:])
-        q = F.linear(x, w[:W], bq).view(B, Lq, h, W // h).transpose(1, 2)
-        k, v = F.linear(kv, w[W:], bkv).view(B, kv.shape[1], 2, h, W // h).permute(2, 0, 3, 1, 4).unbind(0)
-    mask = None if attn_mask is None else attn_mask.to(q.dtype)
-    drop = float(attn.dropout) if attn.training else 0.0
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)  # [B, h, Lq, W/h]
-    return attn.out_proj(out.transpose(1, 2).reshape(B, Lq, W))
-
-
-def _plain_self_attention_block(blk: nn.Module) -> bool:
-    """True for an open_clip ``ResidualAttentionBlock`` that :func:`self_attention` can run exactly (packed
-    in-projection, no cross-attention norm)."""
-    attn = getattr(blk, "attn", None)
-    return (isinstance(attn, nn.MultiheadAttention) and attn.in_proj_weight is not None
-            and attn._qkv_same_embed_dim and not hasattr(blk, "ln_1_kv")
-            and all(hasattr(blk, n) for n in ("ln_1", "ls_1", "ln_2", "mlp", "ls_2")))
-
-
-def run_block(blk: nn.Module, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-    """One open_clip residual attention block on batch-first tokens ``Tensor[B, L, W]`` (optional additive mask):
-    ``x + ls_1(attn(ln_1(x)))``, then ``+ ls_2(mlp(ln_2(x)))``, with :func:`self_attention` for plain blocks and
-    the block's own forward otherwise. Same values as ``blk(x)``."""
-    if not _plain_self_attention_block(blk) or not getattr(blk.attn, "batch_first", True):
-        return blk(x) if attn_mask is None else blk(x, attn_mask=attn_mask)
-    x = x + blk.ls_1(self_attention(blk.attn, blk.ln_1(x), attn_mask=attn_mask))
-    return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
 
 
 def _looks_like_path(p: str) -> bool:
@@ -599,74 +514,22 @@ class FrozenCLIP(nn.Module):
         return out
 
     def embed(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        """Patch embedding + class token + (interpolated) positional embedding + ``ln_pre``.
+        """Patch embedding + class token + (interpolated) positional embedding + ``ln_pre`` (:func:`clip_ops.embed`).
 
         Args:
             x: Tensor[B, 3, H, W] already in CLIP normalisation (see :meth:`prepare`).
         Returns:
             (tokens Tensor[B, 1 + h*w, W], (h, w)) with h = H // patch, w = W // patch (patches).
         """
-        v = self.visual
-        x = v.conv1(x)  # [B, W, h, w]
-        grid = (x.shape[-2], x.shape[-1])
-        x = x.flatten(2).transpose(1, 2)  # [B, h*w, W]
-        cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, x], dim=1)  # [B, 1 + h*w, W]
-        x = x + self.positional_embedding(grid).to(x.dtype)
-        x = v.ln_pre(x)
-        return x, grid
+        grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
+        return clip_ops.embed(self.visual, x, self.positional_embedding(grid))
 
-    def _run_std(self, x: Tensor, start: int, stop: int) -> Tensor:
-        """Run resblocks[start:stop] unchanged on batch-first tokens [B, L, W]."""
-        if start >= stop:
-            return x
-        tr = self.visual.transformer
-        batch_first = getattr(tr, "batch_first", True)
-        if not batch_first:
-            x = x.transpose(0, 1)  # [L, B, W]
-        for blk in tr.resblocks[start:stop]:
-            x = run_block(blk, x) if batch_first else blk(x)
-        if not batch_first:
-            x = x.transpose(0, 1)
-        return x
-
-    @staticmethod
-    def _value_path(blk: nn.Module, y: Tensor) -> Tensor:
-        """Attention output of ``blk`` with every query attending only to itself: out_proj(v_proj(y))."""
-        attn = blk.attn
-        if isinstance(attn, nn.MultiheadAttention):
-            e = attn.embed_dim
-            w_v = attn.in_proj_weight[2 * e:] if attn._qkv_same_embed_dim else attn.v_proj_weight
-            b_v = attn.in_proj_bias[2 * e:] if attn.in_proj_bias is not None else None
-            return attn.out_proj(F.linear(y, w_v, b_v))
-        if isinstance(attn, _OCAttention):
-            e = attn.in_proj_weight.shape[1]
-            b_v = attn.in_proj_bias[2 * e:] if attn.in_proj_bias is not None else None
-            v = F.linear(y, attn.in_proj_weight[2 * e:], b_v)
-            if attn.head_scale is not None:  # [heads, 1, 1] per-head scale
-                shp = v.shape
-                v = (v.reshape(*shp[:-1], attn.num_heads, -1) * attn.head_scale.view(attn.num_heads, 1)).reshape(shp)
-            v = attn.out_proj(attn.ln_inner(v))
-            return getattr(blk, "ln_attn", nn.Identity())(v)
-        raise TypeError(f"FrozenCLIP: unsupported attention module {type(attn).__name__} for maskclip mode")
-
-    @staticmethod
-    def maskclip_block(blk: nn.Module, x: Tensor) -> Tensor:
-        """MaskCLIP form of a residual block (docs/architecture.md "Teacher"): attention replaced by its value path.
-
-        x' = x + ls_1(out_proj(v_proj(ln_1(x)))); x' = x' + ls_2(mlp(ln_2(x'))). Per token, so the class
-        token may be present or not.
-
-        Args:
-            blk: an open_clip (Custom)ResidualAttentionBlock. x: Tensor[B, L, W] (batch first).
-        Returns:
-            Tensor[B, L, W].
-        """
-        x = x + blk.ls_1(FrozenCLIP._value_path(blk, blk.ln_1(x)))
-        return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+    @property
+    def _batch_first(self) -> bool:
+        return bool(getattr(self.visual.transformer, "batch_first", True))
 
     def run_blocks(self, x_tokens: Tensor, start_block: int = 0, maskclip_last: bool = False) -> Tensor:
-        """Run the vision blocks ``start_block .. num_layers-1`` on given tokens (for Chimera-Seg's CSH).
+        """Run the vision blocks ``start_block .. num_layers-1`` on given tokens (:func:`clip_ops.run_blocks`).
 
         Autograd is NOT disabled here (the parameters are frozen, gradients flow to ``x_tokens``).
 
@@ -675,7 +538,7 @@ class FrozenCLIP(nn.Module):
                 first, CLIP width W. Blocks are applied as they are, whatever the sequence.
             start_block: first block index; negative counts from the end (``-k`` = the last k blocks).
                 ``num_layers`` runs no block.
-            maskclip_last: replace the last block by its MaskCLIP value path (:meth:`maskclip_block`).
+            maskclip_last: replace the last block by its MaskCLIP value path (:func:`clip_ops.maskclip_block`).
         Returns:
             Tensor of the same shape as ``x_tokens``.
         Raises:
@@ -689,44 +552,21 @@ class FrozenCLIP(nn.Module):
             raise ValueError(
                 f"FrozenCLIP.run_blocks: expected Tensor[B, L, {self.width}], got {tuple(x_tokens.shape)}"
             )
+        blocks = self.visual.transformer.resblocks
         if maskclip_last:
             if s >= L:
                 raise ValueError("FrozenCLIP.run_blocks: maskclip_last=True needs at least one block to run")
-            x = self._run_std(x_tokens, s, L - 1)
-            return self.maskclip_block(self.visual.transformer.resblocks[L - 1], x)
-        return self._run_std(x_tokens, s, L)
+            x = clip_ops.run_blocks(blocks[s:L - 1], x_tokens, batch_first=self._batch_first)
+            return clip_ops.maskclip_block(blocks[L - 1], x)
+        return clip_ops.run_blocks(blocks[s:L], x_tokens, batch_first=self._batch_first)
 
     def project(self, tokens: Tensor) -> Tensor:
-        """``ln_post`` then ``proj`` into the joint space (not normalised; autograd not disabled).
+        """``ln_post`` then ``proj`` into the joint space (:func:`clip_ops.project`; not normalised; autograd on).
 
         Args:
             tokens: Tensor[B, N, W]. Returns: Tensor[B, N, D].
         """
-        v = self.visual
-        x = v.ln_post(tokens)
-        return x @ v.proj if v.proj is not None else x
-
-    def _pool(self, x: Tensor) -> Tensor:
-        """open_clip's pooling of final tokens [B, 1+N, W] -> [B, W] after ln_post (non-attn-pool towers)."""
-        v = self.visual
-        if v.pool_type == "avg":
-            return v.ln_post(x[:, 1:].mean(dim=1)) if v.final_ln_after_pool else v.ln_post(x[:, 1:]).mean(dim=1)
-        return v.ln_post(x[:, 0])  # 'tok': ln_post is per token, so order does not matter
-
-    def _last_block_cls_only(self, blk: nn.Module, x: Tensor) -> Tensor:
-        """Standard last block evaluated for the class-token query only: Tensor[B, 1+N, W] -> [B, 1, W]."""
-        y = blk.ln_1(x)
-        q, kv = y[:, :1], y
-        if _plain_self_attention_block(blk) and getattr(blk.attn, "batch_first", True):
-            c = x[:, :1] + blk.ls_1(self_attention(blk.attn, q, kv))
-            return c + blk.ls_2(blk.mlp(blk.ln_2(c)))
-        if not getattr(self.visual.transformer, "batch_first", True):
-            q, kv = q.transpose(0, 1), kv.transpose(0, 1)
-        a = blk.attention(q_x=q, k_x=kv, v_x=kv)
-        if not getattr(self.visual.transformer, "batch_first", True):
-            a = a.transpose(0, 1)
-        c = x[:, :1] + blk.ls_1(a)
-        return c + blk.ls_2(blk.mlp(blk.ln_2(c)))
+        return clip_ops.project(tokens, self.visual.ln_post, self.visual.proj)
 
     # ------------------------------------------------------------------ public API
     @torch.no_grad()
@@ -744,23 +584,21 @@ class FrozenCLIP(nn.Module):
               ``h``, ``w``: ints, the patch grid (H'//patch, W'//patch of the possibly resized input).
             Source: docs/architecture.md "Teacher" (MaskCLIP value path for ``maskclip``).
         """
-        x = self.prepare(images)
-        tok, (h, w) = self.embed(x)  # [B, 1+N, W]
+        v = self.visual
+        tok, (h, w) = self.embed(self.prepare(images))  # [B, 1+N, W]
         L = self.num_layers
-        blocks = self.visual.transformer.resblocks
-        tok = self._run_std(tok, 0, L - 1)
+        last = v.transformer.resblocks[L - 1]
+        tok = clip_ops.run_blocks(v.transformer.resblocks[:L - 1], tok, batch_first=self._batch_first)
         if self.dense_mode == "tokens":
-            tok = self._run_std(tok, L - 1, L)
-            pooled = self._pool(tok)  # [B, W]
+            tok = clip_ops.run_block(last, tok, batch_first=self._batch_first)
+            pooled = clip_ops.pool(v, tok)  # [B, W]
             dense = self.project(tok[:, 1:])  # [B, N, D]
         else:
-            last = blocks[L - 1]
-            if self.visual.pool_type == "tok" and hasattr(last, "attention") and not hasattr(last, "ln_1_kv"):
-                pooled = self._pool(self._last_block_cls_only(last, tok))
+            if v.pool_type == "tok" and hasattr(last, "attention") and not hasattr(last, "ln_1_kv"):
+                pooled = clip_ops.pool(v, clip_ops.cls_query_block(last, tok, batch_first=self._batch_first))
             else:
-                pooled = self._pool(self._run_std(tok, L - 1, L))
-            dense = self.project(self.maskclip_block(last, tok[:, 1:]))  # [B, N, D]
-        v = self.visual
+                pooled = clip_ops.pool(v, clip_ops.run_block(last, tok, batch_first=self._batch_first))
+            dense = self.project(clip_ops.maskclip_block(last, tok[:, 1:]))  # [B, N, D]
         cls = pooled @ v.proj if v.proj is not None else pooled  # [B, D]
         cls = F.normalize(cls.float(), dim=-1)
         dense = F.normalize(dense.float(), dim=-1)

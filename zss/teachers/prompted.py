@@ -2,9 +2,9 @@
 
 This is the CLIP image encoder of CLIP-RC and ZegCLIP (docs/clip_rc.md), the methods that keep CLIP at
 test time. It lives beside :class:`~zss.teachers.clip.FrozenCLIP` and is built from its building blocks
-(``visual``, ``positional_embedding``, ``project``); the only open_clip internals it adds are the ones
-FrozenCLIP does not need: running the vision blocks on a longer sequence (CLS | prompts | patches |
-region tokens) under an additive attention mask.
+(``visual``, ``positional_embedding``, ``project``) and the free functions of :mod:`zss.models.clip_ops`
+(class-token input, embedding, blocks under an additive attention mask with stochastic depth), the teacher's
+own attention path; what it adds is the longer sequence (CLS | prompts | patches | region tokens) and its mask.
 
 Token sequence (batch first), as the public CLIP-RC code (``models/backbone/img_encoder_rlb.py``):
 
@@ -41,10 +41,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zss.data.normalize import check_stats, renormalize_affine
-from zss.teachers.clip import FrozenCLIP, _plain_self_attention_block, resample_pos_embed, run_block, self_attention
+from zss.models import clip_ops
+from zss.teachers.clip import FrozenCLIP
 
 #: CLS-slot inputs of :class:`PromptedCLIPEncoder`: the public CLIP-RC / ZegCLIP code's (class embedding
-#: counted twice) and open_clip's.
+#: counted twice) and open_clip's (:func:`zss.models.clip_ops.class_token`).
 CLS_INPUTS = ("public", "clip")
 
 __all__ = [
@@ -159,14 +160,6 @@ def visual_fingerprint(visual: nn.Module) -> str:
         h.update(name.encode())
         h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-def _drop_path(x: Tensor, p: float, training: bool) -> Tensor:
-    """Stochastic depth per sample: zero the residual branch of a sample with probability p, scale by 1/(1-p)."""
-    if p <= 0.0 or not training:
-        return x
-    keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - p)
-    return x * keep / (1.0 - p)
 
 
 class PromptedCLIPEncoder(nn.Module):
@@ -359,7 +352,7 @@ class PromptedCLIPEncoder(nn.Module):
         if cached is not None:
             return cached
         with torch.no_grad():
-            out = resample_pos_embed(pos, grid, self.native_grid, mode="bilinear")
+            out = clip_ops.resample_pos_embed(pos, grid, self.native_grid, mode="bilinear")
         self._pos_cache[key] = out
         return out
 
@@ -390,23 +383,11 @@ class PromptedCLIPEncoder(nn.Module):
         return self.prompt_dropout(projected[layer].unsqueeze(0).expand(batch, -1, -1))
 
     def _block(self, i: int, x: Tensor, mask: Tensor | None) -> Tensor:
-        """Run vision block i on batch-first tokens [B, L, W] under ``mask`` (with drop path when enabled)."""
-        blk = self.visual.transformer.resblocks[i]
+        """Run vision block i on batch-first tokens [B, L, W] under ``mask`` (:func:`clip_ops.run_block`, with
+        stochastic depth in training when ``drop_path_rate > 0``)."""
         p = self._drop_probs[i] if self.training else 0.0
-        batch_first = getattr(self.visual.transformer, "batch_first", True)
-        if not batch_first:
-            x = x.transpose(0, 1)
-        if p > 0.0 and hasattr(blk, "attention") and not hasattr(blk, "ln_1_kv"):
-            # open_clip's ResidualAttentionBlock.forward, with stochastic depth on both residual branches
-            att = (self_attention(blk.attn, blk.ln_1(x), attn_mask=mask) if batch_first and _plain_self_attention_block(blk)
-                   else blk.attention(q_x=blk.ln_1(x), attn_mask=mask))
-            x = x + _drop_path(blk.ls_1(att), p, True)
-            x = x + _drop_path(blk.ls_2(blk.mlp(blk.ln_2(x))), p, True)
-        else:  # run_block: the block's values without torch MHA's slow path (zss.teachers.clip.self_attention)
-            x = run_block(blk, x, mask) if batch_first else blk(x, attn_mask=mask)
-        if not batch_first:
-            x = x.transpose(0, 1)
-        return x
+        return clip_ops.run_block(self.visual.transformer.resblocks[i], x, mask, drop_prob=p,
+                                  batch_first=getattr(self.visual.transformer, "batch_first", True))
 
     # ------------------------------------------------------------------ forward
     def forward(self, images: Tensor) -> dict[str, Tensor | int]:
@@ -421,17 +402,13 @@ class PromptedCLIPEncoder(nn.Module):
             L2-normalised over D; ``h``, ``w``: the patch grid (H // patch, W // patch). Source: public
             CLIP-RC code (``img_encoder_rlb.py``); ZegCLIP's ``VPTCLIPVisionTransformer`` when G = 0.
         """
-        v = self.visual
         x = self.prepare(images)
-        x = v.conv1(x)  # [B, W, h, w]
-        B, _, h, w = x.shape
-        x = x.flatten(2).transpose(1, 2)  # [B, h*w, W]
-        times = 2.0 if self.cls_input == "public" else 1.0  # public code: class_embedding + (pos[0] + class_embedding)
-        cls = (times * v.class_embedding).to(x.dtype).view(1, 1, -1).expand(B, -1, -1)
-        x = torch.cat([cls, x], dim=1) + self.positional_embedding((h, w)).to(x.dtype)  # [B, 1 + hw, W]
-        if self.region_tokens is not None:
-            x = torch.cat([x, self.region_tokens.to(x.dtype).unsqueeze(0).expand(B, -1, -1)], dim=1)
-        x = v.ln_pre(x)  # per token: CLS, patches and region tokens
+        B = x.shape[0]
+        grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
+        # [B, 1 + hw (+ R), W] after ln_pre: CLS, patches and region tokens (public code: class_embedding + (pos[0]
+        # + class_embedding) in the CLS slot with cls_input="public")
+        x, (h, w) = clip_ops.embed(self.visual, x, self.positional_embedding(grid), cls_input=self.cls_input,
+                                   extra_tokens=self.region_tokens)
         N = self.num_prompts
         if N > 0:
             projected = self._projected_prompts()  # [S, N, W]

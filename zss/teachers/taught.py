@@ -44,6 +44,7 @@ from zss.data.classes import get_benchmark
 from zss.data.dataset import build_dataset
 from zss.data.transforms import build_test_transform, build_train_transform
 from zss.engine.metrics import SegEvaluator
+from zss.models import clip_ops
 from zss.teachers.clip import CLIP_MEAN, CLIP_STD, DENSE_MODES, FrozenCLIP, tiny_clip_cfg
 
 __all__ = [
@@ -323,8 +324,9 @@ def patch_targets(label: Tensor, num_classes: int, patch_size: int, min_labelled
 def taught_forward(clip: FrozenCLIP, images: Tensor, dense_modes: Sequence[str] = DENSE_MODES) -> dict[str, Any]:
     """:meth:`FrozenCLIP.forward` with autograd, both dense modes from one pass (what teaching optimises).
 
-    Built from FrozenCLIP's own blocks (``prepare``, ``embed``, the resblocks, ``maskclip_block``,
-    ``project``, the pooling), so after saving and loading the outputs are those FrozenCLIP reads.
+    Built from FrozenCLIP's ``prepare``/``embed``/``project`` and the free functions of
+    :mod:`zss.models.clip_ops` that FrozenCLIP runs, so after saving and loading the outputs are those FrozenCLIP
+    reads.
 
     Args:
         clip: a FrozenCLIP whose parameters may have ``requires_grad=True`` (teaching) or not.
@@ -341,19 +343,17 @@ def taught_forward(clip: FrozenCLIP, images: Tensor, dense_modes: Sequence[str] 
         raise ValueError(f"taught_forward: images must be {clip.native_image_size} (the native size), got "
                          f"{tuple(images.shape[-2:])}")
     v = clip.visual
-    x = clip.prepare(images)
-    tok, (h, w) = clip.embed(x)  # [B, 1+N, W]
-    L = clip.num_layers
-    last = v.transformer.resblocks[L - 1]
-    tok = clip._run_std(tok, 0, L - 1)
-    full = clip._run_std(tok, L - 1, L)
-    pooled = clip._pool(full)
+    tok, (h, w) = clip.embed(clip.prepare(images))  # [B, 1+N, W]
+    blocks = v.transformer.resblocks
+    tok = clip_ops.run_blocks(blocks[:-1], tok)
+    full = clip_ops.run_block(blocks[-1], tok)
+    pooled = clip_ops.pool(v, full)
     cls = pooled @ v.proj if v.proj is not None else pooled
     dense: dict[str, Tensor] = {}
     if "tokens" in dense_modes:
         dense["tokens"] = F.normalize(clip.project(full[:, 1:]).float(), dim=-1)
     if "maskclip" in dense_modes:
-        dense["maskclip"] = F.normalize(clip.project(clip.maskclip_block(last, tok[:, 1:])).float(), dim=-1)
+        dense["maskclip"] = F.normalize(clip.project(clip_ops.maskclip_block(blocks[-1], tok[:, 1:])).float(), dim=-1)
     return {"cls": F.normalize(cls.float(), dim=-1), "dense": dense, "h": h, "w": w}
 
 
