@@ -75,18 +75,20 @@ def _run(args: list[str], threads: int, log: Path) -> None:
         raise SystemExit(f"failed ({out.returncode}): {' '.join(args)}; log: {log}")
 
 
-def _parse_rows(specs: list[str] | None) -> dict[str, list[str]]:
+def _parse_rows(specs: list[str] | None, known: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+    """``--rows`` values: names of ``known`` (default ROWS) or ad-hoc ``'name:override override ...'``."""
+    table = ROWS if known is None else known
     if not specs:
-        return dict(ROWS)
+        return dict(table)
     rows = {}
     for spec in specs:
-        if spec in ROWS:
-            rows[spec] = ROWS[spec]
+        if spec in table:
+            rows[spec] = table[spec]
         elif ":" in spec:
             name, ov = spec.split(":", 1)
             rows[name.strip()] = ov.split()
         else:
-            raise SystemExit(f"--rows: {spec!r} is neither a known row {list(ROWS)} nor 'name:overrides'")
+            raise SystemExit(f"--rows: {spec!r} is neither a known row {list(table)} nor 'name:overrides'")
     return rows
 
 

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from transfer_check import REPO, _run, train_and_score  # noqa: E402
+from transfer_check import REPO, _parse_rows, _run, train_and_score  # noqa: E402
 
 #: name -> Hydra overrides (configs/experiment/world*.yaml).
 ROWS: dict[str, list[str]] = {
@@ -46,21 +46,6 @@ ROWS: dict[str, list[str]] = {
 }
 #: rows held to the distillation targets; the others are reported beside them.
 DISTILLED = ("CLIP-ZSS", "Chimera-Seg")
-
-
-def _parse_rows(specs: list[str] | None) -> dict[str, list[str]]:
-    if not specs:
-        return dict(ROWS)
-    rows = {}
-    for spec in specs:
-        if spec in ROWS:
-            rows[spec] = ROWS[spec]
-        elif ":" in spec:
-            name, ov = spec.split(":", 1)
-            rows[name.strip()] = ov.split()
-        else:
-            raise SystemExit(f"--rows: {spec!r} is neither a known row {list(ROWS)} nor 'name:overrides'")
-    return rows
 
 
 def teacher_ceiling(split: str, out: Path) -> dict:
@@ -132,7 +117,7 @@ def main() -> None:
                     help=f"rows to run: names of {list(ROWS)} or 'name:override override ...'")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     a = ap.parse_args()
-    rows = _parse_rows(a.rows)
+    rows = _parse_rows(a.rows, ROWS)
     out = Path(a.out or f"runs/world_check_{a.split}")
     out.mkdir(parents=True, exist_ok=True)
     if not (REPO / "data" / "world" / "world.json").is_file():

@@ -336,25 +336,17 @@ _CONTEXT_LAYOUT = dict(
     default_root="VOCdevkit/VOC2010",
 )
 
+_VOC_LAYOUT = dict(
+    img_dir="JPEGImages",
+    ann_dir="SegmentationClass",
+    split_file="ImageSets/Segmentation/{split}.txt",
+    img_suffix=".jpg",
+    seg_suffix=".png",
+)
+
 DATASET_LAYOUTS: dict[str, DatasetLayout] = {
-    "voc20": DatasetLayout(
-        img_dir="JPEGImages",
-        ann_dir="SegmentationClass",
-        split_file="ImageSets/Segmentation/{split}.txt",
-        img_suffix=".jpg",
-        seg_suffix=".png",
-        reduce_zero_label=True,
-        default_root="VOCdevkit/VOC2012",
-    ),
-    "voc21": DatasetLayout(
-        img_dir="JPEGImages",
-        ann_dir="SegmentationClass",
-        split_file="ImageSets/Segmentation/{split}.txt",
-        img_suffix=".jpg",
-        seg_suffix=".png",
-        reduce_zero_label=False,
-        default_root="VOCdevkit/VOC2012",
-    ),
+    "voc20": DatasetLayout(reduce_zero_label=True, default_root="VOCdevkit/VOC2012", **_VOC_LAYOUT),
+    "voc21": DatasetLayout(reduce_zero_label=False, default_root="VOCdevkit/VOC2012", **_VOC_LAYOUT),
     "cocostuff171": DatasetLayout(
         img_dir="images/{split}2017",
         ann_dir="annotations/{split}2017",
@@ -364,15 +356,7 @@ DATASET_LAYOUTS: dict[str, DatasetLayout] = {
         reduce_zero_label=False,
         default_root="coco_stuff164k",
     ),
-    "world": DatasetLayout(
-        img_dir="JPEGImages",
-        ann_dir="SegmentationClass",
-        split_file="ImageSets/Segmentation/{split}.txt",
-        img_suffix=".jpg",
-        seg_suffix=".png",
-        reduce_zero_label=True,
-        default_root="world",
-    ),
+    "world": DatasetLayout(reduce_zero_label=True, default_root="world", **_VOC_LAYOUT),  # zss.data.synthetic
     "context59": DatasetLayout(reduce_zero_label=True, **_CONTEXT_LAYOUT),
     "context60": DatasetLayout(reduce_zero_label=False, **_CONTEXT_LAYOUT),
 }
