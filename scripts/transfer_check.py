@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -92,9 +93,29 @@ def _parse_rows(specs: list[str] | None, known: dict[str, list[str]] | None = No
     return rows
 
 
+def _row(name: str, seed: int, run: Path, split: str, wall: float) -> dict | None:
+    """The scores of a finished run dir (both label spaces evaluated on ``split``), else None."""
+    scores, eff = {}, None
+    for space in ("all", "unseen"):
+        found = sorted((run / f"transfer_{split}_{space}").glob("*_results.json"))
+        if not found:
+            return None
+        scores[space] = json.loads(found[0].read_text())
+        cost = sorted((run / f"transfer_{split}_{space}").glob("*_efficiency.json"))
+        if cost:
+            eff = json.loads(cost[0].read_text())
+    a, u = scores["all"], scores["unseen"]
+    return dict(name=name, seed=seed, mIoU_S=a["mIoU_seen"], mIoU_U=a["mIoU_unseen"], hIoU=a["hIoU"],
+                five_way=u["pAcc"], five_way_macc=u["mAcc"], per_class_IoU=[c["IoU"] for c in a["per_class"]],
+                efficiency=eff, wall=wall, run=str(run))
+
+
 def train_and_score(name: str, overrides: list[str], seed: int, steps: int | None, out: Path, threads: int,
-                    extra: list[str], split: str = "train") -> dict:
+                    extra: list[str], split: str = "train", reuse: bool = False) -> dict:
     """Train one row for one seed and score it on ``split`` with FULL labels (label spaces all and unseen).
+
+    ``reuse``: a run of this row and seed already scored on ``split`` under ``out`` is returned as it is (an
+    interrupted check resumes; its wall time is the one recorded then, NaN when none was).
 
     Returns: dict name, seed, mIoU_S, mIoU_U, hIoU, five_way (pixel), five_way_macc (class-mean), per_class_IoU
     (list, label space all), efficiency (test-time model report of scripts/eval.py, seed 0 only), wall, run.
@@ -102,6 +123,13 @@ def train_and_score(name: str, overrides: list[str], seed: int, steps: int | Non
     slug = "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
     root = out / f"seed{seed}" / slug
     root.mkdir(parents=True, exist_ok=True)
+    if reuse:
+        for run in sorted((p.parent for p in root.glob("*/*/last.pt")), key=lambda p: p.stat().st_mtime, reverse=True):
+            wall = json.loads((run / "row_wall.json").read_text())["wall"] if (run / "row_wall.json").is_file() else math.nan
+            row = _row(name, seed, run, split, wall)
+            if row is not None:
+                print(f"{name} seed {seed} ({split}): reused {run}", flush=True)
+                return row
     log = root / "log.txt"
     t0 = time.perf_counter()
     args = ["scripts/train.py", *overrides, f"trainer.seed={seed}", "trainer.eval_interval=0",
@@ -111,21 +139,14 @@ def train_and_score(name: str, overrides: list[str], seed: int, steps: int | Non
         args.append(f"trainer.max_steps={steps}")
     _run(args, threads, log)
     ckpt = max(root.glob("*/*/last.pt"), key=lambda p: p.stat().st_mtime)
-    scores, eff = {}, None
     for space in ("all", "unseen"):
-        res_dir = ckpt.parent / f"transfer_{split}_{space}"
         measure_cost = space == "all" and seed == 0 and split != "train"
-        _run(["scripts/eval.py", f"ckpt={ckpt}", f"split={split}", f"eval.label_space={space}", f"out_dir={res_dir}",
+        _run(["scripts/eval.py", f"ckpt={ckpt}", f"split={split}", f"eval.label_space={space}",
+              f"out_dir={ckpt.parent / f'transfer_{split}_{space}'}",
               f"efficiency={'auto' if measure_cost else 'false'}"], threads, log)
-        scores[space] = json.loads(next(res_dir.glob("*_results.json")).read_text())
-        found = sorted(res_dir.glob("*_efficiency.json"))
-        if found:
-            eff = json.loads(found[0].read_text())
     wall = time.perf_counter() - t0
-    a, u = scores["all"], scores["unseen"]
-    row = dict(name=name, seed=seed, mIoU_S=a["mIoU_seen"], mIoU_U=a["mIoU_unseen"], hIoU=a["hIoU"],
-               five_way=u["pAcc"], five_way_macc=u["mAcc"], per_class_IoU=[c["IoU"] for c in a["per_class"]],
-               efficiency=eff, wall=wall, run=str(ckpt.parent))
+    (ckpt.parent / "row_wall.json").write_text(json.dumps({"wall": wall}))
+    row = _row(name, seed, ckpt.parent, split, wall)
     print(f"{name} seed {seed} ({split}): mIoU(S) {row['mIoU_S']:.2f} mIoU(U) {row['mIoU_U']:.2f} 5-way class-mean "
           f"{row['five_way_macc']:.1f}% ({wall:.0f} s, {ckpt.parent})", flush=True)
     return row

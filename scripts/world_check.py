@@ -19,6 +19,8 @@ then PASS/FAIL lines for the targets (issue 18):
     python scripts/world_check.py [--seeds 0 1 2] [--jobs 2] [--split test] [--rows ...] [overrides ...]
     python scripts/world_check.py --split val --rows "clip_zss" "nel:experiment=world method.nel_weight=1"
 
+A (row, seed) already scored on the split under ``--out`` is reused, so an interrupted check resumes where it was.
+
 The teacher is a MECHANISM TOOL taught on labels (unseen classes included, as real CLIP saw them on the web):
 these are not real-CLIP results, but every scored image is one neither the teacher nor the student trained on.
 """
@@ -127,7 +129,7 @@ def main() -> None:
     jobs = [(name, ov, s) for s in a.seeds for name, ov in rows.items()]
     with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
         results = list(pool.map(lambda j: train_and_score(j[0], j[1], j[2], a.steps, out, threads, a.overrides,
-                                                          split=a.split), jobs))
+                                                          split=a.split, reuse=True), jobs))
     by: dict[str, list[dict]] = {}
     for r in results:
         by.setdefault(r["name"], []).append(r)
