@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch.utils.data import Subset
 
+from conftest import fake_terminal
 from zss.data.classes import get_benchmark
 from zss.data.dataset import build_dataset
 from zss.data.transforms import build_test_transform, build_train_transform
@@ -19,20 +20,6 @@ from zss.engine.trainer import TrainConfig, Trainer, new_run_dir
 from zss.methods.baseline import SeenOnlyBaseline
 from zss.models.student import Student
 from zss.teachers.oracle import OracleTeacher
-
-
-class FakeTerminal(io.StringIO):
-    """A stderr that says it is a terminal (tqdm draws on terminals only when ``disable=None``)."""
-
-    def isatty(self) -> bool:
-        return True
-
-
-def fake_terminal(monkeypatch) -> FakeTerminal:
-    """Make ``sys.stderr`` a fake terminal (inside the test: pytest's capture resets it between setup and call)."""
-    term = FakeTerminal()
-    monkeypatch.setattr(sys, "stderr", term)
-    return term
 
 
 @pytest.fixture
