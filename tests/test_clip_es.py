@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import fake_terminal
 from zss.clip_es import (
     OutputDirExistsError,
     background_score,
@@ -337,6 +339,20 @@ def test_pseudo_mask_run_writes_pngs_and_never_overwrites(voc_root, tmp_path):
         generate_pseudo_masks(teacher, ds, empty, background_words=["ground"], limit=1, crf=False, progress=False)
     assert not any(empty.iterdir())
 
+
+
+def test_pseudo_mask_run_draws_a_bar_not_a_log_line_per_image(voc_root, tmp_path, monkeypatch, caplog):
+    import logging
+
+    from zss.data.dataset import build_dataset
+
+    teacher = build_tiny_clip(embed_dim=32, image_size=64, patch_size=32, width=64, layers=2, heads=2, seed=0)
+    ds = build_dataset("voc21", voc_root, split="train", transform=None)
+    term = fake_terminal(monkeypatch)
+    with caplog.at_level(logging.INFO):
+        generate_pseudo_masks(teacher, ds, tmp_path / "m", background_words=["ground"], limit=2, crf=False)
+    assert re.search(r"clip_es: 100%.*2/2", term.getvalue()), term.getvalue()
+    assert not [r for r in caplog.records if any(n in r.getMessage() for n in ds.names[:2])]
 
 def test_missing_crf_is_skipped_with_install_hint(voc_root, tmp_path, monkeypatch):
     import zss.clip_es.pipeline as pipe

@@ -6,7 +6,6 @@ the command, the keys and what each reported number means.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import time
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from zss.engine.metrics import SegEvaluator, to_json
+from zss.engine.progress import progress_bar
 
 from .caa import box_mask, caa_transition, refine_cams
 from .cam import clip_es_cams, resize_to_patch_multiple
@@ -43,8 +43,6 @@ __all__ = [
     "generate_pseudo_masks",
     "format_report",
 ]
-
-log = logging.getLogger(__name__)
 
 #: Where image-level labels come from: ``auto`` (VOC XML when ``<root>/Annotations/<id>.xml`` exists,
 #: else the ground-truth mask), ``xml`` or ``mask``.
@@ -217,7 +215,7 @@ def generate_pseudo_masks(
         compare_kmeans: also time the CLIP-ZSS K-Means pseudo-label step (teacher dense tokens +
             ``zss.ops.pseudo_labels``) on the same images at the same input sizes.
         device: where the teacher runs.
-        progress: log one line per image (``logging`` INFO on ``zss.clip_es.pipeline``).
+        progress: a bar over the images on stderr (:func:`zss.engine.progress.progress_bar`, terminals only).
 
     Returns:
         dict with ``rows`` (CAM / +CAA / +CRF: ``mIoU``, ``mIoU_gt_classes``, ``pAcc``, ``alpha``, ``img_s``,
@@ -266,7 +264,8 @@ def generate_pseudo_masks(
     ignored = total_px = written = 0
     sources: dict[str, int] = {}
     t_all0 = time.perf_counter()
-    for i in range(n):
+    bar = progress_bar(range(n), desc="clip_es", enabled=progress, unit="img")
+    for i in bar:
         item = dataset[i]
         name = item["name"]
         img_u8 = item["image"]  # [3, H, W] uint8
@@ -325,8 +324,7 @@ def generate_pseudo_masks(
                                                 device=device), None, num_seen=0)
         save_mask_png(final.astype(np.uint8), out / f"{name}.png")
         written += 1
-        if progress:
-            log.info("clip_es: [%d/%d] %s classes=%s (%s)", i + 1, n, name, lab_ids, src)
+    bar.close()
     t_total = time.perf_counter() - t_all0
 
     def rate(sec: float) -> float:
