@@ -6,9 +6,8 @@ import pytest
 import torch
 from torchvision import tv_tensors
 
+from zss.data.normalize import CLIP_MEAN, CLIP_STD
 from zss.data.transforms import (
-    CLIP_MEAN,
-    CLIP_STD,
     KeepRatioRescale,
     PadToSize,
     PhotoMetricDistortion,

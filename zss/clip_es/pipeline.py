@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from zss.data.classes import IGNORE_INDEX
 from zss.engine.metrics import SegEvaluator, to_json
 from zss.engine.progress import progress_bar
 
@@ -69,7 +70,7 @@ def prepare_out_dir(out_dir: str | os.PathLike) -> Path:
     return p
 
 
-def labels_from_mask(full_label: np.ndarray, background_id: int = 0, ignore_index: int = 255) -> list[int]:
+def labels_from_mask(full_label: np.ndarray, background_id: int = 0, ignore_index: int = IGNORE_INDEX) -> list[int]:
     """Image-level labels from a ground-truth mask: the class ids present, without background and ignore.
 
     Args:
@@ -308,9 +309,9 @@ def generate_pseudo_masks(
                 crf_lab = lut[q.argmax(axis=0)]
                 final = confidence_ignore(crf_lab, q, confidence)
             ev["+CRF"].update(torch.from_numpy(crf_lab), gt)
-            conf_px = torch.from_numpy(final != 255)
+            conf_px = torch.from_numpy(final != IGNORE_INDEX)
             ev["confident"].update(torch.from_numpy(final)[conf_px], gt[conf_px])
-            ignored += int((final == 255).sum())
+            ignored += int((final == IGNORE_INDEX).sum())
         else:
             final = cams_to_labels(ref_hr, pres, ids_t, mask_alpha, bg_id)[0].cpu().numpy()
         total_px += final.size
@@ -320,7 +321,7 @@ def generate_pseudo_masks(
             with t_km:
                 with torch.no_grad():
                     dense = teacher(x.to(device))["dense"]
-                pseudo_labels(dense, torch.full((1, x.shape[-2], x.shape[-1]), 255, dtype=torch.long,
+                pseudo_labels(dense, torch.full((1, x.shape[-2], x.shape[-1]), IGNORE_INDEX, dtype=torch.long,
                                                 device=device), None, num_seen=0)
         save_mask_png(final.astype(np.uint8), out / f"{name}.png")
         written += 1

@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from .classes import BENCHMARKS, DATASET_LAYOUTS, DatasetLayout, get_benchmark, layout
+from .classes import BENCHMARKS, DATASET_LAYOUTS, IGNORE_INDEX, DatasetLayout, get_benchmark, layout
 from .dataset import read_lines
 
 __all__ = ["Problem", "SplitCount", "CheckReport", "check_dataset", "format_report", "main", "CHECK_COMMAND"]
@@ -48,7 +48,6 @@ __all__ = ["Problem", "SplitCount", "CheckReport", "check_dataset", "format_repo
 CHECK_COMMAND = "python -m zss.data.check dataset={name} root={root}"
 """The command line the dataset's error messages point to (``.format(name=..., root=...)``)."""
 
-IGNORE_INDEX = 255
 _LABEL_MODES = ("P", "L")
 # Raw value range of each preset's annotation files (without 255): for "wrong preset?" hints.
 _RAW_MAX = {"voc20": 20, "voc21": 20, "cocostuff171": 170, "context59": 59, "context60": 59, "world": 20}

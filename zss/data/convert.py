@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from zss.data.classes import COCO_STUFF_CLASSES, CONTEXT59_CLASSES
+from zss.data.classes import COCO_STUFF_CLASSES, CONTEXT59_CLASSES, IGNORE_INDEX
 
 __all__ = [
     "IGNORE_INDEX",
@@ -57,8 +57,6 @@ __all__ = [
     "ConvertStats",
 ]
 
-IGNORE_INDEX = 255
-"""Ignore / unlabelled value in every output PNG (docs/protocol.md "Benchmarks")."""
 
 # =============================================================================================
 # COCO-Stuff

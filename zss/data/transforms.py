@@ -26,12 +26,9 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-# CLIP_MEAN/STD: open_clip's OPENAI_DATASET_MEAN/STD (defined in zss.data.normalize), re-exported
-from zss.data.normalize import CLIP_MEAN, CLIP_STD
+from zss.data.normalize import CLIP_MEAN, CLIP_STD  # the default statistics (exported by zss.data.normalize)
 
 __all__ = [
-    "CLIP_MEAN",
-    "CLIP_STD",
     "as_pair",
     "keep_ratio_size",
     "KeepRatioRescale",

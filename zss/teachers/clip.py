@@ -26,15 +26,12 @@ import torch.nn.functional as F
 from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 
-# CLIP_MEAN/STD: open_clip's OPENAI_DATASET_MEAN/STD (defined in zss.data.normalize), re-exported
 from zss.data.normalize import CLIP_MEAN, CLIP_STD, renormalize_affine
 from zss.data.transforms import as_pair
 from zss.models import clip_ops
 from zss.models.clip_ops import resample_pos_embed  # re-exported: zss.teachers.clip.resample_pos_embed
 
 __all__ = [
-    "CLIP_MEAN",
-    "CLIP_STD",
     "DENSE_MODES",
     "FrozenCLIP",
     "TeacherWeightsError",
