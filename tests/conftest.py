@@ -1,6 +1,7 @@
 """Shared pytest fixtures: the bundled real VOC sample, one torch thread per test process."""
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -60,3 +61,18 @@ def tiny_ckpt(tmp_path_factory, voc_root) -> Path:
     found = sorted(root.glob("*/*/last.pt"))
     assert len(found) == 1, found
     return found[0]
+
+
+class FakeTerminal(io.StringIO):
+    """A stderr that says it is a terminal: tqdm draws its bars (``disable=None``) only on terminals."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def fake_terminal(monkeypatch) -> FakeTerminal:
+    """Make ``sys.stderr`` a fake terminal and return it; call it inside the test body (pytest's output capture
+    sets ``sys.stderr`` again between fixture setup and the test call)."""
+    term = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    return term

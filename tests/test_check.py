@@ -2,12 +2,14 @@
 label arrays, each problem reported with the offending file, and the bundled real VOC sample."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import fake_terminal
 from zss.data.check import check_dataset, format_report, main
 from zss.engine.visualize import voc_palette
 
@@ -92,6 +94,13 @@ def test_voc_tree_ok(tmp_path):
     assert rep.raw_histogram[0] > 0 and 0 in rep.histogram  # raw 1 -> class 0
     assert sum(rep.histogram.values()) == 5 * H * W
 
+
+
+def test_reading_labels_draws_a_bar_on_a_terminal(tmp_path, monkeypatch):
+    term = fake_terminal(monkeypatch)
+    rep = check_dataset("voc20", make_voc(tmp_path / "VOC2012"))
+    assert rep.ok
+    assert re.search(r"check voc20: 100%.*5/5", term.getvalue()), term.getvalue()
 
 def test_coco_tree_ok(tmp_path):
     rep = check_dataset("cocostuff171", make_coco(tmp_path / "coco"))

@@ -135,3 +135,22 @@ def test_layouts():
     assert c59["reduce_zero_label"] is True and c60["reduce_zero_label"] is False
     with pytest.raises(KeyError, match="voc20"):
         layout("ade150")
+
+
+def test_one_ignore_index():
+    """255 is defined once (zss.data.classes.IGNORE_INDEX); the checker, converter and CLIP-ES use it."""
+    import re
+    from pathlib import Path
+
+    import zss
+    import zss.clip_es.pipeline as pipeline
+    import zss.data.check as check
+    import zss.data.convert as convert
+    from zss.data.classes import IGNORE_INDEX
+
+    assert IGNORE_INDEX == 255
+    assert check.IGNORE_INDEX == convert.IGNORE_INDEX == pipeline.IGNORE_INDEX == IGNORE_INDEX
+    root = Path(zss.__file__).parent
+    defs = [str(p.relative_to(root)) for p in sorted(root.rglob("*.py"))
+            if re.search(r"^_?IGNORE(_INDEX)?\s*(:[^=]+)?=", p.read_text(encoding="utf-8"), re.M)]
+    assert defs == ["data/classes.py"], defs

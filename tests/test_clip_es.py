@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import fake_terminal
 from zss.clip_es import (
     OutputDirExistsError,
     background_score,
@@ -137,7 +139,8 @@ def test_sinkhorn_rows_and_columns_sum_to_one(teacher, embeds):
     torch.testing.assert_close(trans.sum(-1), torch.ones(2, 40), atol=1e-3, rtol=0)
 
 
-def test_box_mask_from_synthetic_cam():
+@pytest.mark.parametrize("backend", ["scipy", "torch"])
+def test_box_mask_from_synthetic_cam(backend):
     cam = torch.full((8, 10), 0.3)  # below 0.4 * max everywhere: never foreground
     cam[1:3, 1:4] = 1.0  # blob A -> box rows 1..2, cols 1..3
     cam[0, 6] = cam[1, 7] = 0.9  # two diagonal neighbours: ONE 8-connected blob -> 2x2 box
@@ -147,28 +150,35 @@ def test_box_mask_from_synthetic_cam():
     expect[1:3, 1:4] = True
     expect[0:2, 6:8] = True
     expect[5:7, 6:9] = True  # x1 = min(10, 9), y1 = min(8, 7): the public clamp stops one patch short
-    got = box_mask(cam[None, None], threshold=0.4)[0, 0]
+    got = box_mask(cam[None, None], threshold=0.4, backend=backend)[0, 0]
     assert torch.equal(got, expect), got.int()
     # batched: an all-zero map gives an empty mask; a higher threshold drops the weaker blobs
-    both = box_mask(torch.stack([cam, torch.zeros(8, 10)])[None], threshold=0.95)[0]
+    both = box_mask(torch.stack([cam, torch.zeros(8, 10)])[None], threshold=0.95, backend=backend)[0]
     assert both[1].sum() == 0
     only_a = torch.zeros(8, 10, dtype=torch.bool)
     only_a[1:3, 1:4] = True
     assert torch.equal(both[0], only_a)
 
 
-def test_box_mask_matches_scipy_components_on_random_maps():
-    ndimage = pytest.importorskip("scipy.ndimage")
+def test_box_mask_backends_agree_with_per_map_components():
+    from scipy import ndimage
+
     g = torch.Generator().manual_seed(0)
-    cams = torch.rand(40, 9, 13, generator=g) ** 2
-    got = box_mask(cams, 0.4).numpy()
-    for cam, m in zip(cams, got):
+    cams = torch.rand(4, 10, 9, 13, generator=g) ** 2  # [B, C, h, w]: many blobs, some touching the border
+    cams[1, 3] = 0  # an all-zero map: no blob, empty mask
+    cpu = box_mask(cams, 0.4)  # CPU: scipy.ndimage.label over all maps at once
+    assert torch.equal(cpu, box_mask(cams, 0.4, backend="scipy"))
+    assert torch.equal(cpu, box_mask(cams, 0.4, backend="torch"))  # the path GPU tensors take
+    assert cpu.shape == cams.shape and cpu.dtype == torch.bool and not cpu[1, 3].any()
+    for cam, m in zip(cams.flatten(0, 1), cpu.flatten(0, 1)):  # reference: one map at a time
         q = (cam * 255).to(torch.uint8).numpy()
         lab, _ = ndimage.label(q > int(0.4 * q.max()), structure=np.ones((3, 3)))  # 8-connectivity
-        ref = np.zeros_like(m)
+        ref = np.zeros(m.shape, dtype=bool)
         for sl in ndimage.find_objects(lab):
             ref[sl[0].start:min(sl[0].stop, 8), sl[1].start:min(sl[1].stop, 12)] = True
-        assert np.array_equal(m, ref)
+        assert np.array_equal(m.numpy(), ref)
+    with pytest.raises(ValueError, match="backend"):
+        box_mask(cams, 0.4, backend="opencv")
 
 
 def test_refine_propagates_only_from_boxes():
@@ -337,6 +347,20 @@ def test_pseudo_mask_run_writes_pngs_and_never_overwrites(voc_root, tmp_path):
         generate_pseudo_masks(teacher, ds, empty, background_words=["ground"], limit=1, crf=False, progress=False)
     assert not any(empty.iterdir())
 
+
+
+def test_pseudo_mask_run_draws_a_bar_not_a_log_line_per_image(voc_root, tmp_path, monkeypatch, caplog):
+    import logging
+
+    from zss.data.dataset import build_dataset
+
+    teacher = build_tiny_clip(embed_dim=32, image_size=64, patch_size=32, width=64, layers=2, heads=2, seed=0)
+    ds = build_dataset("voc21", voc_root, split="train", transform=None)
+    term = fake_terminal(monkeypatch)
+    with caplog.at_level(logging.INFO):
+        generate_pseudo_masks(teacher, ds, tmp_path / "m", background_words=["ground"], limit=2, crf=False)
+    assert re.search(r"clip_es: 100%.*2/2", term.getvalue()), term.getvalue()
+    assert not [r for r in caplog.records if any(n in r.getMessage() for n in ds.names[:2])]
 
 def test_missing_crf_is_skipped_with_install_hint(voc_root, tmp_path, monkeypatch):
     import zss.clip_es.pipeline as pipe

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import fake_terminal
 from zss.data.classes import COCO_STUFF_CLASSES, CONTEXT59_CLASSES, get_benchmark
 from zss.data.convert import (
     COCO_STUFF_CATEGORIES,
@@ -81,7 +83,7 @@ def _raw_coco(rng, extra=()) -> np.ndarray:
     return vals.reshape(14, 14)
 
 
-def test_convert_cocostuff_library_and_script(tmp_path):
+def test_convert_cocostuff_library_and_script(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     raw_root = tmp_path / "stuffthingmaps_trainval2017"
     arrays = {}
@@ -100,6 +102,13 @@ def test_convert_cocostuff_library_and_script(tmp_path):
         got = _read(out / "annotations" / split / f"{n}_labelTrainIds.png")
         np.testing.assert_array_equal(got, ref(a))
         assert set(np.unique(got).tolist()) == set(range(171)) | {255}
+
+    # a bar per split on a terminal (the library call above, on captured stderr, drew none)
+    term = fake_terminal(monkeypatch)
+    convert_cocostuff(raw_root, tmp_path / "coco_bar")
+    assert re.search(r"cocostuff train2017: 100%.*2/2", term.getvalue()), term.getvalue()
+    assert re.search(r"cocostuff val2017: 100%.*1/1", term.getvalue()), term.getvalue()
+    monkeypatch.undo()
 
     # second run skips, --overwrite rewrites (counted)
     stats = convert_cocostuff(raw_root, out)

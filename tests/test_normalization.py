@@ -9,8 +9,7 @@ import pytest
 import timm
 import torch
 
-from zss.data.normalize import Renormalize, renormalize_affine
-from zss.data.transforms import CLIP_MEAN, CLIP_STD
+from zss.data.normalize import CLIP_MEAN, CLIP_STD, Renormalize, renormalize_affine
 from zss.models.student import Student
 from zss.teachers.clip import build_tiny_clip
 
@@ -155,5 +154,18 @@ def test_clip_statistics_are_open_clips_defined_once():
     import zss.teachers.clip as clip
 
     assert norm.CLIP_MEAN == tuple(OPENAI_DATASET_MEAN) and norm.CLIP_STD == tuple(OPENAI_DATASET_STD)
-    for mod in (transforms, visualize, clip):  # re-exports of the one definition, not copies
+    for mod in (transforms, visualize, clip):  # their defaults use the one definition, not copies
         assert mod.CLIP_MEAN is norm.CLIP_MEAN and mod.CLIP_STD is norm.CLIP_STD, mod.__name__
+    # exported from one module (and its package), not re-exported by every module that uses it
+    exporters = sorted(m.__name__ for m in _zss_modules() if "CLIP_MEAN" in getattr(m, "__all__", ()))
+    assert exporters == ["zss.data", "zss.data.normalize"], exporters
+
+
+def _zss_modules():
+    import importlib
+    import pkgutil
+
+    import zss
+
+    names = ["zss"] + [m.name for m in pkgutil.walk_packages(zss.__path__, "zss.")]
+    return [importlib.import_module(n) for n in names]

@@ -15,9 +15,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from zss.data.normalize import CLIP_MEAN, CLIP_STD  # noqa: E402
 from zss.teachers.clip import (  # noqa: E402
-    CLIP_MEAN,
-    CLIP_STD,
     FrozenCLIP,
     TeacherWeightsError,
     TeacherWeightsNotFoundError,

@@ -6,13 +6,13 @@ import pytest
 import torch
 from torchvision import tv_tensors
 
+from zss.data.normalize import CLIP_MEAN, CLIP_STD
 from zss.data.transforms import (
-    CLIP_MEAN,
-    CLIP_STD,
     KeepRatioRescale,
     PadToSize,
     PhotoMetricDistortion,
     RandomCropCatMax,
+    as_pair,
     build_test_transform,
     build_train_transform,
     keep_ratio_size,
@@ -274,3 +274,12 @@ def test_test_pipeline_image_only(voc_root):
     assert s["image"].shape == (3, *keep_ratio_size(h, w, (2048, 512))) and s["image"].dtype == torch.float32
     assert torch.equal(s["label"], raw["label"]) and torch.equal(s["full_label"], raw["full_label"])
     assert abs(s["image"].mean().item()) < 3  # normalised
+
+
+def test_as_pair_reads_sizes_and_names_the_bad_key():
+    assert as_pair(512, "crop") == (512, 512) and as_pair((512, 384), "crop") == (512, 384)
+    assert as_pair([2048, 512], "scale") == (2048, 512)  # Hydra lists
+    assert as_pair((0, -1), "size") == (0, -1)  # only checked with positive=True
+    for bad, positive in (((1, 2, 3), False), ("ab", False), ((512, 0), True), (None, False)):
+        with pytest.raises(ValueError, match="crop_size must be"):
+            as_pair(bad, "crop_size", positive=positive)

@@ -6,9 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
+from zss.data.normalize import CLIP_MEAN, CLIP_STD
 from zss.engine.visualize import (
-    CLIP_MEAN,
-    CLIP_STD,
     color_palette,
     colorize,
     denormalize,

@@ -23,6 +23,7 @@ from zss.engine import dist as zdist
 from zss.engine.checkpoint import load_checkpoint
 from zss.engine.evaluate import evaluate
 from zss.engine.metrics import format_table, to_json
+from zss.engine.progress import console_logging
 from zss.engine.trainer import (
     TrainConfig,
     Trainer,
@@ -462,7 +463,7 @@ def _transfer_view(cfg: DictConfig, method: Method, bench, tcfg: TrainConfig, ru
     split = cfg.transfer_view.get("split") or cfg.dataset.train_split
     _, train_eval = build_data(cfg.dataset, bench, train=False, val_split=split)
     kw = dict(mode=tcfg.eval_mode, crop=tcfg.eval_crop, stride=tcfg.eval_stride, crop_batch=tcfg.eval_crop_batch,
-              device=device)
+              device=device, progress=zdist.is_main())
     gz = evaluate(method, train_eval, label_space="all", **kw)  # sharded over ranks, all-reduced
     zs = evaluate(method, train_eval, label_space="unseen", **kw)
     if not zdist.is_main():
@@ -918,7 +919,8 @@ def check_override_syntax(args: list[str]) -> None:
 
 def _run(config_name: str, fn) -> None:
     """Hydra entry: ``python scripts/<x>.py key=value ...`` / ``zss-<x> key=value ...``; user errors end in one
-    message (:func:`report_user_errors`); ``ZSS_DEBUG=1`` shows Hydra's full traceback instead."""
+    message (:func:`report_user_errors`); ``ZSS_DEBUG=1`` shows Hydra's full traceback instead. Log lines go
+    through tqdm (:func:`zss.engine.progress.console_logging`) so that they do not break a progress bar."""
     import os
 
     if debug_enabled():
@@ -927,7 +929,8 @@ def _run(config_name: str, fn) -> None:
 
     @hydra.main(config_path=CONFIG_DIR, config_name=config_name, version_base="1.3")
     def _main(cfg: DictConfig) -> None:
-        report_user_errors(fn, cfg)
+        with console_logging():  # Hydra's console handler prints above the progress bars
+            report_user_errors(fn, cfg)
 
     _main()
 

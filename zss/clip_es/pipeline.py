@@ -6,7 +6,6 @@ the command, the keys and what each reported number means.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import time
@@ -17,7 +16,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from zss.data.classes import IGNORE_INDEX
 from zss.engine.metrics import SegEvaluator, to_json
+from zss.engine.progress import progress_bar
 
 from .caa import box_mask, caa_transition, refine_cams
 from .cam import clip_es_cams, resize_to_patch_multiple
@@ -44,8 +45,6 @@ __all__ = [
     "format_report",
 ]
 
-log = logging.getLogger(__name__)
-
 #: Where image-level labels come from: ``auto`` (VOC XML when ``<root>/Annotations/<id>.xml`` exists,
 #: else the ground-truth mask), ``xml`` or ``mask``.
 LABEL_SOURCES = ("auto", "xml", "mask")
@@ -71,7 +70,7 @@ def prepare_out_dir(out_dir: str | os.PathLike) -> Path:
     return p
 
 
-def labels_from_mask(full_label: np.ndarray, background_id: int = 0, ignore_index: int = 255) -> list[int]:
+def labels_from_mask(full_label: np.ndarray, background_id: int = 0, ignore_index: int = IGNORE_INDEX) -> list[int]:
     """Image-level labels from a ground-truth mask: the class ids present, without background and ignore.
 
     Args:
@@ -217,7 +216,7 @@ def generate_pseudo_masks(
         compare_kmeans: also time the CLIP-ZSS K-Means pseudo-label step (teacher dense tokens +
             ``zss.ops.pseudo_labels``) on the same images at the same input sizes.
         device: where the teacher runs.
-        progress: log one line per image (``logging`` INFO on ``zss.clip_es.pipeline``).
+        progress: a bar over the images on stderr (:func:`zss.engine.progress.progress_bar`, terminals only).
 
     Returns:
         dict with ``rows`` (CAM / +CAA / +CRF: ``mIoU``, ``mIoU_gt_classes``, ``pAcc``, ``alpha``, ``img_s``,
@@ -266,7 +265,8 @@ def generate_pseudo_masks(
     ignored = total_px = written = 0
     sources: dict[str, int] = {}
     t_all0 = time.perf_counter()
-    for i in range(n):
+    bar = progress_bar(range(n), desc="clip_es", enabled=progress, unit="img")
+    for i in bar:
         item = dataset[i]
         name = item["name"]
         img_u8 = item["image"]  # [3, H, W] uint8
@@ -309,9 +309,9 @@ def generate_pseudo_masks(
                 crf_lab = lut[q.argmax(axis=0)]
                 final = confidence_ignore(crf_lab, q, confidence)
             ev["+CRF"].update(torch.from_numpy(crf_lab), gt)
-            conf_px = torch.from_numpy(final != 255)
+            conf_px = torch.from_numpy(final != IGNORE_INDEX)
             ev["confident"].update(torch.from_numpy(final)[conf_px], gt[conf_px])
-            ignored += int((final == 255).sum())
+            ignored += int((final == IGNORE_INDEX).sum())
         else:
             final = cams_to_labels(ref_hr, pres, ids_t, mask_alpha, bg_id)[0].cpu().numpy()
         total_px += final.size
@@ -321,12 +321,11 @@ def generate_pseudo_masks(
             with t_km:
                 with torch.no_grad():
                     dense = teacher(x.to(device))["dense"]
-                pseudo_labels(dense, torch.full((1, x.shape[-2], x.shape[-1]), 255, dtype=torch.long,
+                pseudo_labels(dense, torch.full((1, x.shape[-2], x.shape[-1]), IGNORE_INDEX, dtype=torch.long,
                                                 device=device), None, num_seen=0)
         save_mask_png(final.astype(np.uint8), out / f"{name}.png")
         written += 1
-        if progress:
-            log.info("clip_es: [%d/%d] %s classes=%s (%s)", i + 1, n, name, lab_ids, src)
+    bar.close()
     t_total = time.perf_counter() - t_all0
 
     def rate(sec: float) -> float:

@@ -3,6 +3,7 @@ from .classes import (
     BENCHMARKS,
     COCO_TEMPLATES,
     DATASET_LAYOUTS,
+    IGNORE_INDEX,
     VOC_TEMPLATES,
     Benchmark,
     DatasetLayout,
@@ -11,9 +12,8 @@ from .classes import (
     layout,
 )
 from .dataset import SegDataset, build_dataset, read_label
+from .normalize import CLIP_MEAN, CLIP_STD
 from .transforms import (
-    CLIP_MEAN,
-    CLIP_STD,
     KeepRatioRescale,
     PadToSize,
     PhotoMetricDistortion,
@@ -24,7 +24,7 @@ from .transforms import (
 )
 
 __all__ = [
-    "BENCHMARKS", "COCO_TEMPLATES", "DATASET_LAYOUTS", "VOC_TEMPLATES", "Benchmark", "DatasetLayout",
+    "BENCHMARKS", "COCO_TEMPLATES", "DATASET_LAYOUTS", "IGNORE_INDEX", "VOC_TEMPLATES", "Benchmark", "DatasetLayout",
     "class_index", "get_benchmark", "layout", "SegDataset", "build_dataset", "read_label", "CLIP_MEAN",
     "CLIP_STD", "KeepRatioRescale", "PadToSize", "PhotoMetricDistortion", "RandomCropCatMax",
     "build_test_transform", "build_train_transform", "keep_ratio_size",

@@ -16,7 +16,8 @@ What it checks, for the preset's layout (:func:`zss.data.classes.layout`, docs/p
    ``reduce_zero_label`` the class ids ``0..C-1`` plus ``255`` = ignore).
 
 Each problem names the first offending file, how many files share it, and the fix (e.g. "wrong
-preset?"). Exit code 0 when no error was found, 1 otherwise (2 for a bad command line).
+preset?"). Exit code 0 when no error was found, 1 otherwise (2 for a bad command line). Reading the
+labels draws a progress bar on stderr when it is a terminal.
 
 The dataset code (:mod:`zss.data.dataset`) raises on the first bad file it meets; this tool is what
 its error messages point to, to see every problem of a dataset at once. The command line (Hydra-style
@@ -37,8 +38,9 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
-from .classes import BENCHMARKS, DATASET_LAYOUTS, DatasetLayout, get_benchmark, layout
+from .classes import BENCHMARKS, DATASET_LAYOUTS, IGNORE_INDEX, DatasetLayout, get_benchmark, layout
 from .dataset import read_lines
 
 __all__ = ["Problem", "SplitCount", "CheckReport", "check_dataset", "format_report", "main", "CHECK_COMMAND"]
@@ -46,7 +48,6 @@ __all__ = ["Problem", "SplitCount", "CheckReport", "check_dataset", "format_repo
 CHECK_COMMAND = "python -m zss.data.check dataset={name} root={root}"
 """The command line the dataset's error messages point to (``.format(name=..., root=...)``)."""
 
-IGNORE_INDEX = 255
 _LABEL_MODES = ("P", "L")
 # Raw value range of each preset's annotation files (without 255): for "wrong preset?" hints.
 _RAW_MAX = {"voc20": 20, "voc21": 20, "cocostuff171": 170, "context59": 59, "context60": 59, "world": 20}
@@ -497,7 +498,7 @@ def check_dataset(
     lut = _reduce_lut(lay)
     read_in: dict[str, int] = {}  # split -> labels read / labels holding a seen-class pixel
     seen_in: dict[str, int] = {}
-    for k in keys:
+    for k in tqdm(keys, desc=f"check {name}", unit="label", disable=None, dynamic_ncols=True):  # terminals only
         split, apath, ipath = to_read[k]
         try:
             with Image.open(apath) as im:

@@ -25,6 +25,7 @@ from typing import Sequence
 from .synthetic import WORLD_CLASSES, WORLD_UNSEEN_SPLITS
 
 __all__ = [
+    "IGNORE_INDEX",
     "Benchmark",
     "BENCHMARKS",
     "VOC_TEMPLATES",
@@ -39,6 +40,10 @@ __all__ = [
     "DATASET_LAYOUTS",
     "layout",
 ]
+
+IGNORE_INDEX = 255
+"""Label value of unlabelled / ignored pixels in every benchmark, label file and pseudo mask of zss
+(``ignore_index=255``, as in mmseg; docs/protocol.md "Benchmarks")."""
 
 # --------------------------------------------------------------------------------------------
 # Prompt templates (docs/protocol.md "Prompts")

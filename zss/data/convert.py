@@ -21,7 +21,8 @@ Conventions: all label PNGs are 8-bit single-channel (``'L'``) PNGs; ignore inde
 written atomically (temp file + rename), existing outputs are skipped unless ``overwrite=True``, and
 every call returns counts (new / overwritten / skipped) so nothing is replaced silently.
 
-This module does not import torch-heavy code paths itself (numpy, Pillow, scipy only).
+This module does not import torch-heavy code paths itself (numpy, Pillow, scipy, tqdm only). Each split's
+conversion draws a progress bar on stderr when it is a terminal.
 """
 from __future__ import annotations
 
@@ -34,8 +35,9 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
-from zss.data.classes import COCO_STUFF_CLASSES, CONTEXT59_CLASSES
+from zss.data.classes import COCO_STUFF_CLASSES, CONTEXT59_CLASSES, IGNORE_INDEX
 
 __all__ = [
     "IGNORE_INDEX",
@@ -55,8 +57,6 @@ __all__ = [
     "ConvertStats",
 ]
 
-IGNORE_INDEX = 255
-"""Ignore / unlabelled value in every output PNG (docs/protocol.md "Benchmarks")."""
 
 # =============================================================================================
 # COCO-Stuff
@@ -241,22 +241,27 @@ def _context_job(job: tuple[str, list[tuple[str, bool]], np.ndarray]) -> None:
         _save_png(_to_context59(lab60) if as59 else lab60, Path(dst))
 
 
-def _run(jobs: list, fn: Callable, workers: int, progress: Callable[[int, int], None] | None) -> None:
-    """Run ``fn`` over ``jobs``, in-process for ``workers <= 1`` else in a multiprocessing pool."""
+def _run(jobs: list, fn: Callable, workers: int, progress: Callable[[int, int], None] | None, desc: str) -> None:
+    """Run ``fn`` over ``jobs``, in-process for ``workers <= 1`` else in a multiprocessing pool, with a bar
+    (stderr, terminals only: tqdm's ``disable=None``) labelled ``desc`` and the optional ``progress`` callback."""
     n = len(jobs)
     if n == 0:
         return
-    if workers <= 1 or n == 1:
-        for i, j in enumerate(jobs, 1):
-            fn(j)
-            if progress:
-                progress(i, n)
-        return
-    with get_context("spawn" if os.name == "nt" else "fork").Pool(min(workers, n)) as pool:
-        chunk = max(1, min(64, n // (4 * workers)))
-        for i, _ in enumerate(pool.imap_unordered(fn, jobs, chunksize=chunk), 1):
-            if progress:
-                progress(i, n)
+    with tqdm(total=n, desc=desc, unit="file", disable=None, dynamic_ncols=True) as bar:
+        if workers <= 1 or n == 1:
+            done: Iterable = (fn(j) for j in jobs)
+            _follow(done, n, bar, progress)
+            return
+        with get_context("spawn" if os.name == "nt" else "fork").Pool(min(workers, n)) as pool:
+            chunk = max(1, min(64, n // (4 * workers)))
+            _follow(pool.imap_unordered(fn, jobs, chunksize=chunk), n, bar, progress)
+
+
+def _follow(done: Iterable, n: int, bar: tqdm, progress: Callable[[int, int], None] | None) -> None:
+    for i, _ in enumerate(done, 1):
+        bar.update(1)
+        if progress:
+            progress(i, n)
 
 
 def _plan(outputs: Sequence[Path], overwrite: bool, stats: ConvertStats) -> bool:
@@ -294,7 +299,8 @@ def convert_cocostuff(
             (it must not be absent for all of them).
         workers: processes in the multiprocessing pool (1 = in-process).
         overwrite: replace existing outputs (counted as ``overwritten``); default: skip them.
-        progress: optional callback ``progress(done, total)`` per split.
+        progress: optional callback ``progress(done, total)`` per split (a bar is drawn on stderr either way
+            when it is a terminal).
 
     Returns:
         dict split -> :class:`ConvertStats` for the splits that were found.
@@ -328,7 +334,7 @@ def convert_cocostuff(
             dst = out_root / "annotations" / split / f"{src.stem}_labelTrainIds.png"
             if _plan([dst], overwrite, stats):
                 jobs.append((str(src), str(dst)))
-        _run(jobs, _cocostuff_job, workers, progress)
+        _run(jobs, _cocostuff_job, workers, progress, f"cocostuff {split}")
         result[split] = stats
     return result
 
@@ -593,7 +599,8 @@ def convert_context(
         overwrite: replace existing PNGs / differing split files; default: skip PNGs, refuse split files.
         allow_missing: drop listed ids that have no ``.mat`` (counted in ``missing``) instead of raising.
         aliases: alias table for the 59 names (default :data:`CONTEXT59_ALIASES`).
-        progress: optional ``progress(done, total)`` callback per split.
+        progress: optional ``progress(done, total)`` callback per split (a bar is drawn on stderr either way
+            when it is a terminal).
 
     Returns:
         dict split -> :class:`ConvertStats` (``extra`` notes the split file written and missing images).
@@ -637,7 +644,7 @@ def convert_context(
                 outs.append((voc2010 / ann_dir_59 / f"{i}.png", True))
             if _plan([p for p, _ in outs], overwrite, stats):
                 jobs.append((str(mat_dir / f"{i}.mat"), [(str(p), a) for p, a in outs], lut))
-        _run(jobs, _context_job, workers, progress)
+        _run(jobs, _context_job, workers, progress, f"context {split}")
         no_img = [i for i in kept if not (voc2010 / "JPEGImages" / f"{i}.jpg").is_file()]
         if no_img:
             stats.extra.append(f"WARNING: {len(no_img)} ids have no {voc2010 / 'JPEGImages'}/<id>.jpg "

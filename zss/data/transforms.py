@@ -21,16 +21,15 @@ from typing import Any, Sequence
 
 import PIL.Image
 import torch
+from timm.layers import to_2tuple
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-# CLIP_MEAN/STD: open_clip's OPENAI_DATASET_MEAN/STD (defined in zss.data.normalize), re-exported
-from zss.data.normalize import CLIP_MEAN, CLIP_STD
+from zss.data.normalize import CLIP_MEAN, CLIP_STD  # the default statistics (exported by zss.data.normalize)
 
 __all__ = [
-    "CLIP_MEAN",
-    "CLIP_STD",
+    "as_pair",
     "keep_ratio_size",
     "KeepRatioRescale",
     "RandomCropCatMax",
@@ -41,12 +40,28 @@ __all__ = [
 ]
 
 
-def _pair(x: int | Sequence[int], what: str) -> tuple[int, int]:
-    if isinstance(x, int):
-        return (x, x)
-    if len(x) != 2:
-        raise ValueError(f"{what} must be an int or a pair, got {x!r}.")
-    return (int(x[0]), int(x[1]))
+def as_pair(value: int | Sequence[int], name: str, *, positive: bool = False) -> tuple[int, int]:
+    """``(h, w)`` from an int or a pair of ints (timm's ``to_2tuple``), checked.
+
+    Args:
+        value: ``s`` (-> ``(s, s)``) or ``(h, w)``, e.g. a crop, stride or image size in pixels.
+        name: the key or argument the value came from, for the error message.
+        positive: also require both values to be > 0.
+    Returns:
+        ``(int, int)``.
+    Raises:
+        ValueError: not one or two integers (or not positive with ``positive``), naming ``name``.
+
+    Source: not in the papers: our helper.
+    """
+    try:
+        out = tuple(int(v) for v in to_2tuple(value))
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != 2 or (positive and min(out) <= 0):
+        what = "a positive int or an (h, w) pair of positive ints" if positive else "an int or an (h, w) pair of ints"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return out  # type: ignore[return-value]
 
 
 def keep_ratio_size(h: int, w: int, scale: Sequence[float]) -> tuple[int, int]:
@@ -96,7 +111,7 @@ class KeepRatioRescale(v2.Transform):
         resize_masks: bool = True,
     ) -> None:
         super().__init__()
-        self.scale = _pair(scale, "scale")
+        self.scale = as_pair(scale, "scale")
         if min(self.scale) <= 0:
             raise ValueError(f"scale must be positive, got {scale!r}.")
         if ratio_range is not None:
@@ -155,7 +170,7 @@ class RandomCropCatMax(v2.Transform):
         max_tries: int = 10,
     ) -> None:
         super().__init__()
-        self.crop_size = _pair(crop_size, "crop_size")
+        self.crop_size = as_pair(crop_size, "crop_size")
         if min(self.crop_size) <= 0:
             raise ValueError(f"crop_size must be positive, got {crop_size!r}.")
         if not 0 < cat_max_ratio <= 1:
@@ -307,7 +322,7 @@ class PadToSize(v2.Pad):
         if fill is None:
             fill = {tv_tensors.Image: 0, tv_tensors.Mask: 255}
         super().__init__(padding=0, fill=fill)
-        self.size = _pair(size, "size")
+        self.size = as_pair(size, "size")
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         h, w = v2.query_size(flat_inputs)
@@ -350,7 +365,7 @@ def build_train_transform(
         ``v2.Compose`` called as ``t(image uint8 [3,H,W], label Mask int64, full_label Mask int64)`` ->
         ``(Image float32 [3,ch,cw], Mask int64 [ch,cw], Mask int64 [ch,cw])``.
     """
-    crop = _pair(crop_size, "crop_size")
+    crop = as_pair(crop_size, "crop_size")
     ops: list[v2.Transform] = [
         KeepRatioRescale(scale, ratio_range, antialias=antialias),
         RandomCropCatMax(crop, cat_max_ratio, ignore_index=ignore_index),

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from zss.engine.dist import get_rank, get_world_size
 from zss.engine.inference import argmax_classes, slide_inference, whole_inference
 from zss.engine.metrics import SegEvaluator
+from zss.engine.progress import progress_bar
 from zss.engine.sampling import shard_indices
 
 
@@ -74,6 +75,8 @@ def evaluate(
             after resizing the all-class logits to the label size).
         seen_bias: subtracted from seen-class logits (the units of ``Method.predict``'s output: logits; CLIP-RC / ZegCLIP's are sigmoid probabilities; 0 = off).
         amp_dtype: autocast dtype for the forward pass (``torch.bfloat16``) or None.
+        progress: draw a bar over the images (:func:`zss.engine.progress.progress_bar`, only when stderr is a
+            terminal; the bar is removed when done). Pass ``zss.engine.dist.is_main()`` under DDP.
         on_prediction: optional callback ``(sample, pred Tensor[H, W] int64)`` per image (rank-local),
             e.g. for overlays.
 
@@ -106,12 +109,9 @@ def _evaluate(method, dataset, mode, crop, stride, crop_batch, label_space, seen
     loader = DataLoader(part, batch_size=1, shuffle=False, num_workers=num_workers)
     classes = method.label_space_ids(label_space)  # None (all) or the unseen ids (ZSS)
     logits_fn = make_logits_fn(method, seen_bias=seen_bias)
-    if progress:
-        from tqdm import tqdm
-
-        loader = tqdm(loader, desc="eval", leave=False, dynamic_ncols=True)
+    bar = progress_bar(loader, desc="eval", enabled=progress, leave=False, unit="img")
     t0, n = time.perf_counter(), 0
-    for batch in loader:
+    for batch in bar:
         image = batch["image"].to(device)  # [1, 3, H', W']
         target = batch["full_label"].to(device)  # [1, H, W]
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -127,6 +127,7 @@ def _evaluate(method, dataset, mode, crop, stride, crop_batch, label_space, seen
         if on_prediction is not None:
             on_prediction({k: (v[0] if isinstance(v, (list, Tensor)) else v) for k, v in batch.items()}, pred[0])
         n += 1
+    bar.close()
     evaluator.all_reduce()
     results = evaluator.compute()
     results["num_images"] = len(dataset)

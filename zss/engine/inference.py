@@ -23,6 +23,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from zss.data.transforms import as_pair
+
 __all__ = [
     "slide_windows",
     "resize_logits",
@@ -37,20 +39,10 @@ ModelFn = Callable[[torch.Tensor], torch.Tensor]
 INFERENCE_MODES = ("slide", "whole")
 
 
-def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
-    if isinstance(v, int):
-        out = (v, v)
-    else:
-        out = tuple(int(x) for x in v)
-    if len(out) != 2 or min(out) <= 0:
-        raise ValueError(f"{name} must be a positive int or an (h, w) pair of positive ints, got {v!r}")
-    return out  # type: ignore[return-value]
-
-
 def _size(out_size: int | Sequence[int] | None) -> tuple[int, int] | None:
     if out_size is None:
         return None
-    return _pair(out_size, "out_size")
+    return as_pair(out_size, "out_size", positive=True)
 
 
 def resize_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -97,8 +89,8 @@ def slide_windows(
 
     Source: mmseg ``EncoderDecoder.slide_inference``.
     """
-    crop_h, crop_w = _pair(crop, "crop")
-    stride_h, stride_w = _pair(stride, "stride")
+    crop_h, crop_w = as_pair(crop, "crop", positive=True)
+    stride_h, stride_w = as_pair(stride, "stride", positive=True)
     if stride_h > crop_h or stride_w > crop_w:
         raise ValueError(
             f"sliding window: stride {(stride_h, stride_w)} exceeds crop {(crop_h, crop_w)}, which leaves pixels "

@@ -30,6 +30,7 @@ from zss.engine import dist as zdist
 from zss.engine.checkpoint import git_sha, load_checkpoint, save_atomic, versions
 from zss.engine.evaluate import evaluate
 from zss.engine.metrics import format_table, summary_line
+from zss.engine.progress import console_logging, progress_bar, write
 from zss.engine.sampling import SeededDataset, StepSampler
 
 log = logging.getLogger(__name__)
@@ -555,20 +556,18 @@ class Trainer:
         self._stop_signum, self.stopped_by = None, None
         stop_at = cfg.max_steps if stop_at is None else min(stop_at, cfg.max_steps)
         data = iter(self._loader())
-        bar = None
-        if zdist.is_main():
-            from tqdm import tqdm
-
-            bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", dynamic_ncols=True)
+        # the bar on the main rank, drawn in log files too (tty_only=False); log lines go above it
+        bar = progress_bar(desc="train", total=cfg.max_steps, initial=self.step, enabled=zdist.is_main(),
+                           tty_only=False, unit="step")
         self.method.train()
         t_last, imgs = time.perf_counter(), 0
         results = None
         prev_handlers = self._install_stop_handlers()
         try:
-            results = self._loop(stop_at, data, bar, t_last, imgs)
+            with console_logging():
+                results = self._loop(stop_at, data, bar, t_last, imgs)
         finally:
             _restore_handlers(prev_handlers)
-        if bar is not None:
             bar.close()
         if self.writer is not None:
             self.writer.flush()
@@ -646,15 +645,13 @@ class Trainer:
             self.scaler.update()
             self.scheduler.step()
             self.step += 1
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
             if cfg.log_interval and self.step % cfg.log_interval == 0 or self.step == cfg.max_steps:
                 vals = self._check_loss(logs)  # the only read-back of the step's values
                 dt = time.perf_counter() - t_last
                 vals.update(lr=lr, img_per_s=imgs / max(dt, 1e-9))
                 self._log(vals, "train")
-                if bar is not None:
-                    bar.set_postfix(loss=f"{vals['loss']:.3f}", lr=f"{lr:.2e}")
+                bar.set_postfix(loss=f"{vals['loss']:.3f}", lr=f"{lr:.2e}")
                 t_last, imgs = time.perf_counter(), 0
             last = self.step == cfg.max_steps
             if self.val_set is not None and (last or (cfg.eval_interval and self.step % cfg.eval_interval == 0)):
@@ -669,8 +666,8 @@ class Trainer:
                     self.save("last.pt")
                 self.stopped_by = signal.Signals(self._stop_signum).name
                 if zdist.is_main():
-                    print(f"\nzss: {self.stopped_by}: stopped after step {self.step}; wrote {self.run_dir / 'last.pt'} "
-                          f"(continue with resume={self.run_dir / 'last.pt'} or resume=auto)", flush=True)
+                    write(f"zss: {self.stopped_by}: stopped after step {self.step}; wrote {self.run_dir / 'last.pt'} "
+                          f"(continue with resume={self.run_dir / 'last.pt'} or resume=auto)")
                 break
         return results
 
@@ -711,7 +708,7 @@ class Trainer:
             self.method, self.val_set, mode=cfg.eval_mode, crop=cfg.eval_crop, stride=cfg.eval_stride,
             crop_batch=cfg.eval_crop_batch, label_space=cfg.label_space, seen_bias=cfg.seen_bias,
             amp_dtype=self.amp_dtype if self.amp_dtype is torch.bfloat16 else None, device=self.device,
-            on_prediction=keep if zdist.is_main() else None,
+            on_prediction=keep if zdist.is_main() else None, progress=zdist.is_main(),
         )
         results["step"] = self.step
         if zdist.is_main():
@@ -719,7 +716,7 @@ class Trainer:
             table = format_table(results)
             self.writer.add_text("val/per_class", table.replace("\n", "  \n"), self.step)
             self._overlays(overlays)
-            log.info("\n[step %d] %s", self.step, summary_line(results))
+            log.info("[step %d] %s", self.step, summary_line(results))
         h = results["hIoU"]
         score = h if h == h else results["mIoU"]  # hIoU is NaN when no unseen class is present
         if cfg.select_best_on_val:  # opt-in: selecting on the val split selects on the benchmark's test split

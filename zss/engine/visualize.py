@@ -14,8 +14,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import draw_segmentation_masks
 
-# CLIP_MEAN/STD: open_clip's OPENAI_DATASET_MEAN/STD (defined in zss.data.normalize), re-exported
-from zss.data.normalize import CLIP_MEAN, CLIP_STD
+from zss.data.normalize import CLIP_MEAN, CLIP_STD  # the default statistics (exported by zss.data.normalize)
 
 __all__ = [
     "voc_palette",
@@ -24,8 +23,6 @@ __all__ = [
     "overlay",
     "denormalize",
     "overlay_with_legend",
-    "CLIP_MEAN",
-    "CLIP_STD",
 ]
 
 

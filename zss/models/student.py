@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zss.data.normalize import Renormalize, check_stats
-from zss.data.transforms import CLIP_MEAN, CLIP_STD
+from zss.data.normalize import CLIP_MEAN, CLIP_STD, Renormalize, check_stats
 from zss.models.decoders import build_decoder
 
 __all__ = ["Student"]

@@ -1,7 +1,5 @@
 """Teachers: the frozen CLIP teacher and a label-derived oracle stand-in (docs/architecture.md "Teacher")."""
 from zss.teachers.clip import (
-    CLIP_MEAN,
-    CLIP_STD,
     DENSE_MODES,
     FrozenCLIP,
     TeacherWeightsError,
@@ -13,8 +11,6 @@ from zss.teachers.oracle import ORACLE_WARNING, OracleTeacher
 from zss.teachers.prompted import PromptedCLIPEncoder
 
 __all__ = [
-    "CLIP_MEAN",
-    "CLIP_STD",
     "DENSE_MODES",
     "FrozenCLIP",
     "ORACLE_WARNING",

@@ -26,14 +26,12 @@ import torch.nn.functional as F
 from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 
-# CLIP_MEAN/STD: open_clip's OPENAI_DATASET_MEAN/STD (defined in zss.data.normalize), re-exported
 from zss.data.normalize import CLIP_MEAN, CLIP_STD, renormalize_affine
+from zss.data.transforms import as_pair
 from zss.models import clip_ops
 from zss.models.clip_ops import resample_pos_embed  # re-exported: zss.teachers.clip.resample_pos_embed
 
 __all__ = [
-    "CLIP_MEAN",
-    "CLIP_STD",
     "DENSE_MODES",
     "FrozenCLIP",
     "TeacherWeightsError",
@@ -68,15 +66,6 @@ def _sha256(path: str, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _to_2tuple(v: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    t = tuple(int(x) for x in v)
-    if len(t) != 2:
-        raise ValueError(f"expected an int or a pair of ints, got {v!r}")
-    return t  # type: ignore[return-value]
 
 
 def _offline_message(model_name: str, what: str, reason: str) -> str:
@@ -189,7 +178,7 @@ class FrozenCLIP(nn.Module):
     Raises:
         ValueError: unknown ``model_name`` (lists close names; fix ``teacher.model_name=...``), unknown
             tag for the model, bad ``dense_mode``, a non-ViT visual tower (ModifiedResNet, timm) or an
-            attentional-pool tower.
+            attentional-pool tower, an ``image_size`` that is not a positive int or pair.
         TeacherWeightsError (RuntimeError): the weights could not be downloaded/loaded (offline machine);
             :class:`TeacherWeightsNotFoundError` (also a FileNotFoundError) for a missing local file.
             The message names the fix ``teacher.pretrained=<path ...>`` / ``teacher.pretrained=random``.
@@ -243,7 +232,7 @@ class FrozenCLIP(nn.Module):
             )
         if visual.pool_type not in ("tok", "avg"):
             raise ValueError(f"FrozenCLIP: unsupported visual pool_type={visual.pool_type!r} ({src})")
-        ph, pw = _to_2tuple(visual.patch_size)
+        ph, pw = as_pair(visual.patch_size, "visual.patch_size")
         if ph != pw:
             raise ValueError(f"FrozenCLIP: non-square patches {visual.patch_size} are not supported")
 
@@ -256,9 +245,10 @@ class FrozenCLIP(nn.Module):
         self.width: int = int(visual.conv1.out_channels)
         self.num_layers: int = len(visual.transformer.resblocks)
         self.embed_dim: int = int(visual.proj.shape[1]) if visual.proj is not None else self.width
-        self.native_image_size: tuple[int, int] = _to_2tuple(visual.image_size)
-        self.native_grid: tuple[int, int] = _to_2tuple(visual.grid_size)
-        self.image_size: tuple[int, int] | None = None if image_size is None else _to_2tuple(image_size)
+        self.native_image_size: tuple[int, int] = as_pair(visual.image_size, "visual.image_size")
+        self.native_grid: tuple[int, int] = as_pair(visual.grid_size, "visual.grid_size")
+        self.image_size: tuple[int, int] | None = None if image_size is None else as_pair(
+            image_size, "teacher.image_size", positive=True)
 
         pp = getattr(visual, "preprocess_cfg", None) or {}
         self.clip_mean = tuple(float(v) for v in (clip_mean if clip_mean is not None else pp.get("mean", CLIP_MEAN)))

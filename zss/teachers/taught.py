@@ -40,12 +40,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset
 
-from zss.data.classes import get_benchmark
+from zss.data.classes import IGNORE_INDEX, get_benchmark
 from zss.data.dataset import build_dataset
+from zss.data.normalize import CLIP_MEAN, CLIP_STD
 from zss.data.transforms import build_test_transform, build_train_transform
 from zss.engine.metrics import SegEvaluator
 from zss.models import clip_ops
-from zss.teachers.clip import CLIP_MEAN, CLIP_STD, DENSE_MODES, FrozenCLIP, tiny_clip_cfg
+from zss.teachers.clip import DENSE_MODES, FrozenCLIP, tiny_clip_cfg
 
 __all__ = [
     "CONFIG_FILE",
@@ -102,7 +103,6 @@ WORLD_PRESET: dict[str, Any] = dict(
 )
 
 _FORMAT = 1  # bump when the files or the recipe's meaning change (invalidates every cache key)
-_IGNORE = 255
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -282,7 +282,7 @@ def quality_dataset(settings: TaughtClipSettings, splits: Sequence[str] | None =
 
 
 def patch_targets(label: Tensor, num_classes: int, patch_size: int, min_labelled: float = 0.5,
-                  ignore_index: int = _IGNORE) -> tuple[Tensor, Tensor, Tensor]:
+                  ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, Tensor, Tensor]:
     """Per-patch majority class and per-image class-area fractions from a label map.
 
     Args:
@@ -617,7 +617,7 @@ def evaluate_dense_quality(
     templates: Sequence[str],
     unseen: Sequence[int] = (),
     min_labelled: float = 0.5,
-    ignore_index: int = _IGNORE,
+    ignore_index: int = IGNORE_INDEX,
 ) -> dict[str, Any]:
     """Dense zero-shot segmentation, patch accuracy and CLS multi-label quality of a teacher on images.
 
