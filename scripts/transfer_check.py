@@ -123,6 +123,9 @@ def train_and_score(name: str, overrides: list[str], seed: int, steps: int | Non
     slug = "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
     root = out / f"seed{seed}" / slug
     root.mkdir(parents=True, exist_ok=True)
+    log = root / "log.txt"
+    t0 = time.perf_counter()
+    trained = None
     if reuse:
         for run in sorted((p.parent for p in root.glob("*/*/last.pt")), key=lambda p: p.stat().st_mtime, reverse=True):
             wall = json.loads((run / "row_wall.json").read_text())["wall"] if (run / "row_wall.json").is_file() else math.nan
@@ -130,15 +133,16 @@ def train_and_score(name: str, overrides: list[str], seed: int, steps: int | Non
             if row is not None:
                 print(f"{name} seed {seed} ({split}): reused {run}", flush=True)
                 return row
-    log = root / "log.txt"
-    t0 = time.perf_counter()
+            if trained is None and (run / "final_results.json").is_file():  # trained to the end, not yet scored
+                trained = run / "last.pt"
     args = ["scripts/train.py", *overrides, f"trainer.seed={seed}", "trainer.eval_interval=0",
             "trainer.overlay_count=0", "trainer.num_workers=1", "++transfer_view.enabled=false", f"run_root={root}",
             *extra]
     if steps:
         args.append(f"trainer.max_steps={steps}")
-    _run(args, threads, log)
-    ckpt = max(root.glob("*/*/last.pt"), key=lambda p: p.stat().st_mtime)
+    if trained is None:
+        _run(args, threads, log)
+    ckpt = trained or max(root.glob("*/*/last.pt"), key=lambda p: p.stat().st_mtime)
     for space in ("all", "unseen"):
         measure_cost = space == "all" and seed == 0 and split != "train"
         _run(["scripts/eval.py", f"ckpt={ckpt}", f"split={split}", f"eval.label_space={space}",
