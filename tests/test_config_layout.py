@@ -1,0 +1,81 @@
+"""The config tree's layout (issue 20, item 6) changed no composed value: every experiment (and every method on the
+benchmark experiments) resolves to the same config as at the commit before the re-layout, except for the keys
+that were deliberately added (the ``paths`` group); the four entry configs keep their Hydra run settings."""
+from __future__ import annotations
+
+import subprocess
+import tarfile
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import zss.cli  # noqa: F401  (registers the trainer schema in Hydra's ConfigStore)
+from conftest import REPO
+
+#: the last commit before the config re-layout: its configs/ is the reference the new tree must reproduce
+BEFORE = "421e409"
+CONFIGS = REPO / "configs"
+EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+#: experiments that take the method from the command line: composed with every shipped method
+BENCHMARK_EXPERIMENTS = ("cocostuff171", "context59_cascade", "context59_zs3", "context60_cascade", "context60_zs3",
+                         "voc20")
+METHODS = sorted(p.stem for p in (CONFIGS / "method").glob("*.yaml"))
+#: top-level keys the re-layout added on purpose (not in the old tree)
+ADDED = {"paths"}
+
+
+@pytest.fixture(scope="module")
+def before_configs(tmp_path_factory) -> Path:
+    """configs/ as of commit BEFORE, extracted from git (skipped where the history is not there)."""
+    try:
+        tar = subprocess.run(["git", "-C", str(REPO), "archive", BEFORE, "configs"], capture_output=True,
+                             check=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        pytest.skip(f"git history with commit {BEFORE} is not available (a shallow clone or no git)")
+    out = tmp_path_factory.mktemp("before")
+    with tarfile.open(fileobj=BytesIO(tar)) as t:
+        t.extractall(out, filter="data")
+    return out / "configs"
+
+
+def _resolved(config_dir: Path, name: str, overrides: list[str], hydra: bool = False) -> dict:
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        cfg = compose(config_name=name, overrides=overrides, return_hydra_config=hydra)
+    if hydra:
+        h = cfg.hydra
+        return dict(run=OmegaConf.to_container(h.run), output_subdir=h.output_subdir, chdir=h.job.chdir,
+                    job_logging=OmegaConf.to_container(h.job_logging))
+    out = OmegaConf.to_container(cfg, resolve=True)
+    for key in ADDED:
+        out.pop(key, None)
+    return out
+
+
+def _diff(a, b, key="") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _diff(a.get(k, "<missing>"), b.get(k, "<missing>"),
+                                                                  f"{key}.{k}" if key else str(k))]
+    return [] if a == b and type(a) is type(b) or (a == b and {type(a), type(b)} <= {int, float}) \
+        else [f"{key}: {a!r} -> {b!r}"]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_as_before(experiment, before_configs):
+    runs = [[f"experiment={experiment}"]]
+    if experiment in BENCHMARK_EXPERIMENTS:
+        runs += [[f"experiment={experiment}", f"method={m}"] for m in METHODS]
+    for overrides in runs:
+        old = _resolved(before_configs, "train", overrides)
+        new = _resolved(CONFIGS, "train", overrides)
+        assert not _diff(old, new), (overrides, _diff(old, new))
+
+
+@pytest.mark.parametrize("entry", ["train", "eval", "predict", "clip_es"])
+def test_entry_configs_keep_their_hydra_run_settings(entry, before_configs):
+    overrides = {"eval": ["ckpt=x.pt"], "predict": ["ckpt=x.pt", "image=x.png"]}.get(entry, [])
+    new = _resolved(CONFIGS, entry, overrides, hydra=True)
+    assert new == _resolved(before_configs, entry, overrides, hydra=True)
+    assert new["run"]["dir"] == "." and new["output_subdir"] is None and new["chdir"] is False
