@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import zss.cli  # noqa: F401  (registers the trainer schema in Hydra's ConfigStore)
-from conftest import REPO
+from conftest import REPO, TINY
 
 #: the last commit before the config re-layout: its configs/ is the reference the new tree must reproduce
 BEFORE = "421e409"
@@ -79,3 +79,24 @@ def test_entry_configs_keep_their_hydra_run_settings(entry, before_configs):
     new = _resolved(CONFIGS, entry, overrides, hydra=True)
     assert new == _resolved(before_configs, entry, overrides, hydra=True)
     assert new["run"]["dir"] == "." and new["output_subdir"] is None and new["chdir"] is False
+
+
+#: the tests' tiny-run overrides as conftest.TINY spelled them out before configs/debug/tiny.yaml
+TINY_BEFORE = [
+    "experiment=demo", "model.backbone=test_resnet", "model.decoder_channels=16", "teacher.embed_dim=16",
+    "dataset.crop_size=[64,64]", "dataset.scale=[256,64]", "dataset.test_scale=[256,64]",
+    "trainer.max_steps=2", "trainer.batch_size=4", "trainer.eval_interval=0", "trainer.ckpt_interval=0",
+    "trainer.num_workers=0", "trainer.log_interval=1", "trainer.amp=fp32", "trainer.overlay_count=0",
+    "++transfer_view.enabled=false",
+]
+
+
+@pytest.mark.parametrize("extra", [[], ["experiment=demo_clip_rc", "teacher.embed_dim=16"],
+                                   ["trainer.max_steps=1", "transfer_view.enabled=true"]])
+def test_debug_tiny_is_the_old_tiny_override_list(extra, before_configs):
+    """``debug=tiny`` (conftest.TINY) composes exactly what the spelled-out list did, and command-line overrides
+    (another experiment, a step count, the transfer view back on) still win over it."""
+    old = _resolved(before_configs, "train", [*TINY_BEFORE, *extra])
+    new = _resolved(CONFIGS, "train", [*TINY, *extra])
+    assert not _diff(old, new), _diff(old, new)
+    assert new["trainer"]["max_steps"] == (1 if "trainer.max_steps=1" in extra else 2)

@@ -158,7 +158,7 @@ BEST_ON_VAL_NAME = "best_on_val_split.pt"
 #: else, ``trainer.max_steps`` included (the poly schedule depends on it), must match unless
 #: ``resume_allow_changes=true``. Ours (docs: README "Resume").
 RESUME_HARMLESS_KEYS = (
-    "resume", "resume_allow_changes", "init_from", "run_root", "name", "device", "allow_oracle_teacher",
+    "resume", "resume_allow_changes", "init_from", "run_root", "paths", "name", "device", "allow_oracle_teacher",
     "dataset.root",
     "transfer_view", "trainer.log_interval", "trainer.ckpt_interval", "trainer.eval_interval",
     "trainer.num_workers", "trainer.overlay_count",
