@@ -100,3 +100,19 @@ def test_debug_tiny_is_the_old_tiny_override_list(extra, before_configs):
     new = _resolved(CONFIGS, "train", [*TINY, *extra])
     assert not _diff(old, new), _diff(old, new)
     assert new["trainer"]["max_steps"] == (1 if "trainer.max_steps=1" in extra else 2)
+
+
+@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if "world" not in e])
+def test_experiments_are_deltas_over_their_base(experiment):
+    """An experiment's ``trainer:`` keys each change something: none restates the value of its base (its base
+    experiment where it extends one, else configs/trainer/default.yaml). The world experiments are left out
+    (kept as they are for scripts/world_check.py)."""
+    import yaml
+
+    raw = yaml.safe_load((CONFIGS / "experiment" / f"{experiment}.yaml").read_text())
+    bases = [d for d in raw.get("defaults", []) if isinstance(d, str)]
+    base = _resolved(CONFIGS, "train", [f"experiment={bases[0]}"] if bases else [])["trainer"]
+    here = _resolved(CONFIGS, "train", [f"experiment={experiment}"])["trainer"]
+    repeated = [k for k, v in (raw.get("trainer") or {}).items()
+                if not (isinstance(v, str) and v.startswith("${")) and here[k] == base[k]]
+    assert not repeated, f"configs/experiment/{experiment}.yaml restates its base's trainer values: {repeated}"
