@@ -26,7 +26,16 @@ _SELECT = re.compile(r"^\$\{oc\.select:[^,]+,(.+)\}$")
 
 
 def _config(name: str) -> dict:
-    return yaml.safe_load((METHOD_CONFIGS / f"{name}.yaml").read_text())
+    """The config file's own keys plus its shared sub-group blocks (``- transductive: default`` ->
+    configs/method/transductive/default.yaml at ``transductive``), as Hydra places them."""
+    cfg = yaml.safe_load((METHOD_CONFIGS / f"{name}.yaml").read_text())
+    for entry in cfg.get("defaults", []):
+        if isinstance(entry, dict):
+            for group, option in entry.items():
+                if not group.startswith("/") and "@" not in group:
+                    block = yaml.safe_load((METHOD_CONFIGS / group / f"{option}.yaml").read_text())
+                    cfg[group] = {**block, **(cfg.get(group) or {})}
+    return cfg
 
 
 def _settings(cls) -> dict[str, inspect.Parameter]:

@@ -119,7 +119,7 @@ def check_main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         cfg = compose_check(check_overrides(argv, presets))
-        extra = sorted(set(cfg) - {"dataset", "split", "sample", "img_dir", "ann_dir", "split_file"})
+        extra = sorted(set(cfg) - {"dataset", "paths", "split", "sample", "img_dir", "ann_dir", "split_file"})
         if extra:
             raise ValueError(f"{extra[0]} is not a key of the checker (configs/check.yaml)")
         ds = cfg["dataset"]

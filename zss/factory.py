@@ -41,7 +41,9 @@ def list_methods() -> list[str]:
 
 def _load(group: str, name: str):
     """The config ``configs/<group>/<name>.yaml`` with its ``defaults`` list merged (Hydra's order: the entries
-    in order, ``_self_`` where listed, else last)."""
+    in order, ``_self_`` where listed, else last): same-group bases (``- clip_zss``), sub-groups
+    (``- transductive: default`` -> ``configs/method/transductive/default.yaml`` at key ``transductive``) and
+    absolute groups with a package (``- /clip_es@pl_clip_es: voc``)."""
     from omegaconf import OmegaConf
 
     path = Path(config_dir()) / group / f"{name}.yaml"
@@ -58,10 +60,12 @@ def _load(group: str, name: str):
             self_listed = True
         elif isinstance(entry, str):  # another option of the same group (a preset's base)
             parts.append(_load(group, entry))
-        else:  # {"/other_group@key": option}
+        else:  # {"/other_group@key": option} (absolute) | {"sub_group": option} (configs/<group>/<sub_group>/)
             for key, option in entry.items():
-                other, _, package = str(key).lstrip("/").partition("@")
-                node = _load(other, str(option))
+                other, _, package = str(key).partition("@")
+                if not other.startswith("/"):  # relative: a sub-group, placed under its own name (Hydra's _group_)
+                    other, package = f"{group}/{other}", package or other.split("/")[-1]
+                node = _load(other.lstrip("/"), str(option))
                 parts.append(OmegaConf.create({package: node}) if package else node)
     if not self_listed:
         parts.append(raw)

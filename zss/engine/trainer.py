@@ -74,7 +74,7 @@ class TrainConfig:
     lr: float = 2e-5
     head_lr_mult: float = 10.0
     weight_decay: float = 0.01
-    betas: Sequence[float] = (0.9, 0.999)
+    betas: tuple[float, ...] = (0.9, 0.999)
     warmup_steps: int = 1500
     warmup_ratio: float = 1e-6
     poly_power: float = 0.9
@@ -85,8 +85,8 @@ class TrainConfig:
     log_interval: int = 50
     ckpt_interval: int = 1000
     eval_mode: str = "slide"
-    eval_crop: Sequence[int] = (512, 512)
-    eval_stride: Sequence[int] = (426, 426)
+    eval_crop: tuple[int, ...] = (512, 512)
+    eval_stride: tuple[int, ...] = (426, 426)
     eval_crop_batch: int = 8
     label_space: str = "all"
     seen_bias: float = 0.0
@@ -99,6 +99,41 @@ class TrainConfig:
     compile: bool = False
     channels_last: bool = False
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Range and type checks, the same for ``TrainConfig(...)`` in Python and ``trainer.<key>=`` on the command
+        line (``zss.cli.train_config`` builds this class from the composed ``trainer`` group).
+
+        Raises:
+            ValueError: one line naming the key and value: a count that is not an integer >= 1 (``max_steps``,
+                ``batch_size``, ``eval_crop_batch``; ``micro_batch_size`` unless None); a negative lr, multiplier,
+                interval or count; a non-number, a bool, a float where an integer is needed; a NaN; an infinite
+                ``seen_bias``.
+        """
+        def bad(key: str, want: str) -> ValueError:
+            return ValueError(f"trainer.{key}={getattr(self, key)!r}: must be {want} (configs/trainer/default.yaml)")
+
+        for key in _POSITIVE_INT + _NON_NEGATIVE + _INT_KEYS + ("seen_bias",):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or (key in _INT_KEYS and not isinstance(v, int)):
+                raise bad(key, "an integer" if key in _INT_KEYS else "a number")
+            if v != v or (key == "seen_bias" and v in (float("inf"), float("-inf"))):  # nan; an infinite bias
+                raise bad(key, "a finite number")
+            if key in _POSITIVE_INT and v < 1:
+                raise bad(key, "an integer >= 1" + (" (optimizer steps)" if key == "max_steps" else " (images)"))
+            if key in _NON_NEGATIVE and v < 0:
+                raise bad(key, ">= 0" + (" (a learning rate)" if key == "lr" else ""))
+        mb = self.micro_batch_size
+        if mb is not None and (isinstance(mb, bool) or not isinstance(mb, int) or mb < 1):
+            raise bad("micro_batch_size", "null (= batch_size / world size) or an integer >= 1 (images)")
+
+
+#: TrainConfig keys checked by ``TrainConfig.__post_init__``: integers >= 1, values >= 0, integer-valued keys
+_POSITIVE_INT = ("max_steps", "batch_size", "eval_crop_batch")
+_NON_NEGATIVE = ("lr", "head_lr_mult", "weight_decay", "warmup_steps", "warmup_ratio", "poly_power", "min_lr",
+                 "eval_interval", "log_interval", "ckpt_interval", "num_workers", "overlay_count")
+_INT_KEYS = ("max_steps", "batch_size", "eval_crop_batch", "warmup_steps", "eval_interval", "log_interval",
+             "ckpt_interval", "num_workers", "overlay_count", "seed")
 
 
 def lr_factor(step: int, cfg: TrainConfig, base_lr: float | None = None) -> float:
@@ -159,7 +194,7 @@ BEST_ON_VAL_NAME = "best_on_val_split.pt"
 #: else, ``trainer.max_steps`` included (the poly schedule depends on it), must match unless
 #: ``resume_allow_changes=true``. Ours (docs: README "Resume").
 RESUME_HARMLESS_KEYS = (
-    "resume", "resume_allow_changes", "init_from", "run_root", "name", "device", "allow_oracle_teacher",
+    "resume", "resume_allow_changes", "init_from", "run_root", "paths", "name", "device", "allow_oracle_teacher",
     "dataset.root",
     "transfer_view", "trainer.log_interval", "trainer.ckpt_interval", "trainer.eval_interval",
     "trainer.num_workers", "trainer.overlay_count",

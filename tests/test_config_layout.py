@@ -1,0 +1,118 @@
+"""The config tree's layout (issue 20, item 6) changed no composed value: every experiment (and every method on the
+benchmark experiments) resolves to the same config as at the commit before the re-layout, except for the keys
+that were deliberately added (the ``paths`` group); the four entry configs keep their Hydra run settings."""
+from __future__ import annotations
+
+import subprocess
+import tarfile
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import zss.cli  # noqa: F401  (registers the trainer schema in Hydra's ConfigStore)
+from conftest import REPO, TINY
+
+#: the last commit before the config re-layout: its configs/ is the reference the new tree must reproduce
+BEFORE = "421e409"
+CONFIGS = REPO / "configs"
+EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+#: experiments that take the method from the command line: composed with every shipped method
+BENCHMARK_EXPERIMENTS = ("cocostuff171", "context59_cascade", "context59_zs3", "context60_cascade", "context60_zs3",
+                         "voc20")
+METHODS = sorted(p.stem for p in (CONFIGS / "method").glob("*.yaml"))
+#: top-level keys the re-layout added on purpose (not in the old tree)
+ADDED = {"paths"}
+
+
+@pytest.fixture(scope="module")
+def before_configs(tmp_path_factory) -> Path:
+    """configs/ as of commit BEFORE, extracted from git (skipped where the history is not there)."""
+    try:
+        tar = subprocess.run(["git", "-C", str(REPO), "archive", BEFORE, "configs"], capture_output=True,
+                             check=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        pytest.skip(f"git history with commit {BEFORE} is not available (a shallow clone or no git)")
+    out = tmp_path_factory.mktemp("before")
+    with tarfile.open(fileobj=BytesIO(tar)) as t:
+        t.extractall(out, filter="data")
+    return out / "configs"
+
+
+def _resolved(config_dir: Path, name: str, overrides: list[str], hydra: bool = False) -> dict:
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        cfg = compose(config_name=name, overrides=overrides, return_hydra_config=hydra)
+    if hydra:
+        h = cfg.hydra
+        return dict(run=OmegaConf.to_container(h.run), output_subdir=h.output_subdir, chdir=h.job.chdir,
+                    job_logging=OmegaConf.to_container(h.job_logging))
+    out = OmegaConf.to_container(cfg, resolve=True)
+    for key in ADDED:
+        out.pop(key, None)
+    return out
+
+
+def _diff(a, b, key="") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _diff(a.get(k, "<missing>"), b.get(k, "<missing>"),
+                                                                  f"{key}.{k}" if key else str(k))]
+    return [] if a == b and type(a) is type(b) or (a == b and {type(a), type(b)} <= {int, float}) \
+        else [f"{key}: {a!r} -> {b!r}"]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_as_before(experiment, before_configs):
+    runs = [[f"experiment={experiment}"]]
+    if experiment in BENCHMARK_EXPERIMENTS:
+        runs += [[f"experiment={experiment}", f"method={m}"] for m in METHODS]
+    for overrides in runs:
+        old = _resolved(before_configs, "train", overrides)
+        new = _resolved(CONFIGS, "train", overrides)
+        assert not _diff(old, new), (overrides, _diff(old, new))
+
+
+@pytest.mark.parametrize("entry", ["train", "eval", "predict", "clip_es"])
+def test_entry_configs_keep_their_hydra_run_settings(entry, before_configs):
+    overrides = {"eval": ["ckpt=x.pt"], "predict": ["ckpt=x.pt", "image=x.png"]}.get(entry, [])
+    new = _resolved(CONFIGS, entry, overrides, hydra=True)
+    assert new == _resolved(before_configs, entry, overrides, hydra=True)
+    assert new["run"]["dir"] == "." and new["output_subdir"] is None and new["chdir"] is False
+
+
+#: the tests' tiny-run overrides as conftest.TINY spelled them out before configs/debug/tiny.yaml
+TINY_BEFORE = [
+    "experiment=demo", "model.backbone=test_resnet", "model.decoder_channels=16", "teacher.embed_dim=16",
+    "dataset.crop_size=[64,64]", "dataset.scale=[256,64]", "dataset.test_scale=[256,64]",
+    "trainer.max_steps=2", "trainer.batch_size=4", "trainer.eval_interval=0", "trainer.ckpt_interval=0",
+    "trainer.num_workers=0", "trainer.log_interval=1", "trainer.amp=fp32", "trainer.overlay_count=0",
+    "++transfer_view.enabled=false",
+]
+
+
+@pytest.mark.parametrize("extra", [[], ["experiment=demo_clip_rc", "teacher.embed_dim=16"],
+                                   ["trainer.max_steps=1", "transfer_view.enabled=true"]])
+def test_debug_tiny_is_the_old_tiny_override_list(extra, before_configs):
+    """``debug=tiny`` (conftest.TINY) composes exactly what the spelled-out list did, and command-line overrides
+    (another experiment, a step count, the transfer view back on) still win over it."""
+    old = _resolved(before_configs, "train", [*TINY_BEFORE, *extra])
+    new = _resolved(CONFIGS, "train", [*TINY, *extra])
+    assert not _diff(old, new), _diff(old, new)
+    assert new["trainer"]["max_steps"] == (1 if "trainer.max_steps=1" in extra else 2)
+
+
+@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if "world" not in e])
+def test_experiments_are_deltas_over_their_base(experiment):
+    """An experiment's ``trainer:`` keys each change something: none restates the value of its base (its base
+    experiment where it extends one, else configs/trainer/default.yaml). The world experiments are left out
+    (kept as they are for scripts/world_check.py)."""
+    import yaml
+
+    raw = yaml.safe_load((CONFIGS / "experiment" / f"{experiment}.yaml").read_text())
+    bases = [d for d in raw.get("defaults", []) if isinstance(d, str)]
+    base = _resolved(CONFIGS, "train", [f"experiment={bases[0]}"] if bases else [])["trainer"]
+    here = _resolved(CONFIGS, "train", [f"experiment={experiment}"])["trainer"]
+    repeated = [k for k, v in (raw.get("trainer") or {}).items()
+                if not (isinstance(v, str) and v.startswith("${")) and here[k] == base[k]]
+    assert not repeated, f"configs/experiment/{experiment}.yaml restates its base's trainer values: {repeated}"
