@@ -144,6 +144,8 @@ def teach_clip_main(argv: list[str] | None = None) -> int:
     try:  # the data first (when it is needed): one message naming --data-root, before any teaching
         if not (cached and args.no_eval):
             quality_dataset(settings)
+        if not args.no_eval and eval_splits:
+            quality_dataset(settings, eval_splits)
     except FileNotFoundError as e:  # build_dataset's message names the Hydra key; this command's flag is --data-root
         raise FileNotFoundError(str(e).replace("dataset.root=", "--data-root ")) from e
     out_dir, built = ensure_taught_clip(settings, root=args.root, device=device, rebuild=args.rebuild,
@@ -153,11 +155,7 @@ def teach_clip_main(argv: list[str] | None = None) -> int:
     info = json.loads(info_path.read_text())
     if not args.no_eval:
         bench = get_benchmark(settings.benchmark)
-        try:
-            ds = quality_dataset(settings, eval_splits)
-        except FileNotFoundError as e:
-            print(f"zss-teach-clip: error: {e}", file=sys.stderr)
-            return 1
+        ds = quality_dataset(settings, eval_splits)
         scored = " + ".join(eval_splits or settings.splits)
         held_out = eval_splits is not None and not set(eval_splits) & set(settings.splits)
         quality = {}
@@ -177,9 +175,10 @@ def teach_clip_main(argv: list[str] | None = None) -> int:
         print(f"\nteaching wall time: {info['wall_s']:.0f} s on {info.get('device')} "
               f"({info.get('torch_threads')} thread(s))")
     print(f"\nweights: {out_dir / WEIGHTS_FILE}")
-    print(f"use it:  python scripts/train.py experiment=demo teacher=taught_clip "
+    experiment, teacher = ("world", "world_clip") if args.preset == "world" else ("demo", "taught_clip")
+    print(f"use it:  python scripts/train.py experiment={experiment} teacher={teacher} "
           f"teacher.pretrained={out_dir / WEIGHTS_FILE}")
-    print("(configs/teacher/taught_clip.yaml already points at the default build; the override above is needed "
+    print(f"(configs/teacher/{teacher}.yaml already points at the default build; the override above is needed "
           "only for non-default settings, together with their teacher.model_cfg.)")
     return 0
 
