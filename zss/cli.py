@@ -552,7 +552,8 @@ def teacher_dense_score(cfg: DictConfig, split: str | None = None) -> dict:
 @torch.no_grad()
 def _transfer_picture(method: Method, data, n: int, path: Path, device, mean, std) -> None:
     """PNG of the first ``n`` images of ``data``: one row each, image | ground truth | prediction (class colours;
-    ``mean``/``std``: the images' normalisation, [0, 1] units)."""
+    the prediction is drawn on the scored pixels only: ignored ground truth, e.g. background, stays black as in the
+    ground-truth panel). ``mean``/``std``: the images' normalisation, [0, 1] units."""
     from PIL import Image
     from torchvision.utils import make_grid
 
@@ -565,6 +566,7 @@ def _transfer_picture(method: Method, data, n: int, path: Path, device, mean, st
         logits = method.predict(sample["image"][None].to(device), label_space="all")  # [1, C, H', W'] input size
         logits = torch.nn.functional.interpolate(logits.float(), size=tuple(full.shape), mode="bilinear")
         pred = logits.argmax(1)[0].cpu()
+        pred[full == method.ignore_index] = method.ignore_index
         img = denormalize(sample["image"], mean, std)
         img = torch.nn.functional.interpolate(img[None].float(), size=tuple(full.shape), mode="bilinear")[0]
         tiles += [img.round().clamp(0, 255).to(torch.uint8), colorize(full, method.num_classes),
