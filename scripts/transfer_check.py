@@ -111,11 +111,12 @@ def _row(name: str, seed: int, run: Path, split: str, wall: float) -> dict | Non
 
 
 def train_and_score(name: str, overrides: list[str], seed: int, steps: int | None, out: Path, threads: int,
-                    extra: list[str], split: str = "train", reuse: bool = False) -> dict:
+                    extra: list[str], split: str = "train", reuse: bool = False, train: bool = True) -> dict | None:
     """Train one row for one seed and score it on ``split`` with FULL labels (label spaces all and unseen).
 
     ``reuse``: a run of this row and seed already scored on ``split`` under ``out`` is returned as it is (an
-    interrupted check resumes; its wall time is the one recorded then, NaN when none was).
+    interrupted check resumes; its wall time is the one recorded then, NaN when none was). ``train=False``: never
+    train; a row with no trained run returns None (a report of what is there).
 
     Returns: dict name, seed, mIoU_S, mIoU_U, hIoU, five_way (pixel), five_way_macc (class-mean), per_class_IoU
     (list, label space all), efficiency (test-time model report of scripts/eval.py, seed 0 only), wall, run.
@@ -141,6 +142,8 @@ def train_and_score(name: str, overrides: list[str], seed: int, steps: int | Non
     if steps:
         args.append(f"trainer.max_steps={steps}")
     if trained is None:
+        if not train:
+            return None
         _run(args, threads, log)
     ckpt = trained or max(root.glob("*/*/last.pt"), key=lambda p: p.stat().st_mtime)
     for space in ("all", "unseen"):
