@@ -151,7 +151,7 @@ def train_and_score(name: str, overrides: list[str], seed: int, steps: int | Non
         _run(["scripts/eval.py", f"ckpt={ckpt}", f"split={split}", f"eval.label_space={space}",
               f"out_dir={ckpt.parent / f'transfer_{split}_{space}'}",
               f"efficiency={'auto' if measure_cost else 'false'}"], threads, log)
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - t0 if trained is None else math.nan  # a reused training: its time is unknown
     (ckpt.parent / "row_wall.json").write_text(json.dumps({"wall": wall}))
     row = _row(name, seed, ckpt.parent, split, wall)
     print(f"{name} seed {seed} ({split}): mIoU(S) {row['mIoU_S']:.2f} mIoU(U) {row['mIoU_U']:.2f} 5-way class-mean "
