@@ -51,3 +51,33 @@ def test_protocol_and_architecture_docs_ship():
         assert (REPO / "docs" / name).is_file(), name
     assert {"Metrics", "Pipeline", "Benchmarks", "Settings", "Evaluation modes"} <= _headings(REPO / "docs/protocol.md")
     assert {"Teacher", "Student", "Method", "Trainer", "Distributed"} <= _headings(REPO / "docs/architecture.md")
+
+
+CODE_REF = re.compile(r"`(zss(?:\.\w+)*):([A-Za-z_]\w*(?:\.\w+)*)`")
+
+
+def _section(doc: Path, heading: str) -> str:
+    text = doc.read_text()
+    start = text.index(f"## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:] if end < 0 else text[start:end]
+
+
+def test_every_name_in_the_paper_component_table_exists():
+    import importlib
+
+    table = _section(REPO / "docs/architecture.md", "Paper component -> code")
+    refs = CODE_REF.findall(table)
+    assert len(refs) >= 30, f"the table should cite module:function names, found {refs}"
+    missing = []
+    for module, attr in refs:
+        try:
+            obj = importlib.import_module(module)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError) as e:
+            missing.append(f"{module}:{attr} ({type(e).__name__}: {e})")
+    assert not missing, f'docs/architecture.md "Paper component -> code" cites names that do not exist: {missing}'
+    components = {row.split("|")[1].strip() for row in table.splitlines() if row.startswith("| ") and "---" not in row}
+    for paper in ("CLIP-ZSS", "Chimera-Seg", "CLIP-RC / ZegCLIP", "CLIP-ES", "metric", "trainer"):
+        assert paper in components, f"no row for {paper} in the paper-component table"

@@ -131,7 +131,7 @@ class ClipZSS(Method):
         pl_iters: K-Means iterations; None = ops default 10 (ours).
         pl_min_area: smallest pseudo region kept, in teacher patches; None = ops default 4 (ours).
         pl_max_regions: cap on pseudo regions per image; the largest are kept, smaller ones become ignore [ours: 32;
-            the oracle's median at demo scale is 4 per image, docs/methods.md "PLM fusion"]. It also fixes the
+            regions per image at demo scale: docs/methods.md "PLM fusion"]. It also fixes the
             number of pseudo-logit channels K of the training step (padded, with a mask for absent regions), so
             the step never sizes a tensor from data (no host sync). None = no cap: K = the number of K-Means
             seeds (283 on a 32×32 grid), correct but costly.

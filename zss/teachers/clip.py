@@ -157,7 +157,7 @@ class FrozenCLIP(nn.Module):
         clip_mean, clip_std: override the normalisation the weights expect (RGB, [0, 1] units). Default:
             what open_clip records for the tag (``visual.preprocess_cfg``), else OpenAI's. A bare weights
             file keeps open_clip's default preprocessing, so set these for non-OpenAI files.
-        hash_weights: compute the sha256 of the local weights file for ``identity`` (~1 s per 500 MB).
+        hash_weights: compute the sha256 of the local weights file for ``identity`` (reads the whole file once).
         warning: what these weights mean for the numbers (e.g. the label-taught CLIP of
             docs/taught_clip.md); recorded as ``identity["warning"]`` and printed with every result.
         missing_weights_hint: appended to the :class:`TeacherWeightsNotFoundError` message of a missing

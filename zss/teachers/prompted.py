@@ -148,7 +148,7 @@ def visual_fingerprint(visual: nn.Module) -> str:
     """sha256 (hex) of every parameter and buffer of a module, in ``state_dict`` order, as float32 bytes.
 
     Identifies the frozen CLIP image tower a checkpoint was trained with, whatever file it came from (a
-    random tower built from a seed has one too). Takes ~1 s for ViT-B/16 on a CPU.
+    random tower built from a seed has one too). Reads every parameter once (a full pass over the tower's weights).
 
     Args:
         visual: e.g. ``FrozenCLIP.visual``.

@@ -91,7 +91,7 @@ TAUGHT_WARNING = (
 #: Appended to FrozenCLIP's missing-weights error for a taught CLIP (FrozenCLIP ``missing_weights_hint``).
 TAUGHT_HINT = (
     "This is the label-taught CLIP: build it first with `python scripts/teach_clip.py` (default settings; "
-    "about 15 min on one CPU core), which prints the cache path to use as teacher.pretrained."
+    'wall time: docs/taught_clip.md "Longer teaching"), which prints the cache path to use as teacher.pretrained.'
 )
 
 #: The synthetic world's teacher (docs/world.md): taught on the ``teach`` split only, at the world's 128 px
@@ -123,11 +123,10 @@ class TaughtClipSettings:
         flip_prob, photometric: ``build_train_transform`` arguments ((896, 224), (0.5, 2.0), 0.75, 0.5, False).
         eval_scale: keep-ratio (long, short) bound of the quality evaluation, pixels ((896, 224)).
     Optimisation:
-        seed (0). steps (500, the sketch's; it reaches ~83% patch accuracy on the taught crops; 1000 steps
-        without clipping ~89%, 2000 more: see docs/taught_clip.md). batch_size (16). lr: AdamW peak (5e-4; 1e-3
-        was no faster, 2e-3 worse). warmup_steps: linear warm-up (50). poly_power: poly decay after warm-up
-        (0.9). weight_decay: AdamW, on >= 2-D weights only (0.05). grad_clip: global grad-norm clip, None = off
-        (1.0).
+        seed (0). steps (500, the sketch's; longer builds: docs/taught_clip.md "Longer teaching"). batch_size
+        (16). lr: AdamW peak (5e-4; other values: docs/taught_clip.md "Longer teaching"). warmup_steps: linear
+        warm-up (50). poly_power: poly decay after warm-up (0.9). weight_decay: AdamW, on >= 2-D weights only
+        (0.05). grad_clip: global grad-norm clip, None = off (1.0).
     Losses:
         tau: temperature of every cosine logit (0.07). min_labelled: a patch is taught when more than this
         fraction of its pixels is labelled (0.5; fraction). dense_modes: FrozenCLIP dense modes taught
