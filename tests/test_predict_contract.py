@@ -72,7 +72,7 @@ def test_predict_is_logits_at_the_input_size_and_seen_bias_is_subtracted_from_it
 def _save(path, method, method_node, model_node, teacher_node):
     ckpt = {"state": method.checkpoint_state(), "classnames": list(method.classnames),
             "unseen": method.unseen.tolist(), "teacher": method.teacher_identity(),
-            "config": {"method": method_node, "teacher": teacher_node,
+            "config": {"method": method_node, "teacher": teacher_node, "trainer": {"seen_bias": 0.0},
                        "dataset": {"benchmark": "voc20", "mean": MEAN, "std": STD, "test_scale": [256, 64]}}}
     if model_node:  # CLIP-RC's checkpoints have no student
         ckpt["config"]["model"] = model_node
