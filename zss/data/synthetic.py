@@ -106,8 +106,9 @@ class WorldSettings:
     """Every value that defines a world (written to ``world.json``). Not in any paper: all ours.
 
     Attributes:
-        seed: generator seed. unseen: name of the unseen split recorded for the world (``"default"``/``"texture"``/``"shared"``;
-            the loader still reads every class, ``dataset.split`` picks the split used in training/scoring).
+        seed: generator seed. unseen: the unseen split recorded in ``world.json`` (``"default"``, ``"texture"``,
+            ``"shared"``). The images do not depend on it: every class is drawn, and ``dataset.split`` picks the
+            split that training and scoring use.
         counts: images per split, in ``WORLD_SPLITS`` order (teach, train, val, test).
         size: image side, pixels (square images).
         objects: (min, max) objects per image, inclusive.
@@ -191,7 +192,7 @@ def _shape_mask(shape: str, size: int, cx: float, cy: float, r: float, angle: fl
 
 
 def _texture(texture: str, rgb: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Float RGB [size, size, 3] (0..255) of an appearance: the colour with its texture at a random phase/angle."""
+    """Float RGB [size, size, 3] (0..255): the colour ``rgb`` with its texture at a random phase and angle."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     base = np.broadcast_to(rgb, (size, size, 3)).astype(np.float32)
     light = base * 0.35 + 255 * 0.65
@@ -216,7 +217,7 @@ def _texture(texture: str, rgb: np.ndarray, size: int, rng: np.random.Generator)
     if texture == "wavy":
         on = ((u + 2.5 * np.sin(v * 2 * np.pi / (2 * period))) % period) < period / 2
         return np.where(on[..., None], base, dark)
-    raise ValueError(texture)  # pragma: no cover - APPEARANCES is closed
+    raise ValueError(texture)  # pragma: no cover - TEXTURES is closed
 
 
 def _background(size: int, clutter: int, rng: np.random.Generator) -> np.ndarray:
