@@ -25,6 +25,8 @@ BENCHMARK_EXPERIMENTS = ("cocostuff171", "context59_cascade", "context59_zs3", "
 METHODS = sorted(p.stem for p in (CONFIGS / "method").glob("*.yaml"))
 #: top-level keys the re-layout added on purpose (not in the old tree)
 ADDED = {"paths"}
+#: deliberate value changes made after BEFORE, per experiment (key prefixes): a new entry says a change is meant
+CHANGED_SINCE = {"world_demo": ("transfer_view.reference",)}
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,8 @@ def test_every_experiment_composes_as_before(experiment, before_configs):
     for overrides in runs:
         old = _resolved(before_configs, "train", overrides)
         new = _resolved(CONFIGS, "train", overrides)
-        assert not _diff(old, new), (overrides, _diff(old, new))
+        diff = [d for d in _diff(old, new) if not d.startswith(CHANGED_SINCE.get(experiment, ()))]
+        assert not diff, (overrides, diff)
 
 
 @pytest.mark.parametrize("entry", ["train", "eval", "predict", "clip_es"])
