@@ -50,7 +50,7 @@ ROWS: dict[str, list[str]] = {
 DISTILLED = ("CLIP-ZSS", "Chimera-Seg")
 
 
-def teacher_ceiling(split: str, out: Path) -> dict:
+def teacher_ceiling(split: str, out: Path, threads: int | None = None) -> dict:
     """The world's taught CLIP scored on ``split`` (built first if missing): its dense zero-shot numbers."""
     import torch
 
@@ -64,7 +64,7 @@ def teacher_ceiling(split: str, out: Path) -> dict:
         quality_dataset,
     )
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads or os.cpu_count() or 1)
     settings = TaughtClipSettings(**WORLD_PRESET)
     d, _ = ensure_taught_clip(settings, log=lambda m: print(m, flush=True), log_every=100)
     bench = get_benchmark("world")
@@ -113,6 +113,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=None, help="override trainer.max_steps (default: experiment=world's)")
     ap.add_argument("--jobs", type=int, default=2, help="trainings side by side, one thread each (default 2)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads per training (default cores // jobs); 1 when other work shares the cores")
     ap.add_argument("--split", default="test", help="scored split: test (report) or val (choose); default test")
     ap.add_argument("--out", default=None, help="output folder (default runs/world_check_<split>)")
     ap.add_argument("--rows", nargs="+", default=None,
@@ -126,8 +128,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     if not (REPO / "data" / "world" / "world.json").is_file():
         _run(["-m", "zss.data.synthetic", "--out", "data/world"], os.cpu_count() or 1, out / "make_world.log")
-    teacher = teacher_ceiling(a.split, out)
-    threads = max(1, (os.cpu_count() or 1) // max(1, a.jobs))
+    threads = a.threads or max(1, (os.cpu_count() or 1) // max(1, a.jobs))
+    teacher = teacher_ceiling(a.split, out, threads)
     jobs = [(name, ov, s) for s in a.seeds for name, ov in rows.items()]
     with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
         results = list(pool.map(lambda j: train_and_score(j[0], j[1], j[2], a.steps, out, threads, a.overrides,
