@@ -63,7 +63,7 @@ def test_slurm_launcher_config_composes():
 
 
 def test_slurm_env_maps_to_torchrun_variables(monkeypatch):
-    from zss.engine import dist
+    from zss.utils import dist
 
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_JOB_NODELIST"):
         # setenv first so monkeypatch records the variable and removes what _slurm_env sets at teardown (a

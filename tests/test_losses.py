@@ -189,7 +189,7 @@ def test_info_nce_ddp_gathers_other_ranks_positives(monkeypatch):
     the target index is offset by rank * B, and gradients still reach the local rows."""
     import torch.distributed as tdist
 
-    import zss.engine.dist as zdist
+    import zss.utils.dist as zdist
 
     other = torch.tensor([[0.0, 1.0], [0.6, 0.8]])  # rank 0's positives
 

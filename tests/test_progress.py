@@ -15,11 +15,11 @@ from conftest import fake_terminal
 from zss.data.classes import get_benchmark
 from zss.data.dataset import build_dataset
 from zss.data.transforms import build_test_transform, build_train_transform
-from zss.engine.progress import console_logging, progress_bar
 from zss.engine.trainer import TrainConfig, Trainer, new_run_dir
 from zss.methods.baseline import SeenOnlyBaseline
 from zss.models.student import Student
 from zss.teachers.oracle import OracleTeacher
+from zss.utils.progress import console_logging, progress_bar
 
 
 @pytest.fixture

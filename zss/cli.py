@@ -19,11 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from zss.data.classes import get_benchmark
 from zss.data.dataset import build_dataset
 from zss.data.transforms import build_test_transform, build_train_transform
-from zss.engine import dist as zdist
 from zss.engine.checkpoint import load_checkpoint
 from zss.engine.evaluate import evaluate
 from zss.engine.metrics import format_table, to_json
-from zss.engine.progress import console_logging
 from zss.engine.trainer import (
     TrainConfig,
     Trainer,
@@ -35,6 +33,8 @@ from zss.engine.trainer import (
 )
 from zss.methods.base import Method
 from zss.resources import config_dir
+from zss.utils import dist as zdist
+from zss.utils.progress import console_logging
 
 #: The shipped configs: installed package data (zss/configs) or the checkout's configs/ (zss.resources).
 CONFIG_DIR = config_dir()
@@ -914,7 +914,7 @@ def check_override_syntax(args: list[str]) -> None:
 def _run(config_name: str, fn) -> None:
     """Hydra entry: ``python scripts/<x>.py key=value ...`` / ``zss-<x> key=value ...``; user errors end in one
     message (:func:`report_user_errors`); ``ZSS_DEBUG=1`` shows Hydra's full traceback instead. Log lines go
-    through tqdm (:func:`zss.engine.progress.console_logging`) so that they do not break a progress bar."""
+    through tqdm (:func:`zss.utils.progress.console_logging`) so that they do not break a progress bar."""
     import os
 
     if debug_enabled():

@@ -18,7 +18,7 @@ import torch
 
 from zss.data.classes import IGNORE_INDEX
 from zss.engine.metrics import SegEvaluator, to_json
-from zss.engine.progress import progress_bar
+from zss.utils.progress import progress_bar
 
 from .caa import box_mask, caa_transition, refine_cams
 from .cam import clip_es_cams, resize_to_patch_multiple
@@ -216,7 +216,7 @@ def generate_pseudo_masks(
         compare_kmeans: also time the CLIP-ZSS K-Means pseudo-label step (teacher dense tokens +
             ``zss.ops.pseudo_labels``) on the same images at the same input sizes.
         device: where the teacher runs.
-        progress: a bar over the images on stderr (:func:`zss.engine.progress.progress_bar`, terminals only).
+        progress: a bar over the images on stderr (:func:`zss.utils.progress.progress_bar`, terminals only).
 
     Returns:
         dict with ``rows`` (CAM / +CAA / +CRF: ``mIoU``, ``mIoU_gt_classes``, ``pAcc``, ``alpha``, ``img_s``,

@@ -9,11 +9,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from zss.engine.dist import get_rank, get_world_size
 from zss.engine.inference import argmax_classes, slide_inference, whole_inference
 from zss.engine.metrics import SegEvaluator
-from zss.engine.progress import progress_bar
 from zss.engine.sampling import shard_indices
+from zss.utils.dist import get_rank, get_world_size
+from zss.utils.progress import progress_bar
 
 
 def make_logits_fn(method: torch.nn.Module, *, seen_bias: float = 0.0) -> Callable[[Tensor], Tensor]:
@@ -75,8 +75,8 @@ def evaluate(
             after resizing the all-class logits to the label size).
         seen_bias: subtracted from seen-class logits (the units of ``Method.predict``'s output: logits; CLIP-RC / ZegCLIP's are sigmoid probabilities; 0 = off).
         amp_dtype: autocast dtype for the forward pass (``torch.bfloat16``) or None.
-        progress: draw a bar over the images (:func:`zss.engine.progress.progress_bar`, only when stderr is a
-            terminal; the bar is removed when done). Pass ``zss.engine.dist.is_main()`` under DDP.
+        progress: draw a bar over the images (:func:`zss.utils.progress.progress_bar`, only when stderr is a
+            terminal; the bar is removed when done). Pass ``zss.utils.dist.is_main()`` under DDP.
         on_prediction: optional callback ``(sample, pred Tensor[H, W] int64)`` per image (rank-local),
             e.g. for overlays.
 

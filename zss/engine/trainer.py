@@ -26,12 +26,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from zss.data.dataset import UnseenLabelGuard, WithoutKeys
-from zss.engine import dist as zdist
 from zss.engine.checkpoint import git_sha, load_checkpoint, save_atomic, versions
 from zss.engine.evaluate import evaluate
 from zss.engine.metrics import format_table, summary_line
-from zss.engine.progress import console_logging, progress_bar, write
 from zss.engine.sampling import SeededDataset, StepSampler
+from zss.utils import dist as zdist
+from zss.utils.progress import console_logging, progress_bar, write
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +327,7 @@ class Trainer:
         run_dir: directory for this run (created by :func:`new_run_dir`; must exist).
         config: the resolved config as a plain dict (stored in checkpoints and ``config.json``).
         resume_from: a ``last.pt`` to continue from (same run dir), or None.
-        device: from :func:`zss.engine.dist.init_distributed`.
+        device: from :func:`zss.utils.dist.init_distributed`.
 
     Raises:
         ValueError: the global batch is not divisible by ``world × micro_batch_size``; unknown amp.

@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zss.methods.base import Method, safe_cross_entropy, seen_text_logits, upsample_logits
-from zss.methods.clip_zss import ClipZSS
-from zss.methods.losses import GlobalDistillLoss, nel_loss
+from zss.methods.losses import GlobalDistillLoss, nearest_down, nel_loss
 from zss.models.chimera import ChimeraStudent, CLIPSemanticHead
 
 __all__ = ["ChimeraSeg", "keep_ratio", "select_top_ratio", "R_SCHEDULES", "SAM_LOSSES"]
@@ -290,7 +289,7 @@ class ChimeraSeg(Method):
         if self.loss_resolution == "label":
             logits = upsample_logits(logits, tuple(target.shape[-2:]))
         else:
-            target = ClipZSS._nearest_down(target, grid)
+            target = nearest_down(target, grid)
         loss_sam = zero
         if "ce" in self.sam_loss.split("+"):
             loss_ce = safe_cross_entropy(logits, target, self.ignore_index)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zss.methods.base import Method, safe_cross_entropy, upsample_logits
-from zss.methods.losses import GlobalDistillLoss, nel_loss
+from zss.methods.losses import GlobalDistillLoss, nearest_down, nel_loss
 from zss.models.synthesizer import SynthOutput, WeightSynthesizer
 from zss.ops.pseudo_labels import DEFAULT_SCALES, clear_near_seen, num_seeds, pseudo_label_quality, pseudo_labels
 
@@ -557,17 +557,6 @@ class ClipZSS(Method):
         z = (scale * cos + log_w[..., None, None]).masked_fill(~allowed[..., None, None], _NEG)
         return torch.logsumexp(z, dim=1, keepdim=True)
 
-    @staticmethod
-    def _nearest_down(label: Tensor, size: tuple[int, int]) -> Tensor:
-        """Nearest (cell-centre) downsampling of ``Tensor[B, H, W]`` int labels to ``size``."""
-        H, W = label.shape[-2:]
-        h, w = size
-        if (H, W) == (h, w):
-            return label
-        ys = ((torch.arange(h, device=label.device) + 0.5) * H / h).long().clamp(max=H - 1)
-        xs = ((torch.arange(w, device=label.device) + 0.5) * W / w).long().clamp(max=W - 1)
-        return label[:, ys][:, :, xs]
-
     @torch.no_grad()
     def pseudo_label_report(self, images: Tensor, label: Tensor, full_label: Tensor,
                             valid: Tensor | None = None) -> dict[str, Tensor]:
@@ -690,7 +679,7 @@ class ClipZSS(Method):
             logits = upsample_logits(logits, tuple(target.shape[-2:]))
             cross = None if cross is None else upsample_logits(cross, tuple(target.shape[-2:]))
         else:
-            target = self._nearest_down(target, tuple(logits.shape[-2:]))
+            target = nearest_down(target, tuple(logits.shape[-2:]))
         if cross is None:
             loss_ce = self._ce(logits, target, out)
         else:  # the extra channel is a negative for seen pixels only (never a target: its index is past every id)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zss.engine.dist import all_gather_cat
+from zss.utils.dist import all_gather_cat
 
 __all__ = [
     "cls_attention_pool",
@@ -431,3 +431,25 @@ def nel_loss(
         "loss_focal": focal.detach(),
         "loss_dice": dice.detach(),
     }
+
+
+def nearest_down(label: Tensor, size: tuple[int, int]) -> Tensor:
+    """Nearest (cell-centre) downsampling of labels: the target of a loss on a coarser logit grid.
+
+    Output cell ``(i, j)`` takes the label at the centre of its cell in the input grid, so a class id is never
+    averaged with another or with ``ignore_index``. Not in the papers: our default.
+
+    Args:
+        label: ``Tensor[B, H, W] int64`` class ids (255 = ignore).
+        size: ``(h, w)`` output size in cells.
+
+    Returns:
+        ``Tensor[B, h, w] int64`` (``label`` itself when the size already matches).
+    """
+    H, W = label.shape[-2:]
+    h, w = size
+    if (H, W) == (h, w):
+        return label
+    ys = ((torch.arange(h, device=label.device) + 0.5) * H / h).long().clamp(max=H - 1)
+    xs = ((torch.arange(w, device=label.device) + 0.5) * W / w).long().clamp(max=W - 1)
+    return label[:, ys][:, :, xs]
