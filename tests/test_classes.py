@@ -143,9 +143,9 @@ def test_one_ignore_index():
     from pathlib import Path
 
     import zss
-    import zss.clip_es.pipeline as pipeline
     import zss.data.check as check
     import zss.data.convert as convert
+    import zss.engine.clip_es_masks as pipeline
     from zss.data.classes import IGNORE_INDEX
 
     assert IGNORE_INDEX == 255

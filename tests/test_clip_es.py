@@ -12,7 +12,6 @@ from PIL import Image
 
 from conftest import fake_terminal
 from zss.clip_es import (
-    OutputDirExistsError,
     background_score,
     box_mask,
     caa_transition,
@@ -22,14 +21,17 @@ from zss.clip_es import (
     confidence_ignore,
     crf_color_image,
     densecrf_available,
-    foreground_names,
-    generate_pseudo_masks,
-    labels_from_mask,
-    labels_from_xml,
     minmax_normalize,
     refine_cams,
     resize_to_patch_multiple,
     sinkhorn,
+)
+from zss.engine.clip_es_masks import (
+    OutputDirExistsError,
+    foreground_names,
+    generate_pseudo_masks,
+    labels_from_mask,
+    labels_from_xml,
 )
 from zss.teachers.clip import build_tiny_clip
 
@@ -363,7 +365,7 @@ def test_pseudo_mask_run_draws_a_bar_not_a_log_line_per_image(voc_root, tmp_path
     assert not [r for r in caplog.records if any(n in r.getMessage() for n in ds.names[:2])]
 
 def test_missing_crf_is_skipped_with_install_hint(voc_root, tmp_path, monkeypatch):
-    import zss.clip_es.pipeline as pipe
+    import zss.engine.clip_es_masks as pipe
     from zss.data.dataset import build_dataset
 
     monkeypatch.setattr(pipe, "densecrf_available", lambda: False)

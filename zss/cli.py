@@ -786,7 +786,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
 
 def clip_es_masks(cfg: DictConfig) -> dict:
     """CLIP-ES pseudo masks for ``cfg.split`` of ``cfg.dataset`` (docs/clip_es.md): PNGs + report."""
-    from zss.clip_es.pipeline import format_report, generate_pseudo_masks
+    from zss.engine.clip_es_masks import format_report, generate_pseudo_masks
     from zss.teachers.clip import FrozenCLIP
 
     device = zdist.init_distributed(cfg.device)

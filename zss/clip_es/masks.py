@@ -211,7 +211,7 @@ def save_mask_png(label: np.ndarray | Tensor, path: str | os.PathLike, palette: 
         raise ValueError(f"save_mask_png: values {arr.min()}..{arr.max()} outside 0..255")
     im = Image.fromarray(arr.astype(np.uint8), mode="P")
     if palette is None:
-        from zss.engine.visualize import voc_palette
+        from zss.data.palette import voc_palette
 
         palette = voc_palette(256).reshape(-1).tolist()
     im.putpalette(list(palette))

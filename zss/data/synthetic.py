@@ -43,6 +43,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from .palette import voc_palette
+
 __all__ = [
     "TEXTURES",
     "COLOURS",
@@ -269,22 +271,7 @@ def render_image(settings: WorldSettings, rng: np.random.Generator) -> tuple[np.
     return np.asarray(out), label
 
 
-def _palette() -> list[int]:
-    """VOC's colour map (bit-interleaved), 256 entries flattened: label PNGs look like VOC's."""
-    pal = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal += [r, g, b]
-    return pal
-
-
-_PALETTE = _palette()
+_PALETTE = voc_palette(256).reshape(-1).tolist()
 
 
 def _write_chunk(args: tuple[dict, str, int, int, int, str]) -> list[str]:

@@ -16,13 +16,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from zss.data.classes import IGNORE_INDEX
-from zss.engine.metrics import SegEvaluator, to_json
-from zss.utils.progress import progress_bar
-
-from .caa import box_mask, caa_transition, refine_cams
-from .cam import clip_es_cams, resize_to_patch_multiple
-from .masks import (
+from zss.clip_es.caa import box_mask, caa_transition, refine_cams
+from zss.clip_es.cam import clip_es_cams, resize_to_patch_multiple
+from zss.clip_es.masks import (
     CRF_INSTALL_HINT,
     CRF_PUBLIC,
     background_score,
@@ -33,6 +29,9 @@ from .masks import (
     densecrf_available,
     save_mask_png,
 )
+from zss.data.classes import IGNORE_INDEX
+from zss.engine.metrics import SegEvaluator, to_json
+from zss.utils.progress import progress_bar
 
 __all__ = [
     "OutputDirExistsError",
