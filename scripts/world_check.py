@@ -55,7 +55,7 @@ def teacher_ceiling(split: str, out: Path, threads: int | None = None) -> dict:
     import torch
 
     from zss.data.classes import get_benchmark
-    from zss.teachers.taught import (
+    from zss.tools.taught_clip import (
         WORLD_PRESET,
         TaughtClipSettings,
         ensure_taught_clip,

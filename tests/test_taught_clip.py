@@ -1,4 +1,4 @@
-"""Label-taught CLIP (zss/teachers/taught.py): teach a micro open_clip CLIP on a few bundled VOC images, save it
+"""Label-taught CLIP (zss/tools/taught_clip.py): teach a micro open_clip CLIP on a few bundled VOC images, save it
 as an open_clip checkpoint, and load it back through FrozenCLIP exactly as a user loads local weights."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from tests.conftest import run_script
 from zss.data.classes import get_benchmark
 from zss.teachers import OracleTeacher, TeacherWeightsNotFoundError
-from zss.teachers.taught import (
+from zss.tools.taught_clip import (
     DEFAULT_ROOT,
     INFO_FILE,
     TAUGHT_HINT,
@@ -107,7 +107,7 @@ def test_teaching_is_deterministic_by_seed_and_leaves_the_global_rng(voc_root):
 
 
 def test_cache_is_reused_and_other_settings_get_another_dir(voc_root, tmp_path, monkeypatch):
-    import zss.teachers.taught as taught_mod
+    import zss.tools.taught_clip as taught_mod
 
     s = micro(voc_root, steps=2)
     d, built = ensure_taught_clip(s, root=tmp_path, log=None)

@@ -464,7 +464,7 @@ def _transfer_view(cfg: DictConfig, method: Method, bench, tcfg: TrainConfig, ru
            "five_way_pixel": zs["pAcc"], "five_way_class_mean": zs["mAcc"]}
     teacher = None
     if cfg.transfer_view.get("teacher_ceiling") and hasattr(method.teacher, "text"):
-        from zss.teachers.taught import evaluate_dense_quality
+        from zss.tools.taught_clip import evaluate_dense_quality
 
         q = evaluate_dense_quality(method.teacher, train_eval, bench.classes, templates_for(cfg.dataset, bench),
                                    bench.unseen)
@@ -523,20 +523,20 @@ def teacher_dense_score(cfg: DictConfig, split: str | None = None) -> dict:
     """The teacher of ``cfg`` scored on its own: dense zero-shot segmentation of ``split``'s images on their FULL
     labels, the pixels ``scripts/eval.py split=<split>`` scores a student on (same test transform, labels at the
     original size). Logits = the teacher's dense embeds · its text embeds of the benchmark's classes
-    (:func:`zss.teachers.taught.evaluate_dense_quality`); the OracleTeacher is handed each full label, as in
+    (:func:`zss.tools.taught_clip.evaluate_dense_quality`); the OracleTeacher is handed each full label, as in
     training. For an oracle or label-taught teacher this is a mechanism tool's ceiling, NOT a zero-shot result.
 
     Args:
         cfg: a composed train config (``dataset``, ``teacher`` groups are used).
         split: split list to score; None: ``dataset.train_split``.
     Returns:
-        dict of :func:`~zss.teachers.taught.evaluate_dense_quality` (percent floats ``mIoU_seen``, ``mIoU_unseen``,
+        dict of :func:`~zss.tools.taught_clip.evaluate_dense_quality` (percent floats ``mIoU_seen``, ``mIoU_unseen``,
         ``hIoU``, ``five_way_mAcc``, ``five_way_pAcc``, ``per_class_IoU``, ``gt_pixels``, ...) plus ``teacher``
         (str: "oracle" or ``teacher.model_name``) and ``split`` (str).
     Raises:
         FileNotFoundError: missing data or teacher weights (names the file and the fix).
     """
-    from zss.teachers.taught import evaluate_dense_quality
+    from zss.tools.taught_clip import evaluate_dense_quality
 
     bench = build_benchmark(cfg.dataset)
     split = split or str(cfg.dataset.train_split)

@@ -53,7 +53,7 @@ unseen ones included). It is a MECHANISM TOOL, NOT A ZERO-SHOT RESULT: it memori
                                         # scored on its held-out test split (docs/world.md)
 
 (``python scripts/teach_clip.py ...`` is the same command in a checkout.)
-Every recipe key of zss.teachers.taught.TaughtClipSettings is a flag (--width, --lr, --dense-modes, ...).
+Every recipe key of zss.tools.taught_clip.TaughtClipSettings is a flag (--width, --lr, --dense-modes, ...).
 Same settings reuse the cached files; the run then only re-measures the quality (seconds).
 Run from the folder that holds data/ (relative paths: data/..., runs/teachers), like zss-train.
 """
@@ -68,7 +68,7 @@ def _bool(v: str) -> bool:
 
 
 def _teach_clip_parser() -> argparse.ArgumentParser:
-    from zss.teachers.taught import DEFAULT_ROOT, TaughtClipSettings
+    from zss.tools.taught_clip import DEFAULT_ROOT, TaughtClipSettings
 
     ap = argparse.ArgumentParser(description=TEACH_CLIP_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default=DEFAULT_ROOT, help=f"cache root (default {DEFAULT_ROOT})")
@@ -79,7 +79,7 @@ def _teach_clip_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-eval", action="store_true", help="skip the quality measurement")
     ap.add_argument("--preset", choices=["voc", "world"], default="voc",
                     help="voc: the bundled VOC images (default); world: the synthetic world (zss-make-world), "
-                         "zss.teachers.taught.WORLD_PRESET; explicit flags override the preset")
+                         "zss.tools.taught_clip.WORLD_PRESET; explicit flags override the preset")
     ap.add_argument("--eval-splits", nargs="+", default=None,
                     help="splits scored for the quality table (default: the taught splits; --preset world: test)")
     ap.add_argument("--crop-batches", type=int, default=20,
@@ -112,7 +112,7 @@ def teach_clip_main(argv: list[str] | None = None) -> int:
     import torch
 
     from zss.data.classes import get_benchmark
-    from zss.teachers.taught import (
+    from zss.tools.taught_clip import (
         INFO_FILE,
         WEIGHTS_FILE,
         WORLD_PRESET,

@@ -5,7 +5,7 @@ Free functions on open_clip modules (``VisionTransformer``, ``ResidualAttentionB
 (:class:`~zss.teachers.clip.FrozenCLIP`), the CLIP-RC / ZegCLIP prompted encoder
 (:class:`~zss.teachers.prompted.PromptedCLIPEncoder`), Chimera-Seg's CLIP Semantic Head
 (:class:`~zss.models.chimera.CLIPSemanticHead`), the CLIP-ES CAM (:mod:`zss.clip_es.cam`) and the label-taught
-CLIP (:mod:`zss.teachers.taught`). When open_clip changes its module layout, this file is what to fix.
+CLIP (:mod:`zss.tools.taught_clip`). When open_clip changes its module layout, this file is what to fix.
 
 * tokens in: :func:`class_token`, :func:`resample_pos_embed`, :func:`embed`;
 * blocks: :func:`self_attention` (zss's attention from the block's own weights, torch SDPA),

@@ -85,7 +85,7 @@ INFO_FILE = "taught_clip.json"
 TAUGHT_MODEL_NAME = "taught-clip"
 #: Printed with every number a taught CLIP produces (FrozenCLIP ``warning``).
 TAUGHT_WARNING = (
-    "label-taught CLIP (zss.teachers.taught, docs/taught_clip.md): a small open_clip CLIP taught on labelled "
+    "label-taught CLIP (zss.tools.taught_clip, docs/taught_clip.md): a small open_clip CLIP taught on labelled "
     "images, unseen classes included; a mechanism tool, NOT a zero-shot result."
 )
 #: Appended to FrozenCLIP's missing-weights error for a taught CLIP (FrozenCLIP ``missing_weights_hint``).
