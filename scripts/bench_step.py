@@ -79,8 +79,8 @@ def compose(method: str, tiny: bool, extra: list[str] | None = None):
 
 def build_teacher(tiny: bool, extra: list[str] | None = None):
     """The frozen teacher of the reference recipe (or the tiny one), shared by every method of a run."""
-    from zss.cli import build_benchmark
-    from zss.cli import build_teacher as _build_teacher
+    from zss.cli.common import build_benchmark
+    from zss.cli.common import build_teacher as _build_teacher
 
     cfg = compose("seen_only", tiny, extra)
     return _build_teacher(cfg, build_benchmark(cfg.dataset))
@@ -91,14 +91,14 @@ def build_method(name: str, teacher, tiny: bool, extra: list[str] | None = None)
     teacher)."""
     from hydra.utils import instantiate
 
-    from zss.cli import METHOD_BOOKKEEPING, _uses_student, _without, build_benchmark, build_student, templates_for
+    from zss.cli.common import METHOD_BOOKKEEPING, build_benchmark, build_student, templates_for, uses_student, without
 
     cfg = compose(name, tiny, extra)
     bench = build_benchmark(cfg.dataset)
     torch.manual_seed(0)
     student = (build_student(cfg.model, int(teacher.embed_dim), cfg.dataset.mean, cfg.dataset.std)
-               if _uses_student(cfg.method) else None)
-    return instantiate(_without(cfg.method, *METHOD_BOOKKEEPING), student=student, teacher=teacher,
+               if uses_student(cfg.method) else None)
+    return instantiate(without(cfg.method, *METHOD_BOOKKEEPING), student=student, teacher=teacher,
                        classnames=list(bench.classes), unseen=list(bench.unseen),
                        templates=templates_for(cfg.dataset, bench)), cfg
 

@@ -5,7 +5,7 @@ Installed package: ``zss-make-world``. Every flag: ``--help`` (zss.data.syntheti
 """
 import sys
 
-from zss.data.synthetic import make_world_main as main
+from zss.cli.make_world import make_world_main as main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,7 +16,7 @@ accuracy (pAcc, printed only: one class dominates these pixels).
 
 Printed beside the table: the constant-prediction pixel 5-way (one unseen class on every unseen pixel: the
 largest unseen class's share, :func:`zss.engine.metrics.constant_five_way`) and, for each teacher used, its own
-dense zero-shot score on the same pixels (:func:`zss.cli.teacher_dense_score`), with each row's mIoU(U) as a
+dense zero-shot score on the same pixels (:func:`zss.cli.train.teacher_dense_score`), with each row's mIoU(U) as a
 share of its teacher's. Both teachers are MECHANISM TOOLS: the oracle reads the full label map and the taught
 CLIP memorised these images. These are NOT zero-shot results. Targets (issues 8 and 9, every seed; the 5-way
 thresholds are on the class-mean accuracy now; each row is compared with the seen-only row of ITS teacher):
@@ -193,14 +193,14 @@ def compose_row(overrides: list[str], extra: list[str] = ()):
     """The composed train config of a row (``configs/train.yaml`` + the row's and the extra Hydra overrides)."""
     from hydra import compose, initialize_config_dir
 
-    from zss.cli import CONFIG_DIR
+    from zss.cli.common import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(config_name="train", overrides=[*overrides, *extra])
 
 
 def teacher_scores(rows: dict[str, list[str]], extra: list[str], split: str = "train") -> tuple[dict, dict]:
-    """Each distinct teacher of ``rows`` scored on its own on ``split`` (:func:`zss.cli.teacher_dense_score`).
+    """Each distinct teacher of ``rows`` scored on its own on ``split`` (:func:`zss.cli.train.teacher_dense_score`).
 
     Returns:
         (scores, row_teacher): ``scores`` maps a teacher key to the dict of ``teacher_dense_score`` (``teacher``
@@ -210,7 +210,7 @@ def teacher_scores(rows: dict[str, list[str]], extra: list[str], split: str = "t
     """
     from omegaconf import OmegaConf
 
-    from zss.cli import teacher_dense_score
+    from zss.cli.train import teacher_dense_score
 
     scores: dict[str, dict] = {}
     row_teacher: dict[str, str] = {}

@@ -1,6 +1,6 @@
 """Bad input -> ONE clear message (naming the file / key / value and the fix), exit code != 0, no traceback.
 
-One table: each case runs the real command function in-process (zss.cli.train_main / eval_main, the dataset
+One table: each case runs the real command function in-process (zss.cli.train.train_main / eval_main, the dataset
 checker) with the user's argv, on the bundled VOC sample or a 5-image copy of it. ZSS_DEBUG=1 brings the
 traceback back (last test). 16-bit PNG input (not an error: scaled to 8 bits) is tested at the end.
 """
@@ -70,7 +70,7 @@ def _keep_logging():
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory, voc_root) -> Path:
     """last.pt of a 1-step TINY run (test_resnet student, 16 decoder channels), trained in-process."""
-    from zss.cli import train_main
+    from zss.cli.train import train_main
 
     root = tmp_path_factory.mktemp("runs")
     mp = pytest.MonkeyPatch()
@@ -86,7 +86,7 @@ def ckpt(tmp_path_factory, voc_root) -> Path:
 
 
 def _train(*extra):
-    from zss.cli import train_main
+    from zss.cli.train import train_main
 
     return train_main, [*FAST, *extra]
 
@@ -95,11 +95,11 @@ def _image_case(bad: str, checker: bool):
     def case(ctx):
         root, img = _mini_voc(ctx["tmp"] / "voc", ctx["voc_root"], bad)
         if checker:
-            from zss.cli_check import check_main
+            from zss.cli.check import check_main
 
             return (lambda: check_main(None)), ["dataset=voc20", f"dataset.root={root}"], [str(img)]
         main, args = _train(f"dataset.root={root}", f"run_root={ctx['tmp'] / 'runs'}")
-        return main, args, [str(img), "re-download", "zss.data.check"]
+        return main, args, [str(img), "re-download", "zss-check"]
     return case
 
 
@@ -131,14 +131,14 @@ def _garbage(ctx, content=b"\x80\x04garbage, not a checkpoint"):
 
 
 def _eval_garbage(ctx):
-    from zss.cli import eval_main
+    from zss.cli.eval import eval_main
 
     f = _garbage(ctx)
     return eval_main, [f"ckpt={f}"], [str(f), "not a zss checkpoint"]
 
 
 def _eval_pickled_model(ctx):
-    from zss.cli import eval_main
+    from zss.cli.eval import eval_main
 
     f = ctx["tmp"] / "model.pt"
     torch.save(torch.nn.Linear(2, 2), f)  # a whole pickled module: torch would advise weights_only=False
@@ -199,11 +199,11 @@ def _spoiled_ckpt(what: str, cmd: str):
         f = _spoiled(ctx, edit)
         expect = [f"checkpoint {f}", "cannot be used", *expect]
         if cmd == "eval":
-            from zss.cli import eval_main
+            from zss.cli.eval import eval_main
 
             return eval_main, [f"ckpt={f}", f"out_dir={ctx['tmp'] / 'ev'}", "efficiency=false"], expect
         if cmd == "predict":
-            from zss.cli_predict import predict_main
+            from zss.cli.predict import predict_main
 
             img = next(Path(ctx["voc_root"], "JPEGImages").glob("*.jpg"))
             return predict_main, [f"ckpt={f}", f"image={img}", f"out={ctx['tmp'] / 'pred'}"], expect
@@ -220,7 +220,7 @@ def _stripped(ctx) -> Path:
 
 
 def _predict(ctx, *args):
-    from zss.cli_predict import predict_main
+    from zss.cli.predict import predict_main
 
     img = next(Path(ctx["voc_root"], "JPEGImages").glob("*.jpg"))
     return predict_main, [f"image={img}", f"out={ctx['tmp'] / 'pred'}", *args]
@@ -230,7 +230,7 @@ def _predict_out_is_input(ctx):
     d = ctx["tmp"] / "photos"
     d.mkdir()
     shutil.copy(next(Path(ctx["voc_root"], "JPEGImages").glob("*.jpg")), d)
-    from zss.cli_predict import predict_main
+    from zss.cli.predict import predict_main
 
     return predict_main, [f"ckpt={ctx['tmp'] / 'missing.pt'}", f"image={d}", f"out={d}"], [f"out={d}", "read as input"]
 
@@ -262,7 +262,7 @@ def _split_case(kind: str, cmd: str, expect: list[str]):
     def case(ctx):
         root, sf = _voc_variant(ctx, kind)
         if cmd == "check":
-            from zss.cli_check import check_main
+            from zss.cli.check import check_main
 
             return (lambda: check_main(None)), ["dataset=voc20", f"dataset.root={root}"], [sf.name, *expect]
         return (*_train(f"dataset.root={root}", f"run_root={ctx['tmp'] / 'runs'}"), expect)
@@ -291,7 +291,7 @@ def _bomb(ctx):
 
 
 def _aggregate(ctx, *args):
-    from zss.commands import aggregate_main
+    from zss.cli.aggregate import aggregate_main
 
     run = ctx["tmp"] / "run1"
     run.mkdir()
@@ -300,9 +300,10 @@ def _aggregate(ctx, *args):
 
 
 def _cmd(name):
-    import zss.commands as c
+    import importlib
 
-    return getattr(c, name)
+    module = {"prepare_cocostuff_main": "prepare", "prepare_context_main": "prepare"}.get(name, name[: -len("_main")])
+    return getattr(importlib.import_module(f"zss.cli.{module}"), name)
 
 
 CASES = {
@@ -338,7 +339,7 @@ CASES = {
         *_train(f"resume={_stripped(ctx)}", f"dataset.root={ctx['voc_root']}", f"run_root={ctx['tmp']}"),
         ["optimizer, scaler, step, best missing", f"init_from={ctx['tmp'] / 'w' / 'weights.pt'}"]),
     # inference settings: refused before the model is built (the checkpoint here does not even exist)
-    "eval eval.seen_bias=nan": lambda ctx: (__import__("zss.cli", fromlist=["x"]).eval_main,
+    "eval eval.seen_bias=nan": lambda ctx: (__import__("zss.cli.eval", fromlist=["x"]).eval_main,
                                             [f"ckpt={ctx['ckpt']()}", "eval.seen_bias=nan", "efficiency=false",
                                              f"out_dir={ctx['tmp']}"], ["eval.seen_bias=nan", "finite"]),
     "predict seen_bias=nan": lambda ctx: (*_predict(ctx, f"ckpt={ctx['tmp'] / 'missing.pt'}", "seen_bias=nan"),
@@ -406,7 +407,7 @@ def test_bad_input_is_one_clear_message(case, tmp_path, voc_root, request, monke
 
 
 def test_debug_flag_shows_the_traceback(tmp_path, monkeypatch, capsys):
-    from zss.cli import train_main
+    from zss.cli.train import train_main
 
     monkeypatch.setenv("ZSS_DEBUG", "1")
     monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # recorded, so the "1" the command sets is undone afterwards
@@ -468,7 +469,7 @@ def test_predict_never_reads_its_own_outputs(tmp_path, voc_root):
 
 def test_resume_writes_nothing_before_the_checkpoint_is_accepted(ckpt, tmp_path, voc_root, monkeypatch, capsys):
     """A refused resume (no training state; another architecture) leaves the checkpoint's folder as it was."""
-    from zss.cli import train_main
+    from zss.cli.train import train_main
 
     ctx = {"ckpt": lambda: ckpt, "tmp": tmp_path}
     for bad, extra in ((_stripped(ctx), []), (ckpt, ["model.decoder_channels=8", "resume_allow_changes=true"])):
@@ -480,7 +481,7 @@ def test_resume_writes_nothing_before_the_checkpoint_is_accepted(ckpt, tmp_path,
 
 
 def test_init_from_starts_a_new_run_from_a_weights_only_checkpoint(ckpt, tmp_path, voc_root, monkeypatch, capsys):
-    from zss.cli import train_main
+    from zss.cli.train import train_main
 
     weights = _stripped({"ckpt": lambda: ckpt, "tmp": tmp_path})
     code, out, err = _cli(train_main, [*FAST, f"init_from={weights}", f"dataset.root={voc_root}",
@@ -493,7 +494,7 @@ def test_init_from_starts_a_new_run_from_a_weights_only_checkpoint(ckpt, tmp_pat
 
 
 def test_resume_auto_skips_an_unreadable_last_pt_and_names_it(tmp_path, voc_root, monkeypatch, capsys):
-    from zss.cli import train_main
+    from zss.cli.train import train_main
 
     args = [*FAST, f"run_root={tmp_path}", f"dataset.root={voc_root}", "name=r", "resume=auto"]
     assert _cli(train_main, args, monkeypatch, capsys)[0] == 0
@@ -512,7 +513,7 @@ def test_resume_auto_skips_an_unreadable_last_pt_and_names_it(tmp_path, voc_root
 
 def test_predict_out_of_memory_names_the_keys(ckpt, tmp_path, voc_root, monkeypatch):
     import zss.predict as zp
-    from zss.cli import load_for_inference
+    from zss.cli.common import load_for_inference
 
     method, _ = load_for_inference(ckpt)
 

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from conftest import fake_terminal
-from zss.data.check import check_dataset, format_report, main
+from zss.cli.check import check_main as main
+from zss.data.check import check_dataset, format_report
 from zss.engine.visualize import voc_palette
 
 H, W = 12, 16

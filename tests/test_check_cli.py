@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from zss.data.check import main as check_main  # python -m zss.data.check = zss-check = scripts/check_data.py
+from zss.cli.check import check_main  # python -m zss.cli.check = zss-check = scripts/check_data.py
 from zss.resources import dataset_presets
 
 

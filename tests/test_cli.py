@@ -63,7 +63,7 @@ def test_missing_dataset_root_is_one_clear_error(tmp_path):
 
 
 def test_run_info_is_never_overwritten_on_resume(tmp_path):
-    from zss.cli import save_run_info
+    from zss.cli.common import save_run_info
 
     first = save_run_info(tmp_path)
     assert [p.name for p in first] == ["overrides.yaml", "versions.json"]

@@ -294,7 +294,7 @@ def test_empty_unseen_list_reports_not_applicable():
 
 
 def test_train_label_dir_is_used_and_checked(voc_root, tmp_path):
-    from zss.cli import build_benchmark, build_data
+    from zss.cli.common import build_benchmark, build_data
 
     cfg = _compose("train", ["experiment=voc21_wsss", f"dataset.root={voc_root}", "dataset.train_split=train",
                              f"dataset.train_label_dir={tmp_path / 'missing'}"])

@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from zss.cli import CONFIG_DIR, evaluate_checkpoint, load_for_inference, train
+from zss.cli.common import CONFIG_DIR, load_for_inference
+from zss.cli.eval import evaluate_checkpoint
+from zss.cli.train import train
 from zss.engine.evaluate import make_logits_fn
 from zss.methods.clip_rc import ClipRC, focal_dice_ignore_as_negative, st_pseudo_labels
 from zss.models.clip_rc_decoder import RegionTextDecoder, fuse_regions, recovery_loss
@@ -303,7 +305,7 @@ def test_checkpoint_evaluates_predicts_any_vocabulary_and_needs_the_clip_file(tm
     for k in ("mIoU_seen", "mIoU_unseen", "hIoU", "pAcc"):
         assert again[k] == final[k], k
 
-    from zss.cli_predict import predict
+    from zss.cli.predict import predict
 
     img = sorted((voc_root / "JPEGImages").glob("*.jpg"))[0]
     res = predict(_compose("predict", [f"ckpt={ckpt_path}", f"image={img}", "classes='cat,grass,road sign'",

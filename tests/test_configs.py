@@ -46,7 +46,7 @@ def test_library_does_not_import_hydra():
     code = (
         "import sys, pkgutil, importlib, zss\n"
         "for m in pkgutil.walk_packages(zss.__path__, 'zss.'):\n"
-        "    if m.name != 'zss.cli': importlib.import_module(m.name)\n"
+        "    if m.name != 'zss.cli' and not m.name.startswith('zss.cli.'): importlib.import_module(m.name)\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('hydra', 'omegaconf')]\n"
         "assert not bad, bad\n"
     )

@@ -229,7 +229,7 @@ def test_voc_aug_preset_reads_train_and_aug(tmp_path):
     val stays on SegmentationClass (a tiny fake VOC tree: 'a' is in both label folders with different labels)."""
     from hydra import compose, initialize_config_dir
 
-    from zss.cli import build_benchmark, build_data
+    from zss.cli.common import build_benchmark, build_data
 
     root = _mini_voc(tmp_path, {"a": np.full((6, 8), 1), "v": np.full((6, 8), 2)}, split_ids=["a"])
     (root / "ImageSets" / "Segmentation" / "val.txt").write_text("v\n")

@@ -85,7 +85,7 @@ def _compose(overrides):
 
 @pytest.mark.parametrize("experiment", ["voc20", "cocostuff171", "context59_zs3", "context60_cascade"])
 def test_real_presets_refuse_the_oracle_without_the_flag(experiment):
-    from zss.cli import check_teacher_allowed
+    from zss.cli.common import check_teacher_allowed
 
     cfg = _compose([f"experiment={experiment}", "teacher=oracle"])
     assert cfg.allow_oracle_teacher is False
@@ -98,7 +98,7 @@ def test_real_presets_refuse_the_oracle_without_the_flag(experiment):
 
 @pytest.mark.parametrize("experiment", ["demo", "demo_baseline", "demo_transductive", "chimera_demo"])
 def test_demo_experiments_allow_the_oracle(experiment):
-    from zss.cli import check_teacher_allowed
+    from zss.cli.common import check_teacher_allowed
 
     cfg = _compose([f"experiment={experiment}"])
     assert cfg.allow_oracle_teacher is True

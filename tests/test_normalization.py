@@ -110,7 +110,7 @@ def _compose(overrides):
 
 
 def test_cli_gives_every_network_the_dataset_normalisation():
-    from zss.cli import build_benchmark, build_student, build_teacher
+    from zss.cli.common import build_benchmark, build_student, build_teacher
 
     stats = [f"dataset.mean=[{','.join(map(str, IMAGENET_MEAN))}]", f"dataset.std=[{','.join(map(str, IMAGENET_STD))}]"]
     cfg = _compose(["experiment=chimera_demo", "teacher.image_size=32", "teacher.patch_size=8",
@@ -133,7 +133,7 @@ def test_cli_gives_every_network_the_dataset_normalisation():
 
 
 def test_training_run_records_the_normalisations(tiny_ckpt):
-    from zss.cli import load_for_inference
+    from zss.cli.common import load_for_inference
 
     ckpt = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
     norm = ckpt["config"]["normalization"]

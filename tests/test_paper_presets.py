@@ -33,7 +33,7 @@ def test_clip_zss_paper_differs_from_ours_where_the_paper_says():
 
 @pytest.mark.parametrize("method,teacher", [("clip_zss_paper", "oracle"), ("chimera_seg_paper", "tiny_random")])
 def test_paper_preset_trains_and_its_results_name_it(method, teacher, voc_root, tmp_path):
-    from zss.cli import train
+    from zss.cli.train import train
 
     extra = ["teacher.patch_size=16"] if teacher == "oracle" else ["teacher.embed_dim=16"]
     cfg = _compose([*[o for o in TINY if not o.startswith("teacher.")], f"method={method}", f"teacher={teacher}",

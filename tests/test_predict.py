@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from conftest import ENV, TINY, run_script  # noqa: F401  (shared tiny-run helpers)
-from zss.cli_predict import quote_classes_arg
+from zss.cli.predict import quote_classes_arg
 from zss.engine.visualize import color_palette
 from zss.predict import (
     list_images,
@@ -38,7 +38,7 @@ def ckpt(tiny_ckpt) -> Path:
 
 @pytest.fixture(scope="session")
 def loaded(ckpt):
-    from zss.cli import load_for_inference
+    from zss.cli.common import load_for_inference
 
     return load_for_inference(ckpt)  # the checkpoint's own vocabulary
 

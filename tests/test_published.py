@@ -80,7 +80,8 @@ def test_eval_command_prints_the_published_rows(voc_root, tmp_path, capsys):
     from hydra import compose, initialize_config_dir
 
     from conftest import TINY
-    from zss.cli import evaluate_checkpoint, train
+    from zss.cli.eval import evaluate_checkpoint
+    from zss.cli.train import train
 
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[*TINY, "trainer.max_steps=1", "trainer.batch_size=2",

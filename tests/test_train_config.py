@@ -9,7 +9,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from zss.cli import CONFIG_DIR, train_config, train_main
+from zss.cli.common import CONFIG_DIR, train_config
+from zss.cli.train import train_main
 from zss.engine.trainer import TrainConfig
 
 #: (override value as typed on the command line, the same value in Python, words the message must hold)

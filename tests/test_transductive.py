@@ -270,7 +270,7 @@ def test_experiment_demo_transductive_composes_and_instantiates():
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from zss.cli import _without
+    from zss.cli.common import without
 
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["experiment=demo_transductive"])
@@ -278,7 +278,7 @@ def test_experiment_demo_transductive_composes_and_instantiates():
     assert cfg.method.transductive.enabled is True and cfg.method.transductive.start_step == 100
     assert default.method.transductive.enabled is False
     assert cfg.name == "demo_transductive_clip_zss"
-    m = instantiate(_without(cfg.method, "name"), student=_student(), teacher=_oracle(), classnames=NAMES,
+    m = instantiate(without(cfg.method, "name"), student=_student(), teacher=_oracle(), classnames=NAMES,
                     unseen=UNSEEN)
     assert isinstance(m, ClipZSS) and m.transductive_enabled and m.transductive_start_step == 100
     assert m.transductive_threshold == 0.7 and m.transductive_topk_fraction is None

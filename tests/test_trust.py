@@ -68,7 +68,7 @@ def _edited_ckpt(src: Path, dst: Path, edit) -> Path:
 
 # ------------------------------------------------------------------- 1. checkpoints never call arbitrary code
 def test_checkpoint_config_cannot_call_arbitrary_functions(tiny_ckpt, tmp_path):
-    from zss.cli import load_for_inference
+    from zss.cli.common import load_for_inference
 
     marker = tmp_path / "written_by_checkpoint.txt"
     path = {"_target_": "pathlib.Path", "_args_": [str(marker)]}
@@ -127,20 +127,20 @@ def test_resume_auto_picks_only_a_run_of_the_same_config(tmp_path):
 def test_resume_path_with_changed_config_is_refused_unless_allowed(tmp_path):
     from omegaconf import OmegaConf
 
-    from zss.cli import _resolve_dirs
+    from zss.cli.common import resolve_dirs
 
     stored = {"name": "x", "trainer": {"seed": 0, "lr": 1e-3, "num_workers": 2}}
     ckpt = _fake_run(tmp_path, "x", stored, "s0")
     now = {"name": "x", "trainer": {"seed": 0, "lr": 1e-2, "num_workers": 0}}
     cfg = OmegaConf.create({"resume": str(ckpt), "run_root": str(tmp_path), "name": "x"})
     with pytest.raises(ValueError, match=r"trainer\.lr: 0\.001 -> 0\.01.*resume_allow_changes=true") as e:
-        _resolve_dirs(cfg, now)
+        resolve_dirs(cfg, now)
     assert "num_workers" not in str(e.value)  # harmless keys are not reported
     cfg.resume_allow_changes = True
-    assert _resolve_dirs(cfg, now) == (ckpt.parent, ckpt)
+    assert resolve_dirs(cfg, now) == (ckpt.parent, ckpt)
     same = {"name": "x", "trainer": {"seed": 0, "lr": 1e-3, "num_workers": 8}}
     cfg.resume_allow_changes = False
-    assert _resolve_dirs(cfg, same) == (ckpt.parent, ckpt)
+    assert resolve_dirs(cfg, same) == (ckpt.parent, ckpt)
 
 
 @pytest.mark.slow  # one Hydra multirun of two 2-step trainings (~30 s on 2 shared cores)
@@ -316,14 +316,14 @@ def test_resume_cleans_stale_temp_files_and_metrics_rows_after_the_checkpoint(vo
 def _compose(name, overrides):
     from hydra import compose, initialize_config_dir
 
-    from zss.cli import CONFIG_DIR
+    from zss.cli.common import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(name, overrides=overrides)
 
 
 def test_eval_files_are_named_by_settings_and_out_dir_is_checked_first(tiny_ckpt, voc_root, tmp_path, monkeypatch):
-    import zss.cli as cli
+    import zss.cli.eval as cli
 
     out = tmp_path / "ev"
     base = [f"ckpt={tiny_ckpt}", f"dataset.root={voc_root}", f"out_dir={out}", "efficiency=false"]
@@ -375,7 +375,7 @@ def test_best_checkpoint_is_opt_in_and_named_for_the_split_it_was_chosen_on(voc_
 # ------------------------------------------------------------------- 11. Python API without Hydra
 def test_from_checkpoint_without_hydra_matches_the_cli_loader(tiny_ckpt):
     import zss
-    from zss.cli import load_for_inference
+    from zss.cli.common import load_for_inference
     from zss.methods import ClipZSS as Exported
 
     m = zss.from_checkpoint(tiny_ckpt)

@@ -67,7 +67,7 @@ def test_voc_aug_is_train_plus_aug_with_their_own_label_folders(tmp_path):
 
 
 def test_experiment_voc20_trains_on_voc_aug_and_the_1464_setting_by_name(tmp_path):
-    from zss.cli import build_benchmark, build_data
+    from zss.cli.common import build_benchmark, build_data
 
     root = voc_tree(tmp_path)
     cfg = _compose(["experiment=voc20", f"dataset.root={root}"])
@@ -79,7 +79,7 @@ def test_experiment_voc20_trains_on_voc_aug_and_the_1464_setting_by_name(tmp_pat
 
 
 def test_missing_segmentation_class_aug_names_the_converter(tmp_path):
-    from zss.cli import build_benchmark, build_data
+    from zss.cli.common import build_benchmark, build_data
 
     root = voc_tree(tmp_path, with_aug=False)
     cfg = _compose(["experiment=voc20", f"dataset.root={root}"])
@@ -97,7 +97,7 @@ def test_trainaug_list_instead_of_aug_is_refused(tmp_path):
 
 
 def test_voc21_wsss_trains_on_train_aug_masks(tmp_path):
-    from zss.cli import build_benchmark, build_data
+    from zss.cli.common import build_benchmark, build_data
 
     root = voc_tree(tmp_path)
     masks = tmp_path / "masks"

@@ -122,7 +122,7 @@ def test_clip_zss_labels_unseen_classes_on_test_images_it_never_saw(tmp_path):
     The teacher here is the label-derived oracle (it reads the TRAINING images' full labels, as a perfect
     CLIP would see them): a mechanism check that what the student learns from it carries to new images.
     """
-    from zss.cli import train
+    from zss.cli.train import train
 
     root = tmp_path / "world"
     make_world(root, WorldSettings(counts=(1, 160, 1, 40), size=64, radius=(0.2, 0.4), objects=(1, 3)), log=None)

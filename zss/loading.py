@@ -8,7 +8,7 @@
 
 Every class is taken from the allow-list of :mod:`zss.registry`, never from an arbitrary dotted path stored
 in the checkpoint. ``scripts/eval.py`` and ``scripts/predict.py`` use the same code
-(``zss.cli.load_for_inference`` delegates here). Source: ours.
+(``zss.cli.common.load_for_inference`` delegates here). Source: ours.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def _templates(ds: Mapping, bench) -> list[str]:
 
 def _build_teacher(node: Mapping, classnames: Sequence[str], mean, std, source: str):
     """The teacher of a checkpoint's ``teacher`` node: the OracleTeacher gets the class names, image teachers
-    the images' normalisation as ``input_mean/input_std`` (as ``zss.cli.build_teacher`` in training).
+    the images' normalisation as ``input_mean/input_std`` (as ``zss.cli.common.build_teacher`` in training).
 
     Raises:
         UntrustedTargetError: see :mod:`zss.registry`. ValueError: ``teacher.input_mean/std`` differ from the

@@ -13,7 +13,7 @@ Outputs per image: ``<name>_overlay.png`` (colour overlay plus a legend of the c
 asked: a clashing name gets a ``-1``, ``-2``... suffix, and a folder that holds predictions for
 another vocabulary is refused.
 
-This module imports no Hydra (the composition half is ``zss.cli_predict``).
+This module imports no Hydra (the composition half is ``zss.cli.predict``).
 """
 from __future__ import annotations
 
@@ -205,7 +205,7 @@ def predict_image(
     """Segment one image with ``method`` over its current vocabulary (``method.classnames``).
 
     Args:
-        method: a :class:`~zss.methods.base.Method` in eval mode (e.g. from ``zss.cli.load_for_inference``).
+        method: a :class:`~zss.methods.base.Method` in eval mode (e.g. from ``zss.cli.common.load_for_inference``).
         image: a path, or ``Tensor[3, H, W] uint8`` RGB.
         mean, std: RGB normalisation in [0, 1] units; None = ``method.preprocessing`` (a method from
             ``zss.from_checkpoint`` carries its checkpoint's ``dataset.mean/std``).

@@ -2,7 +2,7 @@
 
 The repository keeps them in ``configs/`` next to ``zss/``; ``pip install .`` ships the same files as the
 package data ``zss/configs/`` (pyproject.toml maps the package ``zss.configs`` to ``configs/``). Every
-Hydra entry point (``zss.cli``, ``zss.cli_predict``) and the dataset checker find them through
+Hydra entry point (``zss.cli``, ``zss.cli.predict``) and the dataset checker find them through
 :func:`config_dir`. This module imports neither Hydra nor torch.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     zss-check dataset=voc20                                   # any configs/dataset preset; root: the preset's
     zss-check dataset=context59_zs3 dataset.root=data/VOCdevkit/VOC2010 split=val
-    python -m zss.data.check dataset=cocostuff171 root=data/coco_stuff164k --sample 500
+    zss-check dataset=cocostuff171 root=data/coco_stuff164k sample=500
 
 What it checks, for the preset's layout (:func:`zss.data.classes.layout`, docs/protocol.md "Layouts"):
 
@@ -22,7 +22,7 @@ labels draws a progress bar on stderr when it is a terminal.
 The dataset code (:mod:`zss.data.dataset`) raises on the first bad file it meets; this tool is what
 its error messages point to, to see every problem of a dataset at once. The command line (Hydra-style
 ``key=value`` overrides of configs/check.yaml, the dataset preset names of training) is
-:mod:`zss.cli_check`; this module imports no Hydra and no torch. Images are decoded fully (a truncated
+:mod:`zss.cli.check`; this module imports no Hydra and no torch. Images are decoded fully (a truncated
 or empty image file is an error here, as it would be in training).
 
 Source: not in the papers: our tool. Layouts and value ranges: docs/protocol.md "Layouts" [protocol].
@@ -30,7 +30,6 @@ Source: not in the papers: our tool. Layouts and value ranges: docs/protocol.md 
 from __future__ import annotations
 
 import os
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +42,9 @@ from tqdm import tqdm
 from .classes import BENCHMARKS, DATASET_LAYOUTS, IGNORE_INDEX, DatasetLayout, get_benchmark, layout
 from .dataset import read_lines
 
-__all__ = ["Problem", "SplitCount", "CheckReport", "check_dataset", "format_report", "main", "CHECK_COMMAND"]
+__all__ = ["Problem", "SplitCount", "CheckReport", "check_dataset", "format_report", "CHECK_COMMAND"]
 
-CHECK_COMMAND = "python -m zss.data.check dataset={name} root={root}"
+CHECK_COMMAND = "zss-check dataset={name} root={root}"
 """The command line the dataset's error messages point to (``.format(name=..., root=...)``)."""
 
 _LABEL_MODES = ("P", "L")
@@ -642,19 +641,3 @@ def format_report(rep: CheckReport, max_problems: int = 20) -> str:
         head = f"FAILED: {n_err} error{'s' if n_err != 1 else ''}, {n_warn} warning{'s' if n_warn != 1 else ''}"
         lines.append(head + (f"; first: {rep.errors[0].message}" if len(rep.problems) > 1 else ""))
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry (``python -m zss.data.check``, ``zss-check``): :func:`zss.cli_check.check_main`.
-
-    Returns:
-        0 when the dataset is OK, 1 when problems were found, 2 for a bad command line.
-    """
-    from zss.cli_check import check_main  # Hydra composition of configs/check.yaml, imported only here
-
-    return check_main(argv)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

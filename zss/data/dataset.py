@@ -22,7 +22,7 @@ __all__ = ["ConcatSegDataset", "SegDataset", "UnseenLabelGuard", "split_parts", 
            "check_no_unseen", "read_label", "read_image", "pil_to_rgb", "read_lines"]
 
 _ROOT_HINT = "Set dataset.root=/path/to/the/dataset (the folder holding the layout above) or see README (data preparation)."
-_CHECK_HINT = "Run `python -m zss.data.check dataset={name} root={root}` to list every problem with its fix."
+_CHECK_HINT = "Run `zss-check dataset={name} root={root}` to list every problem with its fix."
 
 
 def read_lines(path: str | os.PathLike, what: str = "file") -> list[str]:
@@ -254,7 +254,7 @@ class SegDataset(torch.utils.data.Dataset):
         if len(set(names)) != len(names):
             dup = sorted({n for n in names if names.count(n) > 1})
             raise ValueError(f"Split file {str(sf)!r} lists {len(names) - len(set(names))} id(s) twice, e.g. "
-                             f"{dup[0]!r}: remove the repeats (python -m zss.data.check reports them all)")
+                             f"{dup[0]!r}: remove the repeats (zss-check reports them all)")
         imgs, anns = _list_files(self.img_dir), _list_files(self.ann_dir)
 
         def exists(listing: set[str] | None, folder: Path, fname: str) -> bool:

@@ -17,7 +17,7 @@ def versions() -> dict[str, str]:
     import timm
     import torchvision
 
-    import zss
+    from zss._version import __version__ as zss_version
 
     try:
         import open_clip
@@ -27,7 +27,7 @@ def versions() -> dict[str, str]:
         oc = "missing"
     return {
         "python": platform.python_version(), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
-        "timm": str(timm.__version__), "open_clip": str(oc), "zss": str(zss.__version__),
+        "timm": str(timm.__version__), "open_clip": str(oc), "zss": str(zss_version),
     }
 
 

@@ -102,7 +102,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Range and type checks, the same for ``TrainConfig(...)`` in Python and ``trainer.<key>=`` on the command
-        line (``zss.cli.train_config`` builds this class from the composed ``trainer`` group).
+        line (``zss.cli.common.train_config`` builds this class from the composed ``trainer`` group).
 
         Raises:
             ValueError: one line naming the key and value: a count that is not an integer >= 1 (``max_steps``,

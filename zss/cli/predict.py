@@ -3,7 +3,7 @@
     python scripts/predict.py ckpt=runs/<name>/<stamp>/last.pt image=photo.jpg classes="cat,dog,grass"
 
 Besides ``zss.cli`` this is the only module under ``zss/`` that uses Hydra / OmegaConf, and it imports
-them (and ``zss.cli``) lazily inside its functions, so ``import zss.cli_predict`` stays Hydra-free.
+them (and ``zss.cli``) lazily inside its functions, so ``import zss.cli.predict`` stays Hydra-free.
 The work itself is :mod:`zss.predict` (plain values only).
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ def check_out_dir(out, image) -> Path:
     Raises:
         ValueError: ``out`` is the ``image=`` folder (or the folder of the ``image=`` file). OSError: not writable.
     """
-    from zss.cli import writable_dir
+    from zss.cli.common import writable_dir
 
     src = Path(image).expanduser().resolve()
     src = src if src.is_dir() else src.parent
@@ -71,7 +71,7 @@ def predict(cfg) -> list[dict]:
     import torch
     from omegaconf import OmegaConf
 
-    from zss.cli import _non_null, _teacher_note, check_eval_settings, load_for_inference
+    from zss.cli.common import check_eval_settings, load_for_inference, non_null, teacher_note
     from zss.predict import list_images, parse_classes, predict_paths
 
     classes = cfg.get("classes")
@@ -89,7 +89,7 @@ def predict(cfg) -> list[dict]:
     templates = list(cfg.templates) if cfg.get("templates") else None
     try:
         method, ckpt = load_for_inference(cfg.ckpt, classnames=classnames, unseen=[], templates=templates,
-                                          teacher_overrides=_non_null(cfg.get("teacher")), device=device)
+                                          teacher_overrides=non_null(cfg.get("teacher")), device=device)
     except (FileNotFoundError, ValueError, KeyError):
         raise
     except Exception as e:  # teacher weights (download / file) for the text encoder
@@ -118,7 +118,7 @@ def predict(cfg) -> list[dict]:
     amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(str(cfg.get("amp", "fp32")), "bad")
     if amp == "bad":
         raise ValueError(f"amp={cfg.amp!r}: choose amp=fp32 or amp=bf16")
-    note = _teacher_note(ckpt.get("teacher") or {})
+    note = teacher_note(ckpt.get("teacher") or {})
     print(f"zss: {len(images)} image(s), {len(method.classnames)} classes "
           f"({', '.join(method.classnames[:8])}{', ...' if len(method.classnames) > 8 else ''}), mode={mode}, "
           f"short side {short}px, out={cfg.out}" + (f"\nzss: NOTE {note}" if note else ""), flush=True)
@@ -137,10 +137,10 @@ def predict(cfg) -> list[dict]:
 
 def predict_main() -> None:
     """Hydra entry of ``scripts/predict.py`` (``key=value`` overrides of configs/predict.yaml)."""
-    from zss.cli import _run
+    from zss.cli.common import run_hydra
 
     sys.argv = sys.argv[:1] + quote_classes_arg(sys.argv[1:])
-    _run("predict", predict)  # user errors: one message, exit code 1 (zss.cli.report_user_errors)
+    run_hydra("predict", predict)  # user errors: one message, exit code 1 (zss.cli.errors.report_user_errors)
 
 
 if __name__ == "__main__":  # pragma: no cover

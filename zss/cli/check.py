@@ -8,7 +8,7 @@ and, as before, a bare benchmark name with ``benchmark_split=`` (``dataset=conte
 ``root=``, ``benchmark_split=`` and ``--sample N`` are kept as aliases of ``dataset.root=``, ``dataset.split=``
 and ``sample=N``. The work is :func:`zss.data.check.check_dataset` (plain values).
 
-Like ``zss.cli_predict`` this module imports Hydra only inside its functions (composition only: no run dir,
+Like ``zss.cli.predict`` this module imports Hydra only inside its functions (composition only: no run dir,
 no logging setup, no torch).
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ __all__ = ["check_main", "check_overrides", "USAGE"]
 
 USAGE = """usage: zss-check dataset=<preset> [dataset.root=<dir>] [split=<name>[,<name>...]] [sample=N]
                  [dataset.split=zs3|cascade] [img_dir=..] [ann_dir=..] [split_file=..]
-       (python scripts/check_data.py / python -m zss.data.check take the same arguments)
+       (python scripts/check_data.py / python -m zss.cli.check take the same arguments)
 presets: {presets} (configs/dataset), or a benchmark name: {benchmarks}
 aliases: root= -> dataset.root=, benchmark_split= -> dataset.split=, --sample N / max_labels= -> sample=
 exit code 0 = OK, 1 = problems found, 2 = bad command line"""
