@@ -148,9 +148,9 @@ def test_debug_tiny_is_the_old_tiny_override_list(extra, before_configs):
 
 @pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if "world" not in e])
 def test_experiments_are_deltas_over_their_base(experiment):
-    """An experiment's ``trainer:`` and ``method:`` keys each change something: none restates the value of its base (its
-    base experiment where it extends one, else configs/trainer/default.yaml; with the method it picks). The world experiments are left out
-    (kept as they are for scripts/world_check.py)."""
+    """An experiment's ``trainer:`` and ``method:`` keys each change something: none restates the value of its base
+    (its base experiment where it extends one, else configs/trainer/default.yaml; with the method it picks). The
+    world experiments are left out (kept as they are for scripts/world_check.py)."""
     import yaml
 
     raw = yaml.safe_load((CONFIGS / "experiment" / f"{experiment}.yaml").read_text())
