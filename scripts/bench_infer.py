@@ -6,9 +6,9 @@
     python scripts/bench_infer.py --no-measure                 # params and GFLOPs only (fast on a CPU)
     python scripts/bench_infer.py --tiny                       # smoke: tiny models (seconds)
 
-Models, built as ``scripts/train.py experiment=voc20 method=<m>`` builds them (Hydra-composed shipping
-configs; RANDOM weights, nothing downloaded: ``model.pretrained=false teacher.pretrained=random``), each in
-its test-time form:
+Models, built as ``scripts/train.py experiment=voc20 method=<m>`` builds them (CLIP-RC / ZegCLIP:
+``experiment=<benchmark>_<m>``, the reported row's model; Hydra-composed shipping configs; RANDOM weights,
+nothing downloaded: ``model.pretrained=false teacher.pretrained=random``), each in its test-time form:
 
 * ``maskclip`` — a MaskCLIP-style dense CLIP ViT-B/16 segmenter: zss's FrozenCLIP (open_clip
   ``ViT-B-16-quickgelu``) with the MaskCLIP value path in its last block, dense tokens · text embeds

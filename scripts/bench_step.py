@@ -6,8 +6,9 @@
     python scripts/bench_step.py --tiny                           # smoke: tiny models, 64², 2 steps (seconds)
 
 Models are the shipping configs composed by Hydra exactly as ``scripts/train.py experiment=voc20 method=<m>``
-builds them (configs/experiment/voc20.yaml: DeepLabV3+ ResNet-101 student, configs/model/deeplabv3plus_r101.yaml,
-and the open_clip ``ViT-B-16-quickgelu`` teacher, configs/teacher/clip_vitb16.yaml), with RANDOM weights
+(CLIP-RC / ZegCLIP: ``experiment=<dataset>_<m>``, the reported row's model) builds them
+(configs/experiment/voc20.yaml: DeepLabV3+ ResNet-101 student, configs/model/deeplabv3plus_r101.yaml, and the
+open_clip ``ViT-B-16-quickgelu`` teacher, configs/teacher/clip_vitb16.yaml), with RANDOM weights
 (``model.pretrained=false teacher.pretrained=random``: nothing is downloaded; the cost does not depend on the
 weights). One step = ``zero_grad`` + ``method.training_step`` under autocast + ``backward`` + AdamW ``step`` on
 a synthetic VOC-like batch (blocks of the 20 classes, unseen ones hidden as 255) of ``--size``² crops.
@@ -72,9 +73,15 @@ def compose(method: str, tiny: bool, extra: list[str] | None = None):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    overrides = (TINY if tiny else REFERENCE) + [f"method={METHODS[method]}"] + list(extra or [])
+    # CLIP-RC / ZegCLIP: the benchmark's row experiment (configs/experiment/<dataset>_<method>.yaml) holds the public
+    # code's per-benchmark method values (COCO-Stuff: 100 prompts); VOC's are the method config's own
+    dataset = next((o.split("=", 1)[1] for o in overrides if o.startswith("dataset=")), "voc20")
+    row = f"{dataset}_{METHODS[method]}"
+    if (REPO / "configs" / "experiment" / f"{row}.yaml").is_file():
+        overrides = [f"experiment={row}" if o == "experiment=voc20" else o for o in overrides]
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return hydra_compose("train", overrides=(TINY if tiny else REFERENCE) + [f"method={METHODS[method]}"]
-                             + list(extra or []))
+        return hydra_compose("train", overrides=overrides)
 
 
 def build_teacher(tiny: bool, extra: list[str] | None = None):
@@ -91,7 +98,8 @@ def build_method(name: str, teacher, tiny: bool, extra: list[str] | None = None)
     teacher)."""
     from hydra.utils import instantiate
 
-    from zss.cli.common import METHOD_BOOKKEEPING, build_benchmark, build_student, templates_for, uses_student, without
+    from zss.cli.common import build_benchmark, build_student, templates_for, uses_student, without
+    from zss.loading import METHOD_BOOKKEEPING
 
     cfg = compose(name, tiny, extra)
     bench = build_benchmark(cfg.dataset)

@@ -68,6 +68,6 @@ def test_shipped_configs_use_the_public_cls_input():
     configs = Path(__file__).resolve().parents[1] / "configs"
     with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
         for m in ("clip_rc", "zegclip"):
-            assert compose(config_name="train", overrides=["experiment=voc20", f"method={m}"]).method.cls_input == \
+            assert compose(config_name="train", overrides=[f"experiment=voc20_{m}"]).method.cls_input == \
                 "public"
     assert inspect.signature(ClipRC).parameters["cls_input"].default == "public"

@@ -1,6 +1,7 @@
 """The config tree's layout (issue 20, item 6) changed no composed value: every experiment (and every method on the
 benchmark experiments) resolves to the same config as at the commit before the re-layout, except for the keys
-that were deliberately added (the ``paths`` group); the four entry configs keep their Hydra run settings."""
+that were deliberately added (the ``paths`` group), removed (``method.recipe``, whose values moved into one experiment
+file per CLIP-RC / ZegCLIP row) or changed (CHANGED_SINCE); the four entry configs keep their Hydra run settings."""
 from __future__ import annotations
 
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import zss.cli  # noqa: F401  (registers the trainer schema in Hydra's ConfigStore)
+import zss.cli.common  # noqa: F401  (registers the trainer schema in Hydra's ConfigStore)
 from conftest import REPO, TINY
 
 #: the last commit before the config re-layout: its configs/ is the reference the new tree must reproduce
@@ -25,8 +26,28 @@ BENCHMARK_EXPERIMENTS = ("cocostuff171", "context59_cascade", "context59_zs3", "
 METHODS = sorted(p.stem for p in (CONFIGS / "method").glob("*.yaml"))
 #: top-level keys the re-layout added on purpose (not in the old tree)
 ADDED = {"paths"}
-#: deliberate value changes made after BEFORE, per experiment (key prefixes): a new entry says a change is meant
-CHANGED_SINCE = {"world_demo": ("transfer_view.reference",)}
+#: the CLIP-RC / ZegCLIP rows (issue 20: one experiment file per reported row, replacing ``method.recipe``): each
+#: composes exactly as ``experiment=<benchmark> method=<m>`` did at BEFORE, less the removed ``method.recipe`` block
+ROWS = {"voc20_clip_rc": ("voc20", "clip_rc"), "voc20_zegclip": ("voc20", "zegclip"),
+        "cocostuff171_clip_rc": ("cocostuff171", "clip_rc"), "cocostuff171_zegclip": ("cocostuff171", "zegclip"),
+        "context59_zs3_clip_rc": ("context59_zs3", "clip_rc")}
+#: keys removed on purpose from every composed config that has them (issue 20: the values live in the ROWS files)
+REMOVED = ("method.recipe",)
+#: the public code's trainer values the benchmark experiments read from ``method.recipe`` before issue 20
+_RC_TRAINER = ("trainer.seen_bias", "trainer.amp", "trainer.min_lr")
+#: deliberate value changes made after BEFORE, per experiment or "experiment method=m" (key prefixes): a new entry
+#: says a change is meant. Issue 20: ``experiment=<benchmark> method=clip_rc|zegclip`` is now the method at the zss
+#: trainer recipe (bf16, no seen bias, poly floor 0, the benchmark's steps) with the method config's own (VOC's)
+#: values; the public code's values are the ROWS files'.
+CHANGED_SINCE = {
+    "world_demo": ("transfer_view.reference",),
+    "voc20 method=clip_rc": ("trainer.max_steps", *_RC_TRAINER),
+    "voc20 method=zegclip": _RC_TRAINER,
+    "cocostuff171 method=clip_rc": (*_RC_TRAINER, "method.num_prompts", "method.focal_weight", "method.dice_weight",
+                                    "method.recovery_weight"),
+    "cocostuff171 method=zegclip": (*_RC_TRAINER, "method.num_prompts"),
+    **{f"{e} method={m}": _RC_TRAINER for e in ("context59_zs3", "context59_cascade") for m in ("clip_rc", "zegclip")},
+}
 #: deliberate changes in every experiment: the taught teachers' warning text names the module that builds them
 #: (zss.teachers.taught moved to zss.tools.taught_clip); a text, no number depends on it
 CHANGED_EVERYWHERE = ("teacher.warning",)
@@ -69,14 +90,33 @@ def _diff(a, b, key="") -> list[str]:
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_as_before(experiment, before_configs):
-    runs = [[f"experiment={experiment}"]]
+    if experiment in ROWS:  # a new file: as the combination it replaces composed before
+        base, method = ROWS[experiment]
+        old = _resolved(before_configs, "train", [f"experiment={base}", f"method={method}"])
+        new = _resolved(CONFIGS, "train", [f"experiment={experiment}"])
+        diff = [d for d in _diff(old, new) if not d.startswith((*REMOVED, *CHANGED_EVERYWHERE))]
+        assert not diff, (experiment, diff)
+        assert "recipe" in old["method"] and "recipe" not in new["method"]
+        return
+    runs = {experiment: [f"experiment={experiment}"]}
     if experiment in BENCHMARK_EXPERIMENTS:
-        runs += [[f"experiment={experiment}", f"method={m}"] for m in METHODS]
-    for overrides in runs:
+        runs.update({f"{experiment} method={m}": [f"experiment={experiment}", f"method={m}"] for m in METHODS})
+    for key, overrides in runs.items():
         old = _resolved(before_configs, "train", overrides)
         new = _resolved(CONFIGS, "train", overrides)
-        diff = [d for d in _diff(old, new) if not d.startswith(CHANGED_SINCE.get(experiment, ()) + CHANGED_EVERYWHERE)]
+        diff = [d for d in _diff(old, new) if not d.startswith((*REMOVED, *CHANGED_EVERYWHERE, *CHANGED_SINCE.get(key, ())))]
         assert not diff, (overrides, diff)
+
+
+def test_changed_since_lists_only_real_changes(before_configs):
+    """Every CHANGED_SINCE prefix of a method combination names a value that did change (no stale allowance)."""
+    for key, prefixes in CHANGED_SINCE.items():
+        if " method=" not in key:
+            continue
+        experiment, method = key.split(" method=")
+        overrides = [f"experiment={experiment}", f"method={method}"]
+        diff = _diff(_resolved(before_configs, "train", overrides), _resolved(CONFIGS, "train", overrides))
+        assert all(any(d.startswith(p) for d in diff) for p in prefixes), (key, diff)
 
 
 @pytest.mark.parametrize("entry", ["train", "eval", "predict", "clip_es"])
@@ -104,21 +144,25 @@ def test_debug_tiny_is_the_old_tiny_override_list(extra, before_configs):
     (another experiment, a step count, the transfer view back on) still win over it."""
     old = _resolved(before_configs, "train", [*TINY_BEFORE, *extra])
     new = _resolved(CONFIGS, "train", [*TINY, *extra])
-    assert not _diff(old, new), _diff(old, new)
+    diff = [d for d in _diff(old, new) if not d.startswith(REMOVED)]
+    assert not diff, diff
     assert new["trainer"]["max_steps"] == (1 if "trainer.max_steps=1" in extra else 2)
 
 
 @pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if "world" not in e])
 def test_experiments_are_deltas_over_their_base(experiment):
-    """An experiment's ``trainer:`` keys each change something: none restates the value of its base (its base
-    experiment where it extends one, else configs/trainer/default.yaml). The world experiments are left out
-    (kept as they are for scripts/world_check.py)."""
+    """An experiment's ``trainer:`` and ``method:`` keys each change something: none restates the value of its base
+    (its base experiment where it extends one, else configs/trainer/default.yaml; with the method it picks). The
+    world experiments are left out (kept as they are for scripts/world_check.py)."""
     import yaml
 
     raw = yaml.safe_load((CONFIGS / "experiment" / f"{experiment}.yaml").read_text())
     bases = [d for d in raw.get("defaults", []) if isinstance(d, str)]
-    base = _resolved(CONFIGS, "train", [f"experiment={bases[0]}"] if bases else [])["trainer"]
-    here = _resolved(CONFIGS, "train", [f"experiment={experiment}"])["trainer"]
-    repeated = [k for k, v in (raw.get("trainer") or {}).items()
-                if not (isinstance(v, str) and v.startswith("${")) and here[k] == base[k]]
-    assert not repeated, f"configs/experiment/{experiment}.yaml restates its base's trainer values: {repeated}"
+    methods = [m for d in raw.get("defaults", []) if isinstance(d, dict) for k, m in d.items()
+               if k == "override /method"]
+    base = _resolved(CONFIGS, "train", ([f"experiment={bases[0]}"] if bases else []) + [f"method={m}" for m in methods])
+    here = _resolved(CONFIGS, "train", [f"experiment={experiment}"])
+    for group in ("trainer", "method"):  # method: against the method config the experiment picks
+        repeated = [k for k, v in (raw.get(group) or {}).items()
+                    if not (isinstance(v, str) and v.startswith("${")) and here[group][k] == base[group][k]]
+        assert not repeated, f"configs/experiment/{experiment}.yaml restates its base's {group} values: {repeated}"

@@ -3,7 +3,6 @@ configs/method/<name>.yaml writes, and every constructor setting is written ther
 from __future__ import annotations
 
 import inspect
-import re
 
 import pytest
 import yaml
@@ -18,11 +17,9 @@ DEFAULTS = {"baseline": SeenOnlyBaseline, "clip_zss": ClipZSS, "chimera_seg": Ch
 #: presets: deltas over one of the configs above (paper settings, ZegCLIP on CLIP-RC's machinery), not defaults
 PRESETS = {"clip_zss_paper": "clip_zss", "chimera_seg_paper": "chimera_seg", "zegclip": "clip_rc"}
 #: config keys that are no constructor argument
-BOOKKEEPING = {"_target_", "name", "recipe", "defaults"}
+BOOKKEEPING = {"_target_", "name", "defaults"}
 #: constructor arguments no default config writes: free-form pass-through (None in every default config)
 PYTHON_ONLY = {"pl_kwargs"}
-#: ``${oc.select:<per-benchmark recipe key>,<fallback>}``: the benchmark recipe decides, the fallback is the default
-_SELECT = re.compile(r"^\$\{oc\.select:[^,]+,(.+)\}$")
 
 
 def _config(name: str) -> dict:
@@ -44,13 +41,14 @@ def _settings(cls) -> dict[str, inspect.Parameter]:
     return {k: p for k, p in params.items() if p.kind is p.KEYWORD_ONLY or k == "transductive"}
 
 
-def _default(value):
-    """The default a config value states (the fallback of a per-benchmark interpolation)."""
-    if isinstance(value, str) and value.startswith("${"):
-        m = _SELECT.match(value)
-        assert m, f"interpolation {value!r} is not an oc.select with a fallback"
-        return yaml.safe_load(m.group(1))
-    return value
+def test_method_configs_state_plain_values():
+    """A method config states its values itself: no per-benchmark ``recipe`` block and no interpolation (the old
+    ``${oc.select:method.recipe.<benchmark>...}``); a reported row's other values are an experiment file's
+    (configs/experiment/<benchmark>_<method>.yaml)."""
+    for path in sorted(METHOD_CONFIGS.rglob("*.yaml")):
+        cfg = yaml.safe_load(path.read_text()) or {}
+        assert "recipe" not in cfg, f"{path}: a method config has no recipe block (put row values in an experiment)"
+        assert "${" not in yaml.safe_dump(cfg), f"{path}: a method config states plain values, no interpolation"
 
 
 def test_every_method_config_is_a_default_or_a_named_preset():
@@ -72,7 +70,7 @@ def test_constructor_defaults_equal_the_shipped_config(name):
     assert set(settings) - keys <= PYTHON_ONLY, f"{cls.__name__} arguments missing from {name}.yaml"
     wrong = {}
     for key in sorted(keys):
-        want, have = _default(cfg[key]), settings[key].default
+        want, have = cfg[key], settings[key].default
         if key == "transductive":  # None = configure_transductive's defaults; the config spells them out
             trans = {k: p.default for k, p in inspect.signature(cls.configure_transductive).parameters.items()
                      if k != "self"}

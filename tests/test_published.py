@@ -44,8 +44,8 @@ def test_a_broken_table_is_refused(tmp_path):
         load_published(bad)
 
 
-def test_clip_rc_recipe_matches_its_row_without_warnings():
-    s = run_settings(_compose("train", ["experiment=voc20", "method=clip_rc"]))
+def test_clip_rc_row_matches_its_published_row_without_warnings():
+    s = run_settings(_compose("train", ["experiment=voc20_clip_rc"]))
     assert (s["method"], s["benchmark"], s["setting"], s["train_images"], s["precision"]) == (
         "clip_rc", "voc20", "inductive", 10582, "fp32")
     results = {"pAcc": 95.0, "mIoU_seen": 92.0, "mIoU_unseen": 80.4, "hIoU": 85.9}
@@ -54,8 +54,23 @@ def test_clip_rc_recipe_matches_its_row_without_warnings():
     assert "uyzhang/CLIP-RC" in text and "WARNING" not in text
 
 
+@pytest.mark.parametrize("method", ["clip_rc", "zegclip"])
+@pytest.mark.parametrize("benchmark", ["voc20", "cocostuff171"])
+def test_every_published_clip_rc_zegclip_row_has_an_experiment_that_matches_it(method, benchmark):
+    """experiment=<benchmark>_<method> (docs/reproduce.md's command) is the published inductive row's setting: the
+    comparison names the row and warns about nothing; ``experiment=<benchmark> method=<method>`` (the method at the
+    zss recipe: bf16) is warned about."""
+    s = run_settings(_compose("train", [f"experiment={benchmark}_{method}"]))
+    assert (s["method"], s["benchmark"], s["setting"]) == (method, benchmark, "inductive")
+    text = format_comparison({"hIoU": 40.0}, s, "val")
+    assert f"{method}-{benchmark}-inductive" in text and "WARNING" not in text
+    zss_recipe = format_comparison({"hIoU": 40.0}, run_settings(_compose(
+        "train", [f"experiment={benchmark}", f"method={method}"])), "val")
+    assert "precision: published fp32, this run bf16" in zss_recipe
+
+
 def test_differing_settings_are_warned():
-    cfg = _compose("train", ["experiment=voc20", "method=clip_rc", "dataset=voc20", "trainer.amp=bf16",
+    cfg = _compose("train", ["experiment=voc20_clip_rc", "dataset=voc20", "trainer.amp=bf16",
                              "trainer.max_steps=20000", "method.transductive.enabled=true"])
     s = run_settings(cfg)
     text = format_comparison({"hIoU": 90.0}, s)

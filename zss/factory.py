@@ -7,8 +7,9 @@
     method = zss.create_method("clip_zss", benchmark="voc20", student=student, teacher=teacher, nel_weight=1.0)
 
 A method's settings are those of ``configs/method/<name>.yaml`` (its ``defaults`` list merged first, then the
-file itself, as Hydra composes it), with per-benchmark values (``${oc.select:method.recipe.<benchmark>...}``)
-resolved for ``benchmark``; keyword overrides win. The class comes from the allow-list of :mod:`zss.registry`.
+file itself, as Hydra composes it), then the ``method:`` delta of the benchmark's row experiment where one ships
+(``configs/experiment/<benchmark>[_<split>]_<name>.yaml``, e.g. ``cocostuff171_clip_rc``: CLIP-RC's COCO-Stuff
+values); keyword overrides win. The class comes from the allow-list of :mod:`zss.registry`.
 The configs are read with OmegaConf (no Hydra import). Source: ours.
 """
 from __future__ import annotations
@@ -20,9 +21,10 @@ from torch import nn
 
 from zss.resources import config_dir
 
-__all__ = ["list_methods", "method_settings", "create_method"]
+__all__ = ["list_methods", "method_settings", "row_experiment", "create_method"]
 
-#: method-config keys that are no constructor argument (as zss.loading.METHOD_BOOKKEEPING)
+#: method-config keys that are no constructor argument (as zss.loading.METHOD_BOOKKEEPING; ``recipe`` only in
+#: configs older than the per-row experiment files)
 _BOOKKEEPING = ("_target_", "name", "recipe")
 
 
@@ -72,13 +74,28 @@ def _load(group: str, name: str):
     return OmegaConf.merge(*parts)
 
 
-def method_settings(name: str, benchmark: str = "voc20") -> tuple[str, dict[str, Any]]:
+def row_experiment(name: str, benchmark: str, split: str | None = None) -> str | None:
+    """The shipped experiment file of the reported row ``(benchmark, method)``, if there is one.
+
+    ``configs/experiment/<benchmark>_<split>_<name>.yaml`` (``context59_zs3_clip_rc``), else
+    ``<benchmark>_<name>.yaml`` (``voc20_clip_rc``); ``None`` when neither ships (the method runs with its own config's
+    values, as ``experiment=<benchmark> method=<name>`` does).
+    """
+    root = Path(config_dir()) / "experiment"
+    for stem in ([f"{benchmark}_{split}_{name}"] if split else []) + [f"{benchmark}_{name}"]:
+        if (root / f"{stem}.yaml").is_file():
+            return stem
+    return None
+
+
+def method_settings(name: str, benchmark: str = "voc20", split: str | None = None) -> tuple[str, dict[str, Any]]:
     """``(target, settings)`` of a shipped method config: the dotted class path and its constructor arguments.
 
     Args:
         name: one of :func:`list_methods`.
-        benchmark: benchmark name (``dataset.benchmark``: ``voc20``, ``cocostuff171``, ``context59`` ...) that
-            per-benchmark values are read for (CLIP-RC / ZegCLIP ``recipe``); others fall back to the default.
+        benchmark: benchmark name (``dataset.benchmark``: ``voc20``, ``cocostuff171``, ``context59`` ...); where a
+            row experiment ships for it (:func:`row_experiment`), its ``method:`` values replace the config's.
+        split: the benchmark's unseen split (``zs3`` / ``cascade`` for Context), for the row experiment's name.
 
     Returns:
         the ``_target_`` string and a plain dict of constructor keyword arguments (no ``name`` / ``recipe``).
@@ -88,7 +105,13 @@ def method_settings(name: str, benchmark: str = "voc20") -> tuple[str, dict[str,
     """
     from omegaconf import OmegaConf
 
-    root = OmegaConf.create({"method": _load("method", name), "dataset": {"benchmark": str(benchmark)}})
+    method = _load("method", name)
+    row = row_experiment(name, benchmark, split)
+    if row is not None:
+        delta = OmegaConf.load(Path(config_dir()) / "experiment" / f"{row}.yaml").get("method")
+        if delta is not None:
+            method = OmegaConf.merge(method, delta)
+    root = OmegaConf.create({"method": method, "dataset": {"benchmark": str(benchmark)}})
     node = OmegaConf.to_container(root.method, resolve=True)
     target = node.get("_target_")
     return target, {k: v for k, v in node.items() if k not in _BOOKKEEPING}
@@ -120,7 +143,8 @@ def create_method(
         name: one of :func:`list_methods` (``baseline``, ``clip_zss``, ``chimera_seg``, ``clip_rc``, ``zegclip``,
             paper presets).
         benchmark: benchmark name (``voc20``, ``cocostuff171``, ``context59``, ``context60``, ``voc21``); also
-            picks per-benchmark values of the config (CLIP-RC's ``recipe``).
+            picks the method values of the benchmark's row experiment where one ships (:func:`row_experiment`,
+            e.g. CLIP-RC's 100 prompts on COCO-Stuff).
         split: the benchmark's unseen split where it has several (``zs3`` / ``cascade`` for Context).
         student: the built student (e.g. :class:`zss.models.Student` with ``embed_dim=teacher.embed_dim``);
             required except for CLIP-RC / ZegCLIP, which build their model from the CLIP teacher (ignored there).
@@ -140,7 +164,7 @@ def create_method(
     from zss import registry
     from zss.data.classes import get_benchmark
 
-    target, settings = method_settings(name, benchmark)
+    target, settings = method_settings(name, benchmark, split)
     cls = registry.resolve(target, "method", f"configs/method/{name}.yaml")
     if teacher is None:
         raise ValueError(f"create_method({name!r}): pass teacher= (a built zss.teachers.clip.FrozenCLIP, or an "

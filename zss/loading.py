@@ -25,7 +25,8 @@ from zss.engine.checkpoint import load_checkpoint
 
 __all__ = ["load_for_inference", "from_checkpoint"]
 
-#: method-config keys that are not constructor arguments (``recipe``: trainer values the experiment presets read)
+#: method-config keys that are not constructor arguments (``recipe``: only in checkpoints older than the per-row
+#: experiment files, which still load)
 METHOD_BOOKKEEPING = ("name", "recipe")
 
 

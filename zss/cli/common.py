@@ -161,8 +161,6 @@ def build_student(model_cfg: DictConfig, embed_dim: int, mean=None, std=None):
     return instantiate(model_cfg, **kwargs)
 
 
-#: method-config keys that are not constructor arguments (``recipe``: trainer values the experiment presets read)
-METHOD_BOOKKEEPING = ("name", "recipe")
 
 
 def method_class(method_cfg: DictConfig):

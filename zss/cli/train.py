@@ -13,7 +13,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from zss.cli.common import (
-    METHOD_BOOKKEEPING,
     build_benchmark,
     build_data,
     build_student,
@@ -35,6 +34,7 @@ from zss.engine.trainer import (
     TrainConfig,
     Trainer,
 )
+from zss.loading import METHOD_BOOKKEEPING
 from zss.methods.base import Method
 from zss.utils import dist as zdist
 

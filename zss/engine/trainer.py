@@ -198,6 +198,7 @@ RESUME_HARMLESS_KEYS = (
     "dataset.root",
     "transfer_view", "trainer.log_interval", "trainer.ckpt_interval", "trainer.eval_interval",
     "trainer.num_workers", "trainer.overlay_count",
+    "method.recipe",  # CLIP-RC / ZegCLIP values moved to per-row experiment files; the values themselves still compare
 )
 
 
