@@ -181,6 +181,16 @@ def _uses_student(method_cfg: DictConfig) -> bool:
     return bool(getattr(_method_class(method_cfg), "uses_student", True))
 
 
+def build_method(method_cfg: DictConfig, **kwargs):
+    """The method of a ``method`` config node: its class (``_target_``) built with ``from_flat`` from the node's
+    flat keys (bookkeeping keys dropped, interpolations resolved) plus ``kwargs`` (student, teacher, classes...).
+    See :meth:`zss.methods.base.Method.from_flat`; a class without it is called directly."""
+    cls = _method_class(method_cfg)
+    drop = ("_target_", "_convert_", "_recursive_", *METHOD_BOOKKEEPING)
+    settings = {k: v for k, v in OmegaConf.to_container(method_cfg, resolve=True).items() if k not in drop}
+    return getattr(cls, "from_flat", cls)(**settings, **kwargs)
+
+
 def templates_for(ds: DictConfig, bench) -> list[str]:
     return list(ds.templates) if ds.get("templates") else list(bench.templates)
 
@@ -391,9 +401,8 @@ def train(cfg: DictConfig) -> dict | None:
     embed_dim = int(teacher.embed_dim)
     student = (build_student(cfg.model, embed_dim, cfg.dataset.mean, cfg.dataset.std)
                if _uses_student(cfg.method) else None)  # CLIP-RC / ZegCLIP build their model from the teacher
-    method = instantiate(_without(cfg.method, *METHOD_BOOKKEEPING), student=student, teacher=teacher,
-                         classnames=list(bench.classes), unseen=list(bench.unseen),
-                         templates=templates_for(cfg.dataset, bench))
+    method = build_method(cfg.method, student=student, teacher=teacher, classnames=list(bench.classes),
+                          unseen=list(bench.unseen), templates=templates_for(cfg.dataset, bench))
     if init is not None:
         try:
             method.load_state_dict(init["state"])
