@@ -30,6 +30,7 @@ from zss.methods.losses import GlobalDistillLoss, nearest_down, nel_loss
 from zss.methods.settings import Settings, coerce_settings
 from zss.models.synthesizer import SynthOutput, WeightSynthesizer
 from zss.ops.pseudo_labels import DEFAULT_SCALES, clear_near_seen, num_seeds, pseudo_label_quality, pseudo_labels
+from zss.utils.bank import FifoBank
 
 __all__ = ["ClipZSS", "GLMSettings", "PseudoLabelSettings", "PseudoNegativeSettings", "ClipZSSLossSettings",
            "SynthSettings"]
@@ -48,63 +49,34 @@ def _zero(ref: Tensor) -> Tensor:
     return ref.new_zeros((), dtype=torch.float32)
 
 
-class PseudoBank(nn.Module):
+class PseudoBank(FifoBank):
     """FIFO bank of past pseudo-region weights: extra negatives for seen pixels (``pseudo_negatives="bank"``; ours).
 
-    Buffers are non-persistent (inference never needs them); the trainer saves them with the training state
-    (:meth:`train_state` / :meth:`load_train_state`), as the GLM's CLS bank. Slot ``size`` is a write sink for
-    absent regions, so :meth:`push` makes no host sync. Under DDP every rank keeps its own bank.
+    A :class:`~zss.utils.bank.FifoBank` (non-persistent buffers, saved with the training state by the trainer, as
+    the GLM's CLS bank; one bank per DDP rank) pushed with the presence mask of the step's regions (no host sync),
+    read as all slots plus their validity (:meth:`get`), its training state naming the rows ``weights``.
 
     Args:
-        size: capacity N (weights); dim: D.
+        size: capacity N (weights, ``method.pseudo_bank_size``); dim: D.
 
     Raises:
         ValueError: ``size < 1``.
     """
 
     def __init__(self, size: int, dim: int) -> None:
-        super().__init__()
         if int(size) < 1:
             raise ValueError(f"ClipZSS: pseudo_bank_size must be >= 1 with pseudo_negatives='bank', got {size}")
-        self.size = int(size)
-        self.register_buffer("weights", torch.zeros(self.size + 1, int(dim)), persistent=False)  # [N+1, D] float32
-        self.register_buffer("valid", torch.zeros(self.size + 1, dtype=torch.bool), persistent=False)
-        self.register_buffer("ptr", torch.zeros((), dtype=torch.long), persistent=False)
+        super().__init__(size, dim, name="PseudoBank", size_key="pseudo_bank_size", state_key="weights")
+
+    @property
+    def weights(self) -> Tensor:
+        """``Tensor[N + 1, D] float32``: every slot, the sink included (the ``rows`` buffer)."""
+        return self.rows
 
     def get(self) -> tuple[Tensor, Tensor]:
-        """``(Tensor[N, D] float32, Tensor[N] bool)``: the stored weights and which slots hold one."""
-        return self.weights[: self.size], self.valid[: self.size]
-
-    @torch.no_grad()
-    def push(self, weights: Tensor, present: Tensor) -> None:
-        """Append the present rows of ``weights`` ``Tensor[B, K, D]`` (``present`` ``Tensor[B, K] bool``),
-        overwriting the oldest; at most N per call."""
-        n = self.size
-        w, ok = weights.detach().flatten(0, 1).float(), present.flatten()
-        order = torch.argsort((~ok).to(torch.uint8), stable=True)[:n]  # present rows first
-        w, ok = w[order], ok[order]
-        pos = torch.where(ok, (self.ptr + ok.long().cumsum(0) - 1) % n, n)
-        self.weights.index_copy_(0, pos, w)
-        self.valid.index_copy_(0, pos, ok)
-        self.valid[n:].zero_()  # the sink slot never holds a weight
-        self.ptr.copy_((self.ptr + ok.long().sum()) % n)
-
-    def train_state(self) -> dict[str, Tensor]:
-        """The bank for a training checkpoint (CPU copies)."""
-        return {"weights": self.weights.cpu().clone(), "valid": self.valid.cpu().clone(), "ptr": self.ptr.cpu().clone()}
-
-    def load_train_state(self, state: dict[str, Tensor]) -> None:
-        """Restore :meth:`train_state`.
-
-        Raises:
-            ValueError: the saved bank has another size or dimension (``pseudo_bank_size`` changed).
-        """
-        if tuple(state["weights"].shape) != tuple(self.weights.shape):
-            raise ValueError(f"PseudoBank: the checkpoint's bank is {tuple(state['weights'].shape)}, this one "
-                             f"{tuple(self.weights.shape)}: resume with the pseudo_bank_size it was trained with")
-        self.weights.copy_(state["weights"])
-        self.valid.copy_(state["valid"])
-        self.ptr.copy_(state["ptr"])
+        """``(Tensor[N, D] float32, Tensor[N] bool)``: the stored weights and which slots hold one
+        (:meth:`~zss.utils.bank.FifoBank.slots`)."""
+        return self.slots()
 
 
 @dataclass(frozen=True)
