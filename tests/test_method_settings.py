@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import zss
+from zss import registry
 from zss.methods import (
     ChimeraSeg,
     ClipRC,
@@ -93,3 +94,13 @@ def test_create_method_takes_a_whole_group_as_override():
     assert m.glm.tau == 0.1 and m.pseudo_bank.size == 16
     # the group replaces every field of the config's group: here the config's bank_size 1024 = the class default
     assert m.glm.bank.size == GLMSettings().bank_size
+
+
+def test_registry_builds_a_method_node_through_from_flat():
+    node = {"_target_": "zss.methods.clip_zss.ClipZSS", "glm_tau": 0.1, "bank_size": 8, "name": "clip_zss"}
+    m = registry.build(node, "method", "test", drop=("name",), student=_student(), teacher=_oracle(),
+                       classnames=NAMES, unseen=UNSEEN)
+    assert isinstance(m, ClipZSS) and m.glm.tau == 0.1 and m.glm.bank.size == 8
+    with pytest.raises(TypeError, match=r"ClipZSS\.from_flat.*'glm_tua'"):
+        registry.build({**node, "glm_tua": 1.0}, "method", "test", drop=("name",), student=_student(),
+                       teacher=_oracle(), classnames=NAMES, unseen=UNSEEN)

@@ -105,8 +105,8 @@ def load_for_inference(
 
     The method is built exactly as in training (same allow-listed class and flat config keys, through its
     ``from_flat``) around a teacher of the same architecture, the checkpoint state is loaded strictly, and the
-    teacher is then dropped: inference runs
-    the student (plus whatever frozen parts the method registered, e.g. Chimera-Seg's CSH). For the training
+    teacher is then dropped: inference runs the student (plus whatever frozen parts the method registered, e.g.
+    Chimera-Seg's CSH). For the training
     vocabulary the teacher's weights are not needed (random init, architecture only; text embeds come from the
     checkpoint). For another vocabulary (``classnames``), the teacher is loaded with its real weights
     (``teacher_overrides`` may point ``pretrained`` at a local file) and only its text encoder is used. Methods
