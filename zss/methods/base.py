@@ -52,6 +52,9 @@ class Method(nn.Module):
             ``topk_fraction`` — see :meth:`configure_transductive`. None or a missing key = that
             setting's default (None: off, the inductive setting).
 
+    Subclasses take their own settings grouped in frozen dataclasses (:attr:`SETTINGS`, one per section of the
+    method's config); :meth:`from_flat` builds a method from the config's flat keys.
+
     Raises:
         ValueError: when neither a teacher nor ``text_embeds`` is given, ``unseen`` holds an id
             outside ``[0, C_all)``, or ``transductive`` has an unknown key or a bad value.
@@ -62,9 +65,10 @@ class Method(nn.Module):
     #: run input checks that read values back to the host (GPU syncs) inside ``training_step``; methods that
     #: take a ``debug`` argument set it (ClipZSS, ChimeraSeg), off by default (ours)
     debug: bool = False
-    #: constructor values for keys a checkpoint's stored ``method`` config lacks (older checkpoints were trained
-    #: with the constructor defaults of their time); :func:`zss.loading.load_for_inference` fills them in before
-    #: today's defaults apply. Subclasses list every default that changed after checkpoints were written.
+    #: values of flat config keys (``glm_attn_scale``, as :meth:`from_flat` takes them) a checkpoint's stored
+    #: ``method`` config lacks (older checkpoints were trained with the constructor defaults of their time);
+    #: :func:`zss.loading.load_for_inference` fills them in before today's defaults apply. Subclasses list every
+    #: default that changed after checkpoints were written.
     CHECKPOINT_DEFAULTS: Mapping = {}
     #: how images are prepared for :meth:`predict` (set by :func:`zss.loading.load_for_inference`, None for a method
     #: built in Python): ``mean`` / ``std`` (RGB, [0, 1] units, the normalisation ``predict`` expects) and the test
