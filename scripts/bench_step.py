@@ -96,19 +96,16 @@ def build_teacher(tiny: bool, extra: list[str] | None = None):
 def build_method(name: str, teacher, tiny: bool, extra: list[str] | None = None):
     """``name``'s Method exactly as ``scripts/train.py`` builds it (student from the model config, the given
     teacher)."""
-    from hydra.utils import instantiate
-
-    from zss.cli.common import build_benchmark, build_student, templates_for, uses_student, without
-    from zss.loading import METHOD_BOOKKEEPING
+    from zss.cli.common import build_benchmark, build_student, templates_for, uses_student
+    from zss.cli.common import build_method as _build_method
 
     cfg = compose(name, tiny, extra)
     bench = build_benchmark(cfg.dataset)
     torch.manual_seed(0)
     student = (build_student(cfg.model, int(teacher.embed_dim), cfg.dataset.mean, cfg.dataset.std)
                if uses_student(cfg.method) else None)
-    return instantiate(without(cfg.method, *METHOD_BOOKKEEPING), student=student, teacher=teacher,
-                       classnames=list(bench.classes), unseen=list(bench.unseen),
-                       templates=templates_for(cfg.dataset, bench)), cfg
+    return _build_method(cfg.method, student=student, teacher=teacher, classnames=list(bench.classes),
+                         unseen=list(bench.unseen), templates=templates_for(cfg.dataset, bench)), cfg
 
 
 def make_batch(batch: int, size: int, unseen: list[int], num_classes: int, device, seed: int = 0) -> dict:

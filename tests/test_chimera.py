@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from open_clip.transformer import TextTransformer, VisionTransformer
 
 import zss.methods.chimera_seg as chimera_seg_mod
-from zss.methods.chimera_seg import ChimeraSeg, keep_ratio, select_top_ratio
+from zss.methods.chimera_seg import ChimeraSeg, SGDSettings, keep_ratio, select_top_ratio
 from zss.methods.losses import cls_attention_pool, info_nce
 from zss.models.chimera import CLIPSemanticHead
 from zss.models.student import Student
@@ -40,7 +40,7 @@ def _student(seed: int = 0) -> Student:
 
 def _method(teacher, seed: int = 0, **kw) -> ChimeraSeg:
     kw.setdefault("bank_size", 8)
-    return ChimeraSeg(_student(seed), teacher, NAMES, UNSEEN, **kw)
+    return ChimeraSeg.from_flat(_student(seed), teacher, NAMES, UNSEEN, **kw)
 
 
 def _batch(b: int = 2, seed: int = 0) -> dict:
@@ -332,7 +332,7 @@ def test_rebuild_from_state_dict_predicts_the_same_without_teacher(tiny):
     assert any(k.startswith("student.csh.blocks.") for k in state) and not any("teacher" in k for k in state)
 
     other = build_tiny_clip(embed_dim=D, width=W, layers=LAYERS, patch_size=PATCH, seed=7)
-    new = ChimeraSeg(_student(seed=1), other, NAMES, UNSEEN, bank_size=8, text_embeds=state["text_embeds"]).eval()
+    new = ChimeraSeg(_student(seed=1), other, NAMES, UNSEEN, sgd=SGDSettings(bank_size=8), text_embeds=state["text_embeds"]).eval()
     with torch.no_grad():
         assert not torch.allclose(new.predict(images), ref, atol=1e-3)  # different weights before loading
     new.load_state_dict(state)  # strict

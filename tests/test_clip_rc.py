@@ -42,7 +42,7 @@ def _method(clip=None, classnames=VOC, unseen=VOC_UNSEEN, **kw):
     clip = clip or _clip()
     torch.manual_seed(0)
     text = F.normalize(torch.randn(len(classnames), clip.embed_dim), dim=-1)
-    return ClipRC(None, clip, classnames, unseen, text_embeds=text, num_prompts=kw.pop("num_prompts", 3), **kw)
+    return ClipRC.from_flat(None, clip, classnames, unseen, text_embeds=text, num_prompts=kw.pop("num_prompts", 3), **kw)
 
 
 # ------------------------------------------------------------------------------------------ attention mask

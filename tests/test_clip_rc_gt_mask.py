@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from zss.engine.trainer import needs_full_label
-from zss.methods.clip_rc import ClipRC, st_pseudo_labels_gt_mask
+from zss.methods.clip_rc import ClipRC, ClipRCEncoderSettings, st_pseudo_labels_gt_mask
 from zss.teachers.clip import build_tiny_clip
 
 NAMES = ["aeroplane", "bicycle", "bird", "sheep", "sofa"]
@@ -18,7 +18,7 @@ def _method(**transductive):
     clip = build_tiny_clip(embed_dim=32, image_size=64, patch_size=16, width=32, layers=1, heads=2, seed=0)
     torch.manual_seed(0)
     text = F.normalize(torch.randn(len(NAMES), 32), dim=-1)
-    return ClipRC(None, clip, NAMES, UNSEEN, text_embeds=text, num_prompts=2, transductive=transductive or None)
+    return ClipRC(None, clip, NAMES, UNSEEN, text_embeds=text, encoder=ClipRCEncoderSettings(num_prompts=2), transductive=transductive or None)
 
 
 def test_public_rule_labels_exactly_the_unseen_ground_truth_pixels():

@@ -50,7 +50,7 @@ def _method(teacher, **kw) -> ClipZSS:
     kw.setdefault("bank_size", 8)
     kw.setdefault("pl_scales", (2, 4))
     kw.setdefault("pl_min_area", 1)
-    return ClipZSS(_student(), teacher, NAMES, UNSEEN, **kw)
+    return ClipZSS.from_flat(_student(), teacher, NAMES, UNSEEN, **kw)
 
 
 LOSS_KEYS = {"loss", "loss_glm", "loss_ce", "loss_nel", "loss_bce", "loss_focal", "loss_dice", "glm_acc", "pl_regions"}

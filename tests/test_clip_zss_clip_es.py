@@ -22,7 +22,7 @@ def teacher():
 def _method(teacher, transductive=True, **es) -> ClipZSS:
     torch.manual_seed(0)
     student = Student("test_resnet", embed_dim=D, decoder="mlp", decoder_channels=16)
-    return ClipZSS(student, teacher, NAMES, UNSEEN, bank_size=8, pl_source="clip_es", pl_clip_es={**ES, **es},
+    return ClipZSS.from_flat(student, teacher, NAMES, UNSEEN, bank_size=8, pl_source="clip_es", pl_clip_es={**ES, **es},
                    transductive=dict(enabled=transductive, weight=0.0))
 
 

@@ -31,7 +31,7 @@ def _clip_zss(teacher):
     bench = get_benchmark("voc20")
     torch.manual_seed(0)
     student = Student("test_resnet", embed_dim=D, decoder="mlp", decoder_channels=16)
-    return ClipZSS(student, teacher, list(bench.classes), list(bench.unseen), list(bench.templates),
+    return ClipZSS.from_flat(student, teacher, list(bench.classes), list(bench.unseen), list(bench.templates),
                    bank_size=8, pl_scales=(2, 4), pl_min_area=1)
 
 

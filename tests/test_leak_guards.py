@@ -9,7 +9,7 @@ from zss.data.classes import get_benchmark
 from zss.data.dataset import UnseenLabelGuard, build_dataset, check_no_unseen
 from zss.data.transforms import build_train_transform
 from zss.engine.trainer import TrainConfig, Trainer, new_run_dir
-from zss.methods.chimera_seg import ChimeraSeg
+from zss.methods.chimera_seg import ChimeraSeg, SGDSettings
 from zss.methods.clip_zss import ClipZSS
 from zss.models.student import Student
 from zss.teachers.clip import build_tiny_clip
@@ -48,7 +48,7 @@ def _student():
 
 
 def _chimera(teacher):
-    m = ChimeraSeg(_student(), teacher, NAMES, UNSEEN, bank_size=8)
+    m = ChimeraSeg(_student(), teacher, NAMES, UNSEEN, sgd=SGDSettings(bank_size=8))
     spy = Spy(teacher)
     object.__setattr__(m, "teacher", spy)
     return m, spy
@@ -72,7 +72,7 @@ def test_chimera_hands_full_label_to_the_oracle():
 
 def test_clip_zss_never_hands_full_label_to_a_clip_teacher():
     clip = build_tiny_clip(embed_dim=D, width=64, layers=3, patch_size=8, seed=0)
-    m = ClipZSS(_student(), clip, NAMES, UNSEEN, bank_size=8, pl_scales=(2, 4), pl_min_area=1)
+    m = ClipZSS.from_flat(_student(), clip, NAMES, UNSEEN, bank_size=8, pl_scales=(2, 4), pl_min_area=1)
     spy = Spy(clip)
     object.__setattr__(m, "teacher", spy)
     m.training_step(_batch())
@@ -99,7 +99,7 @@ def _voc_method():
     teacher = OracleTeacher(list(bench.classes), embed_dim=16, patch_size=8, noise=0.0)
     torch.manual_seed(0)
     student = Student("test_resnet", embed_dim=16, decoder="mlp", decoder_channels=16)
-    return ClipZSS(student, teacher, list(bench.classes), list(bench.unseen), bank_size=8, pl_scales=(2, 4),
+    return ClipZSS.from_flat(student, teacher, list(bench.classes), list(bench.unseen), bank_size=8, pl_scales=(2, 4),
                    pl_min_area=1)
 
 

@@ -35,10 +35,13 @@ def _config(name: str) -> dict:
     return cfg
 
 
-def _settings(cls) -> dict[str, inspect.Parameter]:
-    """The method's own settings: keyword-only constructor arguments plus ``transductive``."""
-    params = inspect.signature(cls).parameters
-    return {k: p for k, p in params.items() if p.kind is p.KEYWORD_ONLY or k == "transductive"}
+def _settings(cls) -> dict[str, object]:
+    """The method's own settings as flat config keys with their constructor defaults: the keyword-only arguments
+    with each grouped setting (``glm=GLMSettings()``) expanded to its flat keys (``glm_tau`` ...), plus
+    ``transductive``."""
+    out = cls.flat_defaults()
+    out["transductive"] = inspect.signature(cls).parameters["transductive"].default
+    return out
 
 
 def test_method_configs_state_plain_values():
@@ -70,7 +73,7 @@ def test_constructor_defaults_equal_the_shipped_config(name):
     assert set(settings) - keys <= PYTHON_ONLY, f"{cls.__name__} arguments missing from {name}.yaml"
     wrong = {}
     for key in sorted(keys):
-        want, have = cfg[key], settings[key].default
+        want, have = cfg[key], settings[key]
         if key == "transductive":  # None = configure_transductive's defaults; the config spells them out
             trans = {k: p.default for k, p in inspect.signature(cls.configure_transductive).parameters.items()
                      if k != "self"}
@@ -90,4 +93,18 @@ def test_checkpoint_defaults_name_real_arguments_that_changed():
     for cls in DEFAULTS.values():
         settings = _settings(cls)
         for key, old in cls.CHECKPOINT_DEFAULTS.items():
-            assert key in settings and settings[key].default != old, (cls.__name__, key)
+            assert key in settings and settings[key] != old, (cls.__name__, key)
+
+
+@pytest.mark.parametrize("name", sorted(DEFAULTS))
+def test_grouped_settings_cover_the_flat_keys_once(name):
+    """Every flat key of a settings group is distinct from every other flat key and constructor argument, so
+    ``from_flat`` groups each config key into exactly one place, and ``to_flat`` inverts the grouping."""
+    cls = DEFAULTS[name]
+    keys = [k for group in cls.SETTINGS.values() for k in group.flat_keys().values()]
+    plain = [k for k, p in inspect.signature(cls).parameters.items() if k not in cls.SETTINGS]
+    assert len(keys) == len(set(keys)) and not set(keys) & set(plain)
+    for arg, group in cls.SETTINGS.items():
+        default = inspect.signature(cls).parameters[arg].default
+        assert type(default) is group and group(**{f: default.to_flat()[k] for f, k in group.flat_keys().items()}) \
+            == default

@@ -82,7 +82,7 @@ def _save(path, method, method_node, model_node, teacher_node):
 
 def _clip_zss_ckpt(path, **method_node):
     teacher = OracleTeacher(list(VOC20.classes), embed_dim=16)
-    m = ClipZSS(_student(16), teacher, list(VOC20.classes), list(VOC20.unseen), list(VOC20.templates), bank_size=8,
+    m = ClipZSS.from_flat(_student(16), teacher, list(VOC20.classes), list(VOC20.unseen), list(VOC20.templates), bank_size=8,
                 **{k: v for k, v in method_node.items() if k != "use_plm"}, use_plm=method_node.get("use_plm", True))
     model = {"_target_": "zss.models.student.Student", "backbone": "test_resnet", "decoder": "mlp",
              "decoder_channels": 16, "embed_dim": 16}
@@ -136,7 +136,7 @@ def test_clip_rc_checkpoint_without_cls_input_rebuilds_with_clip(tmp_path, store
                          input_mean=MEAN, input_std=STD)
     trained_with = stored or "clip"
     torch.manual_seed(0)
-    m = ClipRC(None, teacher, list(VOC20.classes), list(VOC20.unseen), text_embeds=_text(), num_prompts=2,
+    m = ClipRC.from_flat(None, teacher, list(VOC20.classes), list(VOC20.unseen), text_embeds=_text(), num_prompts=2,
                cls_input=trained_with).eval()
     node = {"_target_": "zss.methods.clip_rc.ClipRC", "name": "clip_rc", "num_prompts": 2}
     if stored is not None:

@@ -16,7 +16,7 @@ from zss.engine.syncs import HostSyncCounter
 from zss.engine.trainer import TrainConfig, Trainer, new_run_dir
 from zss.methods.base import upsample_logits
 from zss.methods.baseline import SeenOnlyBaseline
-from zss.methods.chimera_seg import ChimeraSeg
+from zss.methods.chimera_seg import ChimeraSeg, SGDSettings
 from zss.methods.clip_zss import ClipZSS
 from zss.methods.losses import CLSBank, nel_loss
 from zss.models.student import Student
@@ -69,7 +69,7 @@ def _clip_zss(teacher, **kw) -> ClipZSS:
     kw.setdefault("pl_scales", (2, 4))
     kw.setdefault("pl_min_area", 1)
     kw.setdefault("pseudo_negatives", "image")  # what _legacy_clip_zss_step scores seen pixels against
-    m = ClipZSS(_student(), teacher, NAMES, UNSEEN, **kw)
+    m = ClipZSS.from_flat(_student(), teacher, NAMES, UNSEEN, **kw)
     return m.train()
 
 
@@ -281,7 +281,7 @@ def test_clip_zss_and_chimera_steps_make_no_host_sync_on_cpu(tiny_clip):
             out["loss"].backward()
         assert c.total == 0, c.report()
         assert float(out["pl_regions"]) > 0
-    chim = ChimeraSeg(_student(), tiny_clip, NAMES, UNSEEN, bank_size=8).train()
+    chim = ChimeraSeg(_student(), tiny_clip, NAMES, UNSEEN, sgd=SGDSettings(bank_size=8)).train()
     for _ in range(2):
         with HostSyncCounter() as c:
             out = chim.training_step(batch)
@@ -302,7 +302,7 @@ def test_clip_zss_and_chimera_steps_make_no_host_sync_on_cuda(tiny_clip):
     clip = copy.deepcopy(tiny_clip).to(dev)
     methods = [_clip_zss(clip, nel_weight=1.0).to(dev),
                _clip_zss(clip, synth_memory="cls+regions", synth_query="clip", nel_weight=0.0).to(dev),
-               ChimeraSeg(_student(), clip, NAMES, UNSEEN, bank_size=8, sam_loss="ce+nel").train().to(dev)]
+               ChimeraSeg.from_flat(_student(), clip, NAMES, UNSEEN, bank_size=8, sam_loss="ce+nel").train().to(dev)]
     for m in methods:
         for amp in (None, torch.bfloat16):
             with torch.autocast("cuda", dtype=amp, enabled=amp is not None):

@@ -209,8 +209,8 @@ def test_baseline_training_step_with_self_training():
 def test_clip_zss_training_step_reports_loss_st():
     batch = _batch()
     kw = dict(bank_size=8, pl_scales=(2, 4), pl_min_area=1)
-    off = ClipZSS(_student(), _oracle(), NAMES, UNSEEN, **kw)
-    on = ClipZSS(_student(), _oracle(), NAMES, UNSEEN, transductive=dict(enabled=True, threshold=0.5), **kw)
+    off = ClipZSS.from_flat(_student(), _oracle(), NAMES, UNSEEN, **kw)
+    on = ClipZSS.from_flat(_student(), _oracle(), NAMES, UNSEEN, transductive=dict(enabled=True, threshold=0.5), **kw)
     _bias_unseen_towards_student(off, batch)
     _bias_unseen_towards_student(on, batch)
     torch.manual_seed(0)
@@ -226,7 +226,7 @@ def test_clip_zss_training_step_reports_loss_st():
 
 def test_chimera_training_step_reports_loss_st():
     tiny = build_tiny_clip(embed_dim=D, width=64, layers=3, patch_size=8, seed=0)
-    m = ChimeraSeg(_student(), tiny, NAMES, UNSEEN, csh_blocks=1, bank_size=8,
+    m = ChimeraSeg.from_flat(_student(), tiny, NAMES, UNSEEN, csh_blocks=1, bank_size=8,
                    transductive=dict(enabled=True, threshold=0.0))
     out = m.training_step(_batch())
     assert "loss_st" in out and math.isfinite(float(out["loss_st"])) and math.isfinite(float(out["loss"].detach()))
@@ -268,9 +268,8 @@ def test_trainer_calls_set_step(voc_root, tmp_path):
 
 def test_experiment_demo_transductive_composes_and_instantiates():
     from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
 
-    from zss.cli.common import without
+    from zss.cli.common import build_method
 
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["experiment=demo_transductive"])
@@ -278,7 +277,6 @@ def test_experiment_demo_transductive_composes_and_instantiates():
     assert cfg.method.transductive.enabled is True and cfg.method.transductive.start_step == 100
     assert default.method.transductive.enabled is False
     assert cfg.name == "demo_transductive_clip_zss"
-    m = instantiate(without(cfg.method, "name"), student=_student(), teacher=_oracle(), classnames=NAMES,
-                    unseen=UNSEEN)
+    m = build_method(cfg.method, student=_student(), teacher=_oracle(), classnames=NAMES, unseen=UNSEEN)
     assert isinstance(m, ClipZSS) and m.transductive_enabled and m.transductive_start_step == 100
     assert m.transductive_threshold == 0.7 and m.transductive_topk_fraction is None

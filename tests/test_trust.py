@@ -45,7 +45,7 @@ def _method(seed=0, kind="baseline", noise=0.1):
     teacher = OracleTeacher(list(bench.classes), embed_dim=16, patch_size=16, noise=noise, seed=0)
     student = Student("test_resnet", embed_dim=16, decoder="mlp", decoder_channels=16)
     if kind == "clip_zss":  # GLM with a CLS bank (filled within the run) and PLM pseudo labels
-        return ClipZSS(student, teacher, list(bench.classes), list(bench.unseen), list(bench.templates),
+        return ClipZSS.from_flat(student, teacher, list(bench.classes), list(bench.unseen), list(bench.templates),
                        bank_size=16, pl_scales=(2,), pl_min_area=1, synth_depth=1, synth_heads=2)
     return SeenOnlyBaseline(student, teacher, list(bench.classes), list(bench.unseen), list(bench.templates))
 

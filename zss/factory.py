@@ -150,9 +150,11 @@ def create_method(
             required except for CLIP-RC / ZegCLIP, which build their model from the CLIP teacher (ignored there).
         teacher: the built frozen teacher (:class:`zss.teachers.clip.FrozenCLIP`, or
             :class:`zss.teachers.oracle.OracleTeacher` for CLIP-ZSS / baseline mechanism runs).
-        **overrides: constructor arguments that replace the config's (``nel_weight=1.0``); a mapping merges into a
+        **overrides: flat config keys that replace the config's (``nel_weight=1.0``), or a whole settings group
+            (``glm=GLMSettings(tau=0.1)``: every field of it replaces the config's); a mapping merges into a
             mapping-valued setting (``transductive=dict(enabled=True)`` keeps the block's other keys). May also
-            replace ``classnames`` / ``unseen`` / ``templates`` / ``text_embeds``.
+            replace ``classnames`` / ``unseen`` / ``templates`` / ``text_embeds``. Built with the class's
+            ``from_flat`` (:meth:`zss.methods.base.Method.from_flat`).
 
     Returns:
         the method (an ``nn.Module``, :class:`zss.methods.Method`) in training mode.
@@ -163,6 +165,7 @@ def create_method(
     """
     from zss import registry
     from zss.data.classes import get_benchmark
+    from zss.methods.settings import Settings
 
     target, settings = method_settings(name, benchmark, split)
     cls = registry.resolve(target, "method", f"configs/method/{name}.yaml")
@@ -176,5 +179,8 @@ def create_method(
     bench = get_benchmark(benchmark, split)
     kwargs = dict(classnames=list(bench.classes), unseen=list(bench.unseen), templates=list(bench.templates),
                   **settings)
-    kwargs = _merge(kwargs, overrides)
-    return cls(student=student if uses_student else None, teacher=teacher, **kwargs)
+    flat = {}
+    for key, value in overrides.items():  # a whole settings group (glm=GLMSettings(...)) as its flat keys
+        flat.update(value.to_flat() if isinstance(value, Settings) and key in cls.SETTINGS else {key: value})
+    kwargs = _merge(kwargs, flat)
+    return cls.from_flat(student=student if uses_student else None, teacher=teacher, **kwargs)

@@ -104,9 +104,10 @@ def load_for_inference(
 ) -> tuple[Any, dict]:
     """Rebuild a trained method from a checkpoint for inference; returns ``(method, ckpt)``.
 
-    The method is built exactly as in training (same allow-listed class and arguments) around a teacher of the
-    same architecture, the checkpoint state is loaded strictly, and the teacher is then dropped: inference runs
-    the student (plus whatever frozen parts the method registered, e.g. Chimera-Seg's CSH). For the training
+    The method is built exactly as in training (same allow-listed class and flat config keys, through its
+    ``from_flat``) around a teacher of the same architecture, the checkpoint state is loaded strictly, and the
+    teacher is then dropped: inference runs the student (plus whatever frozen parts the method registered, e.g.
+    Chimera-Seg's CSH). For the training
     vocabulary the teacher's weights are not needed (random init, architecture only; text embeds come from the
     checkpoint). For another vocabulary (``classnames``), the teacher is loaded with its real weights
     (``teacher_overrides`` may point ``pretrained`` at a local file) and only its text encoder is used. Methods
@@ -162,9 +163,9 @@ def load_for_inference(
         embed_dim = int(model.pop("embed_dim"))
         student = registry.build(model, "model", source, pretrained=False, embed_dim=embed_dim,  # weights: ckpt
                                  input_mean=[float(v) for v in mean], input_std=[float(v) for v in std])
-    method = method_cls(**method_kwargs, student=student, teacher=teacher, classnames=list(ckpt["classnames"]),
-                        unseen=list(ckpt["unseen"]), templates=_templates(ds, bench),
-                        text_embeds=ckpt["state"]["text_embeds"])
+    method = method_cls.from_flat(**method_kwargs, student=student, teacher=teacher,
+                                  classnames=list(ckpt["classnames"]), unseen=list(ckpt["unseen"]),
+                                  templates=_templates(ds, bench), text_embeds=ckpt["state"]["text_embeds"])
     method.load_state_dict(ckpt["state"])
     if hasattr(method, "strip_for_inference"):  # drop training-only parts (CLIP-RC's recovery decoder)
         method.strip_for_inference()

@@ -105,9 +105,12 @@ def split_node(node: Mapping, group: str, source: str = "", drop: tuple[str, ...
 def build(node: Mapping, group: str, source: str = "", drop: tuple[str, ...] = (), **extra: Any) -> Any:
     """Call the allow-listed ``_target_`` of ``node`` with its plain values plus ``extra`` (which win).
 
+    A method class is called through its ``from_flat`` classmethod (:meth:`zss.methods.base.Method.from_flat`:
+    the node's flat keys grouped into its settings dataclasses); other classes directly.
+
     Raises:
         UntrustedTargetError: see :func:`split_node`; whatever the constructor raises.
     """
     cls, kwargs = split_node(node, group, source, drop)
     kwargs.update(extra)
-    return cls(**kwargs)
+    return getattr(cls, "from_flat", cls)(**kwargs)

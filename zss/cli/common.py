@@ -28,6 +28,7 @@ from zss.engine.trainer import (
     format_changes,
     new_run_dir,
 )
+from zss.loading import METHOD_BOOKKEEPING
 from zss.methods.base import Method
 from zss.resources import config_dir
 from zss.utils import dist as zdist
@@ -173,6 +174,16 @@ def method_class(method_cfg: DictConfig):
 def uses_student(method_cfg: DictConfig) -> bool:
     """False for methods that build their model from the teacher (``uses_student = False``: CLIP-RC, ZegCLIP)."""
     return bool(getattr(method_class(method_cfg), "uses_student", True))
+
+
+def build_method(method_cfg: DictConfig, **kwargs):
+    """The method of a ``method`` config node: its class (``_target_``, from the allow-list) built with ``from_flat``
+    from the node's flat keys (bookkeeping keys dropped, interpolations resolved) plus ``kwargs`` (student, teacher,
+    classes...). See :meth:`zss.methods.base.Method.from_flat`; a class without it is called directly."""
+    cls = method_class(method_cfg)
+    drop = ("_target_", "_convert_", "_recursive_", *METHOD_BOOKKEEPING)
+    settings = {k: v for k, v in OmegaConf.to_container(method_cfg, resolve=True).items() if k not in drop}
+    return getattr(cls, "from_flat", cls)(**settings, **kwargs)
 
 
 def templates_for(ds: DictConfig, bench) -> list[str]:

@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from zss.cli.common import (
     build_benchmark,
     build_data,
+    build_method,
     build_student,
     build_teacher,
     check_teacher_allowed,
@@ -25,7 +25,6 @@ from zss.cli.common import (
     templates_for,
     train_config,
     uses_student,
-    without,
     write_report,
 )
 from zss.engine.checkpoint import load_checkpoint
@@ -34,7 +33,6 @@ from zss.engine.trainer import (
     TrainConfig,
     Trainer,
 )
-from zss.loading import METHOD_BOOKKEEPING
 from zss.methods.base import Method
 from zss.utils import dist as zdist
 
@@ -151,9 +149,8 @@ def train(cfg: DictConfig) -> dict | None:
     embed_dim = int(teacher.embed_dim)
     student = (build_student(cfg.model, embed_dim, cfg.dataset.mean, cfg.dataset.std)
                if uses_student(cfg.method) else None)  # CLIP-RC / ZegCLIP build their model from the teacher
-    method = instantiate(without(cfg.method, *METHOD_BOOKKEEPING), student=student, teacher=teacher,
-                         classnames=list(bench.classes), unseen=list(bench.unseen),
-                         templates=templates_for(cfg.dataset, bench))
+    method = build_method(cfg.method, student=student, teacher=teacher, classnames=list(bench.classes),
+                          unseen=list(bench.unseen), templates=templates_for(cfg.dataset, bench))
     if init is not None:
         try:
             method.load_state_dict(init["state"])

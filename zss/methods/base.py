@@ -13,12 +13,16 @@ self-trained with the model's own confident unseen-class predictions. Off by def
 """
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from zss.methods.settings import Settings
 
 #: Label spaces of :meth:`Method.predict` / :meth:`Method.label_space_ids`: GZSS (all) and ZSS (unseen).
 LABEL_SPACES = ("all", "unseen")
@@ -48,6 +52,9 @@ class Method(nn.Module):
             ``topk_fraction`` — see :meth:`configure_transductive`. None or a missing key = that
             setting's default (None: off, the inductive setting).
 
+    Subclasses take their own settings grouped in frozen dataclasses (:attr:`SETTINGS`, one per section of the
+    method's config); :meth:`from_flat` builds a method from the config's flat keys.
+
     Raises:
         ValueError: when neither a teacher nor ``text_embeds`` is given, ``unseen`` holds an id
             outside ``[0, C_all)``, or ``transductive`` has an unknown key or a bad value.
@@ -58,14 +65,86 @@ class Method(nn.Module):
     #: run input checks that read values back to the host (GPU syncs) inside ``training_step``; methods that
     #: take a ``debug`` argument set it (ClipZSS, ChimeraSeg), off by default (ours)
     debug: bool = False
-    #: constructor values for keys a checkpoint's stored ``method`` config lacks (older checkpoints were trained
-    #: with the constructor defaults of their time); :func:`zss.loading.load_for_inference` fills them in before
-    #: today's defaults apply. Subclasses list every default that changed after checkpoints were written.
+    #: values of flat config keys (``glm_attn_scale``, as :meth:`from_flat` takes them) a checkpoint's stored
+    #: ``method`` config lacks (older checkpoints were trained with the constructor defaults of their time);
+    #: :func:`zss.loading.load_for_inference` fills them in before today's defaults apply. Subclasses list every
+    #: default that changed after checkpoints were written.
     CHECKPOINT_DEFAULTS: Mapping = {}
     #: how images are prepared for :meth:`predict` (set by :func:`zss.loading.load_for_inference`, None for a method
     #: built in Python): ``mean`` / ``std`` (RGB, [0, 1] units, the normalisation ``predict`` expects) and the test
     #: resize ``short_side`` / ``long_side`` (pixels); :func:`zss.predict.predict_image` reads it
     preprocessing: dict | None = None
+    #: the grouped settings of the constructor, ``{argument: Settings class}`` (:mod:`zss.methods.settings`), in
+    #: config order; :meth:`from_flat` groups the flat config keys of each into one instance. None here.
+    SETTINGS: Mapping[str, type[Settings]] = {}
+
+    @classmethod
+    def flat_keys(cls) -> dict[str, tuple[str, str]]:
+        """``{flat config key: (constructor argument, field)}`` of every grouped setting (``glm_tau`` ->
+        ``("glm", "tau")``)."""
+        return {key: (arg, name) for arg, group in cls.SETTINGS.items() for name, key in group.flat_keys().items()}
+
+    @classmethod
+    def flat_defaults(cls) -> dict[str, Any]:
+        """The keyword-only constructor defaults as flat config keys, grouped settings expanded (``glm_tau``:
+        0.07, ``use_glm``: True, ...): what ``configs/method/<name>.yaml`` states (tests/test_method_defaults.py)."""
+        out: dict[str, Any] = {}
+        for name, p in inspect.signature(cls).parameters.items():
+            if p.kind is p.KEYWORD_ONLY:
+                out.update(p.default.to_flat() if name in cls.SETTINGS else {name: p.default})
+        return out
+
+    @classmethod
+    def group_flat(cls, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """Constructor arguments from flat keys: each grouped setting's flat keys (``glm_tau``) become one
+        instance of its :class:`~zss.methods.settings.Settings` class (fields not given keep their defaults);
+        the other keys are passed through. A group may also be given whole (``glm=GLMSettings(...)``) when
+        none of its flat keys is.
+
+        Raises:
+            TypeError: a key that is neither a constructor argument nor a flat key of a grouped setting (names
+                the key, the method and the closest valid keys), or a group given both whole and as flat keys.
+        """
+        params = inspect.signature(cls).parameters
+        flat = cls.flat_keys()
+        grouped: dict[str, dict[str, Any]] = {}
+        out: dict[str, Any] = {}
+        for key, value in kwargs.items():
+            if key in flat:
+                arg, name = flat[key]
+                grouped.setdefault(arg, {})[name] = value
+            elif key in params and params[key].kind not in (inspect.Parameter.VAR_POSITIONAL,
+                                                             inspect.Parameter.VAR_KEYWORD):
+                out[key] = value
+            else:
+                valid = sorted(set(flat) | set(params) - set(cls.SETTINGS))
+                close = difflib.get_close_matches(str(key), valid, n=3)
+                hint = f"did you mean {close}?" if close else f"valid keys: {valid}"
+                raise TypeError(f"{cls.__name__}.from_flat() got an unexpected setting {key!r} (method.{key}); "
+                                f"{hint}")
+        for arg, fields in grouped.items():
+            if arg in out:
+                raise TypeError(f"{cls.__name__}.from_flat(): {arg}= is given whole and as flat keys "
+                                f"{sorted(cls.SETTINGS[arg].flat_keys()[f] for f in fields)}; give one of the two")
+            out[arg] = cls.SETTINGS[arg](**fields)
+        return out
+
+    @classmethod
+    def from_flat(cls, *args: Any, **kwargs: Any) -> "Method":
+        """The method built from FLAT settings: the keys of its config (``configs/method/<name>.yaml``:
+        ``glm_tau=0.1``, ``nel_weight=1.0``) plus the constructor's own arguments (``student``, ``teacher``,
+        ``classnames``, ..., positional as in the constructor or by name). What every config loader calls
+        (``scripts/train.py``, :func:`zss.create_method`, :func:`zss.from_checkpoint`); equal to the constructor
+        with the grouped settings (:meth:`group_flat`)::
+
+            ClipZSS.from_flat(student, teacher, classnames, unseen, glm_tau=0.1, nel_weight=1.0)
+            # == ClipZSS(student, teacher, classnames, unseen, glm=GLMSettings(tau=0.1),
+            #            loss=ClipZSSLossSettings(nel_weight=1.0))
+
+        Raises:
+            TypeError: see :meth:`group_flat`; ValueError: whatever the constructor rejects.
+        """
+        return cls(*args, **cls.group_flat(kwargs))
 
     def __init__(
         self,

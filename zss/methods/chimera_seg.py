@@ -16,7 +16,8 @@ encoder is not needed, only the CSH's frozen copies of its last k blocks, which 
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +25,11 @@ from torch import Tensor, nn
 
 from zss.methods.base import Method, safe_cross_entropy, seen_text_logits, upsample_logits
 from zss.methods.losses import GlobalDistillLoss, nearest_down, nel_loss
+from zss.methods.settings import Settings, coerce_settings
 from zss.models.chimera import ChimeraStudent, CLIPSemanticHead
 
-__all__ = ["ChimeraSeg", "keep_ratio", "select_top_ratio", "R_SCHEDULES", "SAM_LOSSES"]
+__all__ = ["ChimeraSeg", "CSHSettings", "SGDSettings", "SAMSettings", "keep_ratio", "select_top_ratio", "R_SCHEDULES",
+           "SAM_LOSSES"]
 
 #: Shapes of the keep-ratio decay r(t).
 R_SCHEDULES = ("linear", "cosine")
@@ -109,41 +112,125 @@ def select_top_ratio(embeds: Tensor, cls: Tensor, ratio: float, valid: Tensor | 
     return keep.reshape(B, *spatial)
 
 
+@dataclass(frozen=True)
+class CSHSettings(Settings):
+    """The CLIP Semantic Head (config section "CLIP Semantic Head": ``csh_blocks``, ``csh_input`` and the unprefixed
+    keys below; :class:`~zss.models.chimera.CLIPSemanticHead`). Tags: [paper] = the Chimera-Seg abstract,
+    [design] = docs/methods.md (Chimera-Seg), ours = not in the paper: our default.
+
+    Fields:
+        blocks: k, last CLIP blocks in the CSH (``csh_blocks``) [paper: a knob; value ours: 2 of ViT-B/16's 12].
+        input: ``"decoder"`` (body decoder output) or ``"backbone"`` (last backbone map) (``csh_input``) [ours:
+            decoder].
+        prepend_cls: class token (init from CLIP's class_embedding, trainable) in the CSH sequence [ours: True].
+        maskclip_last: MaskCLIP value path in the last CSH block [ours: False].
+        pos_embed: ``"frozen"`` / ``"learnable"`` / ``"none"``: add CLIP's interpolated positional embedding
+            [ours: frozen].
+        adapter_norm: LayerNorm after the adapter [design: "linear/1x1 conv to CLIP width + LN": True].
+        adapter_hidden: None = one Linear (= 1x1 conv) adapter [design]; an int = 2-layer MLP width [ours].
+        resample: body map -> token grid, ``"auto"`` / ``"area"`` / ``"bilinear"`` [ours: auto].
+        token_stride: CSH token grid stride in pixels; None = the teacher's patch size [ours].
+    """
+
+    PREFIX: ClassVar[str] = "csh_"
+    UNPREFIXED: ClassVar[tuple[str, ...]] = ("prepend_cls", "maskclip_last", "pos_embed", "adapter_norm",
+                                             "adapter_hidden", "resample", "token_stride")
+
+    blocks: int = 2
+    input: str = "decoder"
+    prepend_cls: bool = True
+    maskclip_last: bool = False
+    pos_embed: str = "frozen"
+    adapter_norm: bool = True
+    adapter_hidden: int | None = None
+    resample: str = "auto"
+    token_stride: int | None = None
+
+
+@dataclass(frozen=True)
+class SGDSettings(Settings):
+    """Selective global distillation (config section "SGD": ``r*`` and ``sgd_*`` keys, ``bank_size``).
+
+    Fields:
+        r0, r_min: keep ratio at the start / the end [paper: r(t) decays from r0 to r_min; values ours: 1.0, 0.25].
+        r_schedule: ``"linear"`` / ``"cosine"`` (:func:`keep_ratio`) [ours: linear].
+        r_decay_fraction: fraction of training over which r decays, then constant r_min [ours: 1.0].
+        weight: weight of L_SGD (``sgd_weight``) [ours: 1.0].
+        tau: InfoNCE temperature (``sgd_tau``) [ours: 0.07, as our CLIP-ZSS GLM].
+        bank_size: CLS FIFO bank (negatives), tokens [ours: 1024, as our CLIP-ZSS GLM].
+        pool: ``"mean"`` over the kept positions or ``"attention"`` (CLS-query softmax pooling as CLIP-ZSS's GLM,
+            restricted to the kept set) (``sgd_pool``) [ours: mean].
+        attn_scale: attention scale for ``pool="attention"`` (``sgd_attn_scale``); None = 1/√D [CLIP-ZSS GLM
+            summary].
+        mask_padding: never select token cells that are mostly (> half) crop padding (``sgd_mask_padding``)
+            [ours: True].
+    """
+
+    PREFIX: ClassVar[str] = "sgd_"
+    UNPREFIXED: ClassVar[tuple[str, ...]] = ("r0", "r_min", "r_schedule", "r_decay_fraction", "bank_size")
+
+    r0: float = 1.0
+    r_min: float = 0.25
+    r_schedule: str = "linear"
+    r_decay_fraction: float = 1.0
+    weight: float = 1.0
+    tau: float = 0.07
+    bank_size: int = 1024
+    pool: str = "mean"
+    attn_scale: float | None = None
+    mask_padding: bool = True
+
+
+@dataclass(frozen=True)
+class SAMSettings(Settings):
+    """Semantic alignment with the frozen seen-class text embeds (config section "SAM": ``sam_loss`` and the
+    unprefixed loss keys).
+
+    Fields:
+        loss: ``"ce"``, ``"nel"`` or ``"ce+nel"`` (``sam_loss``) [paper: "CE/NEL"; choice ours: ce, why:
+            docs/methods.md "NEL"].
+        ce_weight, nel_weight: [ours: 1.0, 1.0].
+        focal_weight, dice_weight: NEL's inner weights [ZegCLIP: 100, 1].
+        focal_reduction: see :func:`zss.methods.losses.sigmoid_focal_loss` [ours: zegclip, ZegCLIP's
+            normalisation].
+        nel_bias: logit offset before NEL's sigmoid, see :func:`zss.methods.losses.nel_loss` [ours: 0].
+        loss_resolution: ``"label"`` (logits bilinearly upsampled to the label size) or ``"logits"`` (labels
+            nearest-downsampled to the CSH grid) [ours: label].
+    """
+
+    PREFIX: ClassVar[str] = "sam_"
+    UNPREFIXED: ClassVar[tuple[str, ...]] = ("ce_weight", "nel_weight", "focal_weight", "dice_weight",
+                                             "focal_reduction", "nel_bias", "loss_resolution")
+
+    loss: str = "ce"
+    ce_weight: float = 1.0
+    nel_weight: float = 1.0
+    focal_weight: float = 100.0
+    dice_weight: float = 1.0
+    focal_reduction: str = "zegclip"
+    nel_bias: float = 0.0
+    loss_resolution: str = "label"
+
+
 class ChimeraSeg(Method):
-    """Chimera-Seg training method (docs/methods.md (Chimera-Seg)). Every number not in the abstract is ours and marked so.
+    """Chimera-Seg training method (docs/methods.md (Chimera-Seg)). Every number not in the abstract is ours and
+    marked so in the docstrings of its grouped settings.
 
     The given ``student`` (a zss :class:`~zss.models.student.Student`) becomes the *body*; a
-    :class:`~zss.models.chimera.CLIPSemanticHead` is built from the teacher's last ``csh_blocks`` blocks and the
+    :class:`~zss.models.chimera.CLIPSemanticHead` is built from the teacher's last ``csh.blocks`` blocks and the
     two are wrapped into a :class:`~zss.models.chimera.ChimeraStudent`, stored as ``self.student`` (so the
     trainer, checkpoints and :meth:`Method.predict` see one student). The CSH's frozen CLIP copies are in
     ``state_dict``; the teacher itself is not (it is only read for the CLS token during training and for the
-    copy at construction).
+    copy at construction). Built from the flat keys of configs/method/chimera_seg.yaml with
+    :meth:`~zss.methods.base.Method.from_flat`.
 
     Args:
         student: the body, a zss Student (its projection is removed; see ChimeraStudent).
         teacher: a :class:`~zss.teachers.clip.FrozenCLIP` (ViT tower; required even for inference rebuilds,
             where its weights may be random because the CSH state comes from the checkpoint).
         classnames, unseen, templates, text_embeds, ignore_index: see :class:`~zss.methods.base.Method`.
-        csh_blocks: k, last CLIP blocks in the CSH [ours: 2, of ViT-B/16's 12; the paper names k as a knob].
-        csh_input: ``"decoder"`` (body decoder output) or ``"backbone"`` (last backbone map) [ours: decoder].
-        prepend_cls: class token in the CSH sequence [ours: True]. maskclip_last: MaskCLIP value path in the
-            last CSH block [ours: False]. pos_embed: ``"frozen"``/``"learnable"``/``"none"`` [ours: frozen].
-        adapter_norm: LayerNorm after the adapter [docs/methods.md (Chimera-Seg): True]. adapter_hidden: None = linear adapter
-            [ours]; an int = 2-layer MLP width. resample: body map -> token grid, ``"auto"``/``"area"``/
-            ``"bilinear"`` [ours: auto]. token_stride: CSH grid stride in pixels; None = teacher patch [ours].
-        r0, r_min: SGD keep ratio at the start / end [ours: 1.0, 0.25]. r_schedule: ``"linear"``/``"cosine"``
-            [ours: linear]. r_decay_fraction: fraction of training over which r decays [ours: 1.0].
-        sgd_weight: weight of L_SGD [ours: 1.0]. sgd_tau: InfoNCE temperature [ours: 0.07, as our GLM].
-        bank_size: CLS FIFO bank, tokens [ours: 1024]. sgd_pool: ``"mean"`` over the kept positions or
-            ``"attention"`` (CLS-query softmax pooling as CLIP-ZSS's GLM, restricted to the kept set) [ours:
-            mean]. sgd_attn_scale: attention scale for ``"attention"``; None = 1/√D [GLM summary].
-        sgd_mask_padding: exclude token cells that are mostly (> half) padding from selection [ours: True].
-        sam_loss: ``"ce"``, ``"nel"`` or ``"ce+nel"`` [paper: "CE/NEL"; ours: ce, docs/methods.md "NEL"]. ce_weight, nel_weight:
-            [ours: 1.0, 1.0]. focal_weight, dice_weight: NEL's inner weights [ZegCLIP: 100, 1].
-            focal_reduction: see :func:`zss.methods.losses.sigmoid_focal_loss` [ours: zegclip].
-            nel_bias: logit offset before NEL's sigmoid, see :func:`zss.methods.losses.nel_loss` [ours].
-        loss_resolution: ``"label"`` (logits bilinearly upsampled to the label size) or ``"logits"`` (labels
-            nearest-downsampled to the CSH grid) [ours: label].
+        csh: :class:`CSHSettings`. sgd: :class:`SGDSettings`. sam: :class:`SAMSettings` (each also a mapping of
+            its fields).
         transductive: optional transductive self-training settings (off by default), see
             :meth:`~zss.methods.base.Method.configure_transductive`; applied to the CSH dense embeds (the
             embeds SAM aligns, i.e. the test-time logits).
@@ -152,11 +239,14 @@ class ChimeraSeg(Method):
 
     Raises:
         ValueError: no/unsupported teacher, bad option values, text dim != the teacher's joint dim.
+        TypeError: a group of the wrong type or with an unknown field.
     """
 
     #: Values of keys a checkpoint's stored method config may lack (:mod:`zss.loading`): the constructor defaults
     #: of the time before the key was in configs/method/chimera_seg.yaml.
     CHECKPOINT_DEFAULTS: dict = dict(sam_loss="ce+nel")
+    #: grouped settings (:meth:`~zss.methods.base.Method.from_flat`)
+    SETTINGS = {"csh": CSHSettings, "sgd": SGDSettings, "sam": SAMSettings}
 
     def __init__(
         self,
@@ -168,71 +258,50 @@ class ChimeraSeg(Method):
         text_embeds: Tensor | None = None,
         ignore_index: int = 255,
         *,
-        csh_blocks: int = 2,
-        csh_input: str = "decoder",
-        prepend_cls: bool = True,
-        maskclip_last: bool = False,
-        pos_embed: str = "frozen",
-        adapter_norm: bool = True,
-        adapter_hidden: int | None = None,
-        resample: str = "auto",
-        token_stride: int | None = None,
-        r0: float = 1.0,
-        r_min: float = 0.25,
-        r_schedule: str = "linear",
-        r_decay_fraction: float = 1.0,
-        sgd_weight: float = 1.0,
-        sgd_tau: float = 0.07,
-        bank_size: int = 1024,
-        sgd_pool: str = "mean",
-        sgd_attn_scale: float | None = None,
-        sgd_mask_padding: bool = True,
-        sam_loss: str = "ce",
-        ce_weight: float = 1.0,
-        nel_weight: float = 1.0,
-        focal_weight: float = 100.0,
-        dice_weight: float = 1.0,
-        focal_reduction: str = "zegclip",
-        nel_bias: float = 0.0,
-        loss_resolution: str = "label",
+        csh: CSHSettings = CSHSettings(),
+        sgd: SGDSettings = SGDSettings(),
+        sam: SAMSettings = SAMSettings(),
         transductive: Mapping | None = None,
         debug: bool = False,
     ) -> None:
+        csh = coerce_settings(csh, CSHSettings, "ChimeraSeg(csh=...)")
+        sgd = coerce_settings(sgd, SGDSettings, "ChimeraSeg(sgd=...)")
+        sam = coerce_settings(sam, SAMSettings, "ChimeraSeg(sam=...)")
         if teacher is None:
             raise ValueError("ChimeraSeg needs a FrozenCLIP teacher to build its CLIP Semantic Head (even for "
                              "inference rebuilds: random weights of the same architecture suffice)")
-        if sam_loss not in SAM_LOSSES:
-            raise ValueError(f"ChimeraSeg: sam_loss={sam_loss!r} (method.sam_loss); choose {SAM_LOSSES}")
-        if sgd_pool not in ("mean", "attention"):
-            raise ValueError(f"ChimeraSeg: sgd_pool={sgd_pool!r} (method.sgd_pool); choose 'mean' or 'attention'")
-        if loss_resolution not in ("label", "logits"):
-            raise ValueError(f"ChimeraSeg: loss_resolution={loss_resolution!r}; choose 'label' or 'logits'")
-        keep_ratio(0, 1, r0, r_min, r_schedule, r_decay_fraction)  # validates the schedule arguments
-        csh = CLIPSemanticHead(
-            teacher, ChimeraStudent.body_channels(student, csh_input), num_blocks=csh_blocks,
-            maskclip_last=maskclip_last, prepend_cls=prepend_cls, pos_embed=pos_embed, adapter_norm=adapter_norm,
-            adapter_hidden=adapter_hidden, resample=resample,
+        if sam.loss not in SAM_LOSSES:
+            raise ValueError(f"ChimeraSeg: sam_loss={sam.loss!r} (method.sam_loss); choose {SAM_LOSSES}")
+        if sgd.pool not in ("mean", "attention"):
+            raise ValueError(f"ChimeraSeg: sgd_pool={sgd.pool!r} (method.sgd_pool); choose 'mean' or 'attention'")
+        if sam.loss_resolution not in ("label", "logits"):
+            raise ValueError(f"ChimeraSeg: loss_resolution={sam.loss_resolution!r}; choose 'label' or 'logits'")
+        keep_ratio(0, 1, sgd.r0, sgd.r_min, sgd.r_schedule, sgd.r_decay_fraction)  # validates the schedule
+        head = CLIPSemanticHead(
+            teacher, ChimeraStudent.body_channels(student, csh.input), num_blocks=csh.blocks,
+            maskclip_last=csh.maskclip_last, prepend_cls=csh.prepend_cls, pos_embed=csh.pos_embed,
+            adapter_norm=csh.adapter_norm, adapter_hidden=csh.adapter_hidden, resample=csh.resample,
         )
-        chimera = ChimeraStudent(student, csh, csh_input=csh_input, token_stride=token_stride)
+        chimera = ChimeraStudent(student, head, csh_input=csh.input, token_stride=csh.token_stride)
         super().__init__(chimera, teacher, classnames, unseen, templates, text_embeds, ignore_index,
                          transductive=transductive)
         dim = int(self.text_embeds.shape[1])
         if dim != chimera.embed_dim:
             raise ValueError(f"ChimeraSeg: text embeds have D={dim} but the CSH projects to D={chimera.embed_dim}")
-        self.r0, self.r_min, self.r_schedule, self.r_decay_fraction = float(r0), float(r_min), r_schedule, float(
-            r_decay_fraction)
-        self.current_keep_ratio = float(r0)
-        self.sgd_weight, self.sgd_mask_padding = float(sgd_weight), bool(sgd_mask_padding)
-        self.sgd_pool = sgd_pool
+        self.r0, self.r_min, self.r_schedule, self.r_decay_fraction = (
+            float(sgd.r0), float(sgd.r_min), sgd.r_schedule, float(sgd.r_decay_fraction))
+        self.current_keep_ratio = float(sgd.r0)
+        self.sgd_weight, self.sgd_mask_padding = float(sgd.weight), bool(sgd.mask_padding)
+        self.sgd_pool = sgd.pool
         # mean pooling == CLS-query attention pooling with scale 0 (uniform softmax over the kept set)
-        self.sgd = GlobalDistillLoss(dim, tau=sgd_tau, bank_size=bank_size,
-                                     attn_scale=0.0 if sgd_pool == "mean" else sgd_attn_scale)
-        self.sam_loss = sam_loss
-        self.ce_weight, self.nel_weight = float(ce_weight), float(nel_weight)
-        self.focal_weight, self.dice_weight, self.focal_reduction = float(focal_weight), float(dice_weight), \
-            focal_reduction
-        self.nel_bias = float(nel_bias)
-        self.loss_resolution = loss_resolution
+        self.sgd = GlobalDistillLoss(dim, tau=sgd.tau, bank_size=sgd.bank_size,
+                                     attn_scale=0.0 if sgd.pool == "mean" else sgd.attn_scale)
+        self.sam_loss = sam.loss
+        self.ce_weight, self.nel_weight = float(sam.ce_weight), float(sam.nel_weight)
+        self.focal_weight, self.dice_weight, self.focal_reduction = (
+            float(sam.focal_weight), float(sam.dice_weight), sam.focal_reduction)
+        self.nel_bias = float(sam.nel_bias)
+        self.loss_resolution = sam.loss_resolution
         self.debug = bool(debug)
 
     # ------------------------------------------------------------------ schedule

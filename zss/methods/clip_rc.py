@@ -25,18 +25,21 @@ the published transductive numbers only.
 from __future__ import annotations
 
 import logging
-from typing import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from zss.methods.base import LABEL_SPACES, MASKED_LOGIT, Method, upsample_logits
 from zss.methods.losses import dice_loss, sigmoid_focal_loss
+from zss.methods.settings import Settings, coerce_settings
 from zss.models.clip_rc_decoder import RecoveryDecoder, RegionTextDecoder, recovery_loss
 from zss.teachers.clip import FrozenCLIP
 from zss.teachers.prompted import IMAGENET_MEAN, IMAGENET_STD, PromptedCLIPEncoder, visual_fingerprint
 
-__all__ = ["CLIP_INPUT_NORMS", "ClipRC", "ClipRCNet", "focal_dice_ignore_as_negative",
+__all__ = ["CLIP_INPUT_NORMS", "ClipRC", "ClipRCDecoderSettings", "ClipRCEncoderSettings", "ClipRCLossSettings",
+           "ClipRCNet", "focal_dice_ignore_as_negative",
            "st_pseudo_labels", "st_pseudo_labels_gt_mask"]
 
 log = logging.getLogger(__name__)
@@ -166,10 +169,98 @@ class ClipRCNet(nn.Module):
         return self.decoder(e["dense"], e["cls"], e["regions"], text.to(e["cls"].dtype))
 
 
+@dataclass(frozen=True)
+class ClipRCEncoderSettings(Settings):
+    """The image encoder: frozen CLIP ViT + VPT-deep prompts + region tokens (config section "image encoder",
+    unprefixed keys; :class:`~zss.teachers.prompted.PromptedCLIPEncoder`). Tags: [paper], [public code]
+    (uyzhang/CLIP-RC, ZiqinZhou66/ZegCLIP), ours.
+
+    Fields:
+        num_prompts: prompt tokens per layer [public code: 10 VOC, 100 COCO-Stuff; the config reads it from
+            ``recipe``].
+        deep_prompts: VPT-deep: fresh prompts before every block, one shared prompt_proj [public code: True].
+        region_grid: G (G² region tokens) [CLIP-RC: 4, paper and code; ZegCLIP: 0].
+        train_region_tokens: [public code: False (its freezing rule never trains them); paper: trained].
+        prompt_dropout: [public code: 0.1].
+        drop_path_rate: [public code: 0.1 configured, never applied -> 0.0 reproduces it].
+        pos_interp: positional-embedding resize, ``"bilinear"`` [public code] or ``"bicubic"`` (FrozenCLIP's).
+        clip_input_norm: ``"imagenet"`` [public code: ImageNet mean/std fed to CLIP weights] or ``"clip"`` (CLIP's
+            own statistics). Images arrive in the teacher's ``input_mean``/``input_std`` (= ``dataset.mean/std``)
+            and are converted exactly (zss/data/normalize.py algebra) to the chosen statistics.
+        cls_input: ``"public"`` [public code: the CLS slot enters as 2·class_embedding + pos[0]] or ``"clip"``
+            (open_clip's class_embedding + pos[0]); see :class:`~zss.teachers.prompted.PromptedCLIPEncoder`.
+    """
+
+    num_prompts: int = 10
+    deep_prompts: bool = True
+    region_grid: int = 4
+    train_region_tokens: bool = False
+    prompt_dropout: float = 0.1
+    drop_path_rate: float = 0.0
+    pos_interp: str = "bilinear"
+    clip_input_norm: str = "imagenet"
+    cls_input: str = "public"
+
+
+@dataclass(frozen=True)
+class ClipRCDecoderSettings(Settings):
+    """The region × class query decoder (config section "decoder": ``decoder_*`` and the unprefixed keys below;
+    :class:`~zss.models.clip_rc_decoder.RegionTextDecoder`); widths scale with the CLIP joint width D.
+
+    Fields:
+        layers, heads: decoder layers and attention heads (``decoder_layers``, ``decoder_heads``) [public code: 3, 8].
+        ffn_ratio: FFN width = ffn_ratio · D [public code: 4].
+        dropout: (``decoder_dropout``) [public code: 0.1, nn.TransformerDecoderLayer's default].
+        attn_dropout: [public code: 0.1].
+        bidirectional: queries and visual tokens update each other [CLIP-RC: True; ZegCLIP: False].
+        lateral_proj: memory = lateral_proj([Up(R); g; F]) [CLIP-RC: True; ZegCLIP: False].
+        logits: ``"dot"`` (Q·Vᵀ) [CLIP-RC] / ``"attention"`` (the last layer's head-averaged pre-softmax attention
+            logits) [ZegCLIP].
+        head_init: ``"pytorch"`` [public code: the head's init_weights is never called] / ``"trunc_normal"`` (that
+            init_weights).
+    """
+
+    PREFIX: ClassVar[str] = "decoder_"
+    UNPREFIXED: ClassVar[tuple[str, ...]] = ("ffn_ratio", "attn_dropout", "bidirectional", "lateral_proj", "logits",
+                                             "head_init")
+
+    layers: int = 3
+    heads: int = 8
+    ffn_ratio: int = 4
+    dropout: float = 0.1
+    attn_dropout: float = 0.1
+    bidirectional: bool = True
+    lateral_proj: bool = True
+    logits: str = "dot"
+    head_init: str = "pytorch"
+
+
+@dataclass(frozen=True)
+class ClipRCLossSettings(Settings):
+    """The training loss [public code ``SegLoss``] (config section "losses", unprefixed keys).
+
+    Fields:
+        focal_weight, dice_weight, recovery_weight: [public code: VOC 100 / 1 / 2, COCO-Stuff 200 / 3 / 50; ZegCLIP
+            100 / 1 / 0; the config reads them from ``recipe``]. Each >= 0; ``recovery_weight`` 0 builds no
+            recovery decoder.
+        recovery_layers: layer pairs of the recovery decoder [public code: 1].
+        focal_alpha, focal_gamma: [public code: 0.25, 2].
+    """
+
+    focal_weight: float = 100.0
+    dice_weight: float = 1.0
+    recovery_weight: float = 2.0
+    recovery_layers: int = 1
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+
+
 class ClipRC(Method):
     """CLIP-RC training method; ZegCLIP with ``region_grid=0``, no recovery, one-way decoder, attention logits.
 
-    Tags in the docs: [paper], [public code] (uyzhang/CLIP-RC, ZiqinZhou66/ZegCLIP), ours.
+    Tags ([paper], [public code] (uyzhang/CLIP-RC, ZiqinZhou66/ZegCLIP), ours) are in the docstrings of the grouped
+    settings. Built from the flat keys of configs/method/clip_rc.yaml (or zegclip.yaml) with
+    :meth:`~zss.methods.base.Method.from_flat`.
 
     Args:
         student: must be None: the model is built here from the teacher (``scripts/train.py`` passes None
@@ -178,24 +269,8 @@ class ClipRC(Method):
             its image tower runs at test time, so a checkpoint needs the same CLIP weights to evaluate
             (:attr:`clip_at_test_time`; the tower's sha256 is stored and checked on load).
         classnames, unseen, templates, text_embeds, ignore_index: see :class:`~zss.methods.base.Method`.
-        num_prompts: prompt tokens per layer [public code: 10 VOC, 100 COCO-Stuff]. deep_prompts: VPT-deep
-            [public code: True].
-        region_grid: G (G² region tokens) [CLIP-RC: 4; ZegCLIP: 0].
-        train_region_tokens: [public code: False (its freezing rule never trains them); paper: trained].
-        prompt_dropout: [public code: 0.1]. drop_path_rate: [public code: 0.1 configured, never applied -> 0.0].
-        pos_interp: ``"bilinear"`` [public code] or ``"bicubic"`` (FrozenCLIP's).
-        clip_input_norm: ``"imagenet"`` [public code: ImageNet mean/std fed to CLIP weights] or ``"clip"``.
-            Images arrive in the teacher's ``input_mean``/``input_std`` (= ``dataset.mean/std``) and are
-            converted exactly (zss/data/normalize.py algebra) to the chosen statistics.
-        cls_input: ``"public"`` [public code: the CLS slot enters as 2·class_embedding + pos[0]] or ``"clip"``
-            (open_clip's class_embedding + pos[0]); see :class:`~zss.teachers.prompted.PromptedCLIPEncoder`.
-        decoder_layers, decoder_heads, ffn_ratio, decoder_dropout, attn_dropout: [public code: 3, 8, 4, 0.1,
-            0.1]. bidirectional, lateral_proj: [CLIP-RC: True, True; ZegCLIP: False, False].
-        logits: ``"dot"`` [CLIP-RC] / ``"attention"`` [ZegCLIP]. head_init: ``"pytorch"`` [public code: the
-            head's init_weights is never called] / ``"trunc_normal"`` (that init_weights).
-        focal_weight, dice_weight, recovery_weight: [public code: VOC 100 / 1 / 2, COCO-Stuff 200 / 3 / 50;
-            ZegCLIP 100 / 1 / 0]. recovery_weight 0 builds no recovery decoder. recovery_layers: [1].
-        focal_alpha, focal_gamma: [0.25, 2].
+        encoder: :class:`ClipRCEncoderSettings`. decoder: :class:`ClipRCDecoderSettings`. loss:
+            :class:`ClipRCLossSettings` (each also a mapping of its fields).
         transductive: ``method.transductive`` mapping: ``enabled``, ``start_step`` (steps of inductive
             training before self-training starts; the public code starts ST from an inductive checkpoint),
             ``threshold`` (sigmoid score, :func:`st_pseudo_labels`; ours 0.5); ``weight`` must stay 1.0 and
@@ -206,6 +281,7 @@ class ClipRC(Method):
 
     Raises:
         ValueError: no FrozenCLIP teacher, bad option values, text width != the CLIP joint width.
+        TypeError: a group of the wrong type or with an unknown field.
     """
 
     #: ``scripts/train.py`` builds no student (the model is built from the teacher).
@@ -217,6 +293,8 @@ class ClipRC(Method):
     #: a checkpoint whose stored config has no ``cls_input`` was trained before the key existed, with open_clip's
     #: CLS input (``clip``), not today's ``public`` default (:mod:`zss.loading` fills it in)
     CHECKPOINT_DEFAULTS = {"cls_input": "clip"}
+    #: grouped settings (:meth:`~zss.methods.base.Method.from_flat`)
+    SETTINGS = {"encoder": ClipRCEncoderSettings, "decoder": ClipRCDecoderSettings, "loss": ClipRCLossSettings}
 
     def __init__(
         self,
@@ -228,32 +306,14 @@ class ClipRC(Method):
         text_embeds: Tensor | None = None,
         ignore_index: int = 255,
         *,
-        num_prompts: int = 10,
-        deep_prompts: bool = True,
-        region_grid: int = 4,
-        train_region_tokens: bool = False,
-        prompt_dropout: float = 0.1,
-        drop_path_rate: float = 0.0,
-        pos_interp: str = "bilinear",
-        clip_input_norm: str = "imagenet",
-        cls_input: str = "public",
-        decoder_layers: int = 3,
-        decoder_heads: int = 8,
-        ffn_ratio: int = 4,
-        decoder_dropout: float = 0.1,
-        attn_dropout: float = 0.1,
-        bidirectional: bool = True,
-        lateral_proj: bool = True,
-        logits: str = "dot",
-        head_init: str = "pytorch",
-        focal_weight: float = 100.0,
-        dice_weight: float = 1.0,
-        recovery_weight: float = 2.0,
-        recovery_layers: int = 1,
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
+        encoder: ClipRCEncoderSettings = ClipRCEncoderSettings(),
+        decoder: ClipRCDecoderSettings = ClipRCDecoderSettings(),
+        loss: ClipRCLossSettings = ClipRCLossSettings(),
         transductive: Mapping | None = None,
     ) -> None:
+        enc = coerce_settings(encoder, ClipRCEncoderSettings, "ClipRC(encoder=...)")
+        dec = coerce_settings(decoder, ClipRCDecoderSettings, "ClipRC(decoder=...)")
+        loss = coerce_settings(loss, ClipRCLossSettings, "ClipRC(loss=...)")
         if not isinstance(teacher, FrozenCLIP):
             raise ValueError(
                 "ClipRC needs a FrozenCLIP teacher (teacher=clip_vitb16, or tiny_random for smoke runs): CLIP's image "
@@ -262,37 +322,38 @@ class ClipRC(Method):
         if student is not None:
             log.warning("ClipRC builds its own model from the CLIP teacher; the given student (%s) is ignored",
                         type(student).__name__)
-        if clip_input_norm not in CLIP_INPUT_NORMS:
-            raise ValueError(f"ClipRC: clip_input_norm={clip_input_norm!r} (method.clip_input_norm); choose "
+        if enc.clip_input_norm not in CLIP_INPUT_NORMS:
+            raise ValueError(f"ClipRC: clip_input_norm={enc.clip_input_norm!r} (method.clip_input_norm); choose "
                              f"{CLIP_INPUT_NORMS}")
-        for name, v in (("focal_weight", focal_weight), ("dice_weight", dice_weight),
-                        ("recovery_weight", recovery_weight)):
+        for name, v in (("focal_weight", loss.focal_weight), ("dice_weight", loss.dice_weight),
+                        ("recovery_weight", loss.recovery_weight)):
             if not float(v) >= 0.0:
                 raise ValueError(f"ClipRC: method.{name} must be >= 0, got {v}")
-        pix = (IMAGENET_MEAN, IMAGENET_STD) if clip_input_norm == "imagenet" else (None, None)
-        encoder = PromptedCLIPEncoder(
-            teacher, num_prompts=num_prompts, deep_prompts=deep_prompts, region_grid=region_grid,
-            train_region_tokens=train_region_tokens, prompt_dropout=prompt_dropout, drop_path_rate=drop_path_rate,
-            pos_interp=pos_interp, pixel_mean=pix[0], pixel_std=pix[1], cls_input=cls_input,
+        pix = (IMAGENET_MEAN, IMAGENET_STD) if enc.clip_input_norm == "imagenet" else (None, None)
+        image_encoder = PromptedCLIPEncoder(
+            teacher, num_prompts=enc.num_prompts, deep_prompts=enc.deep_prompts, region_grid=enc.region_grid,
+            train_region_tokens=enc.train_region_tokens, prompt_dropout=enc.prompt_dropout,
+            drop_path_rate=enc.drop_path_rate, pos_interp=enc.pos_interp, pixel_mean=pix[0], pixel_std=pix[1],
+            cls_input=enc.cls_input,
         )
-        dim = encoder.embed_dim
-        decoder = RegionTextDecoder(
-            dim, num_layers=decoder_layers, num_heads=decoder_heads, ffn_ratio=ffn_ratio, dropout=decoder_dropout,
-            attn_dropout=attn_dropout, with_regions=encoder.num_regions > 0, lateral_proj=lateral_proj,
-            bidirectional=bidirectional, logits=logits, init=head_init,
+        dim = image_encoder.embed_dim
+        query_decoder = RegionTextDecoder(
+            dim, num_layers=dec.layers, num_heads=dec.heads, ffn_ratio=dec.ffn_ratio, dropout=dec.dropout,
+            attn_dropout=dec.attn_dropout, with_regions=image_encoder.num_regions > 0, lateral_proj=dec.lateral_proj,
+            bidirectional=dec.bidirectional, logits=dec.logits, init=dec.head_init,
         )
-        super().__init__(ClipRCNet(encoder, decoder), teacher, classnames, unseen, templates, text_embeds,
+        super().__init__(ClipRCNet(image_encoder, query_decoder), teacher, classnames, unseen, templates, text_embeds,
                          ignore_index, transductive=transductive)
         if int(self.text_embeds.shape[1]) != dim:
             raise ValueError(f"ClipRC: text embeds have D={self.text_embeds.shape[1]} but the CLIP joint width is {dim}")
         self.recovery = (  # training-only
-            RecoveryDecoder(dim, decoder_heads, recovery_layers, ffn_ratio, decoder_dropout, attn_dropout)
-            if float(recovery_weight) > 0 else None)
-        self.focal_weight, self.dice_weight = float(focal_weight), float(dice_weight)
-        self.recovery_weight = float(recovery_weight)
-        self.focal_alpha, self.focal_gamma = float(focal_alpha), float(focal_gamma)
-        self.clip_input_norm = clip_input_norm
-        fp = visual_fingerprint(encoder.visual)
+            RecoveryDecoder(dim, dec.heads, loss.recovery_layers, dec.ffn_ratio, dec.dropout, dec.attn_dropout)
+            if float(loss.recovery_weight) > 0 else None)
+        self.focal_weight, self.dice_weight = float(loss.focal_weight), float(loss.dice_weight)
+        self.recovery_weight = float(loss.recovery_weight)
+        self.focal_alpha, self.focal_gamma = float(loss.focal_alpha), float(loss.focal_gamma)
+        self.clip_input_norm = enc.clip_input_norm
+        fp = visual_fingerprint(image_encoder.visual)
         self.register_buffer("clip_fingerprint", torch.tensor(list(bytes.fromhex(fp)), dtype=torch.uint8))
 
     # ------------------------------------------------------------------ settings

@@ -18,7 +18,8 @@ time; the teacher is never trained, saved or needed at test time.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,10 +27,13 @@ from torch import Tensor, nn
 
 from zss.methods.base import Method, safe_cross_entropy, upsample_logits
 from zss.methods.losses import GlobalDistillLoss, nearest_down, nel_loss
+from zss.methods.settings import Settings, coerce_settings
 from zss.models.synthesizer import SynthOutput, WeightSynthesizer
 from zss.ops.pseudo_labels import DEFAULT_SCALES, clear_near_seen, num_seeds, pseudo_label_quality, pseudo_labels
+from zss.utils.bank import FifoBank
 
-__all__ = ["ClipZSS"]
+__all__ = ["ClipZSS", "GLMSettings", "PseudoLabelSettings", "PseudoNegativeSettings", "ClipZSSLossSettings",
+           "SynthSettings"]
 
 #: ``pl_clip_es`` defaults (ours) for the keys a CLIP-ES preset (configs/clip_es/*.yaml: ``template``, ``synonyms``,
 #: ``background_words``, ``box_threshold``; ``background_class`` is accepted and unused) may leave out.
@@ -45,68 +49,230 @@ def _zero(ref: Tensor) -> Tensor:
     return ref.new_zeros((), dtype=torch.float32)
 
 
-class PseudoBank(nn.Module):
+class PseudoBank(FifoBank):
     """FIFO bank of past pseudo-region weights: extra negatives for seen pixels (``pseudo_negatives="bank"``; ours).
 
-    Buffers are non-persistent (inference never needs them); the trainer saves them with the training state
-    (:meth:`train_state` / :meth:`load_train_state`), as the GLM's CLS bank. Slot ``size`` is a write sink for
-    absent regions, so :meth:`push` makes no host sync. Under DDP every rank keeps its own bank.
+    A :class:`~zss.utils.bank.FifoBank` (non-persistent buffers, saved with the training state by the trainer, as
+    the GLM's CLS bank; one bank per DDP rank) pushed with the presence mask of the step's regions (no host sync),
+    read as all slots plus their validity (:meth:`get`), its training state naming the rows ``weights``.
 
     Args:
-        size: capacity N (weights); dim: D.
+        size: capacity N (weights, ``method.pseudo_bank_size``); dim: D.
 
     Raises:
         ValueError: ``size < 1``.
     """
 
     def __init__(self, size: int, dim: int) -> None:
-        super().__init__()
         if int(size) < 1:
             raise ValueError(f"ClipZSS: pseudo_bank_size must be >= 1 with pseudo_negatives='bank', got {size}")
-        self.size = int(size)
-        self.register_buffer("weights", torch.zeros(self.size + 1, int(dim)), persistent=False)  # [N+1, D] float32
-        self.register_buffer("valid", torch.zeros(self.size + 1, dtype=torch.bool), persistent=False)
-        self.register_buffer("ptr", torch.zeros((), dtype=torch.long), persistent=False)
+        super().__init__(size, dim, name="PseudoBank", size_key="pseudo_bank_size", state_key="weights")
+
+    @property
+    def weights(self) -> Tensor:
+        """``Tensor[N + 1, D] float32``: every slot, the sink included (the ``rows`` buffer)."""
+        return self.rows
 
     def get(self) -> tuple[Tensor, Tensor]:
-        """``(Tensor[N, D] float32, Tensor[N] bool)``: the stored weights and which slots hold one."""
-        return self.weights[: self.size], self.valid[: self.size]
+        """``(Tensor[N, D] float32, Tensor[N] bool)``: the stored weights and which slots hold one
+        (:meth:`~zss.utils.bank.FifoBank.slots`)."""
+        return self.slots()
 
-    @torch.no_grad()
-    def push(self, weights: Tensor, present: Tensor) -> None:
-        """Append the present rows of ``weights`` ``Tensor[B, K, D]`` (``present`` ``Tensor[B, K] bool``),
-        overwriting the oldest; at most N per call."""
-        n = self.size
-        w, ok = weights.detach().flatten(0, 1).float(), present.flatten()
-        order = torch.argsort((~ok).to(torch.uint8), stable=True)[:n]  # present rows first
-        w, ok = w[order], ok[order]
-        pos = torch.where(ok, (self.ptr + ok.long().cumsum(0) - 1) % n, n)
-        self.weights.index_copy_(0, pos, w)
-        self.valid.index_copy_(0, pos, ok)
-        self.valid[n:].zero_()  # the sink slot never holds a weight
-        self.ptr.copy_((self.ptr + ok.long().sum()) % n)
 
-    def train_state(self) -> dict[str, Tensor]:
-        """The bank for a training checkpoint (CPU copies)."""
-        return {"weights": self.weights.cpu().clone(), "valid": self.valid.cpu().clone(), "ptr": self.ptr.cpu().clone()}
+@dataclass(frozen=True)
+class GLMSettings(Settings):
+    """Global Learning Module (config keys ``glm_*`` and ``bank_size``; docs/methods.md (CLIP-ZSS)).
 
-    def load_train_state(self, state: dict[str, Tensor]) -> None:
-        """Restore :meth:`train_state`.
+    Fields:
+        weight: weight of L_GLM (``glm_weight``) [ours: 1.0; the summary's L is an unweighted sum].
+        tau: InfoNCE temperature (``glm_tau``) [ours: 0.07].
+        bank_size: FIFO bank of past CLS tokens, in tokens (``bank_size``) [ours: 1024].
+        attn_scale: attention scale of the CLS-query pooling (``glm_attn_scale``); 0 = explicit mean pooling
+            [ours, the default]; None = 1/√D [summary] (docs/methods.md "GLM pooling").
+        pool: where GLM pools the student's embeds (``glm_pool``): ``"teacher"`` (adaptive average pool to the
+            teacher's h×w patch grid, then re-normalised) [ours, default], ``"none"`` (student resolution) or an
+            int k (``avg_pool2d`` with kernel = stride = k student cells).
+        mask_padding: exclude cells that are entirely padding (``batch["valid"]`` False) from the GLM attention
+            (``glm_mask_padding``) [ours: True].
+    """
 
-        Raises:
-            ValueError: the saved bank has another size or dimension (``pseudo_bank_size`` changed).
-        """
-        if tuple(state["weights"].shape) != tuple(self.weights.shape):
-            raise ValueError(f"PseudoBank: the checkpoint's bank is {tuple(state['weights'].shape)}, this one "
-                             f"{tuple(self.weights.shape)}: resume with the pseudo_bank_size it was trained with")
-        self.weights.copy_(state["weights"])
-        self.valid.copy_(state["valid"])
-        self.ptr.copy_(state["ptr"])
+    PREFIX: ClassVar[str] = "glm_"
+    UNPREFIXED: ClassVar[tuple[str, ...]] = ("bank_size",)
+
+    weight: float = 1.0
+    tau: float = 0.07
+    bank_size: int = 1024
+    attn_scale: float | None = 0.0
+    pool: str | int = "teacher"
+    mask_padding: bool = True
+
+
+@dataclass(frozen=True)
+class PseudoLabelSettings(Settings):
+    """PLM's pseudo labels (config keys ``pl_*``; docs/methods.md (CLIP-ZSS) "PLM").
+
+    Fields:
+        scales: window sides in teacher patches of the K-Means seeds (``pl_scales``; stride ⌊s/2⌋ [summary]);
+            None = the ops default ``(4, 8, 16)`` (ours, for a 32×32 grid).
+        lam: cosine threshold λ for fusing K-Means masks (``pl_lambda``); None = ops default 0.9 (ours).
+        iters: K-Means iterations (``pl_iters``); None = ops default 10 (ours).
+        min_area: smallest pseudo region kept, in teacher patches (``pl_min_area``); None = ops default 4 (ours).
+        max_regions: cap on pseudo regions per image (``pl_max_regions``); the largest are kept, smaller ones
+            become ignore [ours: 32; regions per image at demo scale: docs/methods.md "PLM fusion"]. It also fixes
+            the number of pseudo-logit channels K of the training step (padded, with a mask for absent regions),
+            so the step never sizes a tensor from data (no host sync). None = no cap: K = the number of K-Means
+            seeds (283 on a 32×32 grid), correct but costly.
+        seen_margin: width, in teacher patches (converted to label pixels with the label-to-teacher-grid ratio,
+            rounded), of the band around seen-labelled pixels where pseudo labels are left unlabelled
+            (``pl_seen_margin``; :func:`zss.ops.pseudo_labels.clear_near_seen`): pseudo regions are only as fine
+            as the teacher's patches [ours: 1.0; 0 = off; docs/methods.md "Seen margin"].
+        source: where the pseudo regions come from (``pl_source``): ``"kmeans"`` (K-Means on the teacher's dense
+            tokens [summary], the default) or ``"clip_es"`` (CLIP-ES masks, :func:`zss.clip_es.clip_es_regions`:
+            one region per image-level class, background words as a region of their own; ours, docs/clip_es.md
+            "CLIP-ES as PLM's region source"). ``"clip_es"`` is for the **transductive** setting only
+            (``transductive.enabled``): it needs image-level labels of unseen classes. Seen tags come from the
+            seen labels, unseen tags from the teacher's zero-shot CLS scores; the ground truth of unseen classes
+            is never read. Needs a :class:`~zss.teachers.clip.FrozenCLIP` ViT run at the crop size
+            (``image_size`` None).
+        clip_es: settings of ``source="clip_es"`` (``pl_clip_es``; keys of :data:`CLIP_ES_DEFAULTS`): ``template``,
+            ``synonyms`` (class name -> prompt name), ``background_words`` (required: the CLIP-ES preset's),
+            ``box_threshold``, ``refine`` (CAA), ``alpha`` (background exponent), ``attn_layers`` (public-code
+            values by default) and ``tag_threshold`` (ours: an unseen class is tagged when its softmax
+            probability over all classes from the CLS token reaches it, a fraction). None = those defaults.
+        kwargs: extra keyword arguments for :func:`zss.ops.pseudo_labels.pseudo_labels` (``pl_kwargs``, e.g.
+            ``mode``; Python only, no default config writes it).
+    """
+
+    PREFIX: ClassVar[str] = "pl_"
+    RENAMED: ClassVar[Mapping[str, str]] = {"lam": "pl_lambda"}
+
+    scales: Sequence[int] | None = None
+    lam: float | None = None
+    iters: int | None = None
+    min_area: int | None = None
+    max_regions: int | None = 32
+    seen_margin: float = 1.0
+    source: str = "kmeans"
+    clip_es: Mapping | None = None
+    kwargs: Mapping | None = None
+
+
+@dataclass(frozen=True)
+class PseudoNegativeSettings(Settings):
+    """Other images' pseudo regions as negatives of seen pixels (config keys ``pseudo_negatives*``,
+    ``pseudo_bank_size``; ours, docs/methods.md "Cross-image pseudo negatives").
+
+    Fields:
+        mode: which pseudo channels a SEEN pixel's CE scores against (``pseudo_negatives``) [ours]: ``"image"`` —
+            its own image's only (the summary's per-image F) —, ``"batch"`` — also every pseudo region of the
+            other images of the local batch — or ``"bank"`` (the default) — also those of the last steps, a FIFO
+            bank of ``bank_size`` detached pseudo weights. With ``"image"`` a seen pixel is never told it is not
+            an unseen concept its image lacks, and seen classes drift to the unseen directions PLM pulls other
+            images' regions towards (measured: docs/methods.md "Cross-image pseudo negatives"). Pseudo regions
+            lie on unlabelled pixels only, so none of them is a seen class. Pseudo pixels keep their own image's
+            channels: another image's region of the same concept (its background, the same unseen class) would
+            be a false negative. The extra channels enter the CE as one logsumexp channel (exact for a target
+            outside them), computed at the logits' resolution; NEL never sees them.
+        bank_size: entries of the ``"bank"`` FIFO (``pseudo_bank_size``; :class:`PseudoBank`: pseudo weights of
+            present regions, pushed after each step's loss; saved with the training state, not the model's)
+            [ours: 256; must be >= 1 with ``mode="bank"``].
+        same: cosine above which two pseudo weights are one concept for ``"batch"`` / ``"bank"``
+            (``pseudo_negatives_same``): a candidate that close to one of the pixel's own image's regions is
+            dropped and each other counts once however many copies the batch/bank holds (see
+            :meth:`ClipZSS._cross_image_negatives`) [ours: 0.9, the fusion threshold's default]; None = every
+            candidate once, no de-duplication.
+    """
+
+    PREFIX: ClassVar[str] = "pseudo_"
+    RENAMED: ClassVar[Mapping[str, str]] = {"mode": "pseudo_negatives", "same": "pseudo_negatives_same"}
+
+    mode: str = "bank"
+    bank_size: int = 256
+    same: float | None = 0.9
+
+
+@dataclass(frozen=True)
+class ClipZSSLossSettings(Settings):
+    """Logits and losses of CLIP-ZSS (config keys of the "logits and losses" section, unprefixed;
+    [summary: L = L_GLM + L_NEL + CE + L_BCE]).
+
+    Fields:
+        alpha: logit scale α of the seen part; None = the student's ``logit_scale`` (the same scale as test-time
+            logits; ours).
+        beta: logit scale β of the pseudo part, applied to cosines [ours: 14.285714 = 1/0.07 to 6 decimals].
+        ce_weight: weight of CE on F [ours: 1.0].
+        ce_reduction: ``"joint"`` — one CE averaged over every labelled pixel of F (seen and pseudo together, the
+            summary's "CE on F") — or ``"split"`` — the seen pixels and the pseudo pixels each averaged over their
+            own count, ``CE_seen + pseudo_ce_weight · CE_pseudo``, so the pseudo regions (background, unseen and
+            unlabelled stuff: often most of an image) do not dilute the seen supervision [ours].
+        pseudo_ce_weight: weight of CE_pseudo with ``ce_reduction="split"`` [ours: 1.0]; unused with ``"joint"``.
+        detach_pseudo_weights: if True, the CE sees P_pseudo detached: the synthesizer then learns from L_BCE only
+            and CE trains only the student towards the synthesized weights [ours: False; docs/methods.md "GLM
+            only / PLM only / both"].
+        nel_weight: weight of the whole NEL term [ours: 0.0 = off, docs/methods.md "NEL"; to use it:
+            ``nel_weight=1``, ``nel_bias=-4.6``].
+        focal_weight, dice_weight: NEL's inner weights [ZegCLIP: 100, 1].
+        focal_reduction: normalisation of the focal term, ``"zegclip"`` [ZegCLIP's code] or ``"mean"`` (see
+            :func:`zss.methods.losses.sigmoid_focal_loss`).
+        nel_bias: logit offset before NEL's sigmoid (see :func:`zss.methods.losses.nel_loss`) [ours: 0].
+        bce_weight: weight of L_BCE [ours: 1.0].
+        bce_scale, bce_bias: BCE logits = ``bce_scale · <P_seen, T_seen> + bce_bias`` [ours: 14.285714, 0].
+        loss_resolution: ``"label"`` (default, as the baseline: logits bilinearly upsampled to the label size) or
+            ``"logits"`` (F nearest-downsampled to the logit grid: ~16× cheaper) [ours].
+    """
+
+    alpha: float | None = None
+    beta: float = 14.285714
+    ce_weight: float = 1.0
+    ce_reduction: str = "joint"
+    pseudo_ce_weight: float = 1.0
+    detach_pseudo_weights: bool = False
+    nel_weight: float = 0.0
+    focal_weight: float = 100.0
+    dice_weight: float = 1.0
+    focal_reduction: str = "zegclip"
+    nel_bias: float = 0.0
+    bce_weight: float = 1.0
+    bce_scale: float = 14.285714
+    bce_bias: float = 0.0
+    loss_resolution: str = "label"
+
+
+@dataclass(frozen=True)
+class SynthSettings(Settings):
+    """The weight synthesizer (config keys ``synth_*``; :class:`~zss.models.synthesizer.WeightSynthesizer`: a
+    transformer decoder, queries = region prototypes, memory = CLIP CLS).
+
+    Fields:
+        depth, heads: decoder layers and attention heads [ours: 2, 4].
+        ffn_dim: feed-forward width; None = 4·D [ours].
+        memory: ``"cls"`` [summary] | ``"cls+dense"`` | ``"cls+regions"`` (ours).
+        query: ``"prototype"`` [the summary's reading] | ``"prototype+clip"`` | ``"clip"``: each region's query =
+            CLIP's region-pooled dense token [ours, default; docs/methods.md "Synthesizer memory and query"].
+        detach_prototypes: stop the gradient into the region prototypes [ours: False].
+        lr_mult: learning-rate multiplier of the synthesizer on top of the head lr [ours: 1.0]; 0 freezes it at
+            its initialisation, which with ``query="clip"`` (zero-initialised residual branches) makes every pseudo
+            weight exactly CLIP's region-pooled token (docs/methods.md "GLM only / PLM only / both").
+    """
+
+    PREFIX: ClassVar[str] = "synth_"
+
+    depth: int = 2
+    heads: int = 4
+    ffn_dim: int | None = None
+    memory: str = "cls"
+    query: str = "clip"
+    detach_prototypes: bool = False
+    lr_mult: float = 1.0
 
 
 class ClipZSS(Method):
-    """CLIP-ZSS training method (docs/methods.md (CLIP-ZSS)). Tags: [paper], [summary], or "ours" (not in the paper: our
-    default) for every number.
+    """CLIP-ZSS training method (docs/methods.md (CLIP-ZSS)). Every number is tagged [paper], [summary], or "ours"
+    (not in the paper: our default) in the docstrings of its grouped settings.
+
+    Built from the flat keys of configs/method/clip_zss.yaml with :meth:`~zss.methods.base.Method.from_flat`
+    (``ClipZSS.from_flat(..., glm_tau=0.1)``); in Python pass the groups
+    (``ClipZSS(student, teacher, classnames, unseen, glm=GLMSettings(tau=0.1))``).
 
     Args:
         student, teacher, classnames, unseen, templates, text_embeds, ignore_index: see
@@ -116,85 +282,11 @@ class ClipZSS(Method):
         use_glm: enable the GLM term (ablation switch).
         use_plm: enable pseudo labels + synthesizer + BCE. With ``use_plm=False`` the dense supervision
             is CE + NEL on the seen GT only (fused labels = seen labels; no synthesizer is built).
-        glm_weight: weight of L_GLM [ours: 1.0; the summary's L is an unweighted sum].
-        glm_tau: InfoNCE temperature [ours: 0.07]. bank_size: CLS bank size in tokens [ours: 1024].
-        glm_attn_scale: attention scale of the CLS-query pooling; 0 = explicit mean pooling (ours, the default);
-            None = 1/√D [summary] (docs/methods.md "GLM pooling").
-        glm_pool: where GLM pools the student's embeds: ``"teacher"`` (adaptive average pool to the
-            teacher's h×w patch grid, then re-normalised; ours, default), ``"none"`` (student
-            resolution) or an int k (``avg_pool2d`` with kernel = stride = k student cells).
-        glm_mask_padding: exclude cells that are entirely padding (``batch["valid"]`` False) from the
-            GLM attention [ours: True].
-        pl_scales: window sides in teacher patches of the K-Means seeds (stride ⌊s/2⌋ [summary]); None =
-            the ops default ``(4, 8, 16)`` (ours, for a 32×32 grid).
-        pl_lambda: cosine threshold λ for fusing K-Means masks; None = ops default 0.9 (ours).
-        pl_iters: K-Means iterations; None = ops default 10 (ours).
-        pl_min_area: smallest pseudo region kept, in teacher patches; None = ops default 4 (ours).
-        pl_max_regions: cap on pseudo regions per image; the largest are kept, smaller ones become ignore [ours: 32;
-            regions per image at demo scale: docs/methods.md "PLM fusion"]. It also fixes the
-            number of pseudo-logit channels K of the training step (padded, with a mask for absent regions), so
-            the step never sizes a tensor from data (no host sync). None = no cap: K = the number of K-Means
-            seeds (283 on a 32×32 grid), correct but costly.
-        pl_seen_margin: width, in teacher patches (converted to label pixels with the label-to-teacher-grid
-            ratio, rounded), of the band around seen-labelled pixels where pseudo labels are left unlabelled
-            (:func:`zss.ops.pseudo_labels.clear_near_seen`): pseudo regions are only as fine as the teacher's
-            patches [ours: 1.0; 0 = off; docs/methods.md "Seen margin"].
-        pl_kwargs: extra keyword arguments for :func:`zss.ops.pseudo_labels.pseudo_labels` (e.g. ``mode``).
-        pl_source: where PLM's pseudo regions come from: ``"kmeans"`` (K-Means on the teacher's dense tokens
-            [summary], the default) or ``"clip_es"`` (CLIP-ES masks, :func:`zss.clip_es.clip_es_regions`: one
-            region per image-level class, background words as a region of their own; ours, docs/clip_es.md
-            "CLIP-ES as PLM's region source"). ``"clip_es"`` is for the **transductive** setting only
-            (``transductive.enabled``): it needs image-level labels of unseen classes. Seen tags come from the
-            seen labels, unseen tags from the teacher's zero-shot CLS scores; the ground truth of unseen
-            classes is never read. Needs a :class:`~zss.teachers.clip.FrozenCLIP` ViT run at the crop size
-            (``image_size`` None).
-        pl_clip_es: settings of ``pl_source="clip_es"`` (keys of :data:`CLIP_ES_DEFAULTS`): ``template``,
-            ``synonyms`` (class name -> prompt name), ``background_words`` (required: the CLIP-ES preset's),
-            ``box_threshold``, ``refine`` (CAA), ``alpha`` (background exponent), ``attn_layers`` (public-code
-            values by default) and ``tag_threshold`` (ours: an unseen class is tagged when its softmax probability over
-            all classes from the CLS token reaches it, a fraction).
-        alpha: logit scale α of the seen part; None = the student's ``logit_scale`` (the same scale as
-            test-time logits; ours).
-        beta: logit scale β of the pseudo part, applied to cosines [ours: 14.285714 = 1/0.07 to 6 decimals].
-        ce_weight: weight of CE on F [ours: 1.0].
-        ce_reduction: ``"joint"`` — one CE averaged over every labelled pixel of F (seen and pseudo together,
-            the summary's "CE on F") — or ``"split"`` — the seen pixels and the pseudo pixels each averaged over
-            their own count, ``CE_seen + pseudo_ce_weight · CE_pseudo``, so the pseudo regions (background,
-            unseen and unlabelled stuff: often most of an image) do not dilute the seen supervision [ours].
-        pseudo_ce_weight: weight of CE_pseudo with ``ce_reduction="split"`` [ours: 1.0]; unused with ``"joint"``.
-        pseudo_negatives: which pseudo channels a SEEN pixel's CE scores against [ours]: ``"image"`` — its own
-            image's only (the summary's per-image F) —, ``"batch"`` — also every pseudo region of the other images of the
-            local batch — or ``"bank"`` (the default) — also those of the last steps, a FIFO bank of
-            ``pseudo_bank_size`` detached pseudo weights. With ``"image"`` a seen pixel is never told it is not an
-            unseen concept its image lacks, and seen classes drift to the unseen directions PLM pulls other
-            images' regions towards (measured: docs/methods.md "Cross-image pseudo negatives"). Pseudo regions
-            lie on unlabelled pixels only, so none of them is a seen class. Pseudo pixels keep their own image's
-            channels: another image's region of the same concept (its background, the same unseen class) would
-            be a false negative. The extra channels enter the CE as one logsumexp channel (exact for a target
-            outside them), computed at the logits' resolution; NEL never sees them.
-        pseudo_negatives_same: cosine above which two pseudo weights are one concept for ``"batch"`` / ``"bank"``:
-            a candidate that close to one of the pixel's own image's regions is dropped and each other counts
-            once however many copies the batch/bank holds (see :meth:`_cross_image_negatives`) [ours: 0.9, the
-            fusion threshold's default]; None = every candidate once, no de-duplication.
-        pseudo_bank_size: entries of the ``"bank"`` FIFO (:class:`PseudoBank`: pseudo weights of present regions,
-            pushed after each step's loss; saved with the training state, not the model's) [ours: 256].
-        detach_pseudo_weights: if True, the CE sees P_pseudo detached: the synthesizer then learns from L_BCE only
-            and CE trains only the student towards the synthesized weights [ours: False; docs/methods.md "GLM only
-            / PLM only / both"].
-        synth_lr_mult: learning-rate multiplier of the synthesizer on top of the head lr [ours: 1.0]; 0 freezes it
-            at its initialisation, which with ``synth_query="clip"`` (zero-initialised residual branches) makes
-            every pseudo weight exactly CLIP's region-pooled token.
-        nel_weight: weight of the whole NEL term [ours: 0.0 = off, docs/methods.md "NEL"]; inside it ``focal_weight`` (ZegCLIP: 100)
-            and ``dice_weight`` (ZegCLIP: 1).
-        focal_reduction: normalisation of the focal term, ``"zegclip"`` or ``"mean"`` (see
-            :func:`zss.methods.losses.sigmoid_focal_loss`).
-        nel_bias: logit offset before NEL's sigmoid (see :func:`zss.methods.losses.nel_loss`; ours).
-        bce_weight: weight of L_BCE [ours: 1.0].
-        bce_scale, bce_bias: BCE logits = ``bce_scale · <P_seen, T_seen> + bce_bias`` [ours: 14.285714, 0].
-        synth_depth, synth_heads, synth_ffn_dim, synth_memory, synth_query, synth_detach_prototypes: see
-            :class:`~zss.models.synthesizer.WeightSynthesizer` [ours: 2, 4, 4·D, "cls", "clip", False].
-        loss_resolution: ``"label"`` (default, as the baseline: logits bilinearly upsampled to the label
-            size) or ``"logits"`` (F nearest-downsampled to the logit grid: ~16× cheaper) [ours].
+        glm: :class:`GLMSettings` (``glm_*``, ``bank_size``).
+        pl: :class:`PseudoLabelSettings` (``pl_*``).
+        pseudo: :class:`PseudoNegativeSettings` (``pseudo_negatives*``, ``pseudo_bank_size``).
+        loss: :class:`ClipZSSLossSettings` (α, β, CE, NEL, BCE, ``loss_resolution``).
+        synth: :class:`SynthSettings` (``synth_*``).
         transductive: optional transductive self-training settings (off by default), see
             :meth:`~zss.methods.base.Method.configure_transductive`. The term is applied to the student's
             embeds R on the same unlabelled pixels PLM writes pseudo regions into: PLM's CE/NEL trains them
@@ -204,14 +296,20 @@ class ClipZSS(Method):
             each a host sync, inside :meth:`training_step` [ours: False; the step's labels are valid by
             construction, and without the checks the step makes no host sync].
 
+    Each group may also be given as a mapping of its fields (``glm={"tau": 0.1}``).
+
     Raises:
         ValueError: bad option values, or a teacher/text dimension that does not match the student.
+        TypeError: a group of the wrong type or with an unknown field.
     """
 
     #: Values of keys a checkpoint's stored method config may lack (:mod:`zss.loading`): a checkpoint written before
     #: a key was in configs/method/clip_zss.yaml was trained with the constructor default of that time, not today's.
     CHECKPOINT_DEFAULTS: dict[str, Any] = dict(glm_attn_scale=None, pl_seen_margin=0.0, pseudo_negatives="image",
                                                nel_weight=1.0, synth_query="prototype")
+    #: grouped settings (:meth:`~zss.methods.base.Method.from_flat`)
+    SETTINGS = {"glm": GLMSettings, "pl": PseudoLabelSettings, "pseudo": PseudoNegativeSettings,
+                "loss": ClipZSSLossSettings, "synth": SynthSettings}
 
     def __init__(
         self,
@@ -225,62 +323,32 @@ class ClipZSS(Method):
         *,
         use_glm: bool = True,
         use_plm: bool = True,
-        glm_weight: float = 1.0,
-        glm_tau: float = 0.07,
-        bank_size: int = 1024,
-        glm_attn_scale: float | None = 0.0,
-        glm_pool: str | int = "teacher",
-        glm_mask_padding: bool = True,
-        pl_scales: Sequence[int] | None = None,
-        pl_lambda: float | None = None,
-        pl_iters: int | None = None,
-        pl_min_area: int | None = None,
-        pl_max_regions: int | None = 32,
-        pl_seen_margin: float = 1.0,
-        pl_kwargs: dict[str, Any] | None = None,
-        pl_source: str = "kmeans",
-        pl_clip_es: Mapping | None = None,
-        alpha: float | None = None,
-        beta: float = 14.285714,
-        ce_weight: float = 1.0,
-        ce_reduction: str = "joint",
-        pseudo_ce_weight: float = 1.0,
-        pseudo_negatives: str = "bank",
-        pseudo_bank_size: int = 256,
-        pseudo_negatives_same: float | None = 0.9,
-        nel_weight: float = 0.0,
-        focal_weight: float = 100.0,
-        dice_weight: float = 1.0,
-        focal_reduction: str = "zegclip",
-        nel_bias: float = 0.0,
-        bce_weight: float = 1.0,
-        bce_scale: float = 14.285714,
-        bce_bias: float = 0.0,
-        synth_depth: int = 2,
-        synth_heads: int = 4,
-        synth_ffn_dim: int | None = None,
-        synth_memory: str = "cls",
-        synth_query: str = "clip",
-        synth_detach_prototypes: bool = False,
-        detach_pseudo_weights: bool = False,
-        synth_lr_mult: float = 1.0,
-        loss_resolution: str = "label",
+        glm: GLMSettings = GLMSettings(),
+        pl: PseudoLabelSettings = PseudoLabelSettings(),
+        pseudo: PseudoNegativeSettings = PseudoNegativeSettings(),
+        loss: ClipZSSLossSettings = ClipZSSLossSettings(),
+        synth: SynthSettings = SynthSettings(),
         transductive: Mapping | None = None,
         debug: bool = False,
     ) -> None:
+        glm = coerce_settings(glm, GLMSettings, "ClipZSS(glm=...)")
+        pl = coerce_settings(pl, PseudoLabelSettings, "ClipZSS(pl=...)")
+        pseudo = coerce_settings(pseudo, PseudoNegativeSettings, "ClipZSS(pseudo=...)")
+        loss = coerce_settings(loss, ClipZSSLossSettings, "ClipZSS(loss=...)")
+        synth = coerce_settings(synth, SynthSettings, "ClipZSS(synth=...)")
         super().__init__(student, teacher, classnames, unseen, templates, text_embeds, ignore_index,
                          transductive=transductive)
         self.debug = bool(debug)
         if teacher is None and (use_glm or use_plm):
             raise ValueError("ClipZSS needs a teacher for GLM/PLM (use_glm/use_plm); pass one or disable both")
-        if loss_resolution not in ("label", "logits"):
-            raise ValueError(f"ClipZSS: loss_resolution must be 'label' or 'logits', got {loss_resolution!r}")
-        if ce_reduction not in ("joint", "split"):
-            raise ValueError(f"ClipZSS: ce_reduction must be 'joint' or 'split', got {ce_reduction!r}")
-        if pseudo_negatives not in ("image", "batch", "bank"):
-            raise ValueError(f"ClipZSS: pseudo_negatives must be 'image', 'batch' or 'bank', got {pseudo_negatives!r}")
-        if not (glm_pool in ("teacher", "none") or (isinstance(glm_pool, int) and glm_pool >= 1)):
-            raise ValueError(f"ClipZSS: glm_pool must be 'teacher', 'none' or an int >= 1, got {glm_pool!r}")
+        if loss.loss_resolution not in ("label", "logits"):
+            raise ValueError(f"ClipZSS: loss_resolution must be 'label' or 'logits', got {loss.loss_resolution!r}")
+        if loss.ce_reduction not in ("joint", "split"):
+            raise ValueError(f"ClipZSS: ce_reduction must be 'joint' or 'split', got {loss.ce_reduction!r}")
+        if pseudo.mode not in ("image", "batch", "bank"):
+            raise ValueError(f"ClipZSS: pseudo_negatives must be 'image', 'batch' or 'bank', got {pseudo.mode!r}")
+        if not (glm.pool in ("teacher", "none") or (isinstance(glm.pool, int) and glm.pool >= 1)):
+            raise ValueError(f"ClipZSS: glm_pool must be 'teacher', 'none' or an int >= 1, got {glm.pool!r}")
         if self.num_seen + 1 > ignore_index and use_plm:
             raise ValueError(f"ClipZSS: {self.num_seen} seen classes leave no room for pseudo ids below "
                              f"ignore_index={ignore_index}")
@@ -291,37 +359,37 @@ class ClipZSS(Method):
                              "embed_dim to the teacher's joint-space width")
         self.use_glm, self.use_plm = bool(use_glm), bool(use_plm)
         self.glm_weight, self.ce_weight, self.nel_weight, self.bce_weight = (
-            float(glm_weight), float(ce_weight), float(nel_weight), float(bce_weight))
-        self.glm_pool, self.glm_mask_padding = glm_pool, bool(glm_mask_padding)
-        self.alpha, self.beta = (None if alpha is None else float(alpha)), float(beta)
-        self.focal_weight, self.dice_weight = float(focal_weight), float(dice_weight)
-        self.focal_reduction, self.nel_bias = focal_reduction, float(nel_bias)
-        self.bce_scale, self.bce_bias = float(bce_scale), float(bce_bias)
-        self.loss_resolution = loss_resolution
-        self.ce_reduction, self.pseudo_ce_weight = ce_reduction, float(pseudo_ce_weight)
-        self.detach_pseudo_weights = bool(detach_pseudo_weights)
-        self.pseudo_negatives = pseudo_negatives
-        if not float(pl_seen_margin) >= 0:
-            raise ValueError(f"ClipZSS: pl_seen_margin must be >= 0 teacher patches, got {pl_seen_margin}")
-        self.pl_seen_margin = float(pl_seen_margin)
-        self.pseudo_same = None if pseudo_negatives_same is None else float(pseudo_negatives_same)
-        self.pseudo_bank = (PseudoBank(pseudo_bank_size, int(self.text_embeds.shape[1]))
-                            if pseudo_negatives == "bank" and use_plm else None)
-        if not float(synth_lr_mult) >= 0:
-            raise ValueError(f"ClipZSS: synth_lr_mult must be >= 0, got {synth_lr_mult}")
-        self.synth_lr_mult = float(synth_lr_mult)
-        self.glm = (GlobalDistillLoss(dim, tau=glm_tau, bank_size=bank_size, attn_scale=glm_attn_scale)
+            float(glm.weight), float(loss.ce_weight), float(loss.nel_weight), float(loss.bce_weight))
+        self.glm_pool, self.glm_mask_padding = glm.pool, bool(glm.mask_padding)
+        self.alpha, self.beta = (None if loss.alpha is None else float(loss.alpha)), float(loss.beta)
+        self.focal_weight, self.dice_weight = float(loss.focal_weight), float(loss.dice_weight)
+        self.focal_reduction, self.nel_bias = loss.focal_reduction, float(loss.nel_bias)
+        self.bce_scale, self.bce_bias = float(loss.bce_scale), float(loss.bce_bias)
+        self.loss_resolution = loss.loss_resolution
+        self.ce_reduction, self.pseudo_ce_weight = loss.ce_reduction, float(loss.pseudo_ce_weight)
+        self.detach_pseudo_weights = bool(loss.detach_pseudo_weights)
+        self.pseudo_negatives = pseudo.mode
+        if not float(pl.seen_margin) >= 0:
+            raise ValueError(f"ClipZSS: pl_seen_margin must be >= 0 teacher patches, got {pl.seen_margin}")
+        self.pl_seen_margin = float(pl.seen_margin)
+        self.pseudo_same = None if pseudo.same is None else float(pseudo.same)
+        self.pseudo_bank = (PseudoBank(pseudo.bank_size, int(self.text_embeds.shape[1]))
+                            if pseudo.mode == "bank" and use_plm else None)
+        if not float(synth.lr_mult) >= 0:
+            raise ValueError(f"ClipZSS: synth_lr_mult must be >= 0, got {synth.lr_mult}")
+        self.synth_lr_mult = float(synth.lr_mult)
+        self.glm = (GlobalDistillLoss(dim, tau=glm.tau, bank_size=glm.bank_size, attn_scale=glm.attn_scale)
                     if use_glm else None)
         self.synthesizer = (
-            WeightSynthesizer(dim, depth=synth_depth, heads=synth_heads, ffn_dim=synth_ffn_dim, memory=synth_memory,
-                              query=synth_query, detach_prototypes=synth_detach_prototypes, ignore_index=ignore_index)
+            WeightSynthesizer(dim, depth=synth.depth, heads=synth.heads, ffn_dim=synth.ffn_dim, memory=synth.memory,
+                              query=synth.query, detach_prototypes=synth.detach_prototypes, ignore_index=ignore_index)
             if use_plm else None
         )
-        self.pl_kwargs = {k: v for k, v in dict(scales=pl_scales, lam=pl_lambda, iters=pl_iters, min_area=pl_min_area,
-                                                 max_regions=pl_max_regions).items() if v is not None}
-        self.pl_kwargs.update(pl_kwargs or {})
-        self.pl_source = pl_source
-        self._configure_clip_es(pl_source, pl_clip_es)
+        self.pl_kwargs = {k: v for k, v in dict(scales=pl.scales, lam=pl.lam, iters=pl.iters, min_area=pl.min_area,
+                                                 max_regions=pl.max_regions).items() if v is not None}
+        self.pl_kwargs.update(pl.kwargs or {})
+        self.pl_source = pl.source
+        self._configure_clip_es(pl.source, pl.clip_es)
 
     # ------------------------------------------------------------------ pieces
     def _configure_clip_es(self, source: str, settings: Mapping | None) -> None:

@@ -1,7 +1,8 @@
 """Losses shared by the distillation methods (CLIP-ZSS, Chimera-Seg).
 
 * :func:`cls_attention_pool` — CLIP-ZSS GLM's "CLS as query" pooling of dense embeds (docs/methods.md (CLIP-ZSS)).
-* :class:`CLSBank` — FIFO queue of past CLIP CLS tokens used as extra InfoNCE negatives.
+* :class:`CLSBank` — FIFO queue of past CLIP CLS tokens used as extra InfoNCE negatives (a
+  :class:`~zss.utils.bank.FifoBank`).
 * :func:`info_nce` / :class:`GlobalDistillLoss` — the GLM objective (docs/methods.md (CLIP-ZSS); Chimera-Seg's SGD
   reuses it, docs/methods.md (Chimera-Seg)).
 * :func:`sigmoid_focal_loss`, :func:`dice_loss`, :func:`nel_loss` — ZegCLIP's non-mutually-exclusive
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zss.utils.bank import FifoBank
 from zss.utils.dist import all_gather_cat
 
 __all__ = [
@@ -77,16 +79,16 @@ def cls_attention_pool(
     return torch.einsum("bl,bdl->bd", weights, embeds)
 
 
-class CLSBank(nn.Module):
+class CLSBank(FifoBank):
     """FIFO queue of past CLS tokens, used as extra InfoNCE negatives (docs/methods.md (CLIP-ZSS); size is ours).
 
-    Not trained. The buffers are registered with ``persistent=False``: the bank is not part of the model's
-    ``state_dict`` (inference never needs it); the trainer saves it with the training state instead
-    (:meth:`train_state` / :meth:`load_train_state`), so a resumed run continues with the same negatives. The
-    teacher is frozen, so stored CLS tokens never go stale and no momentum encoder is needed.
+    A :class:`~zss.utils.bank.FifoBank` (not trained, non-persistent buffers, saved with the training state by the
+    trainer) whose :meth:`get` is the stored tokens oldest first and whose training state names them ``tokens``.
+    The teacher is frozen, so stored CLS tokens never go stale and no momentum encoder is needed.
 
     Args:
-        size: capacity M (tokens). ``size=0`` gives an always-empty bank. Our default elsewhere: 1024.
+        size: capacity M (tokens, ``method.bank_size``). ``size=0`` gives an always-empty bank. Our default
+            elsewhere: 1024.
         dim: token dimension D.
 
     Raises:
@@ -94,77 +96,12 @@ class CLSBank(nn.Module):
     """
 
     def __init__(self, size: int, dim: int) -> None:
-        super().__init__()
-        if size < 0 or dim < 1:
-            raise ValueError(f"CLSBank: size must be >= 0 and dim >= 1, got size={size}, dim={dim}")
-        self.size, self.dim = int(size), int(dim)
-        self.register_buffer("tokens", torch.zeros(self.size, self.dim), persistent=False)  # [M, D] float32
-        self.register_buffer("ptr", torch.zeros((), dtype=torch.long), persistent=False)  # next write slot
-        self.register_buffer("count", torch.zeros((), dtype=torch.long), persistent=False)  # filled slots
-        # host copies of ptr / count (they follow from the pushed row counts alone), so that len() and get()
-        # never read the device buffers back: no host sync in a training step
-        self._host_ptr, self._host_count = 0, 0
-
-    def __len__(self) -> int:
-        return self._host_count
-
-    @torch.no_grad()
-    def push(self, x: Tensor) -> None:
-        """Append ``x`` ``Tensor[N, D]`` (detached, stored as float32), overwriting the oldest entries.
-
-        If ``N > size`` only the last ``size`` rows are kept.
-
-        Raises:
-            ValueError: if ``x`` is not ``[N, D]``.
-        """
-        if x.dim() != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"CLSBank.push expects [N, {self.dim}], got {tuple(x.shape)}")
-        if self.size == 0 or x.shape[0] == 0:
-            return
-        x = x.detach().to(self.tokens.device, torch.float32)[-self.size :]
-        n = x.shape[0]
-        idx = (self.ptr + torch.arange(n, device=self.tokens.device)) % self.size
-        self.tokens[idx] = x
-        self.ptr.copy_((self.ptr + n) % self.size)
-        self.count.copy_(torch.clamp(self.count + n, max=self.size))
-        self._host_ptr = (self._host_ptr + n) % self.size
-        self._host_count = min(self._host_count + n, self.size)
+        super().__init__(size, dim, name="CLSBank", size_key="bank_size", state_key="tokens")
 
     def get(self) -> Tensor:
-        """Stored tokens, oldest first: ``Tensor[n, D] float32`` with ``n = min(pushed, size)`` (a copy)."""
-        n = self._host_count
-        if n < self.size:
-            return self.tokens[:n].clone()
-        return torch.roll(self.tokens, shifts=-self._host_ptr, dims=0).clone()
-
-    def reset(self) -> None:
-        """Empty the bank."""
-        self.ptr.zero_()
-        self.count.zero_()
-        self._host_ptr, self._host_count = 0, 0
-
-    def train_state(self) -> dict[str, Tensor]:
-        """The bank for a training checkpoint: ``tokens`` ``Tensor[M, D] float32``, ``ptr`` and ``count``
-        (``Tensor[] int64``), copies on the CPU."""
-        return {"tokens": self.tokens.detach().cpu().clone(), "ptr": self.ptr.cpu().clone(),
-                "count": self.count.cpu().clone()}
-
-    def load_train_state(self, state: dict[str, Tensor]) -> None:
-        """Restore :meth:`train_state`.
-
-        Raises:
-            ValueError: the saved bank has another size or dimension (``method.bank_size`` changed).
-        """
-        if tuple(state["tokens"].shape) != tuple(self.tokens.shape):
-            raise ValueError(f"CLSBank: the checkpoint's bank is {tuple(state['tokens'].shape)}, this one "
-                             f"{tuple(self.tokens.shape)} (size, D): resume with the bank_size it was trained with")
-        self.tokens.copy_(state["tokens"])
-        self.ptr.copy_(state["ptr"])
-        self.count.copy_(state["count"])
-        self._host_ptr, self._host_count = int(state["ptr"]), int(state["count"])
-
-    def extra_repr(self) -> str:
-        return f"size={self.size}, dim={self.dim}"
+        """Stored tokens, oldest first: ``Tensor[n, D] float32`` with ``n = min(pushed, size)`` (a copy;
+        :meth:`~zss.utils.bank.FifoBank.stored`, no host sync)."""
+        return self.stored()
 
 
 def info_nce(anchor: Tensor, positive: Tensor, negatives: Tensor | None = None, tau: float = 0.07) -> Tensor:
