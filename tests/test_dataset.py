@@ -141,7 +141,7 @@ def test_missing_root(tmp_path):
     missing = tmp_path / "nowhere" / "VOC2012"
     with pytest.raises(FileNotFoundError, match="dataset.root=") as e:
         build_dataset("voc20", missing, "train")
-    assert str(missing) in str(e.value) and "README" in str(e.value)
+    assert str(missing) in str(e.value) and "docs/usage.md" in str(e.value)
     with pytest.raises(FileNotFoundError, match="dataset.root=") as e:
         SegDataset(missing, split_file=None, **VOC_KW)
     assert str(missing) in str(e.value)

@@ -21,7 +21,8 @@ from .classes import get_benchmark, layout
 __all__ = ["ConcatSegDataset", "SegDataset", "UnseenLabelGuard", "split_parts", "WithoutKeys", "build_dataset",
            "check_no_unseen", "read_label", "read_image", "pil_to_rgb", "read_lines"]
 
-_ROOT_HINT = "Set dataset.root=/path/to/the/dataset (the folder holding the layout above) or see README (data preparation)."
+_ROOT_HINT = ('Set dataset.root=/path/to/the/dataset (the folder holding the layout above) or see docs/usage.md '
+              '"Benchmarks and data" (data preparation).')
 _CHECK_HINT = "Run `zss-check dataset={name} root={root}` to list every problem with its fix."
 
 

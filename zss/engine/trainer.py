@@ -192,7 +192,7 @@ BEST_ON_VAL_NAME = "best_on_val_split.pt"
 #: do not change the numbers (where the data lies, logging/checkpoint/eval cadence, loader workers, the
 #: post-training transfer view, bookkeeping; ``init_from`` only sets the weights a run STARTS from). Everything
 #: else, ``trainer.max_steps`` included (the poly schedule depends on it), must match unless
-#: ``resume_allow_changes=true``. Ours (docs: README "Resume").
+#: ``resume_allow_changes=true``. Ours (docs/usage.md "A real run (CLIP ViT-B/16 teacher)").
 RESUME_HARMLESS_KEYS = (
     "resume", "resume_allow_changes", "init_from", "run_root", "paths", "name", "device", "allow_oracle_teacher",
     "dataset.root",
