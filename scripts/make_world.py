@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Write the synthetic zero-shot world (docs/world.md): ``python scripts/make_world.py [--out data/world ...]``.
 
-Installed package: ``zss-make-world``. Every flag: ``--help`` (zss.data.synthetic.MAKE_WORLD_DOC).
+Installed package: ``zss-make-world``. Every flag: ``--help`` (zss.cli.make_world.MAKE_WORLD_DOC).
 """
 import sys
 

@@ -127,7 +127,7 @@ def main() -> None:
     out = Path(a.out or f"runs/world_check_{a.split}")
     out.mkdir(parents=True, exist_ok=True)
     if not (REPO / "data" / "world" / "world.json").is_file():
-        _run(["-m", "zss.data.synthetic", "--out", "data/world"], os.cpu_count() or 1, out / "make_world.log")
+        _run(["-m", "zss.cli.make_world", "--out", "data/world"], os.cpu_count() or 1, out / "make_world.log")
     threads = a.threads or max(1, (os.cpu_count() or 1) // max(1, a.jobs))
     teacher = teacher_ceiling(a.split, out, threads)
     jobs = [(name, ov, s) for s in a.seeds for name, ov in rows.items()]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from zss.cli.make_world import make_world_main
 from zss.data.check import check_dataset
 from zss.data.classes import get_benchmark
 from zss.data.dataset import build_dataset
@@ -19,7 +20,6 @@ from zss.data.synthetic import (
     WorldSettings,
     class_attributes,
     make_world,
-    make_world_main,
     read_world_info,
 )
 
