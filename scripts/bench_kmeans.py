@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Benchmark: zss batched K-Means vs scikit-learn and faiss on CLIP-ZSS multi-scale window seeds.
 
-Same inputs, same iteration count, single CPU thread for every method (docs/architecture.md "Measuring speed": ratios against
-references measured in the same run; absolute times only mean something on a GPU).
+Same inputs, same iteration count, single CPU thread for every method (docs/architecture.md "Measuring speed": ratios
+against references measured in the same run; absolute times only mean something on a GPU).
 
 Inputs: B images of synthetic clustered unit vectors shaped like CLIP dense tokens (D=512): a
 shared "CLIP" direction + one of a few dozen class directions per Voronoi region + a smooth field +

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Convert COCO-Stuff stuffthingmaps to ``*_labelTrainIds.png``: ``python scripts/prepare_cocostuff.py --raw ... --out ...``.
+"""Convert COCO-Stuff stuffthingmaps to ``*_labelTrainIds.png``: ``python scripts/prepare_cocostuff.py --raw ... --out
+...``.
 
 Installed package: ``zss-prepare-cocostuff``. Every flag: ``--help`` (zss.cli.prepare.PREPARE_COCOSTUFF_DOC).
 """

@@ -216,7 +216,8 @@ def predict_image(
         crop, stride, crop_batch: sliding-window crop / stride (pixels) and crops per forward
             (protocol 512 / 426; crop_batch our default 8).
         label_space: ``"all"`` (every class of the vocabulary) or ``"unseen"`` (only ``method.unseen``).
-        seen_bias: subtracted from the seen-class logits (the units of ``Method.predict``'s output: logits; CLIP-RC / ZegCLIP's are sigmoid probabilities; 0 = off).
+        seen_bias: subtracted from the seen-class logits (the units of ``Method.predict``'s output: logits; CLIP-RC /
+            ZegCLIP's are sigmoid probabilities; 0 = off).
         amp_dtype: autocast dtype for the forward (``torch.bfloat16``) or None (fp32).
         device: where to run; None = the method's device.
         max_pixels: refuse an image whose original or resized size has more pixels (None = no bound;

@@ -9,7 +9,8 @@ import sys
 
 from zss.cli.errors import one_line_errors
 
-PREPARE_COCOSTUFF_DOC = """Convert COCO-Stuff 164K stuffthingmaps (182 raw ids) to 171-class ``*_labelTrainIds.png`` (docs/protocol.md "Benchmarks").
+PREPARE_COCOSTUFF_DOC = """Convert COCO-Stuff 164K stuffthingmaps (182 raw ids) to 171-class ``*_labelTrainIds.png``
+(docs/protocol.md "Benchmarks").
 
     python scripts/prepare_cocostuff.py --raw data/stuffthingmaps_trainval2017 --out data/coco_stuff164k --workers 8
 
@@ -22,7 +23,8 @@ Existing outputs are skipped unless ``--overwrite``; counts are printed either w
 
 @one_line_errors
 def prepare_cocostuff_main(argv: list[str] | None = None) -> int:
-    """``zss-prepare-cocostuff`` / ``python scripts/prepare_cocostuff.py``: see :data:`PREPARE_COCOSTUFF_DOC`. Returns the exit code."""
+    """``zss-prepare-cocostuff`` / ``python scripts/prepare_cocostuff.py``: see :data:`PREPARE_COCOSTUFF_DOC`. Returns
+    the exit code."""
     from zss.data.convert import convert_cocostuff
 
     p = argparse.ArgumentParser(description=PREPARE_COCOSTUFF_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,7 +43,8 @@ def prepare_cocostuff_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-PREPARE_CONTEXT_DOC = """Convert official PASCAL Context annotations (459-class .mat) to context60 PNGs + split files (docs/protocol.md "Benchmarks").
+PREPARE_CONTEXT_DOC = """Convert official PASCAL Context annotations (459-class .mat) to context60 PNGs + split files
+(docs/protocol.md "Benchmarks").
 
     python scripts/prepare_context.py --mat-dir data/trainval --labels data/labels.txt \\
         --voc2010 data/VOCdevkit/VOC2010 \\
@@ -59,7 +62,8 @@ Writes ``<voc2010>/SegmentationClassContext/<id>.png`` (0 = background, 1..59 = 
 
 @one_line_errors
 def prepare_context_main(argv: list[str] | None = None) -> int:
-    """``zss-prepare-context`` / ``python scripts/prepare_context.py``: see :data:`PREPARE_CONTEXT_DOC`. Returns the exit code."""
+    """``zss-prepare-context`` / ``python scripts/prepare_context.py``: see :data:`PREPARE_CONTEXT_DOC`. Returns the
+    exit code."""
     from zss.data.convert import convert_context
 
     p = argparse.ArgumentParser(description=PREPARE_CONTEXT_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -216,9 +216,9 @@ def get_benchmark(name: str, split: str | None = None) -> Benchmark:
     Args:
         name: one of ``"voc20"``, ``"voc21"``, ``"cocostuff171"``, ``"context59"``, ``"context60"``, ``"world"``.
         split: ``"zs3"`` or ``"cascade"`` for the Context presets (required there); ``None`` (or
-            ``"default"``) for VOC and COCO-Stuff; ``None``/``"default"``, ``"texture"`` or ``"shared"`` for the synthetic world
-            (``zss.data.synthetic.WORLD_UNSEEN_SPLITS``, docs/world.md).  ``voc21`` (background + 20 classes, no unseen class)
-            is the weakly-supervised setting of CLIP-ES (docs/clip_es.md).
+            ``"default"``) for VOC and COCO-Stuff; ``None``/``"default"``, ``"texture"`` or ``"shared"`` for the
+            synthetic world (``zss.data.synthetic.WORLD_UNSEEN_SPLITS``, docs/world.md).  ``voc21`` (background + 20
+            classes, no unseen class) is the weakly-supervised setting of CLIP-ES (docs/clip_es.md).
 
     Returns:
         A frozen ``Benchmark``. VOC uses ``VOC_TEMPLATES``; COCO-Stuff and Context use ``COCO_TEMPLATES``.

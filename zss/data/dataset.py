@@ -172,8 +172,8 @@ class SegDataset(torch.utils.data.Dataset):
             ``reduce_zero_label`` / the dataset preset); an image file that is empty, truncated or not an
             image (names it, :func:`read_image`). 16-bit greyscale images are scaled to 8 bits, not clipped.
 
-    Source: docs/protocol.md "Layouts" and "Settings" (layouts, reduce_zero_label, unseen -> 255 in training only); mmseg's
-    ``CustomDataset`` semantics.
+    Source: docs/protocol.md "Layouts" and "Settings" (layouts, reduce_zero_label, unseen -> 255 in training only);
+    mmseg's ``CustomDataset`` semantics.
     """
 
     benchmark = None  # set by build_dataset

@@ -1,7 +1,7 @@
 """Model efficiency: parameter counts, FLOPs of one forward pass, and measured throughput.
 
-The claim of distillation-based ZSS (docs/architecture.md "Measuring speed") is that the test-time model (the student alone) is
-cheaper than CLIP-based segmenters; :func:`efficiency_report` gives the numbers to back that claim
+The claim of distillation-based ZSS (docs/architecture.md "Measuring speed") is that the test-time model (the student
+alone) is cheaper than CLIP-based segmenters; :func:`efficiency_report` gives the numbers to back that claim
 for any ``nn.Module`` or :class:`~zss.methods.base.Method` and :func:`format_efficiency` prints them.
 
 FLOPs convention: ``torch.utils.flop_counter.FlopCounterMode`` counts **FLOPs = 2 x multiply-accumulates**
@@ -17,7 +17,8 @@ input/output projections and both attention matmuls) and ``nn.TransformerEncoder
 (``_transformer_encoder_layer_fwd``), so a ViT counts the same on every device and kernel.
 
 Throughput is measured, not modelled: on CPU it depends on the thread count and on the machine's load
-(docs/architecture.md "Measuring speed": these machines are noisy; compare ratios within one run, report absolute times only on a GPU).
+(docs/architecture.md "Measuring speed": these machines are noisy; compare ratios within one run, report absolute times
+only on a GPU).
 """
 from __future__ import annotations
 
@@ -195,7 +196,8 @@ def efficiency_report(
 
     Args:
         model_or_method: an ``nn.Module`` or a ``Method``.
-        image_size: ``(H, W)`` in pixels of one input (default 512 x 512, the protocol's crop, docs/protocol.md "Pipeline").
+        image_size: ``(H, W)`` in pixels of one input (default 512 x 512, the protocol's crop, docs/protocol.md
+            "Pipeline").
         device: where to measure; None = where the model's first parameter lives (CPU without any).
             The model is moved there for the measurement and moved back afterwards.
         warmup, iters: untimed / timed calls per batch size (our defaults 2 / 5).

@@ -73,7 +73,8 @@ def evaluate(
             forward) or ``whole``.
         label_space: ``all`` (GZSS) or ``unseen`` (ZSS: the argmax is over the unseen classes only, taken
             after resizing the all-class logits to the label size).
-        seen_bias: subtracted from seen-class logits (the units of ``Method.predict``'s output: logits; CLIP-RC / ZegCLIP's are sigmoid probabilities; 0 = off).
+        seen_bias: subtracted from seen-class logits (the units of ``Method.predict``'s output: logits; CLIP-RC /
+            ZegCLIP's are sigmoid probabilities; 0 = off).
         amp_dtype: autocast dtype for the forward pass (``torch.bfloat16``) or None.
         progress: draw a bar over the images (:func:`zss.utils.progress.progress_bar`, only when stderr is a
             terminal; the bar is removed when done). Pass ``zss.utils.dist.is_main()`` under DDP.

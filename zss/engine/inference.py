@@ -241,7 +241,8 @@ def argmax_classes(logits: torch.Tensor, classes: torch.Tensor | Sequence[int] |
     Raises:
         ValueError: ``classes`` empty or holding an id outside ``[0, C)``.
 
-    Source: ours (the ZSS label space of docs/protocol.md "Evaluation modes": prediction restricted to the unseen classes).
+    Source: ours (the ZSS label space of docs/protocol.md "Evaluation modes": prediction restricted to the unseen
+        classes).
     """
     if classes is None:
         return logits.argmax(dim=1)

@@ -40,7 +40,8 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 @dataclass
 class TrainConfig:
-    """Every number that shapes a run. Values not stated by the papers are ours (docs/protocol.md "Reference recipe" gives
+    """Every number that shapes a run. Values not stated by the papers are ours (docs/protocol.md "Reference recipe"
+    gives
     the reference recipe this mirrors: AdamW lr 2e-5, head ×10, wd 0.01, poly 0.9, warm-up 1,500).
 
     Attributes:

@@ -43,8 +43,8 @@ def keep_ratio(step: int, max_steps: int, r0: float = 1.0, r_min: float = 0.25, 
 
     With progress ``p = min(1, step / (decay_fraction · max_steps))``:
     ``linear``: ``r0 + (r_min - r0)·p``; ``cosine``: ``r_min + (r0 - r_min)·(1 + cos(π p))/2``. Both are
-    non-increasing in ``step``. Source: docs/methods.md (Chimera-Seg) ("r(t) decays from r0 to r_min") [paper]; the schedule
-    shapes and ``decay_fraction`` are not in the paper: our choices.
+    non-increasing in ``step``. Source: docs/methods.md (Chimera-Seg) ("r(t) decays from r0 to r_min") [paper]; the
+    schedule shapes and ``decay_fraction`` are not in the paper: our choices.
 
     Args:
         step: optimizer step (0-based; negative is treated as 0). max_steps: training length in steps (>= 1).
@@ -75,7 +75,8 @@ def select_top_ratio(embeds: Tensor, cls: Tensor, ratio: float, valid: Tensor | 
 
     Each image keeps ``n_i = clamp(ceil(ratio · V_i), 1, V_i)`` positions, V_i = its number of valid positions
     (all positions when ``valid`` is None; an image with no valid position is treated as all-valid). Ties are
-    broken by position order (``torch.sort(stable=True)``). Source: SGD, docs/methods.md (Chimera-Seg) [paper]; the rounding rule is
+    broken by position order (``torch.sort(stable=True)``). Source: SGD, docs/methods.md (Chimera-Seg) [paper]; the
+    rounding rule is
     not in the paper: our default.
 
     Args:

@@ -1,4 +1,5 @@
-"""Student models: timm backbone + dense decoder + projection into the teacher's embedding space (docs/architecture.md "Student")."""
+"""Student models: timm backbone + dense decoder + projection into the teacher's embedding space (docs/architecture.md
+"Student")."""
 from zss.models.chimera import ChimeraStudent, CLIPSemanticHead
 from zss.models.clip_rc_decoder import RecoveryDecoder, RegionTextDecoder
 from zss.models.decoders import ASPPDecoder, MLPDecoder, build_decoder, plan_levels

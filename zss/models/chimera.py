@@ -42,7 +42,8 @@ CSH_INPUTS = ("decoder", "backbone")
 
 
 class CLIPSemanticHead(nn.Module):
-    """CLIP Semantic Head: adapter -> last k frozen CLIP ViT blocks -> frozen ln_post/proj (docs/methods.md (Chimera-Seg)).
+    """CLIP Semantic Head: adapter -> last k frozen CLIP ViT blocks -> frozen ln_post/proj (docs/methods.md
+    (Chimera-Seg)).
 
     The frozen parts (``blocks``, ``ln_post``, ``proj`` and, with ``pos_embed="frozen"``, the positional
     embedding buffer ``pos_embed``) are deep copies of the teacher's loaded weights taken at construction, so
@@ -62,16 +63,16 @@ class CLIPSemanticHead(nn.Module):
         num_blocks: k, how many of the teacher's last transformer blocks to copy (0..num_layers). Not in the
             paper (it names k as a knob): our default 2 (of ViT-B/16's 12). k=0 leaves adapter -> ln_post -> proj.
         maskclip_last: run the last copied block in MaskCLIP form (attention replaced by its value path,
-            docs/architecture.md "Teacher"). Not in the paper: our default False (the CSH is trained end to end, so plain
-            attention is kept). Needs k >= 1.
+            docs/architecture.md "Teacher"). Not in the paper: our default False (the CSH is trained end to end, so
+            plain attention is kept). Needs k >= 1.
         prepend_cls: prepend a class token to the sequence the blocks see (dropped from the output). It is a
             trainable ``Parameter[W]`` initialised from CLIP's ``class_embedding``. Not in the paper: our
             default True (CLIP's blocks were trained with a class token present).
         pos_embed: ``"frozen"`` (add CLIP's positional embedding, bicubically interpolated to the token grid,
             as a frozen buffer), ``"learnable"`` (same, but a trainable parameter initialised from CLIP's) or
             ``"none"``. Not in the paper: our default ``"frozen"``.
-        adapter_norm: LayerNorm(W) (trainable affine) after the linear adapter. docs/methods.md (Chimera-Seg) (adapter + LN);
-            turn off only for tests/ablations.
+        adapter_norm: LayerNorm(W) (trainable affine) after the linear adapter. docs/methods.md (Chimera-Seg) (adapter +
+            LN); turn off only for tests/ablations.
         adapter_hidden: None = a single Linear(C, W) (equal to a 1x1 conv; our default); an int H = a
             Linear(C, H) -> GELU -> Linear(H, W) MLP (not in the paper).
         resample: ``"auto"`` (area/adaptive-average pooling when the grid shrinks in both directions,
@@ -299,7 +300,8 @@ class CLIPSemanticHead(nn.Module):
 
 
 class ChimeraStudent(nn.Module):
-    """Body (zss Student: backbone + decoder) + CLIP Semantic Head; usable as ``Method.student`` (docs/methods.md (Chimera-Seg)).
+    """Body (zss Student: backbone + decoder) + CLIP Semantic Head; usable as ``Method.student`` (docs/methods.md
+    (Chimera-Seg)).
 
     ``forward(images) = csh(body_map(images), grid=(H // token_stride, W // token_stride))``.
 

@@ -1,4 +1,5 @@
-"""The student: timm backbone (``features_only``) + dense decoder + 1x1 projection into CLIP space (docs/architecture.md "Student").
+"""The student: timm backbone (``features_only``) + dense decoder + 1x1 projection into CLIP space (docs/architecture.md
+"Student").
 
 Only the student runs at test time (CLIP-ZSS [paper]); its L2-normalised dense embeds are compared with the
 teacher's text embeds of all classes: ``logits = logit_scale * <embeds, text>``.
@@ -114,8 +115,8 @@ class Student(nn.Module):
     Raises:
         ValueError: unknown timm ``backbone`` (lists close matches and names ``model.backbone``), unknown
             ``decoder``; a ``backbone_output_stride`` the timm model does not support, or one given twice (also
-            in ``backbone_kwargs``); a bad mean/std, or only one of ``backbone_mean``/``backbone_std`` given; a pretrained
-            backbone whose timm ``pretrained_cfg`` has no mean/std (set ``model.backbone_mean/std``).
+            in ``backbone_kwargs``); a bad mean/std, or only one of ``backbone_mean``/``backbone_std`` given; a
+            pretrained backbone whose timm ``pretrained_cfg`` has no mean/std (set ``model.backbone_mean/std``).
         FileNotFoundError: ``pretrained`` is a path that does not exist (names ``model.pretrained``).
         RuntimeError: pretrained weights could not be fetched or loaded (names ``model.pretrained=<local file>``
             as the fix).
@@ -301,8 +302,8 @@ class Student(nn.Module):
 
         Weight decay ``weight_decay`` on >=2-D weights; 0 on 1-D params (norm weights, biases) and on params
         timm's ``no_weight_decay()`` lists (ViT pos_embed/cls_token). Source: lr x10 on the head and wd 0.01
-        are the ZegCLIP-lineage recipe (docs/protocol.md "Reference recipe"); the no-decay rule is not in the papers: our default
-        (timm's ``param_groups_weight_decay`` convention). Only ``requires_grad`` params are included, each
+        are the ZegCLIP-lineage recipe (docs/protocol.md "Reference recipe"); the no-decay rule is not in the papers:
+        our default (timm's ``param_groups_weight_decay`` convention). Only ``requires_grad`` params are included, each
         exactly once; empty groups are omitted.
 
         Returns:

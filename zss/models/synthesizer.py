@@ -8,8 +8,8 @@ that are seen classes, ``P_pseudo`` for pseudo regions.
 
 Everything is batched (no Python loop over images), in one of two slot layouts with a validity mask: each
 image's regions packed into ``Q = max regions per image`` slots (``layout="packed"``, sized from the data), or
-one slot per possible id (``layout="by_id"``, ``Q = num_ids``: fixed shapes, no host sync; the training step's). The synthesizer is a training-only part of CLIP-ZSS: it is
-trained and checkpointed but never used at test time.
+one slot per possible id (``layout="by_id"``, ``Q = num_ids``: fixed shapes, no host sync; the training step's). The
+synthesizer is a training-only part of CLIP-ZSS: it is trained and checkpointed but never used at test time.
 """
 from __future__ import annotations
 

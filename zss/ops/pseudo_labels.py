@@ -49,7 +49,8 @@ DEFAULT_MIN_AREA: int = 4
 
 @torch.no_grad()
 def window_seeds(dense: Tensor, scales: Sequence[int] = DEFAULT_SCALES) -> tuple[Tensor, Tensor, Tensor]:
-    """Multi-scale sliding-window seeds from dense tokens (docs/methods.md (CLIP-ZSS) PLM; windows/stride per the summary).
+    """Multi-scale sliding-window seeds from dense tokens (docs/methods.md (CLIP-ZSS) PLM; windows/stride per the
+    summary).
 
     For each scale ``s`` (window side in patches): ``F.avg_pool2d`` with kernel ``s`` and stride
     ``max(1, s // 2)`` over the dense tokens (windows that do not fit at the right/bottom border are

@@ -136,7 +136,8 @@ def tiny_clip_cfg(
 
 
 class FrozenCLIP(nn.Module):
-    """Frozen open_clip CLIP teacher: CLS embedding, dense patch embeddings, text embeddings (docs/architecture.md "Teacher").
+    """Frozen open_clip CLIP teacher: CLS embedding, dense patch embeddings, text embeddings (docs/architecture.md
+    "Teacher").
 
     Args:
         model_name: open_clip model name (``open_clip.list_models()``, e.g. ``"ViT-B-16-quickgelu"``) or
@@ -145,7 +146,8 @@ class FrozenCLIP(nn.Module):
             ``model_name`` (``"openai"``), a local ``.pt/.bin/.safetensors`` file, ``"hf-hub:org/repo"``,
             or ``None``/``"random"`` for random init (tests, offline smoke runs; numbers meaningless).
         dense_mode: ``"maskclip"`` (last block's attention replaced by its value path) or ``"tokens"``
-            (plain last-layer patch tokens). Both then go through ``ln_post`` and ``proj`` (docs/architecture.md "Teacher").
+            (plain last-layer patch tokens). Both then go through ``ln_post`` and ``proj`` (docs/architecture.md
+            "Teacher").
         image_size: if set (int or (H, W), pixels), inputs are resized to it (bilinear) before the tower;
             ``None`` keeps the input size. Positional embeddings are interpolated to any grid.
         input_mean, input_std: per-channel normalisation (RGB, [0, 1] units) that the incoming images

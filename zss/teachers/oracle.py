@@ -153,8 +153,8 @@ class OracleTeacher(nn.Module):
         Returns:
             dict with ``cls`` Tensor[B, D] float32 and ``dense`` Tensor[B, D, h, w] float32 (both
             L2-normalised over D), ``h = H // p``, ``w = W // p`` (patches). Dense token of a patch =
-            normalise(normalise(sum_k area_fraction_k * class_embeds[k]) + noise/sqrt(D) * N(0, I)), area fractions over the
-            p x p pixels of the patch (rows/columns beyond h*p, w*p are dropped, as a ViT's patchify does);
+            normalise(normalise(sum_k area_fraction_k * class_embeds[k]) + noise/sqrt(D) * N(0, I)), area fractions over
+            the p x p pixels of the patch (rows/columns beyond h*p, w*p are dropped, as a ViT's patchify does);
             cls = the same over the whole H x W image.
         Raises:
             ValueError: missing label, wrong shapes, or label values outside [0, C) other than ignore_index.

@@ -46,8 +46,8 @@ def init_distributed(device: str = "auto") -> torch.device:
         The ``torch.device`` this rank runs on. Backend: NCCL on CUDA, gloo on CPU.
 
     Raises:
-        ValueError: ``device`` is not ``auto``/``cpu``/``cuda`` nor a torch device string; ``device=cuda`` without a CUDA device
-            (both name the top-level ``device=`` key of the command).
+        ValueError: ``device`` is not ``auto``/``cpu``/``cuda`` nor a torch device string; ``device=cuda`` without a
+            CUDA device (both name the top-level ``device=`` key of the command).
     """
     _slurm_env()
     world = int(os.environ.get("WORLD_SIZE", "1"))
