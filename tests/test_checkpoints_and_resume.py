@@ -1,6 +1,7 @@
-"""What a user trusts zss with (issue 12, "trust"): checkpoints never call arbitrary code, resume picks only the
-same run and is exact, no NaN checkpoint, signals save the work, run dirs stay clean, eval files never clash,
-selection on the test split is opt-in, and a Hydra-free Python API rebuilds a method."""
+"""Checkpoints and resume: a checkpoint never calls arbitrary code when loaded, resume picks only the same run and is
+exact, no NaN checkpoint is written, stop signals (SIGTERM/SIGINT/SIGUSR1) save the work, run dirs stay clean,
+eval result files are named by their settings and never clash, selection on the test split is opt-in, and
+from_checkpoint rebuilds a method without Hydra."""
 from __future__ import annotations
 
 import json
@@ -208,7 +209,7 @@ def _signal_child(run_dir: str, signame: str) -> None:
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT", "SIGUSR1"])
 def test_stop_signal_finishes_the_step_and_writes_last_pt(signame, tmp_path, voc_root):
     run = new_run_dir(tmp_path, "sig")
-    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import test_trust; test_trust._signal_child({str(run)!r}, {signame!r})"
+    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import test_checkpoints_and_resume as t; t._signal_child({str(run)!r}, {signame!r})"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
