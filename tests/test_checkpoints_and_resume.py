@@ -338,7 +338,7 @@ def test_eval_files_are_named_by_settings_and_out_dir_is_checked_first(tiny_ckpt
         "amp": "fp32", "data_root": str(voc_root.resolve()), "test_scale": [256, 64], "eval_crop": [224, 224],
         "eval_stride": [160, 160], "checkpoint": str(tiny_ckpt.resolve()), "step": 2}
     assert a["pAcc"] == pytest.approx(gz["pAcc"]) and b["pAcc"] == pytest.approx(zs["pAcc"])
-    # another data root or test scale (issue 21: they replaced the run's results file) gets its own file
+    # another data root or test scale (which once replaced the run's results file) gets its own file
     other = tmp_path / "voc_copy"
     shutil.copytree(voc_root, other)
     cli.evaluate_checkpoint(_compose("eval", [*base[:1], f"dataset.root={other}", *base[2:]]))
