@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch.utils.data import Subset
 
-from conftest import ENV, REPO, TINY, run_script
+from conftest import ENV, REPO, TINY, run_script, train_in_process
 from zss.data.classes import get_benchmark
 from zss.data.dataset import build_dataset
 from zss.data.transforms import build_test_transform, build_train_transform
@@ -266,10 +266,9 @@ def test_signal_to_the_process_group_with_workers_writes_a_resumable_last_pt(sig
     os.killpg(proc.pid, getattr(signal, signame))
     run, step, log = _stopped_run(proc, root, signame)
     assert "DataLoader worker" not in log
-    out = run_script(["scripts/train.py", *TINY, f"trainer.max_steps={step + 1}", "trainer.num_workers=2",
-                      f"run_root={root}", f"dataset.root={voc_root}", f"resume={run / 'last.pt'}",
-                      "resume_allow_changes=true"])
-    assert torch.load(run / "last.pt", weights_only=True)["step"] == step + 1, out.stdout[-2000:]
+    train_in_process([*TINY, f"trainer.max_steps={step + 1}", "trainer.num_workers=2", f"run_root={root}",
+                      f"dataset.root={voc_root}", f"resume={run / 'last.pt'}", "resume_allow_changes=true"])
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == step + 1
 
 
 # ------------------------------------------------------------------- 5. exact resume

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import run_main
 from zss.data.classes import get_benchmark
 from zss.data.dataset import UnseenLabelGuard, build_dataset, check_no_unseen
 from zss.data.transforms import build_train_transform
@@ -227,8 +227,11 @@ def test_demo_experiments_allow_the_oracle(experiment):
     check_teacher_allowed(_compose([f"experiment={experiment}", "teacher=oracle"]))
 
 
-def test_train_script_refuses_the_oracle_on_voc20(tmp_path):
-    out = run_script(["scripts/train.py", "experiment=voc20", "teacher=oracle", f"run_root={tmp_path}"], check=False)
-    assert out.returncode != 0
-    assert "allow_oracle_teacher=true" in out.stderr
+def test_train_command_refuses_the_oracle_on_voc20(tmp_path, monkeypatch, capsys):
+    from zss.cli.train import train_main
+
+    code, _, err = run_main(train_main, ["experiment=voc20", "teacher=oracle", f"run_root={tmp_path}"], monkeypatch,
+                            capsys)
+    assert code != 0
+    assert "allow_oracle_teacher=true" in err
     assert not list(tmp_path.iterdir())  # refused before creating a run dir
