@@ -209,7 +209,8 @@ def _signal_child(run_dir: str, signame: str) -> None:
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT", "SIGUSR1"])
 def test_stop_signal_finishes_the_step_and_writes_last_pt(signame, tmp_path, voc_root):
     run = new_run_dir(tmp_path, "sig")
-    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import test_checkpoints_and_resume as t; t._signal_child({str(run)!r}, {signame!r})"
+    code = (f"import sys; sys.path.insert(0, {str(TESTS)!r}); import test_checkpoints_and_resume as t; "
+            f"t._signal_child({str(run)!r}, {signame!r})")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])

@@ -140,7 +140,7 @@ def test_trainer_guard_catches_unseen_ids_in_a_custom_label(voc_root, tmp_path):
     assert len(UnseenLabelGuard(base, [15])) == len(base)
 
 
-# ------------------------------------------------------------------------------------------------ full_label only for the oracle
+# ---------------------------------------------------------------------------------- full_label only for the oracle
 D_VOC = 16  # the VOC-sample runs below use a 16-dim teacher
 
 
