@@ -18,12 +18,12 @@ Printed beside the table: the constant-prediction pixel 5-way (one unseen class 
 largest unseen class's share, :func:`zss.engine.metrics.constant_five_way`) and, for each teacher used, its own
 dense zero-shot score on the same pixels (:func:`zss.cli.train.teacher_dense_score`), with each row's mIoU(U) as a
 share of its teacher's. Both teachers are MECHANISM TOOLS: the oracle reads the full label map and the taught
-CLIP memorised these images. These are NOT zero-shot results. Targets (issues 8 and 9, every seed; the 5-way
-thresholds are on the class-mean accuracy now; each row is compared with the seen-only row of ITS teacher):
+CLIP memorised these images. These are NOT zero-shot results. Targets (every seed; the 5-way thresholds are on
+the class-mean accuracy; each row is compared with the seen-only row of ITS teacher):
 
 * CLIP-ZSS (oracle): mIoU(U) >= seen-only (oracle) + 12, 5-way class-mean >= 60%, mIoU(S) >= seen-only - 5.
 * CLIP-ZSS and Chimera-Seg (taught CLIP): mIoU(U) >= seen-only (taught CLIP) + 5, 5-way class-mean >= 45%.
-* CLIP-RC (taught CLIP, issue 9): mIoU(U) >= seen-only (taught CLIP) + 5.
+* CLIP-RC (taught CLIP): mIoU(U) >= seen-only (taught CLIP) + 5.
 
     python scripts/transfer_check.py [--seeds 0 1] [--jobs 2] [--out runs/transfer_check] [--rows ...]
     python scripts/transfer_check.py --rows "seen-only (oracle)" "nel:experiment=demo method.nel_weight=1"  # ad-hoc
@@ -58,7 +58,7 @@ ROWS: dict[str, list[str]] = {
     "CLIP-RC (taught CLIP)": ["experiment=demo_clip_rc", "teacher=taught_clip"],
 }
 #: (row, its seen-only row (same teacher), mIoU(U) gain over it, 5-way CLASS-MEAN % or None, largest mIoU(S) drop
-#: or None): issues 8 and 9, the 5-way thresholds now on the class-mean accuracy (issue 18).
+#: or None); the 5-way thresholds are on the class-mean accuracy.
 TARGETS = [
     ("CLIP-ZSS (oracle)", "seen-only (oracle)", 12.0, 60.0, 5.0),
     ("CLIP-ZSS (taught CLIP)", "seen-only (taught CLIP)", 5.0, 45.0, None),

@@ -9,7 +9,7 @@ scores each once on the held-out split (``--split test``, default; ``--split val
 mIoU(S), mIoU(U), hIoU, the 5-way class-mean accuracy (pixels whose ground truth is unseen, argmax over the
 unseen classes, mean over the unseen classes; chance 1/#unseen) and per-class IoU, beside the teacher's own
 dense zero-shot score on the same split and the ratio student mIoU(U) / teacher mIoU(U). Mean +- std over seeds,
-then PASS/FAIL lines for the targets (issue 18):
+then PASS/FAIL lines for the targets:
 
 * seen-only: mIoU(S) >= 60 and mIoU(U) <= 5 (the world is learnable, the reference honest);
 * CLIP-ZSS and Chimera-Seg: mIoU(U) >= seen-only + 20 and >= 50% of the teacher's; mIoU(S) >= seen-only - 3;

@@ -48,11 +48,51 @@ def run_script(args: list[str], check: bool = True, prefix: list[str] | None = N
     return out
 
 
+def compose_config(name: str, overrides: list[str]):
+    """The config ``python scripts/<name>.py <overrides>`` would run with, composed by Hydra's compose API (no run
+    dir, no change of cwd; GlobalHydra is cleared on exit)."""
+    from hydra import compose, initialize_config_dir
+
+    import zss.cli.common  # noqa: F401  (registers the structured configs, as the commands do)
+    from zss.resources import config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides))
+
+
+def train_in_process(overrides: list[str]) -> dict | None:
+    """``python scripts/train.py <overrides>`` without a new process: :func:`zss.cli.train.train` on the composed
+    config; returns the final results."""
+    from zss.cli.train import train
+
+    return train(compose_config("train", overrides))
+
+
+def run_main(main, args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
+    """Run a console entry point (``train_main``, ``eval_main``...) in-process as ``<cmd> args...``: (exit code,
+    stdout, stderr). The root logger's handlers (which ``hydra.main`` replaces) are put back."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    monkeypatch.setattr(sys, "argv", ["zss", *map(str, args)])
+    try:
+        code = main()
+    except SystemExit as e:
+        code = e.code
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    out = capsys.readouterr()
+    return (0 if code is None else code), out.out, out.err
+
+
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory, voc_root) -> Path:
-    """last.pt of a 2-step CLIP-ZSS demo run (oracle teacher, test_resnet student) made by scripts/train.py."""
+    """last.pt of a 2-step CLIP-ZSS demo run (oracle teacher, test_resnet student), trained in-process by the
+    train command (:func:`zss.cli.train.train`, what scripts/train.py runs)."""
     root = tmp_path_factory.mktemp("runs")
-    run_script(["scripts/train.py", *TINY, "transfer_view.enabled=true", f"run_root={root}", f"dataset.root={voc_root}"])
+    train_in_process([*TINY, "transfer_view.enabled=true", f"run_root={root}", f"dataset.root={voc_root}"])
     found = sorted(root.glob("*/*/last.pt"))
     assert len(found) == 1, found
     return found[0]

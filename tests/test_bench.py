@@ -1,4 +1,4 @@
-"""Speed tooling (issue 11): exact FLOPs of fused attention, the step / inference benchmark scripts on their
+"""Speed tooling: exact FLOPs of fused attention, the step / inference benchmark scripts on their
 tiny smoke configs, and the trainer's ``compile`` / ``channels_last`` options (same results, tiny models)."""
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import json
 import torch
 import yaml
 
-from conftest import TINY, run_script
+from conftest import TINY, run_main, run_script, train_in_process
 
 
 def _run(args, tmp_path, torchrun=False):
@@ -40,8 +40,8 @@ def test_train_then_eval_reproduces_numbers(tmp_path, voc_root):
     again = json.loads(next((tmp_path / "ev").glob("eval_*_val_results.json")).read_text())
     for k in ("mIoU_seen", "mIoU_unseen", "hIoU", "pAcc", "mIoU"):
         assert again[k] == final[k], k
-    # a second run never touches the first one's directory
-    _run(["scripts/train.py", *TINY, f"run_root={root}", f"dataset.root={voc_root}", "trainer.max_steps=1"], tmp_path)
+    # a second run never touches the first one's directory (the train command in-process: same code path)
+    train_in_process([*TINY, f"run_root={root}", f"dataset.root={voc_root}", "trainer.max_steps=1"])
     assert len([p for p in root.glob("*/*") if p.is_dir()]) == 2
 
 
@@ -55,11 +55,13 @@ def test_torchrun_two_cpu_processes(tmp_path, voc_root):
     assert "hIoU" in log
 
 
-def test_missing_dataset_root_is_one_clear_error(tmp_path):
-    out = run_script(["scripts/train.py", "experiment=demo", "dataset.root=/nonexistent/voc", f"run_root={tmp_path}"],
-                     check=False)
-    assert out.returncode != 0
-    assert "/nonexistent/voc" in out.stderr
+def test_missing_dataset_root_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    from zss.cli.train import train_main
+
+    code, _, err = run_main(train_main, ["experiment=demo", "dataset.root=/nonexistent/voc", f"run_root={tmp_path}"],
+                            monkeypatch, capsys)
+    assert code != 0
+    assert "/nonexistent/voc" in err
 
 
 def test_run_info_is_never_overwritten_on_resume(tmp_path):

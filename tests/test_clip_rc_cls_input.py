@@ -1,4 +1,4 @@
-"""The CLS input of the CLIP-RC / ZegCLIP encoder (issue 19): by default the public code's (class embedding counted
+"""The CLS input of the CLIP-RC / ZegCLIP encoder: by default the public code's (class embedding counted
 twice), checked against a transcription of the public encoder forward; ``cls_input="clip"`` is open_clip's."""
 from __future__ import annotations
 

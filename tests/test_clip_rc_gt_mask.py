@@ -1,4 +1,4 @@
-"""CLIP-RC's public self-training rule (method.transductive.gt_unseen_mask, issue 19): it reads the unseen ground
+"""CLIP-RC's public self-training rule (method.transductive.gt_unseen_mask): it reads the unseen ground
 truth, is off by default, refused without the transductive setting, and the trainer hands it full_label."""
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""The config tree's layout (issue 20, item 6) changed no composed value: every experiment (and every method on the
-benchmark experiments) resolves to the same config as at the commit before the re-layout, except for the keys
-that were deliberately added (the ``paths`` group), removed (``method.recipe``, whose values moved into one experiment
-file per CLIP-RC / ZegCLIP row) or changed (CHANGED_SINCE); the four entry configs keep their Hydra run settings."""
+"""The config tree's layout (shared blocks once, experiments as deltas) changed no composed value: every
+experiment (and every method on the benchmark experiments) resolves to the same config as at the commit before
+the re-layout, except for the keys that were deliberately added (the ``paths`` group), removed (``method.recipe``,
+whose values moved into one experiment file per CLIP-RC / ZegCLIP row) or changed (CHANGED_SINCE); the four entry
+configs keep their Hydra run settings."""
 from __future__ import annotations
 
 import subprocess
@@ -26,17 +27,17 @@ BENCHMARK_EXPERIMENTS = ("cocostuff171", "context59_cascade", "context59_zs3", "
 METHODS = sorted(p.stem for p in (CONFIGS / "method").glob("*.yaml"))
 #: top-level keys the re-layout added on purpose (not in the old tree)
 ADDED = {"paths"}
-#: the CLIP-RC / ZegCLIP rows (issue 20: one experiment file per reported row, replacing ``method.recipe``): each
+#: the CLIP-RC / ZegCLIP rows (one experiment file per reported row, replacing ``method.recipe``): each
 #: composes exactly as ``experiment=<benchmark> method=<m>`` did at BEFORE, less the removed ``method.recipe`` block
 ROWS = {"voc20_clip_rc": ("voc20", "clip_rc"), "voc20_zegclip": ("voc20", "zegclip"),
         "cocostuff171_clip_rc": ("cocostuff171", "clip_rc"), "cocostuff171_zegclip": ("cocostuff171", "zegclip"),
         "context59_zs3_clip_rc": ("context59_zs3", "clip_rc")}
-#: keys removed on purpose from every composed config that has them (issue 20: the values live in the ROWS files)
+#: keys removed on purpose from every composed config that has them (the values live in the ROWS files)
 REMOVED = ("method.recipe",)
-#: the public code's trainer values the benchmark experiments read from ``method.recipe`` before issue 20
+#: the public code's trainer values the benchmark experiments read from ``method.recipe`` before the re-layout
 _RC_TRAINER = ("trainer.seen_bias", "trainer.amp", "trainer.min_lr")
 #: deliberate value changes made after BEFORE, per experiment or "experiment method=m" (key prefixes): a new entry
-#: says a change is meant. Issue 20: ``experiment=<benchmark> method=clip_rc|zegclip`` is now the method at the zss
+#: says a change is meant. ``experiment=<benchmark> method=clip_rc|zegclip`` is now the method at the zss
 #: trainer recipe (bf16, no seen bias, poly floor 0, the benchmark's steps) with the method config's own (VOC's)
 #: values; the public code's values are the ROWS files'.
 CHANGED_SINCE = {

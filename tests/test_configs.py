@@ -129,6 +129,6 @@ def test_clip_rc_and_zegclip_rows_compose_to_the_public_codes_values(row):
 
 
 def test_no_config_reads_a_method_recipe():
-    """The per-benchmark ``method.recipe`` indirection is gone from every shipped config (issue 20)."""
+    """The per-benchmark ``method.recipe`` indirection is gone from every shipped config."""
     for path in sorted(CONFIGS.rglob("*.yaml")):
         assert "method.recipe" not in path.read_text(), path

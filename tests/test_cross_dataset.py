@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from conftest import run_script
+from conftest import compose_config
 
 IDS = ("2007_000032", "2007_000061", "2007_000241")
 
@@ -27,13 +27,15 @@ def _context_tree(root, voc_root):
     (root / "ImageSets/SegmentationContext/val.txt").write_text("\n".join(IDS) + "\n")
 
 
-def test_voc_checkpoint_on_context59(tmp_path, tiny_ckpt, voc_root):
+def test_voc_checkpoint_on_context59(tmp_path, tiny_ckpt, voc_root, capsys):
+    from zss.cli.eval import evaluate_checkpoint
+
     root = tmp_path / "VOC2010"
     _context_tree(root, voc_root)
     out = tmp_path / "ev"
-    res = run_script(["scripts/eval.py", f"ckpt={tiny_ckpt}", "dataset=context59_zs3", f"dataset.root={root}",
-                      "dataset.test_scale=[256,64]", f"out_dir={out}", "efficiency=false"])
-    assert "hIoU" in res.stdout
+    evaluate_checkpoint(compose_config("eval", [f"ckpt={tiny_ckpt}", "dataset=context59_zs3", f"dataset.root={root}",
+                                                "dataset.test_scale=[256,64]", f"out_dir={out}", "efficiency=false"]))
+    assert "hIoU" in capsys.readouterr().out
     (f,) = out.glob("eval_context59_all_whole_sb0_*_val_results.json")  # named by settings
     rep = json.loads(f.read_text())
     assert len(rep["per_class"]) == 59

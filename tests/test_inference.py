@@ -147,8 +147,10 @@ def test_class_count_mismatch_and_bad_input():
 
 def test_num_classes_inferred_and_no_grad():
     net = _stride4_conv()
-    out = slide_inference(net, torch.randn(1, 3, 32, 48), None, crop=32, stride=16)
+    images = torch.randn(1, 3, 32, 48)
+    out = slide_inference(net, images, None, crop=32, stride=16)
     assert out.shape == (1, 5, 32, 48) and not out.requires_grad
+    torch.testing.assert_close(out, slide_inference(net, images, 5, crop=32, stride=16))  # same as told C=5
 
 
 @pytest.mark.gpu

@@ -1,6 +1,6 @@
 """ZSS evaluation (label_space=unseen): the argmax is over the unseen classes only, taken after resizing.
 
-Regression (issue 8, item 5): seen logits were set to -inf BEFORE the bilinear resizes, which made NaN
+Regression: seen logits were set to -inf BEFORE the bilinear resizes, which made NaN
 wherever an interpolation weight is 0 (``0 * -inf``, e.g. the image border); the argmax then picked
 the NaN (a seen class) and those unseen pixels were scored as misses (1.6 % whole / 7.1 % slide on the
 toy below).

@@ -1,4 +1,4 @@
-"""Each network gets the normalisation it was trained with (issue 8, item 6): images are normalised once with
+"""Each network gets the normalisation it was trained with: images are normalised once with
 dataset.mean/std; the student (pretrained timm backbone: its pretrained_cfg stats) and the teacher (CLIP's
 stats) convert them inside their own module with the affine map of zss/data/normalize.py."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Paper presets (issue 19): method=clip_zss_paper / chimera_seg_paper build and train a step through the real
+"""Paper presets: method=clip_zss_paper / chimera_seg_paper build and train a step through the real
 command path, and every results file names the preset that produced it and the published comparison."""
 from __future__ import annotations
 

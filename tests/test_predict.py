@@ -1,4 +1,4 @@
-"""scripts/predict.py and zss.predict on a checkpoint made the way training makes it (scripts/train.py,
+"""scripts/predict.py and zss.predict on a checkpoint made the way training makes it (the train command,
 experiment=demo, 2 steps, test_resnet), on real VOC images, with a new vocabulary and the default one."""
 from __future__ import annotations
 

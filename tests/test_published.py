@@ -1,4 +1,4 @@
-"""The bundled published tables (zss/published.yaml, issue 19): every row names its source and setting, and
+"""The bundled published tables (zss/published.yaml): every row names its source and setting, and
 zss-eval / training print the matching row beside their own numbers with deltas and setting warnings."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sync-free training steps (issue 11): CLIP-ZSS / Chimera-Seg steps that never read a value back to the host,
+"""Sync-free training steps: CLIP-ZSS / Chimera-Seg steps that never read a value back to the host,
 with the same fused labels and losses as the data-dependent implementation they replace.
 
 CPU: :class:`zss.engine.syncs.HostSyncCounter` counts the ops that would synchronise on CUDA. CUDA (skipped

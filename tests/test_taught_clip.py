@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_script
+from conftest import train_in_process
 from zss.data.classes import get_benchmark
 from zss.teachers import OracleTeacher, TeacherWeightsNotFoundError
 from zss.tools.taught_clip import (
@@ -213,12 +213,11 @@ def test_teach_clip_script_builds_then_reuses(voc_root, tmp_path, capsys):
     assert "dense_modes" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # a scripts/train.py subprocess per method (~10 s each on a free core, minutes when loaded)
 @pytest.mark.parametrize("method", ["clip_zss", "chimera_seg"])
-def test_train_runs_with_the_taught_teacher(taught, voc_root, tmp_path, method):
+def test_train_runs_with_the_taught_teacher(taught, voc_root, tmp_path, method, capsys):
     s, _, d = taught
     args = [
-        "scripts/train.py", "experiment=demo", "teacher=taught_clip", f"method={method}",
+        "experiment=demo", "teacher=taught_clip", f"method={method}",
         f"teacher.pretrained={d / WEIGHTS_FILE}", "teacher.model_cfg.embed_dim=16",
         "teacher.model_cfg.vision_cfg={image_size:64,layers:2,width:32,head_width:16,patch_size:16}",
         "model.backbone=test_resnet", "model.decoder_channels=16", "dataset.crop_size=[64,64]",
@@ -227,6 +226,6 @@ def test_train_runs_with_the_taught_teacher(taught, voc_root, tmp_path, method):
         "trainer.overlay_count=0", f"run_root={tmp_path}", f"dataset.root={voc_root}", "trainer.eval_crop=[64,64]",
         "trainer.eval_stride=[48,48]",
     ]
-    out = run_script(args)
-    assert "NOT a zero-shot result" in out.stdout
+    train_in_process(args)  # the train command, in-process
+    assert "NOT a zero-shot result" in capsys.readouterr().out
     assert os.path.isfile(next(tmp_path.glob("*/*/final_results.json")))

@@ -103,6 +103,28 @@ def test_topk_fraction_keeps_only_the_most_confident():
     assert kept == [[0, 0, 1]] and int(target[0, 0, 1]) == 4
 
 
+def test_targets_follow_the_rule_on_hand_written_probabilities():
+    """Logits = log(probabilities), so each pixel's softmax is the row below; the rule by hand (threshold 0.7)."""
+    rows = [  # (top class, its probability, label): the other 5 classes share the rest equally
+        (4, 0.90, 255),  # unlabelled, confident sheep      -> 4
+        (5, 0.80, 255),  # unlabelled, confident sofa       -> 5
+        (5, 0.60, 255),  # unlabelled, sofa below 0.7       -> ignored
+        (4, 0.95, 0),  # labelled aeroplane, sheep predicted -> ignored
+        (2, 0.90, 255),  # unlabelled, confident SEEN bird  -> ignored
+        (5, 0.80, 255),  # unlabelled, same as px 1 (a tie) -> 5
+    ]
+    probs = torch.stack([torch.full((6,), (1 - p) / 5).index_fill(0, torch.tensor([c]), p) for c, p, _ in rows])
+    logits = probs.log().t().reshape(1, 6, 1, len(rows))  # [1, C=6, 1, 6]
+    label = torch.tensor([[[lab for *_, lab in rows]]])  # [1, 1, 6]
+    m = _onehot_method(enabled=True, threshold=0.7)
+    assert m.self_training_targets(logits, label).tolist() == [[[4, 5, 255, 255, 255, 5]]]
+    # top 50% of the 3 kept pixels -> ceil(1.5) = 2: the 0.9 pixel, then the first of the two tied 0.8 pixels
+    m.configure_transductive(enabled=True, threshold=0.7, topk_fraction=0.5)
+    assert m.self_training_targets(logits, label).tolist() == [[[4, 5, 255, 255, 255, 255]]]
+    m.configure_transductive(enabled=True, threshold=0.55)
+    assert m.self_training_targets(logits, label).tolist() == [[[4, 5, 5, 255, 255, 5]]]
+
+
 def test_loss_is_ce_on_kept_pixels_and_gradients_touch_only_them():
     m = _onehot_method(enabled=True, threshold=0.7)
     emb, label, valid = _constructed()
@@ -123,12 +145,14 @@ def test_loss_with_upsampling_to_label_size():
     emb, label, valid = _constructed()
     big_label = label.repeat_interleave(4, 1).repeat_interleave(4, 2)  # [1, 16, 16]
     big_valid = valid.repeat_interleave(4, 1).repeat_interleave(4, 2)
-    target = m.self_training_targets(
-        F.interpolate(m.student.logits(emb, m.text_embeds), size=(16, 16), mode="bilinear"), big_label, big_valid)
+    up = F.interpolate(m.student.logits(emb, m.text_embeds), size=(16, 16), mode="bilinear")  # [1, 6, 16, 16]
+    target = m.self_training_targets(up, big_label, big_valid)
     kept = target != 255
     assert kept.any() and bool((big_label[kept] == 255).all()) and bool(big_valid[kept].all())
     assert set(target[kept].tolist()) <= set(UNSEEN)
-    assert math.isfinite(float(m.self_training_loss(emb, big_label, big_valid).detach()))
+    # the loss is the mean CE of the upsampled logits on the kept pixels
+    ref = F.cross_entropy(up.permute(0, 2, 3, 1)[kept], target[kept])
+    assert float(m.self_training_loss(emb, big_label, big_valid).detach()) == pytest.approx(float(ref), rel=1e-6)
 
 
 def test_disabled_or_before_start_step_is_exactly_zero_with_graph():

@@ -1,4 +1,4 @@
-"""scripts/transfer_check.py (issue 18): the teacher's own score on the scored pixels, the constant-prediction
+"""scripts/transfer_check.py: the teacher's own score on the scored pixels, the constant-prediction
 5-way, and verdicts on the 5-way class-mean against the seen-only row of the same teacher. No training here."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""VOC-Aug as mmseg builds it (issue 19): train.txt + aug.txt, one label folder each; the 1,464-image setting by
+"""VOC-Aug as mmseg builds it: train.txt + aug.txt, one label folder each; the 1,464-image setting by
 name; a clear error naming the converter when SegmentationClassAug is missing; CLIP-ES masks on train+aug."""
 from __future__ import annotations
 

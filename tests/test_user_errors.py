@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY
+from conftest import TINY, run_main, train_in_process
 
 FAST = [a for a in TINY if not a.startswith("trainer.max_steps")] + ["trainer.max_steps=1"]
 
@@ -48,13 +48,7 @@ def _mini_voc(dst: Path, voc_root: Path, bad: str | None = None) -> tuple[Path, 
 
 def _cli(main, args, monkeypatch, capsys) -> tuple[int, str, str]:
     """Run a command function as ``<cmd> args...``; (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["zss", *map(str, args)])
-    try:
-        code = main()
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return (0 if code is None else code), out.out, out.err
+    return run_main(main, args, monkeypatch, capsys)
 
 
 @pytest.fixture(autouse=True)
@@ -70,17 +64,8 @@ def _keep_logging():
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory, voc_root) -> Path:
     """last.pt of a 1-step TINY run (test_resnet student, 16 decoder channels), trained in-process."""
-    from zss.cli.train import train_main
-
     root = tmp_path_factory.mktemp("runs")
-    mp = pytest.MonkeyPatch()
-    mp.setattr(sys, "argv", ["zss", *FAST, f"run_root={root}", f"dataset.root={voc_root}"])
-    handlers = list(logging.getLogger().handlers)
-    try:
-        train_main()
-    finally:
-        mp.undo()
-        logging.getLogger().handlers[:] = handlers
+    train_in_process([*FAST, f"run_root={root}", f"dataset.root={voc_root}"])
     (found,) = root.glob("*/*/last.pt")
     return found
 

@@ -1,6 +1,7 @@
-"""What a user trusts zss with (issue 12, "trust"): checkpoints never call arbitrary code, resume picks only the
-same run and is exact, no NaN checkpoint, signals save the work, run dirs stay clean, eval files never clash,
-selection on the test split is opt-in, and a Hydra-free Python API rebuilds a method."""
+"""Checkpoints and resume: a checkpoint never calls arbitrary code when loaded, resume picks only the same run and is
+exact, no NaN checkpoint is written, stop signals (SIGTERM/SIGINT/SIGUSR1) save the work, run dirs stay clean,
+eval result files are named by their settings and never clash, selection on the test split is opt-in, and
+from_checkpoint rebuilds a method without Hydra."""
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ import pytest
 import torch
 from torch.utils.data import Subset
 
-from conftest import ENV, REPO, TINY, run_script
+from conftest import ENV, REPO, TINY, run_script, train_in_process
 from zss.data.classes import get_benchmark
 from zss.data.dataset import build_dataset
 from zss.data.transforms import build_test_transform, build_train_transform
@@ -208,7 +209,8 @@ def _signal_child(run_dir: str, signame: str) -> None:
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT", "SIGUSR1"])
 def test_stop_signal_finishes_the_step_and_writes_last_pt(signame, tmp_path, voc_root):
     run = new_run_dir(tmp_path, "sig")
-    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import test_trust; test_trust._signal_child({str(run)!r}, {signame!r})"
+    code = (f"import sys; sys.path.insert(0, {str(TESTS)!r}); import test_checkpoints_and_resume as t; "
+            f"t._signal_child({str(run)!r}, {signame!r})")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
@@ -265,10 +267,9 @@ def test_signal_to_the_process_group_with_workers_writes_a_resumable_last_pt(sig
     os.killpg(proc.pid, getattr(signal, signame))
     run, step, log = _stopped_run(proc, root, signame)
     assert "DataLoader worker" not in log
-    out = run_script(["scripts/train.py", *TINY, f"trainer.max_steps={step + 1}", "trainer.num_workers=2",
-                      f"run_root={root}", f"dataset.root={voc_root}", f"resume={run / 'last.pt'}",
-                      "resume_allow_changes=true"])
-    assert torch.load(run / "last.pt", weights_only=True)["step"] == step + 1, out.stdout[-2000:]
+    train_in_process([*TINY, f"trainer.max_steps={step + 1}", "trainer.num_workers=2", f"run_root={root}",
+                      f"dataset.root={voc_root}", f"resume={run / 'last.pt'}", "resume_allow_changes=true"])
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == step + 1
 
 
 # ------------------------------------------------------------------- 5. exact resume
@@ -337,7 +338,7 @@ def test_eval_files_are_named_by_settings_and_out_dir_is_checked_first(tiny_ckpt
         "amp": "fp32", "data_root": str(voc_root.resolve()), "test_scale": [256, 64], "eval_crop": [224, 224],
         "eval_stride": [160, 160], "checkpoint": str(tiny_ckpt.resolve()), "step": 2}
     assert a["pAcc"] == pytest.approx(gz["pAcc"]) and b["pAcc"] == pytest.approx(zs["pAcc"])
-    # another data root or test scale (issue 21: they replaced the run's results file) gets its own file
+    # another data root or test scale (which once replaced the run's results file) gets its own file
     other = tmp_path / "voc_copy"
     shutil.copytree(voc_root, other)
     cli.evaluate_checkpoint(_compose("eval", [*base[:1], f"dataset.root={other}", *base[2:]]))
