@@ -3,6 +3,7 @@
 
 Installed package: ``zss-aggregate``. Every flag: ``--help`` (zss.cli.aggregate.AGGREGATE_DOC).
 """
+
 import sys
 
 from zss.cli.aggregate import aggregate_main as main

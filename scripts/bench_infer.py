@@ -26,6 +26,7 @@ images with the crops batched ``--crop-batch`` at a time (:func:`zss.engine.infe
 the peak CUDA memory. Ratios are value / ``--reference``'s value in the same run. On a CPU the absolute
 numbers depend on the machine's load; compare ratios within one run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -105,8 +106,9 @@ def build(name: str, teacher, tiny: bool, overrides: list[str]) -> nn.Module:
         method.strip_for_inference()  # the recovery decoder is training-only
         return method
     # CLIP-ZSS / Chimera-Seg run their student alone at test time (Method.predict: student + text embeds)
-    return SeenOnlyBaseline(method.student, None, method.classnames, method.unseen.tolist(),
-                            text_embeds=method.text_embeds)
+    return SeenOnlyBaseline(
+        method.student, None, method.classnames, method.unseen.tolist(), text_embeds=method.text_embeds
+    )
 
 
 def _sync(device) -> None:
@@ -129,8 +131,13 @@ def measure(model: nn.Module, args, device) -> dict:
     one = torch.randn(1, 3, H, W, device=device)
     with flop_counter(depth=1) as fc:
         slide_inference(fn, one, None, args.image_size, stride, args.crop_batch)
-    rep.update(slide_gflops=fc.get_total_flops() / 1e9, slide_image=[H, W], slide_stride=stride,
-               img_per_s=None, peak_mem_mib=None)
+    rep.update(
+        slide_gflops=fc.get_total_flops() / 1e9,
+        slide_image=[H, W],
+        slide_stride=stride,
+        img_per_s=None,
+        peak_mem_mib=None,
+    )
     if not args.no_measure:
         amp = torch.bfloat16 if args.amp == "bf16" else None
         x = torch.randn(args.images, 3, H, W, device=device)
@@ -155,9 +162,18 @@ def table(reports: dict[str, dict], ref: str, args) -> str:
     """Markdown table with ratios against ``ref`` (value / reference value)."""
     r = reports[ref]
     stride, H, W = slide_geometry(args.image_size)
-    head = ["model", "trainable params (M)", "test-time params (M)", f"GFLOPs @{args.image_size}²",
-            f"GFLOPs / {H}x{W} image (slide)", "img/s (slide)", "peak mem MiB",
-            f"params x {ref}", f"GFLOPs x {ref}", f"img/s x {ref}"]
+    head = [
+        "model",
+        "trainable params (M)",
+        "test-time params (M)",
+        f"GFLOPs @{args.image_size}²",
+        f"GFLOPs / {H}x{W} image (slide)",
+        "img/s (slide)",
+        "peak mem MiB",
+        f"params x {ref}",
+        f"GFLOPs x {ref}",
+        f"img/s x {ref}",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def ratio(a, b):
@@ -165,11 +181,18 @@ def table(reports: dict[str, dict], ref: str, args) -> str:
 
     for name, rep in reports.items():
         ips, mem = rep.get("img_per_s"), rep.get("peak_mem_mib")
-        row = [TITLES[name], f"{rep['trainable_params'] / 1e6:.2f}", f"{rep['total_params'] / 1e6:.2f}",
-               f"{rep['gflops']:.2f}", f"{rep['slide_gflops']:.2f}", "-" if ips is None else f"{ips:.2f}",
-               "-" if mem is None else f"{mem:.0f}",
-               ratio(rep["total_params"], r["total_params"]), ratio(rep["gflops"], r["gflops"]),
-               ratio(ips, r.get("img_per_s"))]
+        row = [
+            TITLES[name],
+            f"{rep['trainable_params'] / 1e6:.2f}",
+            f"{rep['total_params'] / 1e6:.2f}",
+            f"{rep['gflops']:.2f}",
+            f"{rep['slide_gflops']:.2f}",
+            "-" if ips is None else f"{ips:.2f}",
+            "-" if mem is None else f"{mem:.0f}",
+            ratio(rep["total_params"], r["total_params"]),
+            ratio(rep["gflops"], r["gflops"]),
+            ratio(ips, r.get("img_per_s")),
+        ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -197,8 +220,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--reference {args.reference} is not among --models {args.models}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     cuda = device.type == "cuda"
     args.image_size = args.image_size or (64 if args.tiny else 512)
     args.amp = args.amp or ("bf16" if cuda else "fp32")
@@ -218,17 +244,26 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
     any_rep = next(iter(reports.values()))
     stride, H, W = slide_geometry(args.image_size)
-    print(f"### Test-time cost, {args.image_size}² crops, slide stride {stride} on {H}x{W} images "
-          f"({args.benchmark}), random weights{' (--tiny smoke models)' if args.tiny else ''}")
+    print(
+        f"### Test-time cost, {args.image_size}² crops, slide stride {stride} on {H}x{W} images "
+        f"({args.benchmark}), random weights{' (--tiny smoke models)' if args.tiny else ''}"
+    )
     print()
     print(table(reports, args.reference, args))
     print()
-    timed = "not measured (--no-measure)" if args.no_measure else (
-        f"{args.images} images per call, crops batched {args.crop_batch}, {args.amp}, {args.iters} calls after "
-        f"{args.warmup} warm-up")
-    print(f"device: {any_rep.get('device')}, {any_rep.get('threads')} CPU threads; img/s: {timed}. FLOPs = 2 x MACs "
-          f"(halve for papers that report MACs), fused attention kernels counted. Ratios: value / "
-          f"{args.reference}'s value, same run.")
+    timed = (
+        "not measured (--no-measure)"
+        if args.no_measure
+        else (
+            f"{args.images} images per call, crops batched {args.crop_batch}, {args.amp}, {args.iters} calls after "
+            f"{args.warmup} warm-up"
+        )
+    )
+    print(
+        f"device: {any_rep.get('device')}, {any_rep.get('threads')} CPU threads; img/s: {timed}. FLOPs = 2 x MACs "
+        f"(halve for papers that report MACs), fused attention kernels counted. Ratios: value / "
+        f"{args.reference}'s value, same run."
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(reports, indent=2, default=str))
     return 0

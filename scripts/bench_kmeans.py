@@ -25,6 +25,7 @@ identical to sklearn-seeds (same centre ids, no matching).
 
 Usage: python scripts/bench_kmeans.py [--device cuda] [--repeats 5] [--iters 10] [--batch 8]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,8 +62,9 @@ def make_tokens(B: int, h: int, w: int, D: int = 512, n_dirs: int = 40, seed: in
         d2 = (yy[None] - cy[:, None, None]) ** 2 + (xx[None] - cx[:, None, None]) ** 2
         region = d2.argmin(0)  # Voronoi layout [h, w]
         cls = torch.randint(0, n_dirs, (R,), generator=g)
-        field = F.interpolate(torch.randn(1, D, 4, 4, generator=g), size=(h, w), mode="bilinear",
-                              align_corners=False)[0]
+        field = F.interpolate(torch.randn(1, D, 4, 4, generator=g), size=(h, w), mode="bilinear", align_corners=False)[
+            0
+        ]
         field = F.normalize(field, dim=0)
         noise = torch.randn(D, h, w, generator=g) / D**0.5
         tok = 1.2 * common[:, None, None] + dirs[cls[region]].permute(2, 0, 1) + 0.5 * field + 0.6 * noise
@@ -98,11 +100,13 @@ def run_grid(B, grid, scales, iters, repeats, device, have_sk, have_faiss):
         xd, sd = x.to(device), seeds.to(device)
 
         def fn():
-            r = batched_kmeans(xd, sd, valid.to(device), iters=iters, spherical=spherical,
-                               assign_dtype=assign_dtype, groups=groups)
+            r = batched_kmeans(
+                xd, sd, valid.to(device), iters=iters, spherical=spherical, assign_dtype=assign_dtype, groups=groups
+            )
             if device.type == "cuda":
                 torch.cuda.synchronize()
             return r.labels.cpu()
+
         ms, lab = timeit(fn, repeats)
         off = torch.tensor([a for a, _ in bounds]).view(1, S, 1)
         return ms, lab - off  # local ids per group [B, S, N]
@@ -124,10 +128,12 @@ def run_grid(B, grid, scales, iters, repeats, device, have_sk, have_faiss):
                     for b in range(B):
                         for g, (a, e) in enumerate(bounds):
                             init = sn[b, a:e] if init_mode == "seeds" else "k-means++"
-                            km = KMeans(e - a, init=init, n_init=1, algorithm="lloyd", max_iter=iters, tol=0.0,
-                                        random_state=0).fit(xn[b])
+                            km = KMeans(
+                                e - a, init=init, n_init=1, algorithm="lloyd", max_iter=iters, tol=0.0, random_state=0
+                            ).fit(xn[b])
                             lab[b, g] = km.labels_
                 return torch.from_numpy(lab)
+
             return timeit(fn, repeats, warmup=False)
 
         rows["sklearn-seeds"] = sk("seeds")
@@ -139,12 +145,21 @@ def run_grid(B, grid, scales, iters, repeats, device, have_sk, have_faiss):
             lab = np.zeros((B, S, N), dtype=np.int64)
             for b in range(B):
                 for g, (a, e) in enumerate(bounds):
-                    km = faiss.Kmeans(xn.shape[2], e - a, niter=iters, spherical=True, verbose=False, seed=0,
-                                      min_points_per_centroid=1, max_points_per_centroid=1 << 20)
+                    km = faiss.Kmeans(
+                        xn.shape[2],
+                        e - a,
+                        niter=iters,
+                        spherical=True,
+                        verbose=False,
+                        seed=0,
+                        min_points_per_centroid=1,
+                        max_points_per_centroid=1 << 20,
+                    )
                     km.train(xn[b], init_centroids=np.ascontiguousarray(sn[b, a:e]))
                     _, nearest = km.index.search(xn[b], 1)
                     lab[b, g] = nearest[:, 0]
             return torch.from_numpy(lab)
+
         rows["faiss-seeds"] = timeit(fn, repeats)
 
     # same objective for every method: SSE of its partition around cluster means, over all problems
@@ -168,8 +183,7 @@ def gpu_step(B=16, grid=32, scales=(4, 8, 16), iters=10, repeats=50):
     def step():
         seeds, valid, _ = window_seeds(dense, scales)
         x = dense.flatten(2).transpose(1, 2)
-        return batched_kmeans(x, seeds, valid, iters=iters, assign_dtype=torch.bfloat16, groups=groups,
-                              validate=False)
+        return batched_kmeans(x, seeds, valid, iters=iters, assign_dtype=torch.bfloat16, groups=groups, validate=False)
 
     def measure(fn):
         for _ in range(5):
@@ -219,22 +233,29 @@ def main(argv=None) -> int:
     try:
         import sklearn  # noqa: F401
         import threadpoolctl  # noqa: F401
+
         have_sk = True
     except ImportError:
         have_sk = False
         print("[bench_kmeans] scikit-learn not installed: its rows and ratios are skipped (pip install scikit-learn)")
     try:
         import faiss
+
         faiss.omp_set_num_threads(1)
         have_faiss = True
     except ImportError:
         have_faiss = False
         print("[bench_kmeans] faiss not installed: its rows and ratios are skipped (pip install faiss-cpu)")
 
-    print(f"# batched K-Means benchmark: B={args.batch}, D=512, iters={args.iters}, repeats={args.repeats}, "
-          f"ours on {device}, references on CPU, 1 thread each (torch {torch.__version__})\n")
-    lines = ["| method | grid | K/img | time ms | x faiss | x sklearn k++ | inertia ratio vs sklearn | "
-             "labels = sklearn-seeds % |", "|---|---|---|---|---|---|---|---|"]
+    print(
+        f"# batched K-Means benchmark: B={args.batch}, D=512, iters={args.iters}, repeats={args.repeats}, "
+        f"ours on {device}, references on CPU, 1 thread each (torch {torch.__version__})\n"
+    )
+    lines = [
+        "| method | grid | K/img | time ms | x faiss | x sklearn k++ | inertia ratio vs sklearn | "
+        "labels = sklearn-seeds % |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     checks = []
     for grid in args.grids:
         scales = tuple(s * grid // 32 for s in (4, 8, 16))
@@ -251,26 +272,48 @@ def main(argv=None) -> int:
         if ref:
             for name in ("ours-sph-bf16", "ours-sph-fp32", "ours-euc-fp32"):
                 rel = res[name]["sse"] / ref["sse"] - 1
-                checks.append((f"{grid}x{grid} {name} inertia <= sklearn +{TARGETS['inertia']:.1%}",
-                               f"{rel:+.4%}", rel <= TARGETS["inertia"]))
+                checks.append(
+                    (
+                        f"{grid}x{grid} {name} inertia <= sklearn +{TARGETS['inertia']:.1%}",
+                        f"{rel:+.4%}",
+                        rel <= TARGETS["inertia"],
+                    )
+                )
             ag = 100.0 * (res["ours-euc-fp32"]["lab"] == ref["lab"]).double().mean().item()
-            checks.append((f"{grid}x{grid} ours-euc-fp32 labels identical to sklearn-seeds >= {TARGETS['agree']}%",
-                           f"{ag:.3f}%", ag >= TARGETS["agree"]))
+            checks.append(
+                (
+                    f"{grid}x{grid} ours-euc-fp32 labels identical to sklearn-seeds >= {TARGETS['agree']}%",
+                    f"{ag:.3f}%",
+                    ag >= TARGETS["agree"],
+                )
+            )
             kr = res["ours-sph-bf16"]["ms"] / res["sklearn-k++"]["ms"]
-            checks.append((f"{grid}x{grid} ours-sph-bf16 time <= {TARGETS['vs_kpp']} x sklearn k-means++",
-                           f"{kr:.2f}x", kr <= TARGETS["vs_kpp"]))
+            checks.append(
+                (
+                    f"{grid}x{grid} ours-sph-bf16 time <= {TARGETS['vs_kpp']} x sklearn k-means++",
+                    f"{kr:.2f}x",
+                    kr <= TARGETS["vs_kpp"],
+                )
+            )
         if "faiss-seeds" in res:
             fr = res["ours-sph-bf16"]["ms"] / res["faiss-seeds"]["ms"]
-            checks.append((f"{grid}x{grid} ours-sph-bf16 time <= {TARGETS['vs_faiss']} x faiss",
-                           f"{fr:.2f}x", fr <= TARGETS["vs_faiss"]))
+            checks.append(
+                (
+                    f"{grid}x{grid} ours-sph-bf16 time <= {TARGETS['vs_faiss']} x faiss",
+                    f"{fr:.2f}x",
+                    fr <= TARGETS["vs_faiss"],
+                )
+            )
         print(f"[bench_kmeans] {grid}x{grid} done", file=sys.stderr, flush=True)
 
     print("\n".join(lines))
     if torch.cuda.is_available():
         g = gpu_step()
-        print(f"\n| GPU per-step (window seeds + K-Means, B=16, 32x32, K=283/img, bf16) | eager ms | graph ms |\n"
-              f"|---|---|---|\n| {torch.cuda.get_device_name()} | {g['eager']:.3f} | "
-              f"{g.get('graph', float('nan')):.3f} |")
+        print(
+            f"\n| GPU per-step (window seeds + K-Means, B=16, 32x32, K=283/img, bf16) | eager ms | graph ms |\n"
+            f"|---|---|---|\n| {torch.cuda.get_device_name()} | {g['eager']:.3f} | "
+            f"{g.get('graph', float('nan')):.3f} |"
+        )
         best = min(g.values())
         checks.append((f"GPU step <= {TARGETS['gpu_step_ms']} ms", f"{best:.3f} ms", best <= TARGETS["gpu_step_ms"]))
     else:

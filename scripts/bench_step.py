@@ -33,6 +33,7 @@ on CUDA (``.item()``/``bool()``, ``nonzero``, boolean masks, ``.tolist()``...) d
 CPU: ``--amp auto`` times the seen-only step under fp32 and bf16 autocast and keeps the faster (both printed).
 On a shared CPU absolute times are loose; compare the ratios of one run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,18 +55,44 @@ from zss.engine.efficiency import flop_counter  # noqa: E402
 from zss.engine.syncs import HostSyncCounter  # noqa: E402
 
 #: benchmark name -> configs/method/<name>.yaml
-METHODS = {"seen_only": "baseline", "clip_zss": "clip_zss", "chimera_seg": "chimera_seg", "clip_rc": "clip_rc",
-           "zegclip": "zegclip"}
-TITLES = {"seen_only": "seen-only", "clip_zss": "CLIP-ZSS", "chimera_seg": "Chimera-Seg", "clip_rc": "CLIP-RC",
-          "zegclip": "ZegCLIP"}
+METHODS = {
+    "seen_only": "baseline",
+    "clip_zss": "clip_zss",
+    "chimera_seg": "chimera_seg",
+    "clip_rc": "clip_rc",
+    "zegclip": "zegclip",
+}
+TITLES = {
+    "seen_only": "seen-only",
+    "clip_zss": "CLIP-ZSS",
+    "chimera_seg": "Chimera-Seg",
+    "clip_rc": "CLIP-RC",
+    "zegclip": "ZegCLIP",
+}
 #: reference architectures, random weights (configs/experiment/voc20.yaml)
 REFERENCE = ["experiment=voc20", "model.pretrained=false", "teacher.pretrained=random"]
 #: --tiny: small random student and teacher (3 CLIP blocks: Chimera's CSH takes the last 2)
-TINY = ["experiment=voc20", "model=demo_resnet18", "model.backbone=test_resnet", "model.decoder_channels=16",
-        "teacher=tiny_random", "teacher.embed_dim=32", "teacher.patch_size=8", "teacher.layers=3",
-        "teacher.image_size=64"]
+TINY = [
+    "experiment=voc20",
+    "model=demo_resnet18",
+    "model.backbone=test_resnet",
+    "model.decoder_channels=16",
+    "teacher=tiny_random",
+    "teacher.embed_dim=32",
+    "teacher.patch_size=8",
+    "teacher.layers=3",
+    "teacher.image_size=64",
+]
 #: dense bf16 tensor-core peak, TFLOP/s (vendor data sheets, without sparsity), matched in the device name
 PEAK_BF16_TFLOPS = (("H200", 989.4), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("A100", 312.0))
+
+
+#: how the host-sync column was counted, per device (printed under the table)
+SYNCS_CUDA = "CUDA sync-debug warnings over one whole step"
+SYNCS_CPU = (
+    "ops that sync on CUDA, counted by zss.engine.syncs.HostSyncCounter over training_step + backward "
+    "(pseudo labels on their CUDA path, sync_free=True)"
+)
 
 
 def compose(method: str, tiny: bool, extra: list[str] | None = None):
@@ -102,10 +129,19 @@ def build_method(name: str, teacher, tiny: bool, extra: list[str] | None = None)
     cfg = compose(name, tiny, extra)
     bench = build_benchmark(cfg.dataset)
     torch.manual_seed(0)
-    student = (build_student(cfg.model, int(teacher.embed_dim), cfg.dataset.mean, cfg.dataset.std)
-               if uses_student(cfg.method) else None)
-    return _build_method(cfg.method, student=student, teacher=teacher, classnames=list(bench.classes),
-                         unseen=list(bench.unseen), templates=templates_for(cfg.dataset, bench)), cfg
+    student = (
+        build_student(cfg.model, int(teacher.embed_dim), cfg.dataset.mean, cfg.dataset.std)
+        if uses_student(cfg.method)
+        else None
+    )
+    return _build_method(
+        cfg.method,
+        student=student,
+        teacher=teacher,
+        classnames=list(bench.classes),
+        unseen=list(bench.unseen),
+        templates=templates_for(cfg.dataset, bench),
+    ), cfg
 
 
 def make_batch(batch: int, size: int, unseen: list[int], num_classes: int, device, seed: int = 0) -> dict:
@@ -116,8 +152,11 @@ def make_batch(batch: int, size: int, unseen: list[int], num_classes: int, devic
     blocks[blocks == num_classes] = 255
     label = torch.nn.functional.interpolate(blocks[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
     label[torch.isin(label, torch.tensor(unseen))] = 255
-    return {"image": torch.randn(batch, 3, size, size, generator=g).to(device), "label": label.to(device),
-            "valid": torch.ones(batch, size, size, dtype=torch.bool, device=device)}
+    return {
+        "image": torch.randn(batch, 3, size, size, generator=g).to(device),
+        "label": label.to(device),
+        "valid": torch.ones(batch, size, size, dtype=torch.bool, device=device),
+    }
 
 
 def _sync(device) -> None:
@@ -130,8 +169,9 @@ class Runner:
 
     def __init__(self, method, batch: dict, device, amp, lr: float = 2e-5):
         self.method, self.batch, self.device, self.amp = method.to(device).train(), batch, device, amp
-        self.opt = torch.optim.AdamW(method.param_groups(lr, head_lr_mult=10.0, weight_decay=0.01), lr=lr,
-                                     weight_decay=0.01)
+        self.opt = torch.optim.AdamW(
+            method.param_groups(lr, head_lr_mult=10.0, weight_decay=0.01), lr=lr, weight_decay=0.01
+        )
         self.n = 0
 
     def forward(self):
@@ -230,8 +270,11 @@ def breakdown(runner: Runner, name: str, steps: int) -> dict[str, float]:
                 r()
         parts = dict(t.times)
         fwd = parts.pop("forward (training_step)")
-        inner = sum(v for k, v in parts.items() if k in ("student forward", "teacher forward", "synthesizer",
-                                                          "pseudo labels (incl. K-Means)"))
+        inner = sum(
+            v
+            for k, v in parts.items()
+            if k in ("student forward", "teacher forward", "synthesizer", "pseudo labels (incl. K-Means)")
+        )
         parts["losses (rest of training_step)"] = max(fwd - inner, 0.0)
         rows.append(parts)
     keys = [k for k in PHASES if any(k in r for r in rows)]
@@ -239,8 +282,16 @@ def breakdown(runner: Runner, name: str, steps: int) -> dict[str, float]:
 
 
 #: breakdown rows in step order (indented: nested in the row above, not added to the sum)
-PHASES = ("teacher forward", "pseudo labels (incl. K-Means)", "synthesizer", "losses (rest of training_step)",
-          "student forward", "  of which CSH", "backward", "optimizer")
+PHASES = (
+    "teacher forward",
+    "pseudo labels (incl. K-Means)",
+    "synthesizer",
+    "losses (rest of training_step)",
+    "student forward",
+    "  of which CSH",
+    "backward",
+    "optimizer",
+)
 
 
 def count_syncs(runner: Runner) -> tuple[int, str]:
@@ -305,10 +356,15 @@ def choose_cpu_amp(teacher, args, device) -> tuple[torch.dtype | None, str]:
     for label, amp in (("fp32", None), ("bf16", torch.bfloat16)):
         res[label] = statistics.median(Runner(method, batch, device, amp).time_steps(1, max(2, args.steps // 3)))
     best = min(res, key=res.get)
-    flags = " ".join(f for f in ("avx512_bf16", "amx_bf16") if f in Path("/proc/cpuinfo").read_text()) \
-        if Path("/proc/cpuinfo").exists() else ""
-    note = (f"CPU amp: seen-only step {res['fp32'] * 1e3:.0f} ms fp32 vs {res['bf16'] * 1e3:.0f} ms bf16 autocast "
-            f"-> {best} (CPU bf16 flags: {flags or 'none'})")
+    flags = (
+        " ".join(f for f in ("avx512_bf16", "amx_bf16") if f in Path("/proc/cpuinfo").read_text())
+        if Path("/proc/cpuinfo").exists()
+        else ""
+    )
+    note = (
+        f"CPU amp: seen-only step {res['fp32'] * 1e3:.0f} ms fp32 vs {res['bf16'] * 1e3:.0f} ms bf16 autocast "
+        f"-> {best} (CPU bf16 flags: {flags or 'none'})"
+    )
     return (torch.bfloat16 if best == "bf16" else None), note
 
 
@@ -320,23 +376,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=None, help="square crop side, pixels (default 512; --tiny 64)")
     p.add_argument("--steps", type=int, default=None, help="timed steps, median reported (default 10; --tiny 2)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3; --tiny 1)")
-    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp32"),
-                   help="autocast dtype; auto: bf16 on CUDA, on CPU the faster of fp32 / bf16 (measured)")
-    p.add_argument("--peak-tflops", type=float, default=None,
-                   help="device peak TFLOP/s for MFU (default: dense bf16 peak of known GPUs, none on CPU)")
+    p.add_argument(
+        "--amp",
+        default="auto",
+        choices=("auto", "bf16", "fp32"),
+        help="autocast dtype; auto: bf16 on CUDA, on CPU the faster of fp32 / bf16 (measured)",
+    )
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="device peak TFLOP/s for MFU (default: dense bf16 peak of known GPUs, none on CPU)",
+    )
     p.add_argument("--no-breakdown", action="store_true", help="skip the CLIP-ZSS / Chimera-Seg breakdown")
     p.add_argument("--tiny", action="store_true", help="smoke config: tiny student/teacher, 64², 2 steps")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every method")
     p.add_argument("--json", default=None, help="also write the results to this file")
-    p.add_argument("--channels-last", action="store_true",
-                   help="student weights and images in channels_last (as trainer.channels_last=true)")
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="student weights and images in channels_last (as trainer.channels_last=true)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the student (as trainer.compile=true)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     cuda = device.type == "cuda"
     args.batch = args.batch or (16 if cuda else 2)
     args.size = args.size or (64 if args.tiny else 512)
@@ -372,9 +442,16 @@ def main(argv: list[str] | None = None) -> int:
         flops = step_flops(runner)
         syncs, where = count_syncs(runner)
         med = statistics.median(times)
-        results[name] = dict(step_s=med, steps_s=times, img_per_s=args.batch / med, peak_mem_mib=mem,
-                             gflop_per_step=flops / 1e9, tflops=flops / med / 1e12, host_syncs=syncs,
-                             sync_sites=where)
+        results[name] = dict(
+            step_s=med,
+            steps_s=times,
+            img_per_s=args.batch / med,
+            peak_mem_mib=mem,
+            gflop_per_step=flops / 1e9,
+            tflops=flops / med / 1e12,
+            host_syncs=syncs,
+            sync_sites=where,
+        )
         if not args.no_breakdown and name in ("clip_zss", "chimera_seg"):
             breakdowns[name] = breakdown(runner, name, max(1, min(args.steps, 5)))
         del runner, method, batch
@@ -384,25 +461,41 @@ def main(argv: list[str] | None = None) -> int:
     base = results["seen_only"]["step_s"]
     dev_name = torch.cuda.get_device_name(device) if cuda else f"cpu, {torch.get_num_threads()} threads"
     amp_name = "bf16 autocast" if amp is not None else "fp32"
-    amp_name += "".join(f", {k}" for k, on in (("channels_last", args.channels_last), ("compiled student", args.compile))
-                        if on)
-    print(f"### Training step, batch {args.batch} x {args.size}², {amp_name}, {dev_name}"
-          f"{' (--tiny smoke models)' if args.tiny else ', reference architectures, random weights'}")
+    amp_name += "".join(
+        f", {k}" for k, on in (("channels_last", args.channels_last), ("compiled student", args.compile)) if on
+    )
+    print(
+        f"### Training step, batch {args.batch} x {args.size}², {amp_name}, {dev_name}"
+        f"{' (--tiny smoke models)' if args.tiny else ', reference architectures, random weights'}"
+    )
     print()
-    head = ["method", "step ms (median)", "x seen-only", "img/s", "peak mem MiB", "GFLOP/step", "TFLOP/s", "MFU",
-            "host syncs/step"]
+    head = [
+        "method",
+        "step ms (median)",
+        "x seen-only",
+        "img/s",
+        "peak mem MiB",
+        "GFLOP/step",
+        "TFLOP/s",
+        "MFU",
+        "host syncs/step",
+    ]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for name, r in results.items():
         mfu = f"{100 * r['tflops'] / peak:.1f}%" if peak else "-"
-        print(f"| {TITLES[name]} | {1e3 * r['step_s']:.1f} | {r['step_s'] / base:.2f} | {r['img_per_s']:.2f} | "
-              f"{r['peak_mem_mib']:.0f} | {r['gflop_per_step']:.1f} | {r['tflops']:.3f} | {mfu} | {r['host_syncs']} |")
+        print(
+            f"| {TITLES[name]} | {1e3 * r['step_s']:.1f} | {r['step_s'] / base:.2f} | {r['img_per_s']:.2f} | "
+            f"{r['peak_mem_mib']:.0f} | {r['gflop_per_step']:.1f} | {r['tflops']:.3f} | {mfu} | {r['host_syncs']} |"
+        )
     print()
-    print(f"median of {args.steps} steps after {args.warmup} warm-up; ratios: step time / the seen-only step of "
-          f"this run. FLOPs = 2 x MACs of forward + backward (teacher, K-Means included). MFU vs "
-          f"{'%.1f TFLOP/s' % peak if peak else 'no peak (pass --peak-tflops)'}. Peak memory: "
-          f"{'torch.cuda.max_memory_allocated' if cuda else 'process peak RSS so far (grows across rows)'}. "
-          f"Host syncs: {'CUDA sync-debug warnings over one whole step' if cuda else 'ops that sync on CUDA, counted by zss.engine.syncs.HostSyncCounter over training_step + backward (pseudo labels on their CUDA path, sync_free=True)'}.")
+    print(
+        f"median of {args.steps} steps after {args.warmup} warm-up; ratios: step time / the seen-only step of "
+        f"this run. FLOPs = 2 x MACs of forward + backward (teacher, K-Means included). MFU vs "
+        f"{'%.1f TFLOP/s' % peak if peak else 'no peak (pass --peak-tflops)'}. Peak memory: "
+        f"{'torch.cuda.max_memory_allocated' if cuda else 'process peak RSS so far (grows across rows)'}. "
+        f"Host syncs: {SYNCS_CUDA if cuda else SYNCS_CPU}."
+    )
     for n in notes:
         print(n)
     for name, r in results.items():
@@ -418,9 +511,21 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in parts.items():
             print(f"| {k} | {v:.1f} | {100 * v / max(total, 1e-9):.1f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(results=results, breakdowns=breakdowns, device=dev_name,
-                                                   amp=amp_name, batch=args.batch, size=args.size, notes=notes,
-                                                   peak_tflops=peak), indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                dict(
+                    results=results,
+                    breakdowns=breakdowns,
+                    device=dev_name,
+                    amp=amp_name,
+                    batch=args.batch,
+                    size=args.size,
+                    notes=notes,
+                    peak_tflops=peak,
+                ),
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -4,6 +4,7 @@
 Same command as ``zss-check`` and ``python -m zss.cli.check``: Hydra-style ``key=value`` overrides of
 configs/check.yaml, the dataset preset names of training (exit code 0 = OK, 1 = problems, 2 = bad command line).
 """
+
 import sys
 
 from zss.cli.check import check_main

@@ -8,6 +8,7 @@ reference and the four models of that comparison; see bench_infer.py for what is
     python scripts/compare_efficiency.py --device cuda --amp bf16 --reference clip_rc
     python scripts/compare_efficiency.py --no-measure         # params and GFLOPs only (fast on a CPU)
 """
+
 from __future__ import annotations
 
 import sys
@@ -19,5 +20,6 @@ from bench_infer import main  # noqa: E402
 
 if __name__ == "__main__":
     # defaults first: a flag given on the command line comes later and wins
-    sys.exit(main(["--models", "clip_rc", "zegclip", "clip_zss", "chimera_seg", "--reference", "clip_rc",
-                   *sys.argv[1:]]))
+    sys.exit(
+        main(["--models", "clip_rc", "zegclip", "clip_zss", "chimera_seg", "--reference", "clip_rc", *sys.argv[1:]])
+    )

@@ -3,6 +3,7 @@
 
 Installed package: ``zss-make-world``. Every flag: ``--help`` (zss.cli.make_world.MAKE_WORLD_DOC).
 """
+
 import sys
 
 from zss.cli.make_world import make_world_main as main

@@ -3,6 +3,7 @@
 
 Installed package: ``zss-plot``. Every flag: ``--help`` (zss.cli.plot.PLOT_DOC).
 """
+
 import sys
 
 from zss.cli.plot import plot_main as main

@@ -4,6 +4,7 @@
 Options (configs/predict.yaml): classes_file=<txt>, out=<dir> (default predictions/), mode=whole|slide,
 short_side=512, teacher.pretrained=<weights> (text encoder for a new vocabulary), overwrite=true.
 """
+
 from zss.cli.predict import predict_main
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 
 Installed package: ``zss-prepare-cocostuff``. Every flag: ``--help`` (zss.cli.prepare.PREPARE_COCOSTUFF_DOC).
 """
+
 import sys
 
 from zss.cli.prepare import prepare_cocostuff_main as main

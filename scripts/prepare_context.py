@@ -3,6 +3,7 @@
 
 Installed package: ``zss-prepare-context``. Every flag: ``--help`` (zss.cli.prepare.PREPARE_CONTEXT_DOC).
 """
+
 import sys
 
 from zss.cli.prepare import prepare_context_main as main

@@ -3,6 +3,7 @@
 
 Installed package: ``zss-teach-clip``. Every flag: ``--help`` (zss.cli.teach_clip.TEACH_CLIP_DOC).
 """
+
 import sys
 
 from zss.cli.teach_clip import teach_clip_main as main

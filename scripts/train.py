@@ -3,6 +3,7 @@
 
 Multi-GPU: ``torchrun --nproc_per_node N scripts/train.py experiment=...``.
 """
+
 from zss.cli.train import train_main
 
 if __name__ == "__main__":

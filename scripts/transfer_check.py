@@ -33,6 +33,7 @@ threads each on two cores ran ~10x slower than one). Prints a markdown table and
 them to ``<out>/transfer_check.md`` (rows and teacher scores: ``transfer_check.json``); each run directory keeps
 its checkpoint and results.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -105,13 +106,33 @@ def _row(name: str, seed: int, run: Path, split: str, wall: float) -> dict | Non
         if cost:
             eff = json.loads(cost[0].read_text())
     a, u = scores["all"], scores["unseen"]
-    return dict(name=name, seed=seed, mIoU_S=a["mIoU_seen"], mIoU_U=a["mIoU_unseen"], hIoU=a["hIoU"],
-                five_way=u["pAcc"], five_way_macc=u["mAcc"], per_class_IoU=[c["IoU"] for c in a["per_class"]],
-                efficiency=eff, wall=wall, run=str(run))
+    return dict(
+        name=name,
+        seed=seed,
+        mIoU_S=a["mIoU_seen"],
+        mIoU_U=a["mIoU_unseen"],
+        hIoU=a["hIoU"],
+        five_way=u["pAcc"],
+        five_way_macc=u["mAcc"],
+        per_class_IoU=[c["IoU"] for c in a["per_class"]],
+        efficiency=eff,
+        wall=wall,
+        run=str(run),
+    )
 
 
-def train_and_score(name: str, overrides: list[str], seed: int, steps: int | None, out: Path, threads: int,
-                    extra: list[str], split: str = "train", reuse: bool = False, train: bool = True) -> dict | None:
+def train_and_score(
+    name: str,
+    overrides: list[str],
+    seed: int,
+    steps: int | None,
+    out: Path,
+    threads: int,
+    extra: list[str],
+    split: str = "train",
+    reuse: bool = False,
+    train: bool = True,
+) -> dict | None:
     """Train one row for one seed and score it on ``split`` with FULL labels (label spaces all and unseen).
 
     ``reuse``: a run of this row and seed already scored on ``split`` under ``out`` is returned as it is (an
@@ -129,16 +150,28 @@ def train_and_score(name: str, overrides: list[str], seed: int, steps: int | Non
     trained = None
     if reuse:
         for run in sorted((p.parent for p in root.glob("*/*/last.pt")), key=lambda p: p.stat().st_mtime, reverse=True):
-            wall = json.loads((run / "row_wall.json").read_text())["wall"] if (run / "row_wall.json").is_file() else math.nan
+            wall = (
+                json.loads((run / "row_wall.json").read_text())["wall"]
+                if (run / "row_wall.json").is_file()
+                else math.nan
+            )
             row = _row(name, seed, run, split, wall)
             if row is not None:
                 print(f"{name} seed {seed} ({split}): reused {run}", flush=True)
                 return row
             if trained is None and (run / "final_results.json").is_file():  # trained to the end, not yet scored
                 trained = run / "last.pt"
-    args = ["scripts/train.py", *overrides, f"trainer.seed={seed}", "trainer.eval_interval=0",
-            "trainer.overlay_count=0", "trainer.num_workers=1", "++transfer_view.enabled=false", f"run_root={root}",
-            *extra]
+    args = [
+        "scripts/train.py",
+        *overrides,
+        f"trainer.seed={seed}",
+        "trainer.eval_interval=0",
+        "trainer.overlay_count=0",
+        "trainer.num_workers=1",
+        "++transfer_view.enabled=false",
+        f"run_root={root}",
+        *extra,
+    ]
     if steps:
         args.append(f"trainer.max_steps={steps}")
     if trained is None:
@@ -148,14 +181,26 @@ def train_and_score(name: str, overrides: list[str], seed: int, steps: int | Non
     ckpt = trained or max(root.glob("*/*/last.pt"), key=lambda p: p.stat().st_mtime)
     for space in ("all", "unseen"):
         measure_cost = space == "all" and seed == 0 and split != "train"
-        _run(["scripts/eval.py", f"ckpt={ckpt}", f"split={split}", f"eval.label_space={space}",
-              f"out_dir={ckpt.parent / f'transfer_{split}_{space}'}",
-              f"efficiency={'auto' if measure_cost else 'false'}"], threads, log)
+        _run(
+            [
+                "scripts/eval.py",
+                f"ckpt={ckpt}",
+                f"split={split}",
+                f"eval.label_space={space}",
+                f"out_dir={ckpt.parent / f'transfer_{split}_{space}'}",
+                f"efficiency={'auto' if measure_cost else 'false'}",
+            ],
+            threads,
+            log,
+        )
     wall = time.perf_counter() - t0 if trained is None else math.nan  # a reused training: its time is unknown
     (ckpt.parent / "row_wall.json").write_text(json.dumps({"wall": wall}))
     row = _row(name, seed, ckpt.parent, split, wall)
-    print(f"{name} seed {seed} ({split}): mIoU(S) {row['mIoU_S']:.2f} mIoU(U) {row['mIoU_U']:.2f} 5-way class-mean "
-          f"{row['five_way_macc']:.1f}% ({wall:.0f} s, {ckpt.parent})", flush=True)
+    print(
+        f"{name} seed {seed} ({split}): mIoU(S) {row['mIoU_S']:.2f} mIoU(U) {row['mIoU_U']:.2f} 5-way class-mean "
+        f"{row['five_way_macc']:.1f}% ({wall:.0f} s, {ckpt.parent})",
+        flush=True,
+    )
     return row
 
 
@@ -217,15 +262,17 @@ def teacher_scores(rows: dict[str, list[str]], extra: list[str], split: str = "t
     for name, ov in rows.items():
         cfg = compose_row(ov, extra)
         key = json.dumps(OmegaConf.to_container(cfg.teacher, resolve=True), sort_keys=True) + json.dumps(
-            OmegaConf.to_container(cfg.dataset, resolve=True), sort_keys=True)
+            OmegaConf.to_container(cfg.dataset, resolve=True), sort_keys=True
+        )
         if key not in scores:
             scores[key] = teacher_dense_score(cfg, split)
         row_teacher[name] = key
     return scores, row_teacher
 
 
-def format_report(results: list[dict], scores: dict, row_teacher: dict, unseen: list[int], classes: list[str],
-                  seeds: list[int]) -> str:
+def format_report(
+    results: list[dict], scores: dict, row_teacher: dict, unseen: list[int], classes: list[str], seeds: list[int]
+) -> str:
     """The markdown report: the table (a row per run, a row per teacher), the constant-prediction 5-way and the
     PASS/FAIL lines (:func:`verdicts`).
 
@@ -242,7 +289,8 @@ def format_report(results: list[dict], scores: dict, row_teacher: dict, unseen: 
     lines = [
         f"Transfer check on the {n} bundled VOC training images, scored on their FULL labels (unseen pixels never",
         "labelled for the student): a real-image smoke check of the pipeline. Teachers are mechanism tools (oracle:",
-        "reads the label map; taught CLIP: memorised these images): NOT zero-shot results.", "",
+        "reads the label map; taught CLIP: memorised these images): NOT zero-shot results.",
+        "",
         "| method | seed | mIoU(S) | mIoU(U) | hIoU | 5-way class-mean % | 5-way pixel % | mIoU(U) / teacher's % "
         "| wall s |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -251,24 +299,35 @@ def format_report(results: list[dict], scores: dict, row_teacher: dict, unseen: 
         t = scores.get(row_teacher.get(r["name"], ""), {})
         tu = t.get("mIoU_unseen", float("nan"))
         ratio = r["mIoU_U"] / tu * 100 if tu == tu and tu > 0 else float("nan")
-        lines.append(f"| {r['name']} | {r['seed']} | {f(r['mIoU_S'])} | {f(r['mIoU_U'])} | {f(r['hIoU'])} | "
-                     f"{f(r['five_way_macc'])} | {f(r['five_way'])} | {f(ratio)} | {r['wall']:.0f} |")
+        lines.append(
+            f"| {r['name']} | {r['seed']} | {f(r['mIoU_S'])} | {f(r['mIoU_U'])} | {f(r['hIoU'])} | "
+            f"{f(r['five_way_macc'])} | {f(r['five_way'])} | {f(ratio)} | {r['wall']:.0f} |"
+        )
     for t in scores.values():
-        lines.append(f"| teacher: {t['teacher']} (its own dense zero-shot) | — | {f(t['mIoU_seen'])} | "
-                     f"{f(t['mIoU_unseen'])} | {f(t['hIoU'])} | {f(t['five_way_mAcc'])} | {f(t['five_way_pAcc'])} | "
-                     f"100 | — |")
+        lines.append(
+            f"| teacher: {t['teacher']} (its own dense zero-shot) | — | {f(t['mIoU_seen'])} | "
+            f"{f(t['mIoU_unseen'])} | {f(t['hIoU'])} | {f(t['five_way_mAcc'])} | {f(t['five_way_pAcc'])} | "
+            f"100 | — |"
+        )
     lines.append("")
     if scores:
         const = constant_five_way(next(iter(scores.values()))["gt_pixels"], unseen)
         cname = classes[const["class_id"]] if const["class_id"] >= 0 else "none"
-        lines += [f"Constant prediction: {cname!r} on every unseen pixel scores 5-way pixel {f(const['pAcc'])}% "
-                  f"(that class's share of the {const['unseen_pixels']} unseen pixels) and class-mean "
-                  f"{f(const['mAcc'])}% (1 / {const['present']} unseen classes present).", ""]
-    lines += ["5-way: pixels whose ground truth is unseen, argmax over the 5 unseen classes. The class-mean (mean",
-              "per-class accuracy, chance 20%) is the targets' metric; the pixel accuracy is shown beside it and",
-              "means something only above the constant prediction. Teacher rows: the teacher's dense embeds against",
-              "its text embeds on the same pixels (the oracle is handed the full label). Each row is judged against",
-              "the seen-only row of its own teacher.", "", *verdicts(results, seeds)]
+        lines += [
+            f"Constant prediction: {cname!r} on every unseen pixel scores 5-way pixel {f(const['pAcc'])}% "
+            f"(that class's share of the {const['unseen_pixels']} unseen pixels) and class-mean "
+            f"{f(const['mAcc'])}% (1 / {const['present']} unseen classes present).",
+            "",
+        ]
+    lines += [
+        "5-way: pixels whose ground truth is unseen, argmax over the 5 unseen classes. The class-mean (mean",
+        "per-class accuracy, chance 20%) is the targets' metric; the pixel accuracy is shown beside it and",
+        "means something only above the constant prediction. Teacher rows: the teacher's dense embeds against",
+        "its text embeds on the same pixels (the oracle is handed the full label). Each row is judged against",
+        "the seen-only row of its own teacher.",
+        "",
+        *verdicts(results, seeds),
+    ]
     return "\n".join(lines)
 
 
@@ -279,11 +338,17 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--steps", type=int, default=None, help="override trainer.max_steps (default: the demo's, configs/experiment/demo.yaml)")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="override trainer.max_steps (default: the demo's, configs/experiment/demo.yaml)",
+    )
     ap.add_argument("--jobs", type=int, default=2, help="trainings side by side (default 2)")
     ap.add_argument("--out", default="runs/transfer_check")
-    ap.add_argument("--rows", nargs="+", default=None,
-                    help=f"rows to run: names of {list(ROWS)} or 'name:override override ...'")
+    ap.add_argument(
+        "--rows", nargs="+", default=None, help=f"rows to run: names of {list(ROWS)} or 'name:override override ...'"
+    )
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     a = ap.parse_args()
     rows = _parse_rows(a.rows)
@@ -296,22 +361,28 @@ def main() -> None:
     with contextlib.chdir(REPO):  # the configs' relative paths (data, taught-CLIP weights) as train.py sees them
         scores, row_teacher = teacher_scores(rows, a.overrides)  # before training: a missing teacher fails fast
     for t in scores.values():
-        print(f"teacher {t['teacher']} (its own dense zero-shot, train split): mIoU(S) {t['mIoU_seen']:.2f} "
-              f"mIoU(U) {t['mIoU_unseen']:.2f} 5-way class-mean {t['five_way_mAcc']:.1f}%", flush=True)
+        print(
+            f"teacher {t['teacher']} (its own dense zero-shot, train split): mIoU(S) {t['mIoU_seen']:.2f} "
+            f"mIoU(U) {t['mIoU_unseen']:.2f} 5-way class-mean {t['five_way_mAcc']:.1f}%",
+            flush=True,
+        )
     cfg = compose_row(next(iter(rows.values())), a.overrides)
     bench = get_benchmark(cfg.dataset.benchmark, cfg.dataset.get("split"))
     jobs = [(name, ov, s) for s in a.seeds for name, ov in rows.items()]
     with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
-        results = list(pool.map(lambda j: train_and_score(j[0], j[1], j[2], a.steps, out, threads, a.overrides),
-                                jobs))
+        results = list(pool.map(lambda j: train_and_score(j[0], j[1], j[2], a.steps, out, threads, a.overrides), jobs))
     text = format_report(results, scores, row_teacher, list(bench.unseen), list(bench.classes), a.seeds)
     print("\n" + text)
     out.mkdir(parents=True, exist_ok=True)
     (out / "transfer_check.md").write_text(text + "\n")
     named = {k: scores[v]["teacher"] for k, v in row_teacher.items()}
-    (out / "transfer_check.json").write_text(json.dumps(
-        {"rows": results, "teachers": {t["teacher"]: t for t in scores.values()}, "row_teacher": named},
-        indent=2, default=float))
+    (out / "transfer_check.json").write_text(
+        json.dumps(
+            {"rows": results, "teachers": {t["teacher"]: t for t in scores.values()}, "row_teacher": named},
+            indent=2,
+            default=float,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ A (row, seed) already scored on the split under ``--out`` is reused, so an inter
 The teacher is a MECHANISM TOOL taught on labels (unseen classes included, as real CLIP saw them on the web):
 these are not real-CLIP results, but every scored image is one neither the teacher nor the student trained on.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,9 @@ def teacher_ceiling(split: str, out: Path, threads: int | None = None) -> dict:
     d, _ = ensure_taught_clip(settings, log=lambda m: print(m, flush=True), log_every=100)
     bench = get_benchmark("world")
     teacher = load_taught_clip(d, dense_mode="maskclip")
-    q = evaluate_dense_quality(teacher, quality_dataset(settings, (split,)), bench.classes, bench.templates,
-                               bench.unseen)
+    q = evaluate_dense_quality(
+        teacher, quality_dataset(settings, (split,)), bench.classes, bench.templates, bench.unseen
+    )
     (out / f"teacher_{split}.json").write_text(json.dumps(q, indent=2, default=float))
     return q
 
@@ -93,8 +95,9 @@ def verdicts(by: dict[str, list[dict]], teacher_u: float) -> list[str]:
     base = by.get("seen-only")
     if base:
         s, u = _mean(base, "mIoU_S"), _mean(base, "mIoU_U")
-        lines.append(f"{'PASS' if s >= 60 and u <= 5 else 'FAIL'} seen-only: mIoU(S) {s:.2f} (>= 60), "
-                     f"mIoU(U) {u:.2f} (<= 5)")
+        lines.append(
+            f"{'PASS' if s >= 60 and u <= 5 else 'FAIL'} seen-only: mIoU(S) {s:.2f} (>= 60), mIoU(U) {u:.2f} (<= 5)"
+        )
     for name in DISTILLED:
         if name not in by or not base:
             continue
@@ -103,8 +106,10 @@ def verdicts(by: dict[str, list[dict]], teacher_u: float) -> list[str]:
         gain, drop = u - _mean(base, "mIoU_U"), s - _mean(base, "mIoU_S")
         ratio = u / teacher_u * 100 if teacher_u > 0 else float("nan")
         ok = gain >= 20 and ratio >= 50 and drop >= -3 and five >= 60
-        lines.append(f"{'PASS' if ok else 'FAIL'} {name}: mIoU(U) {gain:+.2f} vs seen-only (>= +20), {ratio:.0f}% of "
-                     f"the teacher's (>= 50%), mIoU(S) {drop:+.2f} (>= -3), 5-way class-mean {five:.1f}% (>= 60%)")
+        lines.append(
+            f"{'PASS' if ok else 'FAIL'} {name}: mIoU(U) {gain:+.2f} vs seen-only (>= +20), {ratio:.0f}% of "
+            f"the teacher's (>= 50%), mIoU(S) {drop:+.2f} (>= -3), 5-way class-mean {five:.1f}% (>= 60%)"
+        )
     return lines
 
 
@@ -113,14 +118,22 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=None, help="override trainer.max_steps (default: experiment=world's)")
     ap.add_argument("--jobs", type=int, default=2, help="trainings side by side, one thread each (default 2)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads per training (default cores // jobs); 1 when other work shares the cores")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per training (default cores // jobs); 1 when other work shares the cores",
+    )
     ap.add_argument("--split", default="test", help="scored split: test (report) or val (choose); default test")
     ap.add_argument("--out", default=None, help="output folder (default runs/world_check_<split>)")
-    ap.add_argument("--rows", nargs="+", default=None,
-                    help=f"rows to run: names of {list(ROWS)} or 'name:override override ...'")
-    ap.add_argument("--no-train", action="store_true",
-                    help="train nothing: report the (row, seed) runs already under --out (e.g. rows run for fewer seeds)")
+    ap.add_argument(
+        "--rows", nargs="+", default=None, help=f"rows to run: names of {list(ROWS)} or 'name:override override ...'"
+    )
+    ap.add_argument(
+        "--no-train",
+        action="store_true",
+        help="train nothing: report the (row, seed) runs already under --out (e.g. rows run for fewer seeds)",
+    )
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     a = ap.parse_args()
     rows = _parse_rows(a.rows, ROWS)
@@ -132,8 +145,23 @@ def main() -> None:
     teacher = teacher_ceiling(a.split, out, threads)
     jobs = [(name, ov, s) for s in a.seeds for name, ov in rows.items()]
     with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
-        results = list(pool.map(lambda j: train_and_score(j[0], j[1], j[2], a.steps, out, threads, a.overrides,
-                                                          split=a.split, reuse=True, train=not a.no_train), jobs))
+        results = list(
+            pool.map(
+                lambda j: train_and_score(
+                    j[0],
+                    j[1],
+                    j[2],
+                    a.steps,
+                    out,
+                    threads,
+                    a.overrides,
+                    split=a.split,
+                    reuse=True,
+                    train=not a.no_train,
+                ),
+                jobs,
+            )
+        )
     results = [r for r in results if r is not None]
     by: dict[str, list[dict]] = {}
     for r in results:
@@ -145,29 +173,44 @@ def main() -> None:
     tu = teacher["mIoU_unseen"]
     lines = [
         f"World check on the {a.split!r} split of the synthetic world (images neither the teacher nor the students",
-        f"trained on), seeds {a.seeds}, mean ± std. Teacher: the world's label-taught CLIP (a mechanism tool).", "",
+        f"trained on), seeds {a.seeds}, mean ± std. Teacher: the world's label-taught CLIP (a mechanism tool).",
+        "",
         "| method | seeds | mIoU(S) | mIoU(U) | hIoU | 5-way class-mean % | mIoU(U) / teacher's % | wall s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
         f"| teacher (dense zero-shot) | — | {teacher['mIoU_seen']:.2f} | {tu:.2f} | {teacher['hIoU']:.2f} | "
         f"{teacher.get('five_way_mAcc', float('nan')):.2f} | 100 | — |",
     ]
     for name, rs in by.items():
-        lines.append(f"| {name} | {len(rs)} | {_ms([r['mIoU_S'] for r in rs])} | {_ms([r['mIoU_U'] for r in rs])} | "
-                     f"{_ms([r['hIoU'] for r in rs])} | {_ms([r['five_way_macc'] for r in rs])} | "
-                     f"{_ms([r['mIoU_U'] / tu * 100 if tu > 0 else float('nan') for r in rs])} | "
-                     f"{_ms([r['wall'] for r in rs])} |")
-    lines += ["", "Per-class IoU (mean over seeds; U = unseen):", "",
-              "| class | " + " | ".join(["teacher", *by]) + " |", "|---|" + "---:|" * (len(by) + 1)]
+        lines.append(
+            f"| {name} | {len(rs)} | {_ms([r['mIoU_S'] for r in rs])} | {_ms([r['mIoU_U'] for r in rs])} | "
+            f"{_ms([r['hIoU'] for r in rs])} | {_ms([r['five_way_macc'] for r in rs])} | "
+            f"{_ms([r['mIoU_U'] / tu * 100 if tu > 0 else float('nan') for r in rs])} | "
+            f"{_ms([r['wall'] for r in rs])} |"
+        )
+    lines += [
+        "",
+        "Per-class IoU (mean over seeds; U = unseen):",
+        "",
+        "| class | " + " | ".join(["teacher", *by]) + " |",
+        "|---|" + "---:|" * (len(by) + 1),
+    ]
     for c, cname in enumerate(bench.classes):
         cells = [f"{teacher['per_class_IoU'][c]:.1f}"]
         cells += [f"{statistics.mean(r['per_class_IoU'][c] for r in rs):.1f}" for rs in by.values()]
         lines.append(f"| {cname}{' (U)' if c in bench.unseen else ''} | " + " | ".join(cells) + " |")
     cost = [(name, rs[0]["efficiency"]) for name, rs in by.items() if rs[0].get("efficiency")]
     if cost:
-        lines += ["", "Test-time model (one forward at 512², batch 1; scripts/eval.py efficiency report, FLOPs = 2 x MACs):", "",
-                  "| method | parameters (M) | GFLOPs |", "|---|---:|---:|"]
-        lines += [f"| {n} | {e.get('total_params', float('nan')) / 1e6:.1f} | {e.get('gflops', float('nan')):.1f} |"
-                  for n, e in cost]
+        lines += [
+            "",
+            "Test-time model (one forward at 512², batch 1; scripts/eval.py efficiency report, FLOPs = 2 x MACs):",
+            "",
+            "| method | parameters (M) | GFLOPs |",
+            "|---|---:|---:|",
+        ]
+        lines += [
+            f"| {n} | {e.get('total_params', float('nan')) / 1e6:.1f} | {e.get('gflops', float('nan')):.1f} |"
+            for n, e in cost
+        ]
     lines += ["", *verdicts(by, tu)]
     text = "\n".join(lines)
     print("\n" + text)

@@ -1,4 +1,5 @@
 """Shared pytest fixtures: the bundled real VOC sample, one torch thread per test process."""
+
 from __future__ import annotations
 
 import io
@@ -41,8 +42,9 @@ ENV = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS
 
 def run_script(args: list[str], check: bool = True, prefix: list[str] | None = None) -> subprocess.CompletedProcess:
     """Run ``python <args>`` from the repo root (the user's path), asserting success when ``check``."""
-    out = subprocess.run([sys.executable, *(prefix or []), *args], cwd=REPO, env=ENV, capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, *(prefix or []), *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600
+    )
     if check:
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     return out

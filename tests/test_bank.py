@@ -1,5 +1,6 @@
 """zss/utils/bank.py: the one FIFO bank behind the CLS bank (GLM / SGD negatives) and the pseudo-weight bank
 (CLIP-ZSS cross-image negatives), and the training-state layouts older checkpoints carry."""
+
 from __future__ import annotations
 
 import pytest
@@ -57,8 +58,11 @@ def test_older_checkpoint_layouts_still_resume():
     partial = CLSBank(4, 2)
     partial.load_train_state({"tokens": _rows([7, 8, 0, 0]), "ptr": torch.tensor(2), "count": torch.tensor(2)})
     assert partial.get()[:, 0].tolist() == [7, 8] and partial.slots()[1].tolist() == [True, True, False, False]
-    pseudo_state = {"weights": _rows([12, 2, 0, 11, 99]), "valid": torch.tensor([True, True, False, True, False]),
-                    "ptr": torch.tensor(1)}
+    pseudo_state = {
+        "weights": _rows([12, 2, 0, 11, 99]),
+        "valid": torch.tensor([True, True, False, True, False]),
+        "ptr": torch.tensor(1),
+    }
     pb = PseudoBank(4, 2)
     pb.load_train_state(pseudo_state)
     weights, valid = pb.get()

@@ -1,5 +1,6 @@
 """Speed tooling: exact FLOPs of fused attention, the step / inference benchmark scripts on their
 tiny smoke configs, and the trainer's ``compile`` / ``channels_last`` options (same results, tiny models)."""
+
 from __future__ import annotations
 
 import json
@@ -59,8 +60,9 @@ def test_flop_counter_counts_the_attention_backward():
 def test_bench_step_tiny_prints_ratios_to_the_seen_only_step(tmp_path):
     from conftest import run_script
 
-    out = run_script(["scripts/bench_step.py", "--tiny", "--threads", "1", "--amp", "fp32",
-                      "--json", str(tmp_path / "s.json")])
+    out = run_script(
+        ["scripts/bench_step.py", "--tiny", "--threads", "1", "--amp", "fp32", "--json", str(tmp_path / "s.json")]
+    )
     rows = {ln.split("|")[1].strip(): ln for ln in out.stdout.splitlines() if ln.startswith("| ")}
     for title in ("seen-only", "CLIP-ZSS", "Chimera-Seg", "CLIP-RC", "ZegCLIP"):
         assert title in rows, out.stdout
@@ -69,13 +71,21 @@ def test_bench_step_tiny_prints_ratios_to_the_seen_only_step(tmp_path):
     res = rep["results"]
     for name in ("clip_zss", "chimera_seg"):
         r = res[name]
-        assert f"| {r['step_s'] / res['seen_only']['step_s']:.2f} |" in rows["CLIP-ZSS" if name == "clip_zss" else
-                                                                             "Chimera-Seg"]
+        assert (
+            f"| {r['step_s'] / res['seen_only']['step_s']:.2f} |"
+            in rows["CLIP-ZSS" if name == "clip_zss" else "Chimera-Seg"]
+        )
         assert r["host_syncs"] == 0, r["sync_sites"]  # counted on CPU: the CUDA code path reads nothing back
         assert r["gflop_per_step"] > res["seen_only"]["gflop_per_step"] > 0 and len(r["steps_s"]) == 2
     parts = rep["breakdowns"]["clip_zss"]
-    for k in ("teacher forward", "pseudo labels (incl. K-Means)", "synthesizer", "student forward", "backward",
-              "optimizer"):
+    for k in (
+        "teacher forward",
+        "pseudo labels (incl. K-Means)",
+        "synthesizer",
+        "student forward",
+        "backward",
+        "optimizer",
+    ):
         assert parts[k] > 0, k
     assert "  of which CSH" in rep["breakdowns"]["chimera_seg"]
     assert "#### CLIP-ZSS step breakdown" in out.stdout
@@ -84,8 +94,20 @@ def test_bench_step_tiny_prints_ratios_to_the_seen_only_step(tmp_path):
 def test_bench_infer_tiny_prints_ratios_to_the_dense_clip(tmp_path):
     from conftest import run_script
 
-    out = run_script(["scripts/bench_infer.py", "--tiny", "--threads", "1", "--iters", "1", "--warmup", "0",
-                      "--json", str(tmp_path / "i.json")])
+    out = run_script(
+        [
+            "scripts/bench_infer.py",
+            "--tiny",
+            "--threads",
+            "1",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+            str(tmp_path / "i.json"),
+        ]
+    )
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("| ") and "model" not in ln]
     assert len(lines) == 5 and lines[0].startswith("| dense CLIP")
     rep = json.loads((tmp_path / "i.json").read_text())
@@ -109,13 +131,26 @@ class _Data(torch.utils.data.Dataset):
 
 def _trainer(tmp_path, name, **kw):
     torch.manual_seed(0)
-    student = Student("test_resnet", embed_dim=16, decoder="mlp", decoder_channels=16,
-                      decoder_kwargs={"dropout": 0.0})
-    method = SeenOnlyBaseline(student, None, ["a", "b", "c", "d"], [3],
-                              text_embeds=F.normalize(torch.randn(4, 16, generator=torch.Generator().manual_seed(1)),
-                                                      dim=-1))
-    cfg = TrainConfig(max_steps=1, batch_size=2, lr=1e-3, warmup_steps=1, amp="fp32", eval_interval=0,
-                      log_interval=0, ckpt_interval=0, num_workers=0, **kw)
+    student = Student("test_resnet", embed_dim=16, decoder="mlp", decoder_channels=16, decoder_kwargs={"dropout": 0.0})
+    method = SeenOnlyBaseline(
+        student,
+        None,
+        ["a", "b", "c", "d"],
+        [3],
+        text_embeds=F.normalize(torch.randn(4, 16, generator=torch.Generator().manual_seed(1)), dim=-1),
+    )
+    cfg = TrainConfig(
+        max_steps=1,
+        batch_size=2,
+        lr=1e-3,
+        warmup_steps=1,
+        amp="fp32",
+        eval_interval=0,
+        log_interval=0,
+        ckpt_interval=0,
+        num_workers=0,
+        **kw,
+    )
     return Trainer(method, _Data(), None, cfg, new_run_dir(tmp_path, name))
 
 
@@ -144,10 +179,10 @@ def test_trainer_channels_last_gives_the_same_step(tmp_path):
     plain, nhwc = _trainer(tmp_path, "plain"), _trainer(tmp_path, "nhwc", channels_last=True)
     conv = next(m for m in nhwc.method.student.modules() if isinstance(m, nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
-    assert not next(m for m in plain.method.student.modules()
-                    if isinstance(m, nn.Conv2d)).weight.is_contiguous(memory_format=torch.channels_last)
-    assert nhwc._to_device({"image": torch.randn(2, 3, 8, 8)})["image"].is_contiguous(
-        memory_format=torch.channels_last)
+    assert not next(m for m in plain.method.student.modules() if isinstance(m, nn.Conv2d)).weight.is_contiguous(
+        memory_format=torch.channels_last
+    )
+    assert nhwc._to_device({"image": torch.randn(2, 3, 8, 8)})["image"].is_contiguous(memory_format=torch.channels_last)
     nhwc.fit()  # the loop runs with it
     assert nhwc.step == 1 and list(nhwc.method.state_dict()) == list(plain.method.state_dict())
     _assert_same(_trainer(tmp_path, "plain2"), _trainer(tmp_path, "nhwc2", channels_last=True))

@@ -1,5 +1,6 @@
 """zss.data.check: tiny trees in each real layout (VOC, COCO-Stuff, Context59/60) built from constructed
 label arrays, each problem reported with the offending file, and the bundled real VOC sample."""
+
 from __future__ import annotations
 
 import re
@@ -62,8 +63,10 @@ def make_coco(root: Path) -> Path:
         for k in range(n):
             i = f"{k:012d}"
             _img(root / "images" / f"{split}2017" / f"{i}.jpg")
-            _label(root / "annotations" / f"{split}2017" / f"{i}_labelTrainIds.png",
-                   _arr([255] + list(range(k, 171, 7)), k))
+            _label(
+                root / "annotations" / f"{split}2017" / f"{i}_labelTrainIds.png",
+                _arr([255] + list(range(k, 171, 7)), k),
+            )
     return root
 
 
@@ -96,12 +99,12 @@ def test_voc_tree_ok(tmp_path):
     assert sum(rep.histogram.values()) == 5 * H * W
 
 
-
 def test_reading_labels_draws_a_bar_on_a_terminal(tmp_path, monkeypatch):
     term = fake_terminal(monkeypatch)
     rep = check_dataset("voc20", make_voc(tmp_path / "VOC2012"))
     assert rep.ok
     assert re.search(r"check voc20: 100%.*5/5", term.getvalue()), term.getvalue()
+
 
 def test_coco_tree_ok(tmp_path):
     rep = check_dataset("cocostuff171", make_coco(tmp_path / "coco"))

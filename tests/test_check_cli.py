@@ -1,5 +1,6 @@
 """The dataset checker's command line takes the dataset presets of training (configs/dataset/*.yaml) with
 Hydra-style ``key=value`` overrides, and keeps the old aliases (root=, benchmark_split=, --sample N)."""
+
 from __future__ import annotations
 
 import pytest
@@ -25,14 +26,17 @@ def test_preset_keys_split_lists_and_aliases(voc_root, capsys):
     assert "labels read: 2 (sample of 20)" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args, words", [
-    (["dataset=voc22"], ["voc22", "context59_zs3"]),                     # lists the presets
-    (["dataset=context59", "benchmark_split=nope"], ["nope", "zs3"]),
-    (["dataset=voc20", "trainer.lr=1"], ["trainer"]),                    # not a checker key
-    (["dataset=voc20", "+sampel=3"], ["sampel"]),
-    (["dataset=voc20", "sample=abc"], ["sample='abc'"]),
-    ([], ["dataset"]),                                                   # dataset= is required
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["dataset=voc22"], ["voc22", "context59_zs3"]),  # lists the presets
+        (["dataset=context59", "benchmark_split=nope"], ["nope", "zs3"]),
+        (["dataset=voc20", "trainer.lr=1"], ["trainer"]),  # not a checker key
+        (["dataset=voc20", "+sampel=3"], ["sampel"]),
+        (["dataset=voc20", "sample=abc"], ["sample='abc'"]),
+        ([], ["dataset"]),  # dataset= is required
+    ],
+)
 def test_bad_command_line_is_exit_code_2(args, words, tmp_path, capsys):
     assert check_main([*args, f"dataset.root={tmp_path}"] if args else []) == 2
     err = capsys.readouterr().err

@@ -2,6 +2,7 @@
 exact, no NaN checkpoint is written, stop signals (SIGTERM/SIGINT/SIGUSR1) save the work, run dirs stay clean,
 eval result files are named by their settings and never clash, selection on the test split is opt-in, and
 from_checkpoint rebuilds a method without Hydra."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,9 @@ TESTS = Path(__file__).resolve().parent
 def _sets(voc_root, crop=64):
     tf = build_train_transform(crop_size=(crop, crop), scale=(4 * crop, crop), ratio_range=(0.75, 1.5))
     train = build_dataset("voc20", voc_root, split="train", hide_unseen=True, transform=tf)
-    val = build_dataset("voc20", voc_root, split="val", hide_unseen=False,
-                        transform=build_test_transform(scale=(4 * crop, crop)))
+    val = build_dataset(
+        "voc20", voc_root, split="val", hide_unseen=False, transform=build_test_transform(scale=(4 * crop, crop))
+    )
     return train, Subset(val, range(3))
 
 
@@ -46,15 +48,36 @@ def _method(seed=0, kind="baseline", noise=0.1):
     teacher = OracleTeacher(list(bench.classes), embed_dim=16, patch_size=16, noise=noise, seed=0)
     student = Student("test_resnet", embed_dim=16, decoder="mlp", decoder_channels=16)
     if kind == "clip_zss":  # GLM with a CLS bank (filled within the run) and PLM pseudo labels
-        return ClipZSS.from_flat(student, teacher, list(bench.classes), list(bench.unseen), list(bench.templates),
-                       bank_size=16, pl_scales=(2,), pl_min_area=1, synth_depth=1, synth_heads=2)
+        return ClipZSS.from_flat(
+            student,
+            teacher,
+            list(bench.classes),
+            list(bench.unseen),
+            list(bench.templates),
+            bank_size=16,
+            pl_scales=(2,),
+            pl_min_area=1,
+            synth_depth=1,
+            synth_heads=2,
+        )
     return SeenOnlyBaseline(student, teacher, list(bench.classes), list(bench.unseen), list(bench.templates))
 
 
 def _cfg(**kw):
-    base = dict(max_steps=4, batch_size=4, micro_batch_size=2, lr=1e-3, warmup_steps=1, amp="fp32",
-                eval_interval=0, log_interval=1, ckpt_interval=0, num_workers=0, eval_mode="whole",
-                overlay_count=1)
+    base = dict(
+        max_steps=4,
+        batch_size=4,
+        micro_batch_size=2,
+        lr=1e-3,
+        warmup_steps=1,
+        amp="fp32",
+        eval_interval=0,
+        log_interval=1,
+        ckpt_interval=0,
+        num_workers=0,
+        eval_mode="whole",
+        overlay_count=1,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -74,9 +97,11 @@ def test_checkpoint_config_cannot_call_arbitrary_functions(tiny_ckpt, tmp_path):
     marker = tmp_path / "written_by_checkpoint.txt"
     path = {"_target_": "pathlib.Path", "_args_": [str(marker)]}
     nested_teacher = lambda c: c["teacher"].update(  # noqa: E731  (Hydra instantiates nested nodes first)
-        noise={"_target_": "pathlib.Path.write_text", "self": path, "data": "pwned"})
+        noise={"_target_": "pathlib.Path.write_text", "self": path, "data": "pwned"}
+    )
     nested_method = lambda c: c["method"].update(  # noqa: E731
-        transductive={"_target_": "pathlib.Path.touch", "self": path})
+        transductive={"_target_": "pathlib.Path.touch", "self": path}
+    )
     other_class = lambda c: c["teacher"].update(_target_="pathlib.Path.touch")  # noqa: E731
     for i, edit in enumerate((nested_teacher, nested_method, other_class)):
         bad = _edited_ckpt(tiny_ckpt, tmp_path / f"bad{i}.pt", edit)
@@ -104,8 +129,13 @@ def _fake_run(root: Path, name: str, config: dict, stamp: str) -> Path:
 
 
 def test_resume_auto_picks_only_a_run_of_the_same_config(tmp_path):
-    base = {"name": "x", "run_root": str(tmp_path), "resume": None, "dataset": {"root": "/a"},
-            "trainer": {"seed": 0, "lr": 1e-3, "log_interval": 50, "max_steps": 10}}
+    base = {
+        "name": "x",
+        "run_root": str(tmp_path),
+        "resume": None,
+        "dataset": {"root": "/a"},
+        "trainer": {"seed": 0, "lr": 1e-3, "log_interval": 50, "max_steps": 10},
+    }
     seed0 = _fake_run(tmp_path, "x", base, "s0")
     time.sleep(0.01)
     seed1_cfg = json.loads(json.dumps(base))
@@ -147,8 +177,16 @@ def test_resume_path_with_changed_config_is_refused_unless_allowed(tmp_path):
 @pytest.mark.slow  # one Hydra multirun of two 2-step trainings (~30 s on 2 shared cores)
 def test_seed_sweep_with_resume_auto_gives_one_run_per_seed(tmp_path, voc_root):
     root = tmp_path / "runs"
-    args = ["scripts/train.py", "-m", *TINY, "trainer.seed=0,1", "resume=auto", f"run_root={root}",
-            f"dataset.root={voc_root}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    args = [
+        "scripts/train.py",
+        "-m",
+        *TINY,
+        "trainer.seed=0,1",
+        "resume=auto",
+        f"run_root={root}",
+        f"dataset.root={voc_root}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
     run_script(args)
     runs = sorted(p for p in root.glob("*/*") if p.is_dir())
     assert len(runs) == 2, runs
@@ -196,10 +234,12 @@ def _signal_child(run_dir: str, signame: str) -> None:
 
     m.on_step = send
     if signame == "SIGUSR1":  # a handler installed before (submitit's requeue) must run after last.pt exists
+
         def requeue(signum, frame):
             ck = Path(run_dir) / "last.pt"
             step = torch.load(ck, weights_only=True)["step"] if ck.is_file() else None
             (Path(run_dir) / "requeued.json").write_text(json.dumps({"step": step}))
+
         signal.signal(signal.SIGUSR1, requeue)
     t = Trainer(m, train, None, _cfg(max_steps=8), Path(run_dir))
     t.fit()
@@ -209,8 +249,10 @@ def _signal_child(run_dir: str, signame: str) -> None:
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT", "SIGUSR1"])
 def test_stop_signal_finishes_the_step_and_writes_last_pt(signame, tmp_path, voc_root):
     run = new_run_dir(tmp_path, "sig")
-    code = (f"import sys; sys.path.insert(0, {str(TESTS)!r}); import test_checkpoints_and_resume as t; "
-            f"t._signal_child({str(run)!r}, {signame!r})")
+    code = (
+        f"import sys; sys.path.insert(0, {str(TESTS)!r}); import test_checkpoints_and_resume as t; "
+        f"t._signal_child({str(run)!r}, {signame!r})"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
@@ -225,8 +267,9 @@ def _train_until_logged(root: Path, *extra: str, group: bool = False) -> subproc
     """``scripts/train.py`` (TINY, 5000 steps) started in its own process group when ``group``; returns once
     it has logged a step."""
     args = [sys.executable, "scripts/train.py", *TINY, "trainer.max_steps=5000", f"run_root={root}", *extra]
-    proc = subprocess.Popen(args, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=group)
+    proc = subprocess.Popen(
+        args, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=group
+    )
     deadline = time.time() + 240
     while time.time() < deadline and not list(root.glob("*/*/metrics.jsonl")):
         if proc.poll() is not None:
@@ -267,8 +310,17 @@ def test_signal_to_the_process_group_with_workers_writes_a_resumable_last_pt(sig
     os.killpg(proc.pid, getattr(signal, signame))
     run, step, log = _stopped_run(proc, root, signame)
     assert "DataLoader worker" not in log
-    train_in_process([*TINY, f"trainer.max_steps={step + 1}", "trainer.num_workers=2", f"run_root={root}",
-                      f"dataset.root={voc_root}", f"resume={run / 'last.pt'}", "resume_allow_changes=true"])
+    train_in_process(
+        [
+            *TINY,
+            f"trainer.max_steps={step + 1}",
+            "trainer.num_workers=2",
+            f"run_root={root}",
+            f"dataset.root={voc_root}",
+            f"resume={run / 'last.pt'}",
+            "resume_allow_changes=true",
+        ]
+    )
     assert torch.load(run / "last.pt", weights_only=True)["step"] == step + 1
 
 
@@ -334,9 +386,19 @@ def test_eval_files_are_named_by_settings_and_out_dir_is_checked_first(tiny_ckpt
     (fb,) = out.glob("eval_voc20_unseen_whole_sb0.5_*_val_results.json")
     a, b = json.loads(fa.read_text()), json.loads(fb.read_text())
     assert a["settings"]["label_space"] == "all" and b["settings"] == {
-        "benchmark": "voc20", "split": "val", "label_space": "unseen", "eval_mode": "whole", "seen_bias": 0.5,
-        "amp": "fp32", "data_root": str(voc_root.resolve()), "test_scale": [256, 64], "eval_crop": [224, 224],
-        "eval_stride": [160, 160], "checkpoint": str(tiny_ckpt.resolve()), "step": 2}
+        "benchmark": "voc20",
+        "split": "val",
+        "label_space": "unseen",
+        "eval_mode": "whole",
+        "seen_bias": 0.5,
+        "amp": "fp32",
+        "data_root": str(voc_root.resolve()),
+        "test_scale": [256, 64],
+        "eval_crop": [224, 224],
+        "eval_stride": [160, 160],
+        "checkpoint": str(tiny_ckpt.resolve()),
+        "step": 2,
+    }
     assert a["pAcc"] == pytest.approx(gz["pAcc"]) and b["pAcc"] == pytest.approx(zs["pAcc"])
     # another data root or test scale (which once replaced the run's results file) gets its own file
     other = tmp_path / "voc_copy"
@@ -385,10 +447,13 @@ def test_from_checkpoint_without_hydra_matches_the_cli_loader(tiny_ckpt):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(m.predict(x), ref.predict(x))
-    code = ("import sys, torch, zss; from zss.models import Student; m = zss.from_checkpoint(sys.argv[1]); "
-            "p = m.predict(torch.zeros(1, 3, 64, 64)); assert isinstance(m.student, Student); "
-            "print(sorted(k for k in sys.modules if k.split('.')[0] in ('hydra', 'omegaconf')), tuple(p.shape))")
-    out = subprocess.run([sys.executable, "-c", code, str(tiny_ckpt)], cwd=REPO, env=ENV, capture_output=True,
-                         text=True, timeout=300)
+    code = (
+        "import sys, torch, zss; from zss.models import Student; m = zss.from_checkpoint(sys.argv[1]); "
+        "p = m.predict(torch.zeros(1, 3, 64, 64)); assert isinstance(m.student, Student); "
+        "print(sorted(k for k in sys.modules if k.split('.')[0] in ('hydra', 'omegaconf')), tuple(p.shape))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tiny_ckpt)], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().startswith("[] (1, 20,"), out.stdout  # voc20: 20 classes

@@ -3,6 +3,7 @@
 Tiny random open_clip CLIP (3 blocks, width 64, patch 8) and timm ``test_resnet``; CPU, offline, a few seconds.
 Run ``python tests/test_chimera.py`` to print the parameter counts of the VOC-experiment model (random weights).
 """
+
 from __future__ import annotations
 
 import io
@@ -52,8 +53,13 @@ def _batch(b: int = 2, seed: int = 0) -> dict:
     valid = torch.ones(b, IMG, IMG, dtype=torch.bool)
     valid[1, :, 40:] = False  # crop padding on the right of image 1 (3 of 8 token columns)
     label[~valid] = 255
-    return dict(image=torch.randn(b, 3, IMG, IMG, generator=g), label=label, full_label=label.clone(), valid=valid,
-                name=[f"img{i}" for i in range(b)])
+    return dict(
+        image=torch.randn(b, 3, IMG, IMG, generator=g),
+        label=label,
+        full_label=label.clone(),
+        valid=valid,
+        name=[f"img{i}" for i in range(b)],
+    )
 
 
 def _frozen_named(m: ChimeraSeg) -> dict[str, torch.Tensor]:
@@ -82,8 +88,9 @@ def test_csh_output_shape_and_unit_norm(tiny):
 def test_csh_positional_embedding_matches_teacher(tiny):
     csh = CLIPSemanticHead(tiny, in_channels=16)
     for grid in [tiny.native_grid, (8, 8), (5, 11)]:
-        torch.testing.assert_close(csh.positional_embedding(grid), tiny.positional_embedding(grid).float(),
-                                   atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            csh.positional_embedding(grid), tiny.positional_embedding(grid).float(), atol=1e-6, rtol=0
+        )
 
 
 @pytest.mark.parametrize("mode", ["tokens", "maskclip"])
@@ -99,8 +106,15 @@ def test_identity_adapter_reproduces_teacher_dense(mode, k):
         for blk in teacher.visual.transformer.resblocks[: L - k]:
             tok = blk(tok)
         ref = teacher(x)["dense"]  # [B, D, h, w]
-    csh = CLIPSemanticHead(teacher, in_channels=W, num_blocks=k, maskclip_last=mode == "maskclip", prepend_cls=True,
-                           pos_embed="none", adapter_norm=False)
+    csh = CLIPSemanticHead(
+        teacher,
+        in_channels=W,
+        num_blocks=k,
+        maskclip_last=mode == "maskclip",
+        prepend_cls=True,
+        pos_embed="none",
+        adapter_norm=False,
+    )
     with torch.no_grad():
         csh.adapter.weight.copy_(torch.eye(W))
         csh.adapter.bias.zero_()
@@ -252,9 +266,14 @@ def test_sgd_loss_is_infonce_of_mean_of_kept_embeds(tiny, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------ training
-@pytest.mark.parametrize("kw", [dict(), dict(sam_loss="ce+nel", csh_input="backbone", maskclip_last=True),
-                                dict(sam_loss="nel", sgd_pool="attention", loss_resolution="logits",
-                                     pos_embed="learnable")])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(),
+        dict(sam_loss="ce+nel", csh_input="backbone", maskclip_last=True),
+        dict(sam_loss="nel", sgd_pool="attention", loss_resolution="logits", pos_embed="learnable"),
+    ],
+)
 def test_training_step_finite_and_gradients_on_body_and_adapter_only(tiny, kw):
     m = _method(tiny, **kw)
     m.train()
@@ -310,10 +329,15 @@ def test_bad_arguments(tiny):
         ChimeraSeg(_student(), OracleTeacher(NAMES, embed_dim=D), NAMES, UNSEEN)
     with pytest.raises(ValueError, match="FrozenCLIP"):
         ChimeraSeg(_student(), None, NAMES, UNSEEN, text_embeds=torch.randn(len(NAMES), D))
-    for kw, match in [(dict(csh_blocks=4), "csh_blocks"), (dict(csh_blocks=0, maskclip_last=True), "maskclip_last"),
-                      (dict(csh_input="neck"), "csh_input"), (dict(sam_loss="bce"), "sam_loss"),
-                      (dict(r0=0.1, r_min=0.5), "r_min"), (dict(pos_embed="sine"), "pos_embed"),
-                      (dict(sgd_pool="max"), "sgd_pool")]:
+    for kw, match in [
+        (dict(csh_blocks=4), "csh_blocks"),
+        (dict(csh_blocks=0, maskclip_last=True), "maskclip_last"),
+        (dict(csh_input="neck"), "csh_input"),
+        (dict(sam_loss="bce"), "sam_loss"),
+        (dict(r0=0.1, r_min=0.5), "r_min"),
+        (dict(pos_embed="sine"), "pos_embed"),
+        (dict(sgd_pool="max"), "sgd_pool"),
+    ]:
         with pytest.raises(ValueError, match=match):
             _method(tiny, **kw)
     m = _method(tiny, csh_blocks=0)  # k = 0: adapter -> ln_post -> proj
@@ -344,7 +368,9 @@ def test_rebuild_from_state_dict_predicts_the_same_without_teacher(tiny):
     assert any(k.startswith("student.csh.blocks.") for k in state) and not any("teacher" in k for k in state)
 
     other = build_tiny_clip(embed_dim=D, width=W, layers=LAYERS, patch_size=PATCH, seed=7)
-    new = ChimeraSeg(_student(seed=1), other, NAMES, UNSEEN, sgd=SGDSettings(bank_size=8), text_embeds=state["text_embeds"]).eval()
+    new = ChimeraSeg(
+        _student(seed=1), other, NAMES, UNSEEN, sgd=SGDSettings(bank_size=8), text_embeds=state["text_embeds"]
+    ).eval()
     with torch.no_grad():
         assert not torch.allclose(new.predict(images), ref, atol=1e-3)  # different weights before loading
     new.load_state_dict(state)  # strict

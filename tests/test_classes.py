@@ -1,4 +1,5 @@
 """Benchmark presets, unseen splits, templates, class_index and dataset layouts (docs/protocol.md "Benchmarks")."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,8 +19,23 @@ EXPECTED = {
     ("voc20", None): (20, ["pottedplant", "sheep", "sofa", "train", "tvmonitor"]),
     ("cocostuff171", None): (
         171,
-        ["cow", "giraffe", "suitcase", "frisbee", "skateboard", "carrot", "scissors", "cardboard", "clouds",
-         "grass", "playingfield", "river", "road", "tree", "wall-concrete"],
+        [
+            "cow",
+            "giraffe",
+            "suitcase",
+            "frisbee",
+            "skateboard",
+            "carrot",
+            "scissors",
+            "cardboard",
+            "clouds",
+            "grass",
+            "playingfield",
+            "river",
+            "road",
+            "tree",
+            "wall-concrete",
+        ],
     ),
     ("context59", "zs3"): (
         59,
@@ -122,9 +138,14 @@ def test_benchmark_validation():
 def test_layouts():
     assert set(DATASET_LAYOUTS) == set(BENCHMARKS)
     voc = layout("voc20").resolve("val")
-    assert voc == dict(img_dir="JPEGImages", ann_dir="SegmentationClass",
-                       split_file="ImageSets/Segmentation/val.txt", img_suffix=".jpg", seg_suffix=".png",
-                       reduce_zero_label=True)
+    assert voc == dict(
+        img_dir="JPEGImages",
+        ann_dir="SegmentationClass",
+        split_file="ImageSets/Segmentation/val.txt",
+        img_suffix=".jpg",
+        seg_suffix=".png",
+        reduce_zero_label=True,
+    )
     coco = layout("cocostuff171").resolve("train")
     assert coco["img_dir"] == "images/train2017" and coco["ann_dir"] == "annotations/train2017"
     assert coco["split_file"] is None and coco["seg_suffix"] == "_labelTrainIds.png"
@@ -151,6 +172,9 @@ def test_one_ignore_index():
     assert IGNORE_INDEX == 255
     assert check.IGNORE_INDEX == convert.IGNORE_INDEX == pipeline.IGNORE_INDEX == IGNORE_INDEX
     root = Path(zss.__file__).parent
-    defs = [str(p.relative_to(root)) for p in sorted(root.rglob("*.py"))
-            if re.search(r"^_?IGNORE(_INDEX)?\s*(:[^=]+)?=", p.read_text(encoding="utf-8"), re.M)]
+    defs = [
+        str(p.relative_to(root))
+        for p in sorted(root.rglob("*.py"))
+        if re.search(r"^_?IGNORE(_INDEX)?\s*(:[^=]+)?=", p.read_text(encoding="utf-8"), re.M)
+    ]
     assert defs == ["data/classes.py"], defs

@@ -1,5 +1,6 @@
 """The user's path: scripts/train.py with Hydra overrides, then scripts/eval.py on its checkpoint
 (numbers reproduced exactly), and the same entry point under torchrun with 2 CPU processes (gloo)."""
+
 from __future__ import annotations
 
 import json
@@ -32,11 +33,17 @@ def test_train_then_eval_reproduces_numbers(tmp_path, voc_root):
     assert not list(run.glob("best*.pt"))  # selection on the val (= test) split is opt-in
     assert list((run / "tb").glob("events.*"))
     # how it was launched: Hydra's overrides and the library versions, in the run dir
-    assert yaml.safe_load((run / "overrides.yaml").read_text()) == [*TINY, f"run_root={root}", f"dataset.root={voc_root}"]
+    assert yaml.safe_load((run / "overrides.yaml").read_text()) == [
+        *TINY,
+        f"run_root={root}",
+        f"dataset.root={voc_root}",
+    ]
     assert {"torch", "timm", "open_clip", "zss", "git_sha"} <= set(json.loads((run / "versions.json").read_text()))
     final = json.loads((run / "final_results.json").read_text())
-    _run(["scripts/eval.py", f"ckpt={run / 'last.pt'}", f"dataset.root={voc_root}", f"out_dir={tmp_path / 'ev'}"],
-         tmp_path)
+    _run(
+        ["scripts/eval.py", f"ckpt={run / 'last.pt'}", f"dataset.root={voc_root}", f"out_dir={tmp_path / 'ev'}"],
+        tmp_path,
+    )
     again = json.loads(next((tmp_path / "ev").glob("eval_*_val_results.json")).read_text())
     for k in ("mIoU_seen", "mIoU_unseen", "hIoU", "pAcc", "mIoU"):
         assert again[k] == final[k], k
@@ -47,8 +54,11 @@ def test_train_then_eval_reproduces_numbers(tmp_path, voc_root):
 
 def test_torchrun_two_cpu_processes(tmp_path, voc_root):
     root = tmp_path / "runs"
-    log = _run(["scripts/train.py", *TINY, f"run_root={root}", f"dataset.root={voc_root}", "device=cpu"],
-               tmp_path, torchrun=True)
+    log = _run(
+        ["scripts/train.py", *TINY, f"run_root={root}", f"dataset.root={voc_root}", "device=cpu"],
+        tmp_path,
+        torchrun=True,
+    )
     run = _only_run_dir(root)  # rank 0 alone creates the run dir
     ckpt = torch.load(run / "last.pt", weights_only=True)
     assert ckpt["step"] == 2
@@ -58,8 +68,9 @@ def test_torchrun_two_cpu_processes(tmp_path, voc_root):
 def test_missing_dataset_root_is_one_clear_error(tmp_path, monkeypatch, capsys):
     from zss.cli.train import train_main
 
-    code, _, err = run_main(train_main, ["experiment=demo", "dataset.root=/nonexistent/voc", f"run_root={tmp_path}"],
-                            monkeypatch, capsys)
+    code, _, err = run_main(
+        train_main, ["experiment=demo", "dataset.root=/nonexistent/voc", f"run_root={tmp_path}"], monkeypatch, capsys
+    )
     assert code != 0
     assert "/nonexistent/voc" in err
 

@@ -1,4 +1,5 @@
 """CLIP-ES (docs/clip_es.md): softmax-GradCAM, CAA, pseudo masks, the voc21 WSSS preset, the mask command."""
+
 from __future__ import annotations
 
 import copy
@@ -177,7 +178,7 @@ def test_box_mask_backends_agree_with_per_map_components():
         lab, _ = ndimage.label(q > int(0.4 * q.max()), structure=np.ones((3, 3)))  # 8-connectivity
         ref = np.zeros(m.shape, dtype=bool)
         for sl in ndimage.find_objects(lab):
-            ref[sl[0].start:min(sl[0].stop, 8), sl[1].start:min(sl[1].stop, 12)] = True
+            ref[sl[0].start : min(sl[0].stop, 8), sl[1].start : min(sl[1].stop, 12)] = True
         assert np.array_equal(m.numpy(), ref)
     with pytest.raises(ValueError, match="backend"):
         box_mask(cams, 0.4, backend="opencv")
@@ -242,8 +243,10 @@ def test_image_labels_and_names(tmp_path):
     assert labels_from_mask(gt) == [3, 15]
     classes = ["background", "aeroplane", "bicycle", "bird"]
     xml = tmp_path / "a.xml"
-    xml.write_text("<annotation><object><name>bird</name><difficult>1</difficult></object>"
-                   "<object><name>aeroplane</name></object><object><name>bird</name></object></annotation>")
+    xml.write_text(
+        "<annotation><object><name>bird</name><difficult>1</difficult></object>"
+        "<object><name>aeroplane</name></object><object><name>bird</name></object></annotation>"
+    )
     assert labels_from_xml(xml, classes) == [1, 3]
     xml.write_text("<annotation><object><name>zebra</name></object></annotation>")
     with pytest.raises(ValueError, match="zebra"):
@@ -296,8 +299,15 @@ def test_empty_unseen_list_reports_not_applicable():
 def test_train_label_dir_is_used_and_checked(voc_root, tmp_path):
     from zss.cli.common import build_benchmark, build_data
 
-    cfg = _compose("train", ["experiment=voc21_wsss", f"dataset.root={voc_root}", "dataset.train_split=train",
-                             f"dataset.train_label_dir={tmp_path / 'missing'}"])
+    cfg = _compose(
+        "train",
+        [
+            "experiment=voc21_wsss",
+            f"dataset.root={voc_root}",
+            "dataset.train_split=train",
+            f"dataset.train_label_dir={tmp_path / 'missing'}",
+        ],
+    )
     with pytest.raises(FileNotFoundError, match="clip_es_masks.py"):
         build_data(cfg.dataset, build_benchmark(cfg.dataset))
     masks = tmp_path / "masks"
@@ -306,8 +316,15 @@ def test_train_label_dir_is_used_and_checked(voc_root, tmp_path):
     for n in names:
         w, h = Image.open(voc_root / "JPEGImages" / f"{n}.jpg").size
         Image.fromarray(np.full((h, w), 7, np.uint8), mode="L").save(masks / f"{n}.png")
-    cfg = _compose("train", ["experiment=voc21_wsss", f"dataset.root={voc_root}", "dataset.train_split=train",
-                             f"dataset.train_label_dir={masks}"])
+    cfg = _compose(
+        "train",
+        [
+            "experiment=voc21_wsss",
+            f"dataset.root={voc_root}",
+            "dataset.train_split=train",
+            f"dataset.train_label_dir={masks}",
+        ],
+    )
     train_set, val_set = build_data(cfg.dataset, build_benchmark(cfg.dataset))
     item = train_set[0]
     assert set(item["label"][item["valid"]].unique().tolist()) == {7}  # the pseudo masks, not the GT
@@ -323,9 +340,17 @@ def test_pseudo_mask_run_writes_pngs_and_never_overwrites(voc_root, tmp_path):
 
     ds = build_dataset("voc21", voc_root, split="train", transform=None)
     out = tmp_path / "masks"
-    rep = generate_pseudo_masks(teacher, ds, out, background_words=["ground", "sky", "wall"],
-                                synonyms={"person": "person with clothes,people,human"}, limit=3, crf=False,
-                                progress=False, compare_kmeans=True)
+    rep = generate_pseudo_masks(
+        teacher,
+        ds,
+        out,
+        background_words=["ground", "sky", "wall"],
+        synonyms={"person": "person with clothes,people,human"},
+        limit=3,
+        crf=False,
+        progress=False,
+        compare_kmeans=True,
+    )
     pngs = sorted(out.glob("*.png"))
     assert [p.stem for p in pngs] == ds.names[:3] and rep["written"] == 3
     for p, i in zip(pngs, range(3)):
@@ -350,7 +375,6 @@ def test_pseudo_mask_run_writes_pngs_and_never_overwrites(voc_root, tmp_path):
     assert not any(empty.iterdir())
 
 
-
 def test_pseudo_mask_run_draws_a_bar_not_a_log_line_per_image(voc_root, tmp_path, monkeypatch, caplog):
     import logging
 
@@ -364,6 +388,7 @@ def test_pseudo_mask_run_draws_a_bar_not_a_log_line_per_image(voc_root, tmp_path
     assert re.search(r"clip_es: 100%.*2/2", term.getvalue()), term.getvalue()
     assert not [r for r in caplog.records if any(n in r.getMessage() for n in ds.names[:2])]
 
+
 def test_missing_crf_is_skipped_with_install_hint(voc_root, tmp_path, monkeypatch):
     import zss.engine.clip_es_masks as pipe
     from zss.data.dataset import build_dataset
@@ -374,8 +399,9 @@ def test_missing_crf_is_skipped_with_install_hint(voc_root, tmp_path, monkeypatc
     with pytest.raises(ImportError, match=r"pip install -e '\.\[crf\]'"):
         generate_pseudo_masks(teacher, ds, tmp_path / "req", background_words=["sky"], crf=True, progress=False)
     assert not (tmp_path / "req").exists()  # refused before any work
-    rep = generate_pseudo_masks(teacher, ds, tmp_path / "auto", background_words=["sky"], crf="auto", limit=1,
-                                progress=False)
+    rep = generate_pseudo_masks(
+        teacher, ds, tmp_path / "auto", background_words=["sky"], crf="auto", limit=1, progress=False
+    )
     assert "pip install" in rep["rows"]["+CRF"]["skipped"] and rep["ignored_pct"] is None
     assert len(list((tmp_path / "auto").glob("*.png"))) == 1
 
@@ -384,9 +410,19 @@ def test_mask_command_end_to_end(voc_root, tmp_path):
     from conftest import run_script
 
     out = tmp_path / "cmd"
-    args = ["scripts/clip_es_masks.py", "teacher=tiny_random", "teacher.patch_size=32", "limit=2",
-            f"dataset.root={voc_root}", f"out_dir={out}", "progress=false"]
+    args = [
+        "scripts/clip_es_masks.py",
+        "teacher=tiny_random",
+        "teacher.patch_size=32",
+        "limit=2",
+        f"dataset.root={voc_root}",
+        f"out_dir={out}",
+        "progress=false",
+    ]
     res = run_script(args + (["crf.enabled=false"] if not densecrf_available() else []))
-    assert sorted(p.stem for p in out.glob("*.png")) == (voc_root / "ImageSets/Segmentation/train.txt").read_text().split()[:2]
+    assert (
+        sorted(p.stem for p in out.glob("*.png"))
+        == (voc_root / "ImageSets/Segmentation/train.txt").read_text().split()[:2]
+    )
     assert "| CAM |" in res.stdout and "| +CAA |" in res.stdout and "| +CRF |" in res.stdout
     assert (out / "clip_es_results.json").is_file()

@@ -4,6 +4,7 @@ Each user of the module (FrozenCLIP, the Chimera-Seg CLIP Semantic Head, the CLI
 CLIP-ES CAM) is compared, fp32 on a tiny random open_clip CLIP, with the same computation through open_clip's
 own block forward (``blk(x, attn_mask=...)``, torch ``nn.MultiheadAttention``), values and gradients.
 """
+
 from __future__ import annotations
 
 import re
@@ -31,6 +32,7 @@ def tiny():
 @pytest.fixture
 def open_clip_blocks(monkeypatch):
     """Route zss's block runner through open_clip's own block forward (the reference path)."""
+
     def own(blk, x, attn_mask=None, drop_prob=0.0, batch_first=True):
         assert drop_prob == 0.0
         return blk(x) if attn_mask is None else blk(x, attn_mask=attn_mask)
@@ -192,6 +194,9 @@ def test_block_internals_are_touched_only_in_clip_ops():
 
 
 def test_models_do_not_import_teachers():
-    bad = [str(p.relative_to(PKG.parent)) for p in sorted((PKG / "models").glob("*.py"))
-           if re.search(r"^\s*(from|import) zss\.teachers", p.read_text(), re.M)]
+    bad = [
+        str(p.relative_to(PKG.parent))
+        for p in sorted((PKG / "models").glob("*.py"))
+        if re.search(r"^\s*(from|import) zss\.teachers", p.read_text(), re.M)
+    ]
     assert not bad, f"zss.models imports zss.teachers (an upward import): {bad}"

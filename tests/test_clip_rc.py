@@ -1,6 +1,7 @@
 """CLIP-RC / ZegCLIP (zss.methods.clip_rc, zss.teachers.prompted, zss.models.clip_rc_decoder) with tiny random
 open_clip CLIPs: the encoder's attention mask and its equivalence with open_clip, the frozen CLIP, shapes at 512²,
 region-query fusion, the recovery loss, seen_bias in probability units, and checkpoints that need CLIP's weights."""
+
 from __future__ import annotations
 
 import json
@@ -27,14 +28,42 @@ from zss.teachers.prompted import (
     region_windows,
 )
 
-VOC = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
-       "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
+VOC = [
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+]
 VOC_UNSEEN = [15, 16, 17, 18, 19]
 
 
 def _clip(patch=16, width=32, layers=1, embed_dim=32, dense_mode="tokens", seed=0):
-    return build_tiny_clip(embed_dim=embed_dim, image_size=64, patch_size=patch, width=width, layers=layers, heads=2,
-                           dense_mode=dense_mode, seed=seed)
+    return build_tiny_clip(
+        embed_dim=embed_dim,
+        image_size=64,
+        patch_size=patch,
+        width=width,
+        layers=layers,
+        heads=2,
+        dense_mode=dense_mode,
+        seed=seed,
+    )
 
 
 def _method(clip=None, classnames=VOC, unseen=VOC_UNSEEN, **kw):
@@ -42,7 +71,9 @@ def _method(clip=None, classnames=VOC, unseen=VOC_UNSEEN, **kw):
     clip = clip or _clip()
     torch.manual_seed(0)
     text = F.normalize(torch.randn(len(classnames), clip.embed_dim), dim=-1)
-    return ClipRC.from_flat(None, clip, classnames, unseen, text_embeds=text, num_prompts=kw.pop("num_prompts", 3), **kw)
+    return ClipRC.from_flat(
+        None, clip, classnames, unseen, text_embeds=text, num_prompts=kw.pop("num_prompts", 3), **kw
+    )
 
 
 # ------------------------------------------------------------------------------------------ attention mask
@@ -192,13 +223,15 @@ def test_logits_are_the_mean_over_region_copies():
 
 
 def test_zegclip_switches_build_its_head():
-    z = _method(_clip(), region_grid=0, bidirectional=False, lateral_proj=False, logits="attention",
-                recovery_weight=0.0).eval()
+    z = _method(
+        _clip(), region_grid=0, bidirectional=False, lateral_proj=False, logits="attention", recovery_weight=0.0
+    ).eval()
     assert z.recovery is None and z.student.decoder.lateral_proj is None and z.student.encoder.region_tokens is None
     with torch.no_grad():
         assert z.predict(torch.randn(1, 3, 64, 64)).shape == (1, 20, 64, 64)
     out = _method(_clip(), region_grid=0, logits="attention", recovery_weight=0.0).training_step(
-        {"image": torch.randn(1, 3, 64, 64), "label": torch.randint(0, 15, (1, 64, 64))})
+        {"image": torch.randn(1, 3, 64, 64), "label": torch.randint(0, 15, (1, 64, 64))}
+    )
     out["loss"].backward()  # every trainable parameter in the graph (DDP-safe)
 
 
@@ -232,7 +265,7 @@ def test_ignore_pixels_are_negatives():
     assert bool((g[0, 0] < 0).all())
     # value: sum over the 2 classes of the pixel mean of FL, over 1 present (image, class) pair
     p = torch.tensor(0.5)
-    fl_neg, fl_pos = 0.75 * p ** 2 * -torch.log(1 - p), 0.25 * p ** 2 * -torch.log(p)
+    fl_neg, fl_pos = 0.75 * p**2 * -torch.log(1 - p), 0.25 * p**2 * -torch.log(p)
     want = (4 * fl_pos + 12 * fl_neg) / 16 + fl_neg
     torch.testing.assert_close(focal.detach(), want)
     torch.testing.assert_close(dice.detach(), torch.tensor(1 - (2 * 0.5 * 4 + 1) / (0.5 * 16 + 4 + 1)))
@@ -264,9 +297,18 @@ def test_seen_bias_is_applied_in_probability_space():
 
 # ------------------------------------------------------------------------------------------ checkpoints (CLI)
 _TINY_RC = [
-    "experiment=demo_clip_rc", "dataset.crop_size=[64,64]", "dataset.scale=[256,64]", "dataset.test_scale=[256,64]",
-    "trainer.max_steps=2", "trainer.batch_size=2", "trainer.eval_interval=0", "trainer.ckpt_interval=0",
-    "trainer.num_workers=0", "trainer.log_interval=1", "trainer.amp=fp32", "trainer.overlay_count=0",
+    "experiment=demo_clip_rc",
+    "dataset.crop_size=[64,64]",
+    "dataset.scale=[256,64]",
+    "dataset.test_scale=[256,64]",
+    "trainer.max_steps=2",
+    "trainer.batch_size=2",
+    "trainer.eval_interval=0",
+    "trainer.ckpt_interval=0",
+    "trainer.num_workers=0",
+    "trainer.log_interval=1",
+    "trainer.amp=fp32",
+    "trainer.overlay_count=0",
     "method.num_prompts=2",
 ]
 
@@ -290,9 +332,16 @@ def test_checkpoint_evaluates_predicts_any_vocabulary_and_needs_the_clip_file(tm
     wfile = tmp_path / "clip_a.pt"
     mcfg = _clip_file(wfile, seed=0)
     cfg = _compose("train", [*_TINY_RC, f"run_root={tmp_path / 'runs'}", f"dataset.root={voc_root}"])
-    cfg.teacher = OmegaConf.create({"_target_": "zss.teachers.clip.FrozenCLIP", "_convert_": "all",
-                                    "model_name": "tiny-file", "pretrained": str(wfile), "model_cfg": mcfg,
-                                    "dense_mode": "tokens"})
+    cfg.teacher = OmegaConf.create(
+        {
+            "_target_": "zss.teachers.clip.FrozenCLIP",
+            "_convert_": "all",
+            "model_name": "tiny-file",
+            "pretrained": str(wfile),
+            "model_cfg": mcfg,
+            "dense_mode": "tokens",
+        }
+    )
     final = train(cfg)
     ckpt_path = next((tmp_path / "runs").glob("*/*/last.pt"))
     ckpt = torch.load(ckpt_path, weights_only=True)
@@ -308,8 +357,18 @@ def test_checkpoint_evaluates_predicts_any_vocabulary_and_needs_the_clip_file(tm
     from zss.cli.predict import predict
 
     img = sorted((voc_root / "JPEGImages").glob("*.jpg"))[0]
-    res = predict(_compose("predict", [f"ckpt={ckpt_path}", f"image={img}", "classes='cat,grass,road sign'",
-                                        f"out={tmp_path / 'pred'}", "short_side=64"]))
+    res = predict(
+        _compose(
+            "predict",
+            [
+                f"ckpt={ckpt_path}",
+                f"image={img}",
+                "classes='cat,grass,road sign'",
+                f"out={tmp_path / 'pred'}",
+                "short_side=64",
+            ],
+        )
+    )
     assert len(res) == 1 and res[0]["label"].is_file()
     assert (tmp_path / "pred" / "classes.txt").read_text().split("\n")[:3] == ["cat", "grass", "road sign"]
 
@@ -369,8 +428,23 @@ def test_switches_input_norm_drop_path_head_init():
 def test_compare_efficiency_prints_side_by_side_ratios(tmp_path):
     from conftest import run_script
 
-    out = run_script(["scripts/compare_efficiency.py", "--no-measure", "--image-size", "64", "--threads", "1",
-                      "--models", "clip_rc", "zegclip", "--reference", "zegclip", "--json", str(tmp_path / "e.json")])
+    out = run_script(
+        [
+            "scripts/compare_efficiency.py",
+            "--no-measure",
+            "--image-size",
+            "64",
+            "--threads",
+            "1",
+            "--models",
+            "clip_rc",
+            "zegclip",
+            "--reference",
+            "zegclip",
+            "--json",
+            str(tmp_path / "e.json"),
+        ]
+    )
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("| CLIP-RC") or ln.startswith("| ZegCLIP")]
     assert len(lines) == 2
     rep = json.loads((tmp_path / "e.json").read_text())

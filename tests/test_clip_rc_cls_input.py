@@ -1,5 +1,6 @@
 """The CLS input of the CLIP-RC / ZegCLIP encoder: by default the public code's (class embedding counted
 twice), checked against a transcription of the public encoder forward; ``cls_input="clip"`` is open_clip's."""
+
 from __future__ import annotations
 
 import pytest
@@ -67,6 +68,5 @@ def test_shipped_configs_use_the_public_cls_input():
     configs = Path(__file__).resolve().parents[1] / "configs"
     with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
         for m in ("clip_rc", "zegclip"):
-            assert compose(config_name="train", overrides=[f"experiment=voc20_{m}"]).method.cls_input == \
-                "public"
+            assert compose(config_name="train", overrides=[f"experiment=voc20_{m}"]).method.cls_input == "public"
     assert ClipRC.flat_defaults()["cls_input"] == "public"

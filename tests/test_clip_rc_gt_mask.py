@@ -1,5 +1,6 @@
 """CLIP-RC's public self-training rule (method.transductive.gt_unseen_mask): it reads the unseen ground
 truth, is off by default, refused without the transductive setting, and the trainer hands it full_label."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,14 +19,22 @@ def _method(**transductive):
     clip = build_tiny_clip(embed_dim=32, image_size=64, patch_size=16, width=32, layers=1, heads=2, seed=0)
     torch.manual_seed(0)
     text = F.normalize(torch.randn(len(NAMES), 32), dim=-1)
-    return ClipRC(None, clip, NAMES, UNSEEN, text_embeds=text, encoder=ClipRCEncoderSettings(num_prompts=2), transductive=transductive or None)
+    return ClipRC(
+        None,
+        clip,
+        NAMES,
+        UNSEEN,
+        text_embeds=text,
+        encoder=ClipRCEncoderSettings(num_prompts=2),
+        transductive=transductive or None,
+    )
 
 
 def test_public_rule_labels_exactly_the_unseen_ground_truth_pixels():
     logits = torch.zeros(1, 5, 2, 3)
-    logits[0, 4] = 1.0          # sofa beats sheep everywhere ...
-    logits[0, 3, 0, 0] = 2.0    # ... except at (0, 0)
-    logits[0, 0] = 9.0          # a seen class is highest everywhere: ignored by the rule (unseen channels only)
+    logits[0, 4] = 1.0  # sofa beats sheep everywhere ...
+    logits[0, 3, 0, 0] = 2.0  # ... except at (0, 0)
+    logits[0, 0] = 9.0  # a seen class is highest everywhere: ignored by the rule (unseen channels only)
     label = torch.tensor([[[0, 255, 255], [1, 255, 255]]])
     full = torch.tensor([[[3, 255, 4], [1, 2, 3]]])  # unseen GT at (0,0), (0,2), (1,2); (1,1) is seen bird
     out = st_pseudo_labels_gt_mask(logits, label, full, torch.tensor(UNSEEN))

@@ -1,4 +1,5 @@
 """Tests for CLIP-ZSS: zss/methods/clip_zss.py and zss/models/synthesizer.py (tiny random CLIP, timm test_resnet)."""
+
 from __future__ import annotations
 
 import math
@@ -42,8 +43,13 @@ def _batch(b: int = 2, seed: int = 0) -> dict:
     valid[1, :, 56:] = False  # crop padding on the right of image 1
     label[~valid] = 255
     full[~valid] = 255
-    return dict(image=torch.randn(b, 3, IMG, IMG, generator=g), label=label, full_label=full, valid=valid,
-                name=[f"img{i}" for i in range(b)])
+    return dict(
+        image=torch.randn(b, 3, IMG, IMG, generator=g),
+        label=label,
+        full_label=full,
+        valid=valid,
+        name=[f"img{i}" for i in range(b)],
+    )
 
 
 def _method(teacher, **kw) -> ClipZSS:
@@ -373,8 +379,9 @@ def test_cross_image_negatives_equal_the_explicit_softmax():
 
     # de-duplicated: a copy of image 0's own region is dropped for image 0, and a concept held twice counts once
     bank = torch.stack([p[0, 0], p[1, 0], p[1, 0] * 2.0])  # image 0's region; image 1's region twice
-    dedup = ClipZSS._cross_image_negatives(embeds, p, present, 10.0, same=0.9, bank=bank,
-                                           bank_valid=torch.ones(3, dtype=torch.bool))
+    dedup = ClipZSS._cross_image_negatives(
+        embeds, p, present, 10.0, same=0.9, bank=bank, bank_valid=torch.ones(3, dtype=torch.bool)
+    )
     concepts = {0: [p[1, 0]], 1: [p[0, 0], p[0, 1]], 2: [p[0, 0], p[0, 1], p[1, 0]]}  # per image, once each
     for b, ws in concepts.items():
         want = torch.logsumexp(10.0 * torch.einsum("dhw,kd->khw", rn[b], torch.stack(ws)), 0, keepdim=True)
@@ -402,6 +409,7 @@ def test_pseudo_bank_is_a_fifo_of_present_regions(tiny_clip):
 
 def _bank_state(size: int) -> dict:
     from zss.methods.clip_zss import PseudoBank
+
     return PseudoBank(size, D).train_state()
 
 
@@ -435,8 +443,9 @@ def test_seen_margin_leaves_one_teacher_patch_around_seen_pixels_unlabelled(tiny
     for margin in (0.0, 1.0):
         m = _method(tiny_clip, pl_seen_margin=margin)
         teach = tiny_clip(batch["image"])
-        fused[margin] = m._fused_labels(batch["image"], teach["cls"], teach["dense"], m.to_seen_ids(batch["label"]),
-                                        batch["valid"])
+        fused[margin] = m._fused_labels(
+            batch["image"], teach["cls"], teach["dense"], m.to_seen_ids(batch["label"]), batch["valid"]
+        )
     px = IMG // teach["dense"].shape[-2]  # one teacher patch in label pixels
     seen = (fused[0.0] < m.num_seen).float()[:, None]
     near = F.max_pool2d(seen, 2 * px + 1, stride=1, padding=px)[:, 0] > 0

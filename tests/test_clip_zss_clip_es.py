@@ -1,4 +1,5 @@
 """CLIP-ES as CLIP-ZSS's PLM region source (``method.pl_source=clip_es``): transductive only (docs/clip_es.md)."""
+
 from __future__ import annotations
 
 import pytest
@@ -22,8 +23,16 @@ def teacher():
 def _method(teacher, transductive=True, **es) -> ClipZSS:
     torch.manual_seed(0)
     student = Student("test_resnet", embed_dim=D, decoder="mlp", decoder_channels=16)
-    return ClipZSS.from_flat(student, teacher, NAMES, UNSEEN, bank_size=8, pl_source="clip_es", pl_clip_es={**ES, **es},
-                   transductive=dict(enabled=transductive, weight=0.0))
+    return ClipZSS.from_flat(
+        student,
+        teacher,
+        NAMES,
+        UNSEEN,
+        bank_size=8,
+        pl_source="clip_es",
+        pl_clip_es={**ES, **es},
+        transductive=dict(enabled=transductive, weight=0.0),
+    )
 
 
 def _batch(b: int = 2) -> dict:

@@ -3,6 +3,7 @@ experiment (and every method on the benchmark experiments) resolves to the same 
 the re-layout, except for the keys that were deliberately added (the ``paths`` group), removed (``method.recipe``,
 whose values moved into one experiment file per CLIP-RC / ZegCLIP row) or changed (CHANGED_SINCE); the four entry
 configs keep their Hydra run settings."""
+
 from __future__ import annotations
 
 import subprocess
@@ -22,16 +23,26 @@ BEFORE = "421e409"
 CONFIGS = REPO / "configs"
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 #: experiments that take the method from the command line: composed with every shipped method
-BENCHMARK_EXPERIMENTS = ("cocostuff171", "context59_cascade", "context59_zs3", "context60_cascade", "context60_zs3",
-                         "voc20")
+BENCHMARK_EXPERIMENTS = (
+    "cocostuff171",
+    "context59_cascade",
+    "context59_zs3",
+    "context60_cascade",
+    "context60_zs3",
+    "voc20",
+)
 METHODS = sorted(p.stem for p in (CONFIGS / "method").glob("*.yaml"))
 #: top-level keys the re-layout added on purpose (not in the old tree)
 ADDED = {"paths"}
 #: the CLIP-RC / ZegCLIP rows (one experiment file per reported row, replacing ``method.recipe``): each
 #: composes exactly as ``experiment=<benchmark> method=<m>`` did at BEFORE, less the removed ``method.recipe`` block
-ROWS = {"voc20_clip_rc": ("voc20", "clip_rc"), "voc20_zegclip": ("voc20", "zegclip"),
-        "cocostuff171_clip_rc": ("cocostuff171", "clip_rc"), "cocostuff171_zegclip": ("cocostuff171", "zegclip"),
-        "context59_zs3_clip_rc": ("context59_zs3", "clip_rc")}
+ROWS = {
+    "voc20_clip_rc": ("voc20", "clip_rc"),
+    "voc20_zegclip": ("voc20", "zegclip"),
+    "cocostuff171_clip_rc": ("cocostuff171", "clip_rc"),
+    "cocostuff171_zegclip": ("cocostuff171", "zegclip"),
+    "context59_zs3_clip_rc": ("context59_zs3", "clip_rc"),
+}
 #: keys removed on purpose from every composed config that has them (the values live in the ROWS files)
 REMOVED = ("method.recipe",)
 #: the public code's trainer values the benchmark experiments read from ``method.recipe`` before the re-layout
@@ -44,8 +55,13 @@ CHANGED_SINCE = {
     "world_demo": ("transfer_view.reference",),
     "voc20 method=clip_rc": ("trainer.max_steps", *_RC_TRAINER),
     "voc20 method=zegclip": _RC_TRAINER,
-    "cocostuff171 method=clip_rc": (*_RC_TRAINER, "method.num_prompts", "method.focal_weight", "method.dice_weight",
-                                    "method.recovery_weight"),
+    "cocostuff171 method=clip_rc": (
+        *_RC_TRAINER,
+        "method.num_prompts",
+        "method.focal_weight",
+        "method.dice_weight",
+        "method.recovery_weight",
+    ),
     "cocostuff171 method=zegclip": (*_RC_TRAINER, "method.num_prompts"),
     **{f"{e} method={m}": _RC_TRAINER for e in ("context59_zs3", "context59_cascade") for m in ("clip_rc", "zegclip")},
 }
@@ -58,8 +74,9 @@ CHANGED_EVERYWHERE = ("teacher.warning",)
 def before_configs(tmp_path_factory) -> Path:
     """configs/ as of commit BEFORE, extracted from git (skipped where the history is not there)."""
     try:
-        tar = subprocess.run(["git", "-C", str(REPO), "archive", BEFORE, "configs"], capture_output=True,
-                             check=True, timeout=60).stdout
+        tar = subprocess.run(
+            ["git", "-C", str(REPO), "archive", BEFORE, "configs"], capture_output=True, check=True, timeout=60
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         pytest.skip(f"git history with commit {BEFORE} is not available (a shallow clone or no git)")
     out = tmp_path_factory.mktemp("before")
@@ -73,8 +90,12 @@ def _resolved(config_dir: Path, name: str, overrides: list[str], hydra: bool = F
         cfg = compose(config_name=name, overrides=overrides, return_hydra_config=hydra)
     if hydra:
         h = cfg.hydra
-        return dict(run=OmegaConf.to_container(h.run), output_subdir=h.output_subdir, chdir=h.job.chdir,
-                    job_logging=OmegaConf.to_container(h.job_logging))
+        return dict(
+            run=OmegaConf.to_container(h.run),
+            output_subdir=h.output_subdir,
+            chdir=h.job.chdir,
+            job_logging=OmegaConf.to_container(h.job_logging),
+        )
     out = OmegaConf.to_container(cfg, resolve=True)
     for key in ADDED:
         out.pop(key, None)
@@ -83,10 +104,16 @@ def _resolved(config_dir: Path, name: str, overrides: list[str], hydra: bool = F
 
 def _diff(a, b, key="") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(set(a) | set(b)) for d in _diff(a.get(k, "<missing>"), b.get(k, "<missing>"),
-                                                                  f"{key}.{k}" if key else str(k))]
-    return [] if a == b and type(a) is type(b) or (a == b and {type(a), type(b)} <= {int, float}) \
+        return [
+            d
+            for k in sorted(set(a) | set(b))
+            for d in _diff(a.get(k, "<missing>"), b.get(k, "<missing>"), f"{key}.{k}" if key else str(k))
+        ]
+    return (
+        []
+        if a == b and type(a) is type(b) or (a == b and {type(a), type(b)} <= {int, float})
         else [f"{key}: {a!r} -> {b!r}"]
+    )
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -105,7 +132,9 @@ def test_every_experiment_composes_as_before(experiment, before_configs):
     for key, overrides in runs.items():
         old = _resolved(before_configs, "train", overrides)
         new = _resolved(CONFIGS, "train", overrides)
-        diff = [d for d in _diff(old, new) if not d.startswith((*REMOVED, *CHANGED_EVERYWHERE, *CHANGED_SINCE.get(key, ())))]
+        diff = [
+            d for d in _diff(old, new) if not d.startswith((*REMOVED, *CHANGED_EVERYWHERE, *CHANGED_SINCE.get(key, ())))
+        ]
         assert not diff, (overrides, diff)
 
 
@@ -130,16 +159,29 @@ def test_entry_configs_keep_their_hydra_run_settings(entry, before_configs):
 
 #: the tests' tiny-run overrides as conftest.TINY spelled them out before configs/debug/tiny.yaml
 TINY_BEFORE = [
-    "experiment=demo", "model.backbone=test_resnet", "model.decoder_channels=16", "teacher.embed_dim=16",
-    "dataset.crop_size=[64,64]", "dataset.scale=[256,64]", "dataset.test_scale=[256,64]",
-    "trainer.max_steps=2", "trainer.batch_size=4", "trainer.eval_interval=0", "trainer.ckpt_interval=0",
-    "trainer.num_workers=0", "trainer.log_interval=1", "trainer.amp=fp32", "trainer.overlay_count=0",
+    "experiment=demo",
+    "model.backbone=test_resnet",
+    "model.decoder_channels=16",
+    "teacher.embed_dim=16",
+    "dataset.crop_size=[64,64]",
+    "dataset.scale=[256,64]",
+    "dataset.test_scale=[256,64]",
+    "trainer.max_steps=2",
+    "trainer.batch_size=4",
+    "trainer.eval_interval=0",
+    "trainer.ckpt_interval=0",
+    "trainer.num_workers=0",
+    "trainer.log_interval=1",
+    "trainer.amp=fp32",
+    "trainer.overlay_count=0",
     "++transfer_view.enabled=false",
 ]
 
 
-@pytest.mark.parametrize("extra", [[], ["experiment=demo_clip_rc", "teacher.embed_dim=16"],
-                                   ["trainer.max_steps=1", "transfer_view.enabled=true"]])
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["experiment=demo_clip_rc", "teacher.embed_dim=16"], ["trainer.max_steps=1", "transfer_view.enabled=true"]],
+)
 def test_debug_tiny_is_the_old_tiny_override_list(extra, before_configs):
     """``debug=tiny`` (conftest.TINY) composes exactly what the spelled-out list did, and command-line overrides
     (another experiment, a step count, the transfer view back on) still win over it."""
@@ -159,11 +201,15 @@ def test_experiments_are_deltas_over_their_base(experiment):
 
     raw = yaml.safe_load((CONFIGS / "experiment" / f"{experiment}.yaml").read_text())
     bases = [d for d in raw.get("defaults", []) if isinstance(d, str)]
-    methods = [m for d in raw.get("defaults", []) if isinstance(d, dict) for k, m in d.items()
-               if k == "override /method"]
+    methods = [
+        m for d in raw.get("defaults", []) if isinstance(d, dict) for k, m in d.items() if k == "override /method"
+    ]
     base = _resolved(CONFIGS, "train", ([f"experiment={bases[0]}"] if bases else []) + [f"method={m}" for m in methods])
     here = _resolved(CONFIGS, "train", [f"experiment={experiment}"])
     for group in ("trainer", "method"):  # method: against the method config the experiment picks
-        repeated = [k for k, v in (raw.get(group) or {}).items()
-                    if not (isinstance(v, str) and v.startswith("${")) and here[group][k] == base[group][k]]
+        repeated = [
+            k
+            for k, v in (raw.get(group) or {}).items()
+            if not (isinstance(v, str) and v.startswith("${")) and here[group][k] == base[group][k]
+        ]
         assert not repeated, f"configs/experiment/{experiment}.yaml restates its base's {group} values: {repeated}"

@@ -1,4 +1,5 @@
 """Every shipped config composes; zss's library modules never import Hydra."""
+
 from __future__ import annotations
 
 import subprocess
@@ -90,8 +91,16 @@ def test_demo_is_the_shipping_recipe_at_cpu_scale():
     real = OmegaConf.to_container(_compose("train", ["experiment=voc20", "method=clip_zss"]), resolve=True)
     assert demo["method"] == real["method"]
     # and the training list: the bundled sample has train.txt only (voc20), the real run VOC-Aug (voc20_aug)
-    allowed = {"crop_size", "scale", "test_scale", "ratio_range", "photometric", "name", "train_split",
-               "train_ann_dirs"}
+    allowed = {
+        "crop_size",
+        "scale",
+        "test_scale",
+        "ratio_range",
+        "photometric",
+        "name",
+        "train_split",
+        "train_ann_dirs",
+    }
     assert {k for k in demo["dataset"] if demo["dataset"][k] != real["dataset"].get(k)} <= allowed
     assert demo["dataset"]["benchmark"] == real["dataset"]["benchmark"] == "voc20"
 
@@ -118,13 +127,18 @@ def test_clip_rc_and_zegclip_rows_compose_to_the_public_codes_values(row):
     tr, m = cfg["trainer"], cfg["method"]
     assert (m["name"], cfg["dataset"]["benchmark"]) == (method, benchmark)
     assert (tr["max_steps"], tr["seen_bias"], tr["amp"], tr["min_lr"]) == (steps, 0.1, "fp32", 1e-6)
-    assert (m["num_prompts"], m["focal_weight"], m["dice_weight"], m["recovery_weight"]) == (prompts, focal, dice,
-                                                                                             recovery)
+    assert (m["num_prompts"], m["focal_weight"], m["dice_weight"], m["recovery_weight"]) == (
+        prompts,
+        focal,
+        dice,
+        recovery,
+    )
     assert "recipe" not in m
     # the same benchmark experiment with method=<m> is the method at the zss trainer recipe, not the row
     base = row.removesuffix(f"_{method}")
-    plain = OmegaConf.to_container(_compose("train", [f"experiment={base}", f"method={method}"]),
-                                   resolve=True)["trainer"]
+    plain = OmegaConf.to_container(_compose("train", [f"experiment={base}", f"method={method}"]), resolve=True)[
+        "trainer"
+    ]
     assert (plain["seen_bias"], plain["amp"], plain["min_lr"]) == (0.0, "bf16", 0.0)
 
 

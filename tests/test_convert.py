@@ -1,4 +1,5 @@
 """Dataset converters: COCO-Stuff 182->171 ids, PASCAL Context 459-class .mat -> context60/59 PNGs."""
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,9 @@ GAPS_0BASED = [11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90]
 
 def _run_script(name: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, str(REPO / "scripts" / name), *args], capture_output=True, text=True,
-                          env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / name), *args], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 def _read(p: Path) -> np.ndarray:
@@ -162,8 +164,13 @@ def test_context_names_resolve_to_official_ids(tmp_path):
 
 
 def test_context_aliases(tmp_path):
-    ren = {"aeroplane": "airplane", "tvmonitor": "TV Monitor", "pottedplant": "potted plant",
-           "motorbike": "motorcycle", "table": "diningtable"}
+    ren = {
+        "aeroplane": "airplane",
+        "tvmonitor": "TV Monitor",
+        "pottedplant": "potted plant",
+        "motorbike": "motorcycle",
+        "table": "diningtable",
+    }
     _labels_txt(tmp_path / "labels.txt", rename=ren)
     assert resolve_context59_ids(read_context_labels(tmp_path / "labels.txt")) == list(CONTEXT59_OFFICIAL_IDS)
     # canonical name wins over an alias when both exist: 'table' kept, 'diningtable' is background
@@ -243,9 +250,21 @@ def test_convert_context_library_and_script(tmp_path):
 
     # the script, with a pool, into a fresh VOC2010 root
     voc2 = tmp_path / "VOC2010b"
-    r = _run_script("prepare_context.py", "--mat-dir", str(mat_dir), "--labels", str(tmp_path / "labels.txt"),
-                    "--voc2010", str(voc2), "--train-list", str(lists["train"]), "--val-list", str(lists["val"]),
-                    "--workers", "2")
+    r = _run_script(
+        "prepare_context.py",
+        "--mat-dir",
+        str(mat_dir),
+        "--labels",
+        str(tmp_path / "labels.txt"),
+        "--voc2010",
+        str(voc2),
+        "--train-list",
+        str(lists["train"]),
+        "--val-list",
+        str(lists["val"]),
+        "--workers",
+        "2",
+    )
     assert r.returncode == 0, r.stderr
     assert "train: 2 files: 2 new" in r.stdout and "WARNING" in r.stdout  # no JPEGImages in voc2
     for i, ref in ref60.items():

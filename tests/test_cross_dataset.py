@@ -1,5 +1,6 @@
 """Open-vocabulary / cross-dataset evaluation: a VOC-trained demo checkpoint evaluated on a
 context59-layout tree (built here from constructed labels) over Context's 59 classes."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,19 @@ def test_voc_checkpoint_on_context59(tmp_path, tiny_ckpt, voc_root, capsys):
     root = tmp_path / "VOC2010"
     _context_tree(root, voc_root)
     out = tmp_path / "ev"
-    evaluate_checkpoint(compose_config("eval", [f"ckpt={tiny_ckpt}", "dataset=context59_zs3", f"dataset.root={root}",
-                                                "dataset.test_scale=[256,64]", f"out_dir={out}", "efficiency=false"]))
+    evaluate_checkpoint(
+        compose_config(
+            "eval",
+            [
+                f"ckpt={tiny_ckpt}",
+                "dataset=context59_zs3",
+                f"dataset.root={root}",
+                "dataset.test_scale=[256,64]",
+                f"out_dir={out}",
+                "efficiency=false",
+            ],
+        )
+    )
     assert "hIoU" in capsys.readouterr().out
     (f,) = out.glob("eval_context59_all_whole_sb0_*_val_results.json")  # named by settings
     rep = json.loads(f.read_text())

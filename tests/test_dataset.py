@@ -1,4 +1,5 @@
 """SegDataset / build_dataset on the real VOC sample, plus every construction and read error."""
+
 from __future__ import annotations
 
 import shutil
@@ -12,8 +13,13 @@ from torchvision import tv_tensors
 
 from zss.data.dataset import SegDataset, build_dataset, read_label
 
-VOC_KW = dict(img_dir="JPEGImages", ann_dir="SegmentationClass", reduce_zero_label=True, num_classes=20,
-              unseen=(15, 16, 17, 18, 19))
+VOC_KW = dict(
+    img_dir="JPEGImages",
+    ann_dir="SegmentationClass",
+    reduce_zero_label=True,
+    num_classes=20,
+    unseen=(15, 16, 17, 18, 19),
+)
 
 
 # ------------------------------------------------------------------ helpers
@@ -64,8 +70,11 @@ def test_reduce_zero_label_on_real_file(voc_root):
 
 
 def test_no_reduction_keeps_raw_values(voc_root):
-    ds = SegDataset(voc_root, split_file="ImageSets/Segmentation/train.txt", **{**VOC_KW, "reduce_zero_label": False,
-                                                                               "num_classes": 21, "unseen": ()})
+    ds = SegDataset(
+        voc_root,
+        split_file="ImageSets/Segmentation/train.txt",
+        **{**VOC_KW, "reduce_zero_label": False, "num_classes": 21, "unseen": ()},
+    )
     i = ds.names.index("2007_000032")
     assert set(ds[i]["full_label"].unique().tolist()) == {0, 1, 15, 255}
 
@@ -200,8 +209,9 @@ def test_label_values_out_of_range(tmp_path):
     lab[0, :3] = 20
     _palette_png(root / "SegmentationClass" / "a.png", lab)
     assert ds[0]["full_label"].max() == 19
-    ds_noreduce = SegDataset(root, split_file="ImageSets/Segmentation/train.txt",
-                             **{**VOC_KW, "reduce_zero_label": False})
+    ds_noreduce = SegDataset(
+        root, split_file="ImageSets/Segmentation/train.txt", **{**VOC_KW, "reduce_zero_label": False}
+    )
     with pytest.raises(ValueError, match=r"\[20\]"):
         ds_noreduce[0]
 
@@ -235,9 +245,9 @@ def test_voc_aug_preset_reads_train_and_aug(tmp_path):
     (root / "ImageSets" / "Segmentation" / "val.txt").write_text("v\n")
     aug = root / "SegmentationClassAug"
     aug.mkdir()
-    _palette_png(aug / "a.png", np.full((6, 8), 3))            # differs from SegmentationClass/a.png (1): unused
+    _palette_png(aug / "a.png", np.full((6, 8), 3))  # differs from SegmentationClass/a.png (1): unused
     Image.fromarray(np.full((6, 8, 3), 128, np.uint8)).save(root / "JPEGImages" / "sbd_only.jpg")
-    _palette_png(aug / "sbd_only.png", np.full((6, 8), 16))    # SBD image: no SegmentationClass label at all
+    _palette_png(aug / "sbd_only.png", np.full((6, 8), 16))  # SBD image: no SegmentationClass label at all
     (root / "ImageSets" / "Segmentation" / "aug.txt").write_text("sbd_only\n")  # mmseg's aug.txt: no train ids
 
     configs = Path(__file__).resolve().parents[1] / "configs"
@@ -250,8 +260,8 @@ def test_voc_aug_preset_reads_train_and_aug(tmp_path):
     assert train_set.ann_path(0) == root / "SegmentationClass" / "a.png"
     assert train_set.ann_path(1) == aug / "sbd_only.png"
     by_name = {s["name"]: s for s in (train_set[0], train_set[1])}
-    assert torch.all(by_name["a"]["full_label"] == 0)          # raw 1 - 1, from SegmentationClass (train.txt part)
+    assert torch.all(by_name["a"]["full_label"] == 0)  # raw 1 - 1, from SegmentationClass (train.txt part)
     assert torch.all(by_name["sbd_only"]["full_label"] == 15)  # pottedplant: unseen ...
-    assert torch.all(by_name["sbd_only"]["label"] == 255)      # ... so hidden in the training label
+    assert torch.all(by_name["sbd_only"]["label"] == 255)  # ... so hidden in the training label
     assert val_set.ann_dir == root / "SegmentationClass" and val_set.names == ["v"]
     assert torch.all(val_set[0]["full_label"] == 1)

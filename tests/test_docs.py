@@ -1,5 +1,6 @@
 """The docs the code cites ship with the repo: no citation of an outside design document, every cited
 ``docs/<name>.md`` exists, and every cited section (``docs/<name>.md "Section"``) is a heading there."""
+
 from __future__ import annotations
 
 import re
@@ -25,8 +26,12 @@ def _headings(doc: Path) -> set[str]:
 
 
 def test_no_citation_of_an_outside_design_document():
-    hits = [f"{p.relative_to(REPO)}:{i}" for p in _files()
-            for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1) if OUTSIDE in line]
+    hits = [
+        f"{p.relative_to(REPO)}:{i}"
+        for p in _files()
+        for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1)
+        if OUTSIDE in line
+    ]
     assert not hits, f"cite the shipped docs (docs/protocol.md, docs/architecture.md) instead: {hits}"
 
 

@@ -1,4 +1,5 @@
 """zss.engine.efficiency: parameter counts, analytic FLOPs of single layers, report keys and formatting."""
+
 from __future__ import annotations
 
 import pytest
@@ -57,8 +58,19 @@ def test_linear_gflops_analytic():
 def test_report_keys_and_restored_state(student):
     student.train()
     rep = efficiency_report(student, image_size=(64, 64), warmup=0, iters=1, batch_size=2)
-    for k in ("trainable_params", "total_params", "frozen_params", "gflops", "img_per_s", "device", "dtype",
-              "image_size", "gflops_by_module", "peak_mem_mib", "threads"):
+    for k in (
+        "trainable_params",
+        "total_params",
+        "frozen_params",
+        "gflops",
+        "img_per_s",
+        "device",
+        "dtype",
+        "image_size",
+        "gflops_by_module",
+        "peak_mem_mib",
+        "threads",
+    ):
         assert k in rep, k
     assert set(rep["img_per_s"]) == {1, 2} and all(v > 0 for v in rep["img_per_s"].values())
     assert rep["device"] == "cpu" and rep["dtype"] == "float32" and rep["image_size"] == [64, 64]
@@ -67,8 +79,7 @@ def test_report_keys_and_restored_state(student):
     text = format_efficiency(rep)
     assert "GFLOPs @ 64x64" in text and "img/s @ batch 2" in text and "2 x MACs" in text
     assert f"{rep['gflops']:.2f}" in text
-    bf = efficiency_report(student, image_size=(32, 32), warmup=0, iters=1, batch_size=1,
-                           amp_dtype=torch.bfloat16)
+    bf = efficiency_report(student, image_size=(32, 32), warmup=0, iters=1, batch_size=1, amp_dtype=torch.bfloat16)
     assert bf["dtype"] == "bfloat16" and set(bf["img_per_s"]) == {1}
 
 

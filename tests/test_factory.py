@@ -1,5 +1,6 @@
 """``zss.create_method`` / ``zss.list_methods`` (zss.factory): every shipped method built in Python with tiny models,
 with exactly the settings ``scripts/train.py method=<name>`` composes, and without Hydra."""
+
 from __future__ import annotations
 
 import subprocess
@@ -19,16 +20,24 @@ from zss.models.student import Student
 from zss.resources import config_dir
 from zss.teachers.clip import build_tiny_clip
 
-CLASSES = {"baseline": SeenOnlyBaseline, "clip_zss": ClipZSS, "clip_zss_paper": ClipZSS, "chimera_seg": ChimeraSeg,
-           "chimera_seg_paper": ChimeraSeg, "clip_rc": ClipRC, "zegclip": ClipRC}
+CLASSES = {
+    "baseline": SeenOnlyBaseline,
+    "clip_zss": ClipZSS,
+    "clip_zss_paper": ClipZSS,
+    "chimera_seg": ChimeraSeg,
+    "chimera_seg_paper": ChimeraSeg,
+    "clip_rc": ClipRC,
+    "zegclip": ClipRC,
+}
 D = 32
 VOC20 = get_benchmark("voc20")
 
 
 @pytest.fixture(scope="module")
 def tiny_clip():
-    return build_tiny_clip(embed_dim=D, image_size=64, patch_size=16, width=32, layers=2, heads=2, seed=0,
-                           dense_mode="maskclip")
+    return build_tiny_clip(
+        embed_dim=D, image_size=64, patch_size=16, width=32, layers=2, heads=2, seed=0, dense_mode="maskclip"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +85,14 @@ def test_settings_equal_what_hydra_composes(name):
 
 @pytest.mark.parametrize("name", sorted(CLASSES))
 def test_every_method_builds_with_tiny_models_and_trains_one_step(name, tiny_clip, text):
-    m = zss.create_method(name, benchmark="voc20", student=_student(), teacher=tiny_clip, text_embeds=text,
-                          **({"num_prompts": 2} if CLASSES[name] is ClipRC else {}))
+    m = zss.create_method(
+        name,
+        benchmark="voc20",
+        student=_student(),
+        teacher=tiny_clip,
+        text_embeds=text,
+        **({"num_prompts": 2} if CLASSES[name] is ClipRC else {}),
+    )
     assert type(m) is CLASSES[name] and m.classnames == list(VOC20.classes)
     assert m.unseen.tolist() == sorted(VOC20.unseen)
     _, settings = method_settings(name)
@@ -93,15 +108,26 @@ def test_every_method_builds_with_tiny_models_and_trains_one_step(name, tiny_cli
     g = torch.Generator().manual_seed(0)
     label = torch.randint(0, 15, (2, 64, 64), generator=g)  # seen ids only
     label[:, :8] = 255
-    batch = dict(image=torch.randn(2, 3, 64, 64, generator=g), label=label, full_label=label.clone(),
-                 valid=torch.ones(2, 64, 64, dtype=torch.bool))
+    batch = dict(
+        image=torch.randn(2, 3, 64, 64, generator=g),
+        label=label,
+        full_label=label.clone(),
+        valid=torch.ones(2, 64, 64, dtype=torch.bool),
+    )
     out = m.train().training_step(batch)
     assert torch.isfinite(out["loss"]) and out["loss"].requires_grad
 
 
 def test_overrides_win_and_merge_into_mapping_settings(tiny_clip, text):
-    m = zss.create_method("clip_zss", student=_student(), teacher=tiny_clip, text_embeds=text, nel_weight=1.0,
-                          pseudo_negatives="image", transductive=dict(enabled=True))
+    m = zss.create_method(
+        "clip_zss",
+        student=_student(),
+        teacher=tiny_clip,
+        text_embeds=text,
+        nel_weight=1.0,
+        pseudo_negatives="image",
+        transductive=dict(enabled=True),
+    )
     assert m.nel_weight == 1.0 and m.pseudo_negatives == "image" and m.pseudo_bank is None
     assert m.transductive_enabled and m.transductive_threshold == 0.7  # the block's other keys kept
     paper = zss.create_method("clip_zss_paper", student=_student(), teacher=tiny_clip, text_embeds=text)
@@ -112,8 +138,9 @@ def test_text_from_teacher_and_benchmark_split(tiny_clip):
     m = zss.create_method("baseline", benchmark="context59", split="zs3", student=_student(), teacher=tiny_clip)
     bench = get_benchmark("context59", "zs3")
     assert m.classnames == list(bench.classes) and m.unseen.tolist() == sorted(bench.unseen)
-    torch.testing.assert_close(m.text_embeds, F.normalize(tiny_clip.text(list(bench.classes), list(bench.templates)),
-                                                          dim=-1))
+    torch.testing.assert_close(
+        m.text_embeds, F.normalize(tiny_clip.text(list(bench.classes), list(bench.templates)), dim=-1)
+    )
 
 
 def test_bad_calls_name_the_fix(tiny_clip, text):
@@ -130,11 +157,14 @@ def test_bad_calls_name_the_fix(tiny_clip, text):
 
 
 def test_create_method_imports_no_hydra():
-    code = ("import sys, zss; from zss.models import Student; from zss.teachers.oracle import OracleTeacher; "
-            "from zss.data.classes import get_benchmark; t = OracleTeacher(list(get_benchmark('voc20').classes), embed_dim=16); "
-            "m = zss.create_method('clip_zss', student=Student('test_resnet', embed_dim=16, decoder='mlp', "
-            "decoder_channels=8), teacher=t); "
-            "print(type(m).__name__, sorted(k for k in sys.modules if k.split('.')[0] == 'hydra'))")
+    code = (
+        "import sys, zss; from zss.models import Student; from zss.teachers.oracle import OracleTeacher; "
+        "from zss.data.classes import get_benchmark; "
+        "t = OracleTeacher(list(get_benchmark('voc20').classes), embed_dim=16); "
+        "m = zss.create_method('clip_zss', student=Student('test_resnet', embed_dim=16, decoder='mlp', "
+        "decoder_channels=8), teacher=t); "
+        "print(type(m).__name__, sorted(k for k in sys.modules if k.split('.')[0] == 'hydra'))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "ClipZSS []", out.stdout

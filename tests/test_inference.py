@@ -1,4 +1,5 @@
 """Whole / sliding-window inference: mmseg grid, coverage, batching, exact reconstruction."""
+
 from __future__ import annotations
 
 import math
@@ -67,7 +68,11 @@ def test_grid_errors():
 
 
 def test_count_map_covers_every_pixel():
-    for H, W, crop, stride in [(97, 131, (32, 40), (21, 27)), (64, 64, (32, 32), (32, 32)), (50, 20, (64, 64), (48, 48))]:
+    for H, W, crop, stride in [
+        (97, 131, (32, 40), (21, 27)),
+        (64, 64, (32, 32), (32, 32)),
+        (50, 20, (64, 64), (48, 48)),
+    ]:
         count = torch.zeros(H, W)
         for y1, y2, x1, x2 in slide_windows(H, W, crop, stride):
             assert 0 <= y1 < y2 <= H and 0 <= x1 < x2 <= W

@@ -1,5 +1,6 @@
 """zss installed like a real package: ``pip install .`` (not editable) into a temporary folder ships the
 configs as package data, and the console commands find them from any working directory."""
+
 from __future__ import annotations
 
 import ast
@@ -20,10 +21,19 @@ def _pyproject() -> dict:
 
 
 #: console command -> its wrapper in scripts/ (same function)
-WRAPPERS = {"zss-train": "train", "zss-eval": "eval", "zss-predict": "predict", "zss-check": "check_data",
-            "zss-clip-es-masks": "clip_es_masks", "zss-teach-clip": "teach_clip", "zss-aggregate": "aggregate",
-            "zss-plot": "plot", "zss-prepare-cocostuff": "prepare_cocostuff", "zss-prepare-context": "prepare_context",
-            "zss-make-world": "make_world"}
+WRAPPERS = {
+    "zss-train": "train",
+    "zss-eval": "eval",
+    "zss-predict": "predict",
+    "zss-check": "check_data",
+    "zss-clip-es-masks": "clip_es_masks",
+    "zss-teach-clip": "teach_clip",
+    "zss-aggregate": "aggregate",
+    "zss-plot": "plot",
+    "zss-prepare-cocostuff": "prepare_cocostuff",
+    "zss-prepare-context": "prepare_context",
+    "zss-make-world": "make_world",
+}
 
 
 def test_every_subpackage_is_listed_for_the_wheel():

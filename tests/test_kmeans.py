@@ -1,4 +1,5 @@
 """Tests for zss.ops.kmeans.batched_kmeans (batched spherical / Euclidean Lloyd K-Means)."""
+
 from __future__ import annotations
 
 import pytest
@@ -54,8 +55,9 @@ def test_matches_sklearn_with_groups():
     assert (res.labels[:, 0] < 7).all() and (res.labels[:, 1] >= 7).all()
     for p in range(3):
         for gi, (a, b) in enumerate([(0, 7), (7, 10)]):
-            km = sk.KMeans(b - a, init=init[p, a:b].numpy(), n_init=1, algorithm="lloyd", max_iter=8,
-                           tol=0.0).fit(x[p].numpy())
+            km = sk.KMeans(b - a, init=init[p, a:b].numpy(), n_init=1, algorithm="lloyd", max_iter=8, tol=0.0).fit(
+                x[p].numpy()
+            )
             agree = (torch.from_numpy(km.labels_).long() + a == res.labels[p, gi]).double().mean().item()
             assert agree >= 0.999
             assert res.inertia[p, gi].item() == pytest.approx(km.inertia_, rel=1e-4)

@@ -1,6 +1,7 @@
 """Label guards: full_label (every class, unseen included) reaches a training step only for a teacher that declares
 it needs it (the OracleTeacher) -- a CLIP teacher never receives it, in CLIP-ZSS or Chimera-Seg; real presets refuse
 the oracle without allow_oracle_teacher=true; and no training label that reaches a step holds an unseen class id."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -96,8 +97,18 @@ def test_check_no_unseen_names_sample_and_fix():
 
 
 def _train_cfg():
-    return TrainConfig(max_steps=1, batch_size=2, lr=1e-4, warmup_steps=0, amp="fp32", eval_interval=0,
-                       log_interval=0, ckpt_interval=0, num_workers=0, overlay_count=0)
+    return TrainConfig(
+        max_steps=1,
+        batch_size=2,
+        lr=1e-4,
+        warmup_steps=0,
+        amp="fp32",
+        eval_interval=0,
+        log_interval=0,
+        ckpt_interval=0,
+        num_workers=0,
+        overlay_count=0,
+    )
 
 
 def _voc_method():
@@ -105,8 +116,9 @@ def _voc_method():
     teacher = OracleTeacher(list(bench.classes), embed_dim=16, patch_size=8, noise=0.0)
     torch.manual_seed(0)
     student = Student("test_resnet", embed_dim=16, decoder="mlp", decoder_channels=16)
-    return ClipZSS.from_flat(student, teacher, list(bench.classes), list(bench.unseen), bank_size=8, pl_scales=(2, 4),
-                   pl_min_area=1)
+    return ClipZSS.from_flat(
+        student, teacher, list(bench.classes), list(bench.unseen), bank_size=8, pl_scales=(2, 4), pl_min_area=1
+    )
 
 
 def test_trainer_refuses_a_train_set_that_shows_unseen_classes(voc_root, tmp_path):
@@ -153,8 +165,16 @@ def _clip_zss(teacher):
     bench = get_benchmark("voc20")
     torch.manual_seed(0)
     student = Student("test_resnet", embed_dim=D_VOC, decoder="mlp", decoder_channels=16)
-    return ClipZSS.from_flat(student, teacher, list(bench.classes), list(bench.unseen), list(bench.templates),
-                   bank_size=8, pl_scales=(2, 4), pl_min_area=1)
+    return ClipZSS.from_flat(
+        student,
+        teacher,
+        list(bench.classes),
+        list(bench.unseen),
+        list(bench.templates),
+        bank_size=8,
+        pl_scales=(2, 4),
+        pl_min_area=1,
+    )
 
 
 def _batches_seen_by_the_method(method, voc_root, tmp_path, steps=1):
@@ -167,8 +187,18 @@ def _batches_seen_by_the_method(method, voc_root, tmp_path, steps=1):
         return step(batch)
 
     method.training_step = spy
-    cfg = TrainConfig(max_steps=steps, batch_size=2, lr=1e-4, warmup_steps=0, amp="fp32", eval_interval=0,
-                      log_interval=0, ckpt_interval=0, num_workers=0, overlay_count=0)
+    cfg = TrainConfig(
+        max_steps=steps,
+        batch_size=2,
+        lr=1e-4,
+        warmup_steps=0,
+        amp="fp32",
+        eval_interval=0,
+        log_interval=0,
+        ckpt_interval=0,
+        num_workers=0,
+        overlay_count=0,
+    )
     Trainer(method, _train_set(voc_root), None, cfg, new_run_dir(tmp_path, "run")).fit()
     assert seen
     return seen
@@ -230,8 +260,9 @@ def test_demo_experiments_allow_the_oracle(experiment):
 def test_train_command_refuses_the_oracle_on_voc20(tmp_path, monkeypatch, capsys):
     from zss.cli.train import train_main
 
-    code, _, err = run_main(train_main, ["experiment=voc20", "teacher=oracle", f"run_root={tmp_path}"], monkeypatch,
-                            capsys)
+    code, _, err = run_main(
+        train_main, ["experiment=voc20", "teacher=oracle", f"run_root={tmp_path}"], monkeypatch, capsys
+    )
     assert code != 0
     assert "allow_oracle_teacher=true" in err
     assert not list(tmp_path.iterdir())  # refused before creating a run dir

@@ -5,6 +5,7 @@ wherever an interpolation weight is 0 (``0 * -inf``, e.g. the image border); the
 the NaN (a seen class) and those unseen pixels were scored as misses (1.6 % whole / 7.1 % slide on the
 toy below).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -63,8 +64,15 @@ def test_zss_scores_every_correct_unseen_pixel_whole_and_slide():
     assert n_unseen > 0
     for mode in ("whole", "slide"):
         preds = []
-        r = evaluate(method, data, mode=mode, crop=(64, 64), stride=(32, 32), label_space="unseen",
-                     on_prediction=lambda s, p, preds=preds: preds.append(p))
+        r = evaluate(
+            method,
+            data,
+            mode=mode,
+            crop=(64, 64),
+            stride=(32, 32),
+            label_space="unseen",
+            on_prediction=lambda s, p, preds=preds: preds.append(p),
+        )
         assert r["label_space"] == "unseen"
         assert r["pAcc"] == 100.0, (mode, r["pAcc"])  # fraction of unseen pixels scored correctly
         assert r["mIoU_unseen"] == 100.0, (mode, r["mIoU_unseen"])
@@ -135,7 +143,14 @@ def test_real_student_on_voc_predicts_only_unseen_classes(voc_root):
     sub = torch.utils.data.Subset(ds, range(3))
     for mode in ("whole", "slide"):
         preds = []
-        evaluate(method, sub, mode=mode, crop=(64, 64), stride=(48, 48), label_space="unseen",
-                 on_prediction=lambda s, p, preds=preds: preds.append(p))
+        evaluate(
+            method,
+            sub,
+            mode=mode,
+            crop=(64, 64),
+            stride=(48, 48),
+            label_space="unseen",
+            on_prediction=lambda s, p, preds=preds: preds.append(p),
+        )
         ids = set(torch.cat([p.flatten() for p in preds]).unique().tolist())
         assert ids and ids <= set(bench.unseen), (mode, ids)

@@ -4,6 +4,7 @@ or inside a function, goes down the layers or stays in its own; the packages for
 The graph is read from the source with ``ast`` (nothing is imported), so a lazy import inside a function counts
 as much as one at the top of a file.
 """
+
 from __future__ import annotations
 
 import ast
@@ -67,8 +68,10 @@ def import_edges() -> list[tuple[str, str, int]]:
                 # ``from zss import registry`` imports the submodule zss.registry
                 names = [a.name for a in node.names]
                 if target == "zss":
-                    edges += [(mod, f"zss.{n}" if (PKG / f"{n}.py").is_file() or (PKG / n).is_dir() else "zss",
-                               node.lineno) for n in names]
+                    edges += [
+                        (mod, f"zss.{n}" if (PKG / f"{n}.py").is_file() or (PKG / n).is_dir() else "zss", node.lineno)
+                        for n in names
+                    ]
                     continue
                 targets = [target]
             elif isinstance(node, ast.Import):
@@ -104,8 +107,11 @@ def test_every_unit_has_a_layer():
 
 
 def test_no_import_runs_up_the_layers():
-    upward = [f"{src}:{line} imports {dst} ({_unit(src)} is below {_unit(dst)})"
-              for src, dst, line in import_edges() if _layer(_unit(dst)) > _layer(_unit(src))]
+    upward = [
+        f"{src}:{line} imports {dst} ({_unit(src)} is below {_unit(dst)})"
+        for src, dst, line in import_edges()
+        if _layer(_unit(dst)) > _layer(_unit(src))
+    ]
     assert not upward, "\n".join(upward)
 
 
@@ -117,7 +123,7 @@ def test_packages_form_no_circle():
         state[u] = 1
         for v in sorted(graph.get(u, ())):
             if state.get(v) == 1:
-                raise AssertionError("circle: " + " -> ".join(path[path.index(v):] + [v]) if v in path else v)
+                raise AssertionError("circle: " + " -> ".join(path[path.index(v) :] + [v]) if v in path else v)
             if not state.get(v):
                 visit(v, path + [v])
         state[u] = 2
@@ -133,8 +139,11 @@ def test_no_private_name_is_imported_across_modules():
     for path in sorted(PKG.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("zss") and not node.level:
-                private += [f"{_module_name(path)}:{node.lineno} {node.module}.{a.name}" for a in node.names
-                            if a.name.startswith("_") and a.name != "__version__"]
+                private += [
+                    f"{_module_name(path)}:{node.lineno} {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and a.name != "__version__"
+                ]
     assert not private, "\n".join(private)
 
 

@@ -1,4 +1,5 @@
 """Tests for zss/methods/losses.py: InfoNCE, CLS bank, CLS attention pooling, ZegCLIP NEL."""
+
 from __future__ import annotations
 
 import math
@@ -53,8 +54,9 @@ def test_glm_loss_decreases_as_prediction_moves_to_its_cls():
     torch.manual_seed(0)
     cls = F.normalize(torch.randn(4, 8), dim=-1)
     noise = F.normalize(torch.randn(4, 8), dim=-1)
-    losses = [info_nce(F.normalize((1 - t) * noise + t * cls, dim=-1), cls, tau=0.07).item()
-              for t in (0.0, 0.3, 0.6, 1.0)]
+    losses = [
+        info_nce(F.normalize((1 - t) * noise + t * cls, dim=-1), cls, tau=0.07).item() for t in (0.0, 0.3, 0.6, 1.0)
+    ]
     assert losses == sorted(losses, reverse=True) and losses[-1] < losses[0]
 
     # and gradient descent on student embeds lowers the GlobalDistillLoss

@@ -1,5 +1,6 @@
 """A method built in Python equals the shipped config: every constructor default of every method is the value its
 configs/method/<name>.yaml writes, and every constructor setting is written there."""
+
 from __future__ import annotations
 
 import inspect
@@ -75,8 +76,9 @@ def test_constructor_defaults_equal_the_shipped_config(name):
     for key in sorted(keys):
         want, have = cfg[key], settings[key]
         if key == "transductive":  # None = configure_transductive's defaults; the config spells them out
-            trans = {k: p.default for k, p in inspect.signature(cls.configure_transductive).parameters.items()
-                     if k != "self"}
+            trans = {
+                k: p.default for k, p in inspect.signature(cls.configure_transductive).parameters.items() if k != "self"
+            }
             assert have is None
             have = trans
         elif key == "pl_clip_es":  # None = CLIP_ES_DEFAULTS; the CLIP-ES text data come from a benchmark preset
@@ -106,5 +108,7 @@ def test_grouped_settings_cover_the_flat_keys_once(name):
     assert len(keys) == len(set(keys)) and not set(keys) & set(plain)
     for arg, group in cls.SETTINGS.items():
         default = inspect.signature(cls).parameters[arg].default
-        assert type(default) is group and group(**{f: default.to_flat()[k] for f, k in group.flat_keys().items()}) \
-            == default
+        assert (
+            type(default) is group
+            and group(**{f: default.to_flat()[k] for f, k in group.flat_keys().items()}) == default
+        )

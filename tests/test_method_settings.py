@@ -1,5 +1,6 @@
 """Grouped method settings (zss/methods/settings.py, ``Method.from_flat``): the Python form with dataclasses and the
 flat config form build the same method, and a wrong key is named."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,10 +46,18 @@ def _batch() -> dict:
 
 
 def test_grouped_and_flat_forms_build_the_same_method():
-    grouped = ClipZSS(_student(), _oracle(), NAMES, UNSEEN, glm=GLMSettings(tau=0.1, bank_size=8),
-                      pl=PseudoLabelSettings(scales=(2, 4), min_area=1), loss=ClipZSSLossSettings(nel_weight=1.0))
-    flat = ClipZSS.from_flat(_student(), _oracle(), NAMES, UNSEEN, glm_tau=0.1, bank_size=8, pl_scales=(2, 4),
-                             pl_min_area=1, nel_weight=1.0)
+    grouped = ClipZSS(
+        _student(),
+        _oracle(),
+        NAMES,
+        UNSEEN,
+        glm=GLMSettings(tau=0.1, bank_size=8),
+        pl=PseudoLabelSettings(scales=(2, 4), min_area=1),
+        loss=ClipZSSLossSettings(nel_weight=1.0),
+    )
+    flat = ClipZSS.from_flat(
+        _student(), _oracle(), NAMES, UNSEEN, glm_tau=0.1, bank_size=8, pl_scales=(2, 4), pl_min_area=1, nel_weight=1.0
+    )
     flat.load_state_dict(grouped.state_dict())  # the same weights (construction draws them after the student's)
     # (each its own oracle teacher: its noise stream advances with every call)
     for m in (grouped, flat):
@@ -89,8 +98,9 @@ def test_from_flat_names_an_unknown_key_and_the_method():
 
 
 def test_create_method_takes_a_whole_group_as_override():
-    m = zss.create_method("clip_zss", student=_student(), teacher=_oracle(), glm=GLMSettings(tau=0.1),
-                          pseudo_bank_size=16)
+    m = zss.create_method(
+        "clip_zss", student=_student(), teacher=_oracle(), glm=GLMSettings(tau=0.1), pseudo_bank_size=16
+    )
     assert m.glm.tau == 0.1 and m.pseudo_bank.size == 16
     # the group replaces every field of the config's group: here the config's bank_size 1024 = the class default
     assert m.glm.bank.size == GLMSettings().bank_size
@@ -98,9 +108,18 @@ def test_create_method_takes_a_whole_group_as_override():
 
 def test_registry_builds_a_method_node_through_from_flat():
     node = {"_target_": "zss.methods.clip_zss.ClipZSS", "glm_tau": 0.1, "bank_size": 8, "name": "clip_zss"}
-    m = registry.build(node, "method", "test", drop=("name",), student=_student(), teacher=_oracle(),
-                       classnames=NAMES, unseen=UNSEEN)
+    m = registry.build(
+        node, "method", "test", drop=("name",), student=_student(), teacher=_oracle(), classnames=NAMES, unseen=UNSEEN
+    )
     assert isinstance(m, ClipZSS) and m.glm.tau == 0.1 and m.glm.bank.size == 8
     with pytest.raises(TypeError, match=r"ClipZSS\.from_flat.*'glm_tua'"):
-        registry.build({**node, "glm_tua": 1.0}, "method", "test", drop=("name",), student=_student(),
-                       teacher=_oracle(), classnames=NAMES, unseen=UNSEEN)
+        registry.build(
+            {**node, "glm_tua": 1.0},
+            "method",
+            "test",
+            drop=("name",),
+            student=_student(),
+            teacher=_oracle(),
+            classnames=NAMES,
+            unseen=UNSEEN,
+        )

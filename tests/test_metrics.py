@@ -1,4 +1,5 @@
 """SegEvaluator: dataset-level confusion matrix, GZSS/ZSS metrics, NaN rules, formatting."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,9 @@ NAMES4 = ["a", "b", "c", "d"]
 
 
 def _ev(num_classes=4, unseen=(2, 3), **kw):
-    return SegEvaluator(num_classes, NAMES4[:num_classes] if num_classes <= 4 else [f"c{i}" for i in range(num_classes)],
-                        unseen, **kw)
+    return SegEvaluator(
+        num_classes, NAMES4[:num_classes] if num_classes <= 4 else [f"c{i}" for i in range(num_classes)], unseen, **kw
+    )
 
 
 def _t(rows):

@@ -1,6 +1,7 @@
 """Each network gets the normalisation it was trained with: images are normalised once with
 dataset.mean/std; the student (pretrained timm backbone: its pretrained_cfg stats) and the teacher (CLIP's
 stats) convert them inside their own module with the affine map of zss/data/normalize.py."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,8 +40,9 @@ def test_affine_map_is_exact():
     raw = _raw()
     scale, shift = renormalize_affine(CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD)
     assert scale.shape == shift.shape == (1, 3, 1, 1)
-    torch.testing.assert_close(_norm(raw, CLIP_MEAN, CLIP_STD) * scale + shift,
-                               _norm(raw, IMAGENET_MEAN, IMAGENET_STD), atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        _norm(raw, CLIP_MEAN, CLIP_STD) * scale + shift, _norm(raw, IMAGENET_MEAN, IMAGENET_STD), atol=ATOL, rtol=0
+    )
     same = Renormalize(CLIP_MEAN, CLIP_STD, CLIP_MEAN, CLIP_STD)
     x = _norm(raw, CLIP_MEAN, CLIP_STD)
     assert same.identity and same(x) is x  # no op, bit-exact
@@ -51,13 +53,27 @@ def test_affine_map_is_exact():
 
 
 def test_pretrained_student_sees_its_pretrained_cfg_stats(resnet_file):
-    student = Student("test_resnet", embed_dim=8, decoder="mlp", decoder_channels=16, pretrained=str(resnet_file),
-                      input_mean=CLIP_MEAN, input_std=CLIP_STD)
+    student = Student(
+        "test_resnet",
+        embed_dim=8,
+        decoder="mlp",
+        decoder_channels=16,
+        pretrained=str(resnet_file),
+        input_mean=CLIP_MEAN,
+        input_std=CLIP_STD,
+    )
     assert student.normalization["source"] == "timm pretrained_cfg"
     assert student.backbone_mean == (0.5, 0.5, 0.5) and student.backbone_std == (0.5, 0.5, 0.5)
     # the same network fed images already in its own normalisation (no conversion)
-    own = Student("test_resnet", embed_dim=8, decoder="mlp", decoder_channels=16, pretrained=str(resnet_file),
-                  input_mean=(0.5, 0.5, 0.5), input_std=(0.5, 0.5, 0.5))
+    own = Student(
+        "test_resnet",
+        embed_dim=8,
+        decoder="mlp",
+        decoder_channels=16,
+        pretrained=str(resnet_file),
+        input_mean=(0.5, 0.5, 0.5),
+        input_std=(0.5, 0.5, 0.5),
+    )
     own.load_state_dict(student.state_dict())
     assert own.renormalize.identity
     student.eval(), own.eval()
@@ -72,8 +88,9 @@ def test_pretrained_student_sees_its_pretrained_cfg_stats(resnet_file):
 
 def test_random_init_student_keeps_the_input_normalisation():
     torch.manual_seed(0)
-    s = Student("test_resnet", embed_dim=8, decoder="mlp", decoder_channels=16,
-                input_mean=IMAGENET_MEAN, input_std=IMAGENET_STD)
+    s = Student(
+        "test_resnet", embed_dim=8, decoder="mlp", decoder_channels=16, input_mean=IMAGENET_MEAN, input_std=IMAGENET_STD
+    )
     assert s.normalization["source"] == "input (random init)"
     assert s.backbone_mean == IMAGENET_MEAN and s.renormalize.identity
     x = _norm(_raw(), IMAGENET_MEAN, IMAGENET_STD)
@@ -83,8 +100,14 @@ def test_random_init_student_keeps_the_input_normalisation():
 
 
 def test_explicit_backbone_stats_and_errors():
-    s = Student("test_resnet", embed_dim=8, decoder="mlp", decoder_channels=16, backbone_mean=IMAGENET_MEAN,
-                backbone_std=IMAGENET_STD)
+    s = Student(
+        "test_resnet",
+        embed_dim=8,
+        decoder="mlp",
+        decoder_channels=16,
+        backbone_mean=IMAGENET_MEAN,
+        backbone_std=IMAGENET_STD,
+    )
     assert s.normalization["source"] == "model.backbone_mean/std"
     assert s.input_mean == CLIP_MEAN and not s.renormalize.identity
     with pytest.raises(ValueError, match="backbone_std"):
@@ -113,15 +136,23 @@ def test_cli_gives_every_network_the_dataset_normalisation():
     from zss.cli.common import build_benchmark, build_student, build_teacher
 
     stats = [f"dataset.mean=[{','.join(map(str, IMAGENET_MEAN))}]", f"dataset.std=[{','.join(map(str, IMAGENET_STD))}]"]
-    cfg = _compose(["experiment=chimera_demo", "teacher.image_size=32", "teacher.patch_size=8",
-                    "model.backbone=test_resnet", *stats])
+    cfg = _compose(
+        [
+            "experiment=chimera_demo",
+            "teacher.image_size=32",
+            "teacher.patch_size=8",
+            "model.backbone=test_resnet",
+            *stats,
+        ]
+    )
     bench = build_benchmark(cfg.dataset)
     teacher = build_teacher(cfg, bench)
     assert teacher.input_mean == IMAGENET_MEAN and teacher.input_std == IMAGENET_STD
     raw = _raw(h=32, w=32)
     ref = build_tiny_clip(embed_dim=64, image_size=32, patch_size=8, seed=0)(_norm(raw, CLIP_MEAN, CLIP_STD))
-    torch.testing.assert_close(teacher(_norm(raw, IMAGENET_MEAN, IMAGENET_STD))["dense"], ref["dense"],
-                               atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        teacher(_norm(raw, IMAGENET_MEAN, IMAGENET_STD))["dense"], ref["dense"], atol=ATOL, rtol=0
+    )
     student = build_student(cfg.model, 64, cfg.dataset.mean, cfg.dataset.std)
     assert student.input_mean == IMAGENET_MEAN and student.input_std == IMAGENET_STD
     # an explicit teacher.input_mean that contradicts dataset.mean is an error, not a silent mismatch

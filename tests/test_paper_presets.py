@@ -1,5 +1,6 @@
 """Paper presets: method=clip_zss_paper / chimera_seg_paper build and train a step through the real
 command path, and every results file names the preset that produced it and the published comparison."""
+
 from __future__ import annotations
 
 import json
@@ -36,9 +37,19 @@ def test_paper_preset_trains_and_its_results_name_it(method, teacher, voc_root, 
     from zss.cli.train import train
 
     extra = ["teacher.patch_size=16"] if teacher == "oracle" else ["teacher.embed_dim=16"]
-    cfg = _compose([*[o for o in TINY if not o.startswith("teacher.")], f"method={method}", f"teacher={teacher}",
-                    *extra, "trainer.max_steps=1", "trainer.batch_size=2", f"run_root={tmp_path}",
-                    f"dataset.root={voc_root}", "trainer.eval_mode=whole"])
+    cfg = _compose(
+        [
+            *[o for o in TINY if not o.startswith("teacher.")],
+            f"method={method}",
+            f"teacher={teacher}",
+            *extra,
+            "trainer.max_steps=1",
+            "trainer.batch_size=2",
+            f"run_root={tmp_path}",
+            f"dataset.root={voc_root}",
+            "trainer.eval_mode=whole",
+        ]
+    )
     results = train(cfg)
     assert results is not None and results["preset"] == method
     md = next(tmp_path.glob("*/*/final_results.md")).read_text()

@@ -1,4 +1,5 @@
 """PLM fusion on the real VOC sample: the unseen object must get a pseudo region of its own."""
+
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,6 @@
 """scripts/predict.py and zss.predict on a checkpoint made the way training makes it (the train command,
 experiment=demo, 2 steps, test_resnet), on real VOC images, with a new vocabulary and the default one."""
+
 from __future__ import annotations
 
 import shutil
@@ -70,8 +71,19 @@ def _check_outputs(out: Path, names, classnames, image_dir: Path) -> None:
 # ------------------------------------------------------------------------------------------ the script
 def test_script_new_vocabulary_on_a_folder(ckpt, image_dir, tmp_path):
     out = tmp_path / "pred"
-    res = _run(["scripts/predict.py", f"ckpt={ckpt}", f"image={image_dir}", "classes=cat,dog,grass", f"out={out}",
-                "mode=slide", "short_side=96", "crop=[64,64]", "stride=[48,48]"])
+    res = _run(
+        [
+            "scripts/predict.py",
+            f"ckpt={ckpt}",
+            f"image={image_dir}",
+            "classes=cat,dog,grass",
+            f"out={out}",
+            "mode=slide",
+            "short_side=96",
+            "crop=[64,64]",
+            "stride=[48,48]",
+        ]
+    )
     assert "3 classes (cat, dog, grass)" in res.stdout and "NOT zero-shot" in res.stdout
     _check_outputs(out, IMAGES, ["cat", "dog", "grass"], image_dir)
     assert len(list(out.iterdir())) == 5  # 2 x (overlay, label) + classes.txt; notes.txt skipped
@@ -127,8 +139,11 @@ def test_parse_classes(tmp_path):
     f = tmp_path / "c.txt"
     f.write_text("# my classes\ncat\n\ntraffic light\n")
     assert parse_classes(classes_file=f) == ["cat", "traffic light"]
-    for bad, match in ((dict(classes="cat,,dog"), "empty"), (dict(classes="cat,cat"), "duplicate"),
-                       (dict(classes="a", classes_file=f), "not both")):
+    for bad, match in (
+        (dict(classes="cat,,dog"), "empty"),
+        (dict(classes="cat,cat"), "duplicate"),
+        (dict(classes="a", classes_file=f), "not both"),
+    ):
         with pytest.raises(ValueError, match=match):
             parse_classes(**bad)
     with pytest.raises(FileNotFoundError, match="classes_file="):

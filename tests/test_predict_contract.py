@@ -2,6 +2,7 @@
 ``seen_bias`` is subtracted from exactly that output, and a method from ``zss.from_checkpoint`` carries its
 preprocessing, so ``predict_image(method, path)`` is one call. Also: checkpoints whose stored method config lacks a
 key rebuild with the value they were trained with (``CHECKPOINT_DEFAULTS``), not today's default."""
+
 from __future__ import annotations
 
 import pytest
@@ -26,8 +27,9 @@ METHODS = ["baseline", "clip_zss", "clip_zss_paper", "chimera_seg", "chimera_seg
 
 @pytest.fixture(scope="module")
 def tiny_clip():
-    return build_tiny_clip(embed_dim=D, image_size=64, patch_size=16, width=32, layers=2, heads=2, seed=0,
-                           dense_mode="maskclip")
+    return build_tiny_clip(
+        embed_dim=D, image_size=64, patch_size=16, width=32, layers=2, heads=2, seed=0, dense_mode="maskclip"
+    )
 
 
 def _text():
@@ -58,8 +60,9 @@ def test_predict_is_logits_at_the_input_size_and_seen_bias_is_subtracted_from_it
         else:  # the student's stride-4 logits, upsampled bilinearly (what evaluation resized them with before)
             small = m.student.logits(m.student(x), m.text_embeds)
             assert small.shape[-1] < 96
-            torch.testing.assert_close(logits, F.interpolate(small, size=(64, 96), mode="bilinear",
-                                                             align_corners=False))
+            torch.testing.assert_close(
+                logits, F.interpolate(small, size=(64, 96), mode="bilinear", align_corners=False)
+            )
         biased = make_logits_fn(m, seen_bias=0.25)(x)
         unseen_only = m.predict(x, label_space="unseen")
     torch.testing.assert_close(biased[:, m.seen], logits[:, m.seen] - 0.25)
@@ -70,10 +73,18 @@ def test_predict_is_logits_at_the_input_size_and_seen_bias_is_subtracted_from_it
 
 # ------------------------------------------------------------------------------------------ checkpoints
 def _save(path, method, method_node, model_node, teacher_node):
-    ckpt = {"state": method.checkpoint_state(), "classnames": list(method.classnames),
-            "unseen": method.unseen.tolist(), "teacher": method.teacher_identity(),
-            "config": {"method": method_node, "teacher": teacher_node, "trainer": {"seen_bias": 0.0},
-                       "dataset": {"benchmark": "voc20", "mean": MEAN, "std": STD, "test_scale": [256, 64]}}}
+    ckpt = {
+        "state": method.checkpoint_state(),
+        "classnames": list(method.classnames),
+        "unseen": method.unseen.tolist(),
+        "teacher": method.teacher_identity(),
+        "config": {
+            "method": method_node,
+            "teacher": teacher_node,
+            "trainer": {"seen_bias": 0.0},
+            "dataset": {"benchmark": "voc20", "mean": MEAN, "std": STD, "test_scale": [256, 64]},
+        },
+    }
     if model_node:  # CLIP-RC's checkpoints have no student
         ckpt["config"]["model"] = model_node
     torch.save(ckpt, path)
@@ -82,10 +93,23 @@ def _save(path, method, method_node, model_node, teacher_node):
 
 def _clip_zss_ckpt(path, **method_node):
     teacher = OracleTeacher(list(VOC20.classes), embed_dim=16)
-    m = ClipZSS.from_flat(_student(16), teacher, list(VOC20.classes), list(VOC20.unseen), list(VOC20.templates), bank_size=8,
-                **{k: v for k, v in method_node.items() if k != "use_plm"}, use_plm=method_node.get("use_plm", True))
-    model = {"_target_": "zss.models.student.Student", "backbone": "test_resnet", "decoder": "mlp",
-             "decoder_channels": 16, "embed_dim": 16}
+    m = ClipZSS.from_flat(
+        _student(16),
+        teacher,
+        list(VOC20.classes),
+        list(VOC20.unseen),
+        list(VOC20.templates),
+        bank_size=8,
+        **{k: v for k, v in method_node.items() if k != "use_plm"},
+        use_plm=method_node.get("use_plm", True),
+    )
+    model = {
+        "_target_": "zss.models.student.Student",
+        "backbone": "test_resnet",
+        "decoder": "mlp",
+        "decoder_channels": 16,
+        "embed_dim": 16,
+    }
     node = {"_target_": "zss.methods.clip_zss.ClipZSS", "name": "clip_zss", "bank_size": 8, **method_node}
     return m.eval(), _save(path, m, node, model, {"_target_": "zss.teachers.oracle.OracleTeacher", "embed_dim": 16})
 
@@ -103,16 +127,23 @@ def test_from_checkpoint_carries_its_preprocessing_so_predict_image_is_one_call(
     monkeypatch.setattr(zss.predict, "preprocess", lambda img, *a: seen.append(a) or real(img, *a))
     predict_image(m, image, mode="whole")
     assert seen == [(m.preprocessing["mean"], m.preprocessing["std"], 64, 256)]  # the carried values, no default
-    built = zss.create_method("baseline", student=_student(16), teacher=OracleTeacher(list(VOC20.classes),
-                                                                                      embed_dim=16))
+    built = zss.create_method(
+        "baseline", student=_student(16), teacher=OracleTeacher(list(VOC20.classes), embed_dim=16)
+    )
     with pytest.raises(ValueError, match="pass mean= and std="):
         predict_image(built.eval(), image)
 
 
 def test_clip_zss_checkpoint_without_the_newer_keys_rebuilds_as_trained(tmp_path):
     """A checkpoint written before these keys were in the config was trained with the old constructor defaults."""
-    old, path = _clip_zss_ckpt(tmp_path / "old.pt", synth_query="prototype", pseudo_negatives="image",
-                               pl_seen_margin=0.0, nel_weight=1.0, glm_attn_scale=None)
+    old, path = _clip_zss_ckpt(
+        tmp_path / "old.pt",
+        synth_query="prototype",
+        pseudo_negatives="image",
+        pl_seen_margin=0.0,
+        nel_weight=1.0,
+        glm_attn_scale=None,
+    )
     ckpt = torch.load(path, weights_only=True)
     for key in ("synth_query", "pseudo_negatives", "pl_seen_margin", "nel_weight", "glm_attn_scale"):
         del ckpt["config"]["method"][key]
@@ -130,19 +161,33 @@ def test_clip_rc_checkpoint_without_cls_input_rebuilds_with_clip(tmp_path, store
     cfg = tiny_clip_cfg(embed_dim=D, image_size=64, patch_size=16, width=32, layers=1, heads=2)
     wfile = tmp_path / "clip.pt"
     torch.manual_seed(0)
-    torch.save(FrozenCLIP(model_name="tiny-file", pretrained=None, model_cfg=cfg, hash_weights=False).model.state_dict(),
-               wfile)
-    teacher = FrozenCLIP(model_name="tiny-file", pretrained=str(wfile), model_cfg=cfg, hash_weights=False,
-                         input_mean=MEAN, input_std=STD)
+    torch.save(
+        FrozenCLIP(model_name="tiny-file", pretrained=None, model_cfg=cfg, hash_weights=False).model.state_dict(), wfile
+    )
+    teacher = FrozenCLIP(
+        model_name="tiny-file", pretrained=str(wfile), model_cfg=cfg, hash_weights=False, input_mean=MEAN, input_std=STD
+    )
     trained_with = stored or "clip"
     torch.manual_seed(0)
-    m = ClipRC.from_flat(None, teacher, list(VOC20.classes), list(VOC20.unseen), text_embeds=_text(), num_prompts=2,
-               cls_input=trained_with).eval()
+    m = ClipRC.from_flat(
+        None,
+        teacher,
+        list(VOC20.classes),
+        list(VOC20.unseen),
+        text_embeds=_text(),
+        num_prompts=2,
+        cls_input=trained_with,
+    ).eval()
     node = {"_target_": "zss.methods.clip_rc.ClipRC", "name": "clip_rc", "num_prompts": 2}
     if stored is not None:
         node["cls_input"] = stored
-    tnode = {"_target_": "zss.teachers.clip.FrozenCLIP", "model_name": "tiny-file", "pretrained": str(wfile),
-             "model_cfg": cfg, "hash_weights": False}
+    tnode = {
+        "_target_": "zss.teachers.clip.FrozenCLIP",
+        "model_name": "tiny-file",
+        "pretrained": str(wfile),
+        "model_cfg": cfg,
+        "hash_weights": False,
+    }
     path = _save(tmp_path / "last.pt", m, node, {}, tnode)
     back = zss.from_checkpoint(path)
     assert back.student.encoder.cls_input == trained_with

@@ -1,4 +1,5 @@
 """Progress bars users watch: drawn on a terminal, silent in captured output, and never broken by a log line."""
+
 from __future__ import annotations
 
 import io
@@ -94,10 +95,23 @@ def test_training_bar_survives_periodic_evaluation(voc_root, tmp_path, monkeypat
     method = SeenOnlyBaseline(student, teacher, list(bench.classes), list(bench.unseen), list(bench.templates))
     tf = build_train_transform(crop_size=(64, 64), scale=(256, 64), ratio_range=(0.75, 1.5))
     train = build_dataset("voc20", voc_root, split="train", hide_unseen=True, transform=tf)
-    val = build_dataset("voc20", voc_root, split="val", hide_unseen=False, transform=build_test_transform(scale=(256, 64)))
-    cfg = TrainConfig(max_steps=2, batch_size=2, micro_batch_size=2, lr=1e-3, warmup_steps=1, amp="fp32",
-                      eval_interval=1, log_interval=1, ckpt_interval=0, num_workers=0, eval_mode="whole",
-                      overlay_count=0)
+    val = build_dataset(
+        "voc20", voc_root, split="val", hide_unseen=False, transform=build_test_transform(scale=(256, 64))
+    )
+    cfg = TrainConfig(
+        max_steps=2,
+        batch_size=2,
+        micro_batch_size=2,
+        lr=1e-3,
+        warmup_steps=1,
+        amp="fp32",
+        eval_interval=1,
+        log_interval=1,
+        ckpt_interval=0,
+        num_workers=0,
+        eval_mode="whole",
+        overlay_count=0,
+    )
     terminal = fake_terminal(monkeypatch)
     Trainer(method, train, Subset(val, range(2)), cfg, new_run_dir(tmp_path, "bar")).fit()
     out = terminal.getvalue()

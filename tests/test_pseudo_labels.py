@@ -1,4 +1,5 @@
 """Tests for zss.ops.pseudo_labels (CLIP-ZSS PLM: window seeds, mask fusion, fused labels)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,7 +40,7 @@ def _constructed():
     """Scale 0: masks a, b, c; scale 1: masks d, e. cos(a,d)=0.98 > lam, cos(b,e)=0.95 > lam,
     cos(c,e)=0.85 < lam, cos(a,b)=0.99 but same scale (never linked directly)."""
     a = _unit(1, 0, 0, 0, 0)
-    d = _unit(0.98, -(1 - 0.98**2) ** 0.5, 0, 0, 0)
+    d = _unit(0.98, -((1 - 0.98**2) ** 0.5), 0, 0, 0)
     e = _unit(0, 0, 1, 0, 0)
     bb = _unit(0, 0, 0.95, (1 - 0.95**2) ** 0.5, 0)
     c = _unit(0, 0, 0.85, 0, (1 - 0.85**2) ** 0.5)
@@ -186,8 +187,7 @@ def test_pseudo_labels_end_to_end_on_a_real_voc_label(mode, voc_root):
     dense[0, :, : h // 2] = top[:, None, None]
     dense[0, :, h // 2 :] = bottom[:, None, None]
     dense = F.normalize(dense + 0.05 * torch.randn(1, D, h, w, generator=g), dim=1)
-    out = pseudo_labels(dense, train, valid, num_seen=15, scales=(2, 4, 8), lam=0.8, iters=5, min_area=2,
-                        mode=mode)
+    out = pseudo_labels(dense, train, valid, num_seen=15, scales=(2, 4, 8), lam=0.8, iters=5, min_area=2, mode=mode)
     F_lab = out.labels
     seen = (train >= 0) & (train < 15)
     assert torch.equal(F_lab[seen], train[seen])

@@ -1,5 +1,6 @@
 """The bundled published tables (zss/published.yaml): every row names its source and setting, and
 zss-eval / training print the matching row beside their own numbers with deltas and setting warnings."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,7 +35,10 @@ def test_every_row_names_its_source_and_setting():
     for m in ("clip_rc", "zegclip"):
         for b in ("voc20", "cocostuff171"):
             assert {r["setting"] for r in rows if r["method"] == m and r["benchmark"] == b} == {
-                "inductive", "transductive", "fully_supervised"}
+                "inductive",
+                "transductive",
+                "fully_supervised",
+            }
 
 
 def test_a_broken_table_is_refused(tmp_path):
@@ -47,7 +51,12 @@ def test_a_broken_table_is_refused(tmp_path):
 def test_clip_rc_row_matches_its_published_row_without_warnings():
     s = run_settings(_compose("train", ["experiment=voc20_clip_rc"]))
     assert (s["method"], s["benchmark"], s["setting"], s["train_images"], s["precision"]) == (
-        "clip_rc", "voc20", "inductive", 10582, "fp32")
+        "clip_rc",
+        "voc20",
+        "inductive",
+        10582,
+        "fp32",
+    )
     results = {"pAcc": 95.0, "mIoU_seen": 92.0, "mIoU_unseen": 80.4, "hIoU": 85.9}
     text = format_comparison(results, s, "val")
     assert "| clip_rc-voc20-inductive | mIoU(U) | 84.40 | 80.40 | -4.00 |" in text
@@ -64,18 +73,31 @@ def test_every_published_clip_rc_zegclip_row_has_an_experiment_that_matches_it(m
     assert (s["method"], s["benchmark"], s["setting"]) == (method, benchmark, "inductive")
     text = format_comparison({"hIoU": 40.0}, s, "val")
     assert f"{method}-{benchmark}-inductive" in text and "WARNING" not in text
-    zss_recipe = format_comparison({"hIoU": 40.0}, run_settings(_compose(
-        "train", [f"experiment={benchmark}", f"method={method}"])), "val")
+    zss_recipe = format_comparison(
+        {"hIoU": 40.0}, run_settings(_compose("train", [f"experiment={benchmark}", f"method={method}"])), "val"
+    )
     assert "precision: published fp32, this run bf16" in zss_recipe
 
 
 def test_differing_settings_are_warned():
-    cfg = _compose("train", ["experiment=voc20_clip_rc", "dataset=voc20", "trainer.amp=bf16",
-                             "trainer.max_steps=20000", "method.transductive.enabled=true"])
+    cfg = _compose(
+        "train",
+        [
+            "experiment=voc20_clip_rc",
+            "dataset=voc20",
+            "trainer.amp=bf16",
+            "trainer.max_steps=20000",
+            "method.transductive.enabled=true",
+        ],
+    )
     s = run_settings(cfg)
     text = format_comparison({"hIoU": 90.0}, s)
-    for what in ("training set: published voc20_aug (10582 images), this run voc20 (1464)", "steps: published 40000",
-                 "transductive unseen-pixel rule", "precision: published fp32, this run bf16"):
+    for what in (
+        "training set: published voc20_aug (10582 images), this run voc20 (1464)",
+        "steps: published 40000",
+        "transductive unseen-pixel rule",
+        "precision: published fp32, this run bf16",
+    ):
         assert what in text, what
     zss = run_settings(_compose("train", ["experiment=voc20", "method=clip_zss"]))
     assert [r["id"] for r in matching_rows(zss)] == ["clip_zss-voc20-gain"]
@@ -87,8 +109,10 @@ def test_differing_settings_are_warned():
 def test_wsss_student_maps_to_the_clip_es_rows():
     s = run_settings(_compose("train", ["experiment=voc21_wsss"]))
     assert (s["method"], s["setting"], s["train_images"]) == ("clip_es", "wsss_student", 10582)
-    assert {r["id"] for r in matching_rows(s, "val")} == {"clip_es-voc21-student_val_imagenet",
-                                                          "clip_es-voc21-student_val_coco"}
+    assert {r["id"] for r in matching_rows(s, "val")} == {
+        "clip_es-voc21-student_val_imagenet",
+        "clip_es-voc21-student_val_coco",
+    }
 
 
 def test_eval_command_prints_the_published_rows(voc_root, tmp_path, capsys):
@@ -99,8 +123,16 @@ def test_eval_command_prints_the_published_rows(voc_root, tmp_path, capsys):
     from zss.cli.train import train
 
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[*TINY, "trainer.max_steps=1", "trainer.batch_size=2",
-                                                      f"run_root={tmp_path}", f"dataset.root={voc_root}"])
+        cfg = compose(
+            config_name="train",
+            overrides=[
+                *TINY,
+                "trainer.max_steps=1",
+                "trainer.batch_size=2",
+                f"run_root={tmp_path}",
+                f"dataset.root={voc_root}",
+            ],
+        )
     train(cfg)
     ckpt = next(tmp_path.glob("*/*/last.pt"))
     capsys.readouterr()

@@ -1,4 +1,5 @@
 """Run aggregation (mean ± sample std over runs) and training-curve plots."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,18 @@ KEYS = ("mIoU_seen", "mIoU_unseen", "hIoU", "pAcc", "mIoU")
 
 
 def _train_recs(n=6):
-    return [{"step": 10 * s, "split": "train", "loss": 3.0 / s, "loss_ce": 2.0 / s, "loss_glm": 1.0 / s,
-             "lr": 1e-4 * (1 - s / (n + 1)), "img_per_s": 12.0} for s in range(1, n + 1)]
+    return [
+        {
+            "step": 10 * s,
+            "split": "train",
+            "loss": 3.0 / s,
+            "loss_ce": 2.0 / s,
+            "loss_glm": 1.0 / s,
+            "lr": 1e-4 * (1 - s / (n + 1)),
+            "img_per_s": 12.0,
+        }
+        for s in range(1, n + 1)
+    ]
 
 
 def _make_runs(root: Path) -> dict[str, Path]:
@@ -78,8 +89,9 @@ def test_aggregate_recursive_multirun_and_errors(tmp_path):
     for n, v in enumerate((10.0, 20.0)):
         d = tmp_path / "multirun" / "2025-01-01" / "12-00-00" / str(n)
         (d / ".hydra").mkdir(parents=True)
-        (d / "final_results.json").write_text(json.dumps({"mIoU_seen": v, "mIoU_unseen": v, "hIoU": None,
-                                                          "pAcc": v, "mIoU": v}))
+        (d / "final_results.json").write_text(
+            json.dumps({"mIoU_seen": v, "mIoU_unseen": v, "hIoU": None, "pAcc": v, "mIoU": v})
+        )
     with pytest.raises(FileNotFoundError, match="recursive"):
         aggregate(tmp_path / "multirun")
     t = aggregate(tmp_path / "multirun", recursive=True)
@@ -107,9 +119,21 @@ def test_aggregate_script(tmp_path):
     _make_runs(tmp_path)
     runs = sorted(str(p) for p in (tmp_path / "runs" / "demo").iterdir())
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    r = subprocess.run([sys.executable, str(REPO / "scripts" / "aggregate.py"), *runs, "--md",
-                        str(tmp_path / "t.md"), "--json", str(tmp_path / "t.json")],
-                       capture_output=True, text=True, env=env, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "aggregate.py"),
+            *runs,
+            "--md",
+            str(tmp_path / "t.md"),
+            "--json",
+            str(tmp_path / "t.json"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert "| seed2 | metrics.jsonl | 60 |" in r.stdout and "(n=2)" in r.stdout
     assert (tmp_path / "t.md").read_text().strip() == r.stdout.strip()

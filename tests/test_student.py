@@ -1,4 +1,5 @@
 """Tests for zss.models (student + decoders) with timm's tiny random test_resnet / test_vit (CPU, offline)."""
+
 from __future__ import annotations
 
 import pytest
@@ -55,9 +56,9 @@ def test_out_indices_change_channels_and_output_stride():
 
 def test_plan_levels():
     assert plan_levels([2, 4, 8, 16, 32]) == [(1, 0), (2, 0), (3, 0), (4, 0)]  # stem at stride 2 dropped
-    assert plan_levels([16, 16, 16]) == [(0, 2), (1, 1), (2, 0)]                # ViT pyramid: 4/8/16
+    assert plan_levels([16, 16, 16]) == [(0, 2), (1, 1), (2, 0)]  # ViT pyramid: 4/8/16
     assert plan_levels([16]) == [(0, 2)]
-    assert plan_levels([14, 14]) == [(0, 1), (1, 0)]                            # patch 14 -> 7/14
+    assert plan_levels([14, 14]) == [(0, 1), (1, 0)]  # patch 14 -> 7/14
     with pytest.raises(ValueError, match="min_stride"):
         plan_levels([2], min_stride=4)
 
@@ -199,12 +200,14 @@ def _model_from_config(name, overrides):
 
 
 @pytest.mark.parametrize("backbone", ["test_resnet", "resnet18"])
-@pytest.mark.parametrize("name, stride, rates", [("deeplabv3plus_r101", 16, (6, 12, 18)),
-                                                  ("deeplabv3plus_r101_os8", 8, (12, 24, 36))])
+@pytest.mark.parametrize(
+    "name, stride, rates", [("deeplabv3plus_r101", 16, (6, 12, 18)), ("deeplabv3plus_r101_os8", 8, (12, 24, 36))]
+)
 def test_deeplabv3plus_configs_dilate_to_their_output_stride(backbone, name, stride, rates):
     # the shipped DeepLabV3+ presets, with a small random-init ResNet in place of R-101 (same timm family)
-    model, cfg = _model_from_config(name, [f"model.backbone={backbone}", "model.pretrained=false",
-                                           "model.decoder_channels=8"])
+    model, cfg = _model_from_config(
+        name, [f"model.backbone={backbone}", "model.pretrained=false", "model.decoder_channels=8"]
+    )
     assert cfg.backbone_output_stride == stride
     feats = model.features(torch.randn(1, 3, 64, 96))
     assert feats[-1].shape[-2:] == (64 // stride, 96 // stride)  # deepest map at H/stride, not H/32

@@ -4,6 +4,7 @@ with the same fused labels and losses as the data-dependent implementation they 
 CPU: :class:`zss.engine.syncs.HostSyncCounter` counts the ops that would synchronise on CUDA. CUDA (skipped
 without a GPU): the steps under ``torch.cuda.set_sync_debug_mode("error")``. Tiny random CLIP, timm test_resnet.
 """
+
 from __future__ import annotations
 
 import copy
@@ -52,14 +53,14 @@ def _batch(b: int = 2, seed: int = 0, img: int = IMG) -> dict:
     g = torch.Generator().manual_seed(seed)
     s = img // 64
     full = torch.full((b, img, img), 255, dtype=torch.long)
-    full[:, 4 * s:28 * s, 4 * s:36 * s] = 0
-    full[:, 36 * s:60 * s, 8 * s:40 * s] = 4  # unseen: hidden in the training label
-    full[0, 10 * s:30 * s, 40 * s:60 * s] = 2
-    full[1, 30 * s:50 * s, 44 * s:62 * s] = 5
+    full[:, 4 * s : 28 * s, 4 * s : 36 * s] = 0
+    full[:, 36 * s : 60 * s, 8 * s : 40 * s] = 4  # unseen: hidden in the training label
+    full[0, 10 * s : 30 * s, 40 * s : 60 * s] = 2
+    full[1, 30 * s : 50 * s, 44 * s : 62 * s] = 5
     label = full.clone()
     label[(label == 4) | (label == 5)] = 255
     valid = torch.ones(b, img, img, dtype=torch.bool)
-    valid[1, :, 56 * s:] = False  # crop padding on the right of image 1
+    valid[1, :, 56 * s :] = False  # crop padding on the right of image 1
     label[~valid] = 255
     return dict(image=torch.randn(b, 3, img, img, generator=g), label=label, valid=valid)
 
@@ -104,11 +105,24 @@ def _legacy_clip_zss_step(m: ClipZSS, batch: dict) -> dict:
     logits = upsample_logits(logits, tuple(fused.shape[-2:]))
     ce = F.cross_entropy(logits.float(), fused, ignore_index=m.ignore_index)  # ce_reduction "joint"
     total = total + m.ce_weight * ce
-    out = dict(loss_glm=glm["loss_glm"].detach(), loss_ce=ce.detach(), loss_bce=bce.detach(),
-               pl_regions=syn.pseudo_mask(m.num_seen).sum(1).float().mean(), k=k)
+    out = dict(
+        loss_glm=glm["loss_glm"].detach(),
+        loss_ce=ce.detach(),
+        loss_bce=bce.detach(),
+        pl_regions=syn.pseudo_mask(m.num_seen).sum(1).float().mean(),
+        k=k,
+    )
     if m.nel_weight:
-        nel = nel_loss(logits, fused, m.ignore_index, class_mask, m.focal_weight, m.dice_weight,
-                       focal_reduction=m.focal_reduction, bias=m.nel_bias)
+        nel = nel_loss(
+            logits,
+            fused,
+            m.ignore_index,
+            class_mask,
+            m.focal_weight,
+            m.dice_weight,
+            focal_reduction=m.focal_reduction,
+            bias=m.nel_bias,
+        )
         total = total + m.nel_weight * nel["loss_nel"]
         out["loss_nel"] = nel["loss_nel"].detach()
     out["loss"] = total
@@ -120,11 +134,15 @@ def _grads(m) -> dict[str, torch.Tensor]:
 
 
 # ------------------------------------------------------------------------- same results as before
-@pytest.mark.parametrize("kw", [
-    dict(synth_query="clip", glm_attn_scale=0.0, nel_weight=0.0),  # the shipping config's choices
-    dict(synth_memory="cls+regions", synth_query="prototype+clip", nel_weight=1.0),
-    dict(pl_max_regions=3, nel_weight=1.0, loss_resolution="label"),  # more regions than the cap
-], ids=["shipping", "regions_nel", "capped"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(synth_query="clip", glm_attn_scale=0.0, nel_weight=0.0),  # the shipping config's choices
+        dict(synth_memory="cls+regions", synth_query="prototype+clip", nel_weight=1.0),
+        dict(pl_max_regions=3, nel_weight=1.0, loss_resolution="label"),  # more regions than the cap
+    ],
+    ids=["shipping", "regions_nel", "capped"],
+)
 def test_clip_zss_step_matches_the_data_dependent_implementation(tiny_clip, kw):
     kw = dict(kw)
     kw.setdefault("pl_max_regions", 64)  # above this teacher's ~41 regions: the cap does not bind
@@ -184,8 +202,13 @@ def test_fixed_round_fusion_equals_early_exit():
         assert torch.equal(a, b)
         assert sum(r.unique().numel() for r in a) < sum(r.unique().numel() for r in labels)  # merging happened
     seeds, valid, sidx = window_seeds(torch.randn(2, Dx, 8, 8, generator=g), (2, 4))
-    lab = torch.stack([torch.randint(int((sidx == s).nonzero()[0]), int((sidx == s).nonzero()[-1]) + 1, (2, 8, 8),
-                                     generator=g) for s in (0, 1)], 1)
+    lab = torch.stack(
+        [
+            torch.randint(int((sidx == s).nonzero()[0]), int((sidx == s).nonzero()[-1]) + 1, (2, 8, 8), generator=g)
+            for s in (0, 1)
+        ],
+        1,
+    )
     for mode in ("components", "matching"):
         for lam in (0.0, 0.5):
             a = fuse_masks(seeds, lab, valid, sidx, lam=lam, min_area=1, mode=mode)
@@ -238,7 +261,8 @@ def test_pseudo_channel_count_is_fixed_by_the_config(tiny_clip):
         dense = tiny_clip(batch["image"])["dense"]
         fused = capped.pseudo_label_map(dense, capped.to_seen_ids(batch["label"]), batch["valid"])
         free = _clip_zss(tiny_clip, pl_max_regions=None).pseudo_label_map(
-            dense, capped.to_seen_ids(batch["label"]), batch["valid"])
+            dense, capped.to_seen_ids(batch["label"]), batch["valid"]
+        )
     assert int(free.masked_fill(free == 255, 0).max()) >= capped.num_seen + 3  # the cap binds here
     assert int(fused.masked_fill(fused == 255, 0).max()) == capped.num_seen + 2
     assert float(capped.training_step(batch)["pl_regions"]) == 3.0
@@ -258,9 +282,20 @@ def test_pseudo_label_quality_with_a_region_bound_equals_the_read_back():
 # ------------------------------------------------------------------------------------ no host sync
 def test_sync_counter_sees_every_kind_of_read_back():
     x = torch.arange(6.0)
-    cases = [lambda: x.sum().item(), lambda: bool(x.any()), lambda: int(x[0]), lambda: float(x[1]),
-             lambda: x.tolist(), lambda: x.nonzero(), lambda: x[x > 2], lambda: torch.equal(x, x),
-             lambda: torch.bincount(x.long()), lambda: x.unique(), lambda: torch.tensor([1.0]), lambda: x.cpu()]
+    cases = [
+        lambda: x.sum().item(),
+        lambda: bool(x.any()),
+        lambda: int(x[0]),
+        lambda: float(x[1]),
+        lambda: x.tolist(),
+        lambda: x.nonzero(),
+        lambda: x[x > 2],
+        lambda: torch.equal(x, x),
+        lambda: torch.bincount(x.long()),
+        lambda: x.unique(),
+        lambda: torch.tensor([1.0]),
+        lambda: x.cpu(),
+    ]
     for i, fn in enumerate(cases):
         with HostSyncCounter() as c:
             fn()
@@ -300,9 +335,11 @@ def test_clip_zss_and_chimera_steps_make_no_host_sync_on_cuda(tiny_clip):
     dev = torch.device("cuda")
     batch = {k: v.to(dev) for k, v in _batch().items()}
     clip = copy.deepcopy(tiny_clip).to(dev)
-    methods = [_clip_zss(clip, nel_weight=1.0).to(dev),
-               _clip_zss(clip, synth_memory="cls+regions", synth_query="clip", nel_weight=0.0).to(dev),
-               ChimeraSeg.from_flat(_student(), clip, NAMES, UNSEEN, bank_size=8, sam_loss="ce+nel").train().to(dev)]
+    methods = [
+        _clip_zss(clip, nel_weight=1.0).to(dev),
+        _clip_zss(clip, synth_memory="cls+regions", synth_query="clip", nel_weight=0.0).to(dev),
+        ChimeraSeg.from_flat(_student(), clip, NAMES, UNSEEN, bank_size=8, sam_loss="ce+nel").train().to(dev),
+    ]
     for m in methods:
         for amp in (None, torch.bfloat16):
             with torch.autocast("cuda", dtype=amp, enabled=amp is not None):
@@ -375,8 +412,17 @@ def _baseline(cls=SeenOnlyBaseline):
 
 
 def _cfg(**kw):
-    base = dict(max_steps=4, batch_size=2, lr=1e-3, warmup_steps=1, amp="fp32", eval_interval=0, log_interval=0,
-                ckpt_interval=0, num_workers=0)
+    base = dict(
+        max_steps=4,
+        batch_size=2,
+        lr=1e-3,
+        warmup_steps=1,
+        amp="fp32",
+        eval_interval=0,
+        log_interval=0,
+        ckpt_interval=0,
+        num_workers=0,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -396,8 +442,7 @@ def test_trainer_steps_read_nothing_back_between_log_intervals(tmp_path):
 
 
 def test_trainer_still_reports_the_first_non_finite_loss(tmp_path):
-    t = Trainer(_baseline(_NaNAtStep1), _Data(), None, _cfg(max_steps=4, log_interval=3),
-                new_run_dir(tmp_path, "nan"))
+    t = Trainer(_baseline(_NaNAtStep1), _Data(), None, _cfg(max_steps=4, log_interval=3), new_run_dir(tmp_path, "nan"))
     with pytest.raises(FloatingPointError, match="non-finite loss at step 1"):
         t.fit()
     assert t.step == 3  # detected at the log interval, not before

@@ -1,5 +1,6 @@
 """Label-taught CLIP (zss/tools/taught_clip.py): teach a micro open_clip CLIP on a few bundled VOC images, save it
 as an open_clip checkpoint, and load it back through FrozenCLIP exactly as a user loads local weights."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,20 @@ REPO = Path(__file__).resolve().parents[1]
 YAML = REPO / "configs" / "teacher" / "taught_clip.yaml"
 VOC = get_benchmark("voc20")
 # micro recipe: 64 px crops, 2 blocks of width 32, 3 images, 3 steps (the text tower keeps the default shape)
-MICRO = dict(width=32, layers=2, heads=2, image_size=64, patch_size=16, embed_dim=16, scale=(256, 64),
-             eval_scale=(256, 64), steps=3, warmup_steps=1, batch_size=2, max_images=3)
+MICRO = dict(
+    width=32,
+    layers=2,
+    heads=2,
+    image_size=64,
+    patch_size=16,
+    embed_dim=16,
+    scale=(256, 64),
+    eval_scale=(256, 64),
+    steps=3,
+    warmup_steps=1,
+    batch_size=2,
+    max_images=3,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -77,8 +90,10 @@ def test_saved_checkpoint_loads_through_frozenclip_with_identical_outputs(taught
     with torch.no_grad():
         ref = taught_forward(clip, x, (mode,))
     ref_text = clip.text(VOC.classes, VOC.templates)
-    for fc in (load_taught_clip(d, dense_mode=mode),
-               _yaml_teacher(pretrained=str(d / WEIGHTS_FILE), model_cfg=taught_clip_cfg(s), dense_mode=mode)):
+    for fc in (
+        load_taught_clip(d, dense_mode=mode),
+        _yaml_teacher(pretrained=str(d / WEIGHTS_FILE), model_cfg=taught_clip_cfg(s), dense_mode=mode),
+    ):
         out = fc(x)
         assert torch.allclose(out["cls"], ref["cls"], atol=1e-5)
         dense = out["dense"].flatten(2).transpose(1, 2)  # [B, N, D]
@@ -120,8 +135,11 @@ def test_cache_is_reused_and_other_settings_get_another_dir(voc_root, tmp_path, 
     monkeypatch.setattr(taught_mod, "teach_clip", no_teaching)
     d2, built2 = ensure_taught_clip(s, root=tmp_path, log=None)
     assert (d2, built2) == (d, False) and (d / WEIGHTS_FILE).stat().st_mtime_ns == mtime
-    for other in (micro(voc_root, steps=2, seed=1), micro(voc_root, steps=2, lr=1e-4),
-                  micro(voc_root, steps=2, dense_modes=("maskclip",))):
+    for other in (
+        micro(voc_root, steps=2, seed=1),
+        micro(voc_root, steps=2, lr=1e-4),
+        micro(voc_root, steps=2, dense_modes=("maskclip",)),
+    ):
         assert taught_clip_dir(tmp_path, other) != d
     # a build recording other settings (e.g. an interrupted / edited dir) is not reused
     rec = json.loads((d / INFO_FILE).read_text())
@@ -181,8 +199,9 @@ def test_yaml_points_at_the_default_build_and_missing_file_says_how_to_build(tmp
     assert cfg["warning"] == TAUGHT_WARNING and cfg["missing_weights_hint"] == TAUGHT_HINT
     with pytest.raises(Exception, match="python scripts/teach_clip.py") as err:  # Hydra wraps the error
         _yaml_teacher(pretrained=str(tmp_path / "nothing" / WEIGHTS_FILE))
-    assert isinstance(err.value, TeacherWeightsNotFoundError) or isinstance(err.value.__cause__,
-                                                                             TeacherWeightsNotFoundError)
+    assert isinstance(err.value, TeacherWeightsNotFoundError) or isinstance(
+        err.value.__cause__, TeacherWeightsNotFoundError
+    )
 
 
 def _script_main():
@@ -196,9 +215,38 @@ def _script_main():
 
 def test_teach_clip_script_builds_then_reuses(voc_root, tmp_path, capsys):
     main = _script_main()
-    flags = ["--root", str(tmp_path), "--data-root", str(voc_root), "--width", "32", "--layers", "2", "--heads", "2",
-             "--image-size", "64", "--embed-dim", "16", "--scale", "256", "64", "--eval-scale", "256", "64",
-             "--steps", "2", "--warmup-steps", "1", "--batch-size", "2", "--max-images", "3", "--crop-batches", "2"]
+    flags = [
+        "--root",
+        str(tmp_path),
+        "--data-root",
+        str(voc_root),
+        "--width",
+        "32",
+        "--layers",
+        "2",
+        "--heads",
+        "2",
+        "--image-size",
+        "64",
+        "--embed-dim",
+        "16",
+        "--scale",
+        "256",
+        "64",
+        "--eval-scale",
+        "256",
+        "64",
+        "--steps",
+        "2",
+        "--warmup-steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--max-images",
+        "3",
+        "--crop-batches",
+        "2",
+    ]
     assert main(flags) == 0
     out = capsys.readouterr().out
     assert "teach_clip: built" in out and "not a zero-shot result" in out
@@ -217,13 +265,27 @@ def test_teach_clip_script_builds_then_reuses(voc_root, tmp_path, capsys):
 def test_train_runs_with_the_taught_teacher(taught, voc_root, tmp_path, method, capsys):
     s, _, d = taught
     args = [
-        "experiment=demo", "teacher=taught_clip", f"method={method}",
-        f"teacher.pretrained={d / WEIGHTS_FILE}", "teacher.model_cfg.embed_dim=16",
+        "experiment=demo",
+        "teacher=taught_clip",
+        f"method={method}",
+        f"teacher.pretrained={d / WEIGHTS_FILE}",
+        "teacher.model_cfg.embed_dim=16",
         "teacher.model_cfg.vision_cfg={image_size:64,layers:2,width:32,head_width:16,patch_size:16}",
-        "model.backbone=test_resnet", "model.decoder_channels=16", "dataset.crop_size=[64,64]",
-        "dataset.scale=[256,64]", "dataset.test_scale=[256,64]", "trainer.max_steps=1", "trainer.batch_size=2",
-        "trainer.eval_interval=0", "trainer.ckpt_interval=0", "trainer.num_workers=0", "trainer.amp=fp32",
-        "trainer.overlay_count=0", f"run_root={tmp_path}", f"dataset.root={voc_root}", "trainer.eval_crop=[64,64]",
+        "model.backbone=test_resnet",
+        "model.decoder_channels=16",
+        "dataset.crop_size=[64,64]",
+        "dataset.scale=[256,64]",
+        "dataset.test_scale=[256,64]",
+        "trainer.max_steps=1",
+        "trainer.batch_size=2",
+        "trainer.eval_interval=0",
+        "trainer.ckpt_interval=0",
+        "trainer.num_workers=0",
+        "trainer.amp=fp32",
+        "trainer.overlay_count=0",
+        f"run_root={tmp_path}",
+        f"dataset.root={voc_root}",
+        "trainer.eval_crop=[64,64]",
         "trainer.eval_stride=[48,48]",
     ]
     train_in_process(args)  # the train command, in-process

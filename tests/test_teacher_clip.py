@@ -2,6 +2,7 @@
 
 Offline: HF_HUB_OFFLINE=1 and every download function that a test reaches is monkeypatched to fail.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -69,7 +70,7 @@ def _maskclip_reference(model: FrozenCLIP, x: torch.Tensor) -> torch.Tensor:
     last = v.transformer.resblocks[-1]
     W = model.width
     y = last.ln_1(t)
-    val = y @ last.attn.in_proj_weight[2 * W:].T + last.attn.in_proj_bias[2 * W:]
+    val = y @ last.attn.in_proj_weight[2 * W :].T + last.attn.in_proj_bias[2 * W :]
     val = val @ last.attn.out_proj.weight.T + last.attn.out_proj.bias
     t = t + val
     t = t + last.mlp(last.ln_2(t))

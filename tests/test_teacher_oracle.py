@@ -1,4 +1,5 @@
 """OracleTeacher: label-derived stand-in for CLIP (shapes, exact mixes at noise 0, unseen classes, seeds)."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,6 +1,7 @@
 """TrainConfig (zss.engine.trainer) checks its own values: ``TrainConfig(...)`` in Python and ``trainer.<key>=`` on the
 command line refuse the same values with the same one-line message; its Python defaults are the shipped
 configs/trainer/default.yaml (registered in Hydra's ConfigStore as ``trainer=schema``)."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,5 +1,6 @@
 """Trainer behaviour users rely on: exact resume, what goes into optimizer and checkpoints,
 atomic checkpoints, never-overwritten run dirs, the lr schedule."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,9 @@ from zss.teachers.oracle import OracleTeacher
 def _sets(voc_root, crop=64):
     tf = build_train_transform(crop_size=(crop, crop), scale=(4 * crop, crop), ratio_range=(0.75, 1.5))
     train = build_dataset("voc20", voc_root, split="train", hide_unseen=True, transform=tf)
-    val = build_dataset("voc20", voc_root, split="val", hide_unseen=False,
-                        transform=build_test_transform(scale=(4 * crop, crop)))
+    val = build_dataset(
+        "voc20", voc_root, split="val", hide_unseen=False, transform=build_test_transform(scale=(4 * crop, crop))
+    )
     return train, Subset(val, range(3))
 
 
@@ -34,9 +36,20 @@ def _method(seed=0):
 
 
 def _cfg(**kw):
-    base = dict(max_steps=4, batch_size=4, micro_batch_size=2, lr=1e-3, warmup_steps=1, amp="fp32",
-                eval_interval=0, log_interval=1, ckpt_interval=2, num_workers=0, eval_mode="whole",
-                overlay_count=1)
+    base = dict(
+        max_steps=4,
+        batch_size=4,
+        micro_batch_size=2,
+        lr=1e-3,
+        warmup_steps=1,
+        amp="fp32",
+        eval_interval=0,
+        log_interval=1,
+        ckpt_interval=2,
+        num_workers=0,
+        eval_mode="whole",
+        overlay_count=1,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -149,7 +162,8 @@ def test_resume_restores_scheduler_state(voc_root, tmp_path):
     assert [g["lr"] for g in t.optimizer.param_groups] == pytest.approx(want)
     t.scheduler.step()  # continues from step 2, not from 0
     assert t.scheduler.get_last_lr() == pytest.approx(
-        [g["initial_lr"] * lr_factor(3, cfg, g["initial_lr"]) for g in t.optimizer.param_groups])
+        [g["initial_lr"] * lr_factor(3, cfg, g["initial_lr"]) for g in t.optimizer.param_groups]
+    )
 
 
 def test_eval_summary_goes_through_logging_not_print(voc_root, tmp_path, caplog, capsys):

@@ -3,6 +3,7 @@ its use in the baseline, CLIP-ZSS and Chimera-Seg training steps, the trainer's 
 
 CPU, offline: timm ``test_resnet`` students, the OracleTeacher, a tiny random CLIP, the bundled VOC sample.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,13 @@ def _batch(b: int = 2, seed: int = 0) -> dict:
     valid[1, :, 56:] = False
     label[~valid] = 255
     full[~valid] = 255
-    return dict(image=torch.randn(b, 3, IMG, IMG, generator=g), label=label, full_label=full, valid=valid,
-                name=[f"img{i}" for i in range(b)])
+    return dict(
+        image=torch.randn(b, 3, IMG, IMG, generator=g),
+        label=label,
+        full_label=full,
+        valid=valid,
+        name=[f"img{i}" for i in range(b)],
+    )
 
 
 # ------------------------------------------------------------------ a constructed case: exact pixel selection
@@ -218,8 +224,9 @@ def test_baseline_total_unchanged_when_disabled_or_before_start():
 
 def test_baseline_training_step_with_self_training():
     batch = _batch()
-    m = SeenOnlyBaseline(_student(), _oracle(), NAMES, UNSEEN, transductive=dict(enabled=True, threshold=0.5,
-                                                                                 weight=0.5))
+    m = SeenOnlyBaseline(
+        _student(), _oracle(), NAMES, UNSEEN, transductive=dict(enabled=True, threshold=0.5, weight=0.5)
+    )
     _bias_unseen_towards_student(m, batch)
     out = m.training_step(batch)
     assert {"loss", "loss_ce", "loss_st", "st_pixels"} <= set(out)
@@ -250,8 +257,9 @@ def test_clip_zss_training_step_reports_loss_st():
 
 def test_chimera_training_step_reports_loss_st():
     tiny = build_tiny_clip(embed_dim=D, width=64, layers=3, patch_size=8, seed=0)
-    m = ChimeraSeg.from_flat(_student(), tiny, NAMES, UNSEEN, csh_blocks=1, bank_size=8,
-                   transductive=dict(enabled=True, threshold=0.0))
+    m = ChimeraSeg.from_flat(
+        _student(), tiny, NAMES, UNSEEN, csh_blocks=1, bank_size=8, transductive=dict(enabled=True, threshold=0.0)
+    )
     out = m.training_step(_batch())
     assert "loss_st" in out and math.isfinite(float(out["loss_st"])) and math.isfinite(float(out["loss"].detach()))
 
@@ -275,11 +283,27 @@ def test_trainer_calls_set_step(voc_root, tmp_path):
 
     bench = get_benchmark("voc20")
     teacher = OracleTeacher(list(bench.classes), embed_dim=16, patch_size=16, seed=0)
-    m = Spy(_student(dim=16), teacher, list(bench.classes), list(bench.unseen),
-            transductive=dict(enabled=True, start_step=2, threshold=0.0))
+    m = Spy(
+        _student(dim=16),
+        teacher,
+        list(bench.classes),
+        list(bench.unseen),
+        transductive=dict(enabled=True, start_step=2, threshold=0.0),
+    )
     m.seen_steps = []
-    cfg = TrainConfig(max_steps=3, batch_size=2, lr=1e-3, warmup_steps=1, amp="fp32", eval_interval=0,
-                      log_interval=1, ckpt_interval=0, num_workers=0, eval_mode="whole", overlay_count=0)
+    cfg = TrainConfig(
+        max_steps=3,
+        batch_size=2,
+        lr=1e-3,
+        warmup_steps=1,
+        amp="fp32",
+        eval_interval=0,
+        log_interval=1,
+        ckpt_interval=0,
+        num_workers=0,
+        eval_mode="whole",
+        overlay_count=0,
+    )
     run = new_run_dir(tmp_path, "t")
     Trainer(m, train, None, cfg, run).fit()
     assert m.seen_steps == [0, 1, 2]

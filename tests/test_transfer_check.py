@@ -1,5 +1,6 @@
 """scripts/transfer_check.py: the teacher's own score on the scored pixels, the constant-prediction
 5-way, and verdicts on the 5-way class-mean against the seen-only row of the same teacher. No training here."""
+
 from __future__ import annotations
 
 import math
@@ -69,8 +70,19 @@ def test_seen_only_rows_use_the_teacher_of_the_row_they_are_compared_with():
 
 
 def _row(name, seed, s, u, macc, pacc):
-    return dict(name=name, seed=seed, mIoU_S=s, mIoU_U=u, hIoU=0.0, five_way=pacc, five_way_macc=macc,
-                per_class_IoU=[], efficiency=None, wall=1.0, run="")
+    return dict(
+        name=name,
+        seed=seed,
+        mIoU_S=s,
+        mIoU_U=u,
+        hIoU=0.0,
+        five_way=pacc,
+        five_way_macc=macc,
+        per_class_IoU=[],
+        efficiency=None,
+        wall=1.0,
+        run="",
+    )
 
 
 def test_verdicts_judge_class_mean_against_the_same_teachers_seen_only():
@@ -97,8 +109,18 @@ def test_report_prints_teacher_rows_and_the_constant_prediction():
     gt = [0] * 20
     gt[15], gt[19] = 100, 300
     nan = float("nan")
-    scores = {"k": dict(teacher="oracle", num_images=40, mIoU_seen=95.0, mIoU_unseen=99.0, hIoU=97.0, five_way_mAcc=99.5,
-                        five_way_pAcc=99.9, gt_pixels=gt)}
+    scores = {
+        "k": dict(
+            teacher="oracle",
+            num_images=40,
+            mIoU_seen=95.0,
+            mIoU_unseen=99.0,
+            hIoU=97.0,
+            five_way_mAcc=99.5,
+            five_way_pAcc=99.9,
+            gt_pixels=gt,
+        )
+    }
     rows = [_row("seen-only (oracle)", 0, 70.0, 0.0, 20.0, 14.0), _row("CLIP-ZSS (oracle)", 0, 68.0, 49.5, nan, 70.0)]
     text = tc.format_report(rows, scores, {r["name"]: "k" for r in rows}, list(bench.unseen), list(bench.classes), [0])
     assert "| teacher: oracle (its own dense zero-shot) | — | 95.00 | 99.00 |" in text

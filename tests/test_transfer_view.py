@@ -1,4 +1,5 @@
 """The demo's transfer view: training images on their FULL labels, next to the seen-only reference."""
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """Hand-written v2 transforms (mmcv keep-ratio rescale, cat_max_ratio crop, photometric distortion)
 and the full train / test pipelines on constructed arrays and the real VOC sample."""
+
 from __future__ import annotations
 
 import pytest
@@ -130,9 +131,15 @@ def test_cat_max_ratio_rejects_dominated_crops():
 def test_cat_max_uses_first_mask_and_crops_all_identically():
     lab = _dominated_label()
     code = _mask(torch.arange(100 * 100).reshape(100, 100) + 1000)  # second mask: pixel coordinates
-    img = tv_tensors.Image(torch.stack([torch.arange(100).view(100, 1).expand(100, 100),
-                                        torch.arange(100).view(1, 100).expand(100, 100),
-                                        torch.zeros(100, 100, dtype=torch.int64)]).to(torch.uint8))
+    img = tv_tensors.Image(
+        torch.stack(
+            [
+                torch.arange(100).view(100, 1).expand(100, 100),
+                torch.arange(100).view(1, 100).expand(100, 100),
+                torch.zeros(100, 100, dtype=torch.int64),
+            ]
+        ).to(torch.uint8)
+    )
     torch.manual_seed(1)
     t = RandomCropCatMax((20, 30))
     for _ in range(10):
@@ -220,8 +227,7 @@ def test_train_pipeline_masks_aligned_and_padded():
     full[:5, :5] = 4  # "unseen" in the full label, hidden in the training label
     img = torch.zeros(3, h, w, dtype=torch.uint8)
     img[:, :, 30:] = 255
-    t = build_train_transform(crop_size=(64, 64), scale=(64, 32), ratio_range=None, photometric=False,
-                              flip_prob=0.5)
+    t = build_train_transform(crop_size=(64, 64), scale=(64, 32), ratio_range=None, photometric=False, flip_prob=0.5)
     mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
     flips = set()
     torch.manual_seed(0)
@@ -251,8 +257,13 @@ def test_train_pipeline_on_real_voc(voc_root):
     from zss.data.dataset import build_dataset
 
     torch.manual_seed(0)
-    ds = build_dataset("voc20", voc_root, "train", hide_unseen=True,
-                       transform=build_train_transform(crop_size=(128, 128), scale=(512, 128)))
+    ds = build_dataset(
+        "voc20",
+        voc_root,
+        "train",
+        hide_unseen=True,
+        transform=build_train_transform(crop_size=(128, 128), scale=(512, 128)),
+    )
     i = ds.names.index("2007_006066")
     s = ds[i]
     assert s["image"].shape == (3, 128, 128) and s["image"].dtype == torch.float32

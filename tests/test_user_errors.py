@@ -4,6 +4,7 @@ One table: each case runs the real command function in-process (zss.cli.train.tr
 checker) with the user's argv, on the bundled VOC sample or a 5-image copy of it. ZSS_DEBUG=1 brings the
 traceback back (last test). 16-bit PNG input (not an error: scaled to 8 bits) is tested at the end.
 """
+
 from __future__ import annotations
 
 import logging
@@ -85,6 +86,7 @@ def _image_case(bad: str, checker: bool):
             return (lambda: check_main(None)), ["dataset=voc20", f"dataset.root={root}"], [str(img)]
         main, args = _train(f"dataset.root={root}", f"run_root={ctx['tmp'] / 'runs'}")
         return main, args, [str(img), "re-download", "zss-check"]
+
     return case
 
 
@@ -132,8 +134,10 @@ def _eval_pickled_model(ctx):
 
 def _resume_garbage(ctx):
     f = _garbage(ctx, b"")
-    return (*_train(f"resume={f}", f"dataset.root={ctx['voc_root']}", f"run_root={ctx['tmp']}"),
-            [str(f), "not a zss checkpoint", "empty"])
+    return (
+        *_train(f"resume={f}", f"dataset.root={ctx['voc_root']}", f"run_root={ctx['tmp']}"),
+        [str(f), "not a zss checkpoint", "empty"],
+    )
 
 
 def _resume_other_arch(allow_changes: bool):
@@ -141,8 +145,8 @@ def _resume_other_arch(allow_changes: bool):
         ck = ctx["ckpt"]()
         extra = ["resume_allow_changes=true"] if allow_changes else []
         expect = [f"resume={ck}", "config.json"] + (["another architecture", "[16"] if allow_changes else [])
-        return (*_train(f"resume={ck}", "model.decoder_channels=8", f"dataset.root={ctx['voc_root']}", *extra),
-                expect)
+        return (*_train(f"resume={ck}", "model.decoder_channels=8", f"dataset.root={ctx['voc_root']}", *extra), expect)
+
     return case
 
 
@@ -170,10 +174,14 @@ SPOIL = {  # how a checkpoint was spoiled -> what the one line says
     "19 class names, 20 text embeds": (lambda ck: ck["classnames"].pop(), ["19 class names", "text_embeds"]),
     "21 class names, 20 text embeds": (lambda ck: ck["classnames"].append("extra"), ["21 class names"]),
     "unseen id out of range": (lambda ck: ck.update(unseen=[15, 25]), ["'unseen'=[15, 25]", "[0, 20)"]),
-    "${oc.env:...} in its config": (lambda ck: ck["config"]["dataset"].update(root="${oc.env:HOME}"),
-                                    ["config.dataset.root='${oc.env:HOME}'", "interpolation"]),
-    "trainer.seen_bias=nan in its config": (lambda ck: ck["config"]["trainer"].update(seen_bias=float("nan")),
-                                            ["config.trainer.seen_bias=nan", "finite"]),
+    "${oc.env:...} in its config": (
+        lambda ck: ck["config"]["dataset"].update(root="${oc.env:HOME}"),
+        ["config.dataset.root='${oc.env:HOME}'", "interpolation"],
+    ),
+    "trainer.seen_bias=nan in its config": (
+        lambda ck: ck["config"]["trainer"].update(seen_bias=float("nan")),
+        ["config.trainer.seen_bias=nan", "finite"],
+    ),
     "no method group": (lambda ck: ck["config"].pop("method"), ["no method group"]),
 }
 
@@ -192,8 +200,13 @@ def _spoiled_ckpt(what: str, cmd: str):
 
             img = next(Path(ctx["voc_root"], "JPEGImages").glob("*.jpg"))
             return predict_main, [f"ckpt={f}", f"image={img}", f"out={ctx['tmp'] / 'pred'}"], expect
-        return (*_train(f"resume={f}", "resume_allow_changes=true", f"dataset.root={ctx['voc_root']}",
-                        f"run_root={ctx['tmp']}"), expect)
+        return (
+            *_train(
+                f"resume={f}", "resume_allow_changes=true", f"dataset.root={ctx['voc_root']}", f"run_root={ctx['tmp']}"
+            ),
+            expect,
+        )
+
     return case
 
 
@@ -251,21 +264,26 @@ def _split_case(kind: str, cmd: str, expect: list[str]):
 
             return (lambda: check_main(None)), ["dataset=voc20", f"dataset.root={root}"], [sf.name, *expect]
         return (*_train(f"dataset.root={root}", f"run_root={ctx['tmp'] / 'runs'}"), expect)
+
     return case
 
 
 def _classes_utf16(ctx):
     f = ctx["tmp"] / "classes.txt"
     f.write_text("cat\ndog\n", encoding="utf-16")
-    return (*_predict(ctx, f"ckpt={ctx['tmp'] / 'missing.pt'}", f"classes_file={f}"),
-            [f"classes_file '{f}'", "UTF-16", "UTF-8"])
+    return (
+        *_predict(ctx, f"ckpt={ctx['tmp'] / 'missing.pt'}", f"classes_file={f}"),
+        [f"classes_file '{f}'", "UTF-16", "UTF-8"],
+    )
 
 
 def _huge_strip(ctx):
     f = ctx["tmp"] / "strip.png"
     Image.new("RGB", (20000, 50)).save(f)
-    return (*_predict(ctx, f"ckpt={ctx['ckpt']()}", "short_side=512", f"image={f}"),
-            [str(f), "20000x50", "max_pixels=50000000", "long_side=2048"])
+    return (
+        *_predict(ctx, f"ckpt={ctx['ckpt']()}", "short_side=512", f"image={f}"),
+        [str(f), "20000x50", "max_pixels=50000000", "long_side=2048"],
+    )
 
 
 def _bomb(ctx):
@@ -293,23 +311,41 @@ def _cmd(name):
 
 CASES = {
     # key=value mistakes: all refused before anything is built
-    "max_steps=0": lambda ctx: (*_train("trainer.max_steps=0", f"run_root={ctx['tmp']}"), ["trainer.max_steps=0", ">= 1"]),
+    "max_steps=0": lambda ctx: (
+        *_train("trainer.max_steps=0", f"run_root={ctx['tmp']}"),
+        ["trainer.max_steps=0", ">= 1"],
+    ),
     "max_steps<0": lambda ctx: (*_train("trainer.max_steps=-5", f"run_root={ctx['tmp']}"), ["trainer.max_steps=-5"]),
-    "batch_size=0": lambda ctx: (*_train("trainer.batch_size=0", f"run_root={ctx['tmp']}"), ["trainer.batch_size=0", ">= 1"]),
-    "seen_bias=nan": lambda ctx: (*_train("trainer.seen_bias=nan", f"run_root={ctx['tmp']}"),
-                                  ["trainer.seen_bias=nan", "finite"]),
+    "batch_size=0": lambda ctx: (
+        *_train("trainer.batch_size=0", f"run_root={ctx['tmp']}"),
+        ["trainer.batch_size=0", ">= 1"],
+    ),
+    "seen_bias=nan": lambda ctx: (
+        *_train("trainer.seen_bias=nan", f"run_root={ctx['tmp']}"),
+        ["trainer.seen_bias=nan", "finite"],
+    ),
     "lr<0": lambda ctx: (*_train("trainer.lr=-0.001", f"run_root={ctx['tmp']}"), ["trainer.lr=-0.001", ">= 0"]),
-    "max_steps=text": lambda ctx: (*_train("trainer.max_steps=abc", f"run_root={ctx['tmp']}"),
-                                   ["trainer.max_steps='abc'", "integer"]),
-    "+trainer.typo": lambda ctx: (*_train("+trainer.max_stpes=3", f"run_root={ctx['tmp']}"),
-                                  ["trainer.max_stpes", "max_steps"]),
+    "max_steps=text": lambda ctx: (
+        *_train("trainer.max_steps=abc", f"run_root={ctx['tmp']}"),
+        ["trainer.max_steps='abc'", "integer"],
+    ),
+    "+trainer.typo": lambda ctx: (
+        *_train("+trainer.max_stpes=3", f"run_root={ctx['tmp']}"),
+        ["trainer.max_stpes", "max_steps"],
+    ),
     "name=nan": lambda ctx: (*_train("name=nan", f"run_root={ctx['tmp']}"), ["name=nan", "quote"]),
     "run_root=file": _root_is_file,
     "run_root=unwritable": _root_unwritable,
     "run_root below a file": _root_below_file,
-    "batch of one at 32 px crops": lambda ctx: (*_train("trainer.batch_size=1", "dataset.crop_size=[32,32]",
-                                                        f"run_root={ctx['tmp']}", f"dataset.root={ctx['voc_root']}"),
-                                                ["BatchNorm", "trainer.batch_size", "dataset.crop_size"]),
+    "batch of one at 32 px crops": lambda ctx: (
+        *_train(
+            "trainer.batch_size=1",
+            "dataset.crop_size=[32,32]",
+            f"run_root={ctx['tmp']}",
+            f"dataset.root={ctx['voc_root']}",
+        ),
+        ["BatchNorm", "trainer.batch_size", "dataset.crop_size"],
+    ),
     "device=cuda": _device_cuda,
     "device=gpu": lambda ctx: (*_train("device=gpu", f"run_root={ctx['tmp']}"), ["device='gpu'", "device=cpu"]),
     # checkpoints
@@ -322,27 +358,39 @@ CASES = {
     "resume=ckpt with NaN weights": _spoiled_ckpt("NaN weights", "train"),
     "resume=ckpt without optimizer state": lambda ctx: (
         *_train(f"resume={_stripped(ctx)}", f"dataset.root={ctx['voc_root']}", f"run_root={ctx['tmp']}"),
-        ["optimizer, scaler, step, best missing", f"init_from={ctx['tmp'] / 'w' / 'weights.pt'}"]),
+        ["optimizer, scaler, step, best missing", f"init_from={ctx['tmp'] / 'w' / 'weights.pt'}"],
+    ),
     # inference settings: refused before the model is built (the checkpoint here does not even exist)
-    "eval eval.seen_bias=nan": lambda ctx: (__import__("zss.cli.eval", fromlist=["x"]).eval_main,
-                                            [f"ckpt={ctx['ckpt']()}", "eval.seen_bias=nan", "efficiency=false",
-                                             f"out_dir={ctx['tmp']}"], ["eval.seen_bias=nan", "finite"]),
-    "predict seen_bias=nan": lambda ctx: (*_predict(ctx, f"ckpt={ctx['tmp'] / 'missing.pt'}", "seen_bias=nan"),
-                                          ["seen_bias=nan", "finite"]),
-    "predict crop_batch=0": lambda ctx: (*_predict(ctx, f"ckpt={ctx['tmp'] / 'missing.pt'}", "crop_batch=0"),
-                                         ["crop_batch=0", ">= 1"]),
+    "eval eval.seen_bias=nan": lambda ctx: (
+        __import__("zss.cli.eval", fromlist=["x"]).eval_main,
+        [f"ckpt={ctx['ckpt']()}", "eval.seen_bias=nan", "efficiency=false", f"out_dir={ctx['tmp']}"],
+        ["eval.seen_bias=nan", "finite"],
+    ),
+    "predict seen_bias=nan": lambda ctx: (
+        *_predict(ctx, f"ckpt={ctx['tmp'] / 'missing.pt'}", "seen_bias=nan"),
+        ["seen_bias=nan", "finite"],
+    ),
+    "predict crop_batch=0": lambda ctx: (
+        *_predict(ctx, f"ckpt={ctx['tmp'] / 'missing.pt'}", "crop_batch=0"),
+        ["crop_batch=0", ">= 1"],
+    ),
     "predict out=its image folder": _predict_out_is_input,
-    "predict out= below a file": lambda ctx: (*_predict(ctx, f"ckpt={ctx['tmp'] / 'missing.pt'}",
-                                                        f"out={_garbage(ctx)}/sub"), ["out=", "cannot write there"]),
+    "predict out= below a file": lambda ctx: (
+        *_predict(ctx, f"ckpt={ctx['tmp'] / 'missing.pt'}", f"out={_garbage(ctx)}/sub"),
+        ["out=", "cannot write there"],
+    ),
     # images too large for predict: a clear refusal naming the limit and the key
     "predict 20000x50 image at short_side=512": _huge_strip,
     "predict decompression bomb": _bomb,
     # Hydra cannot lex the value: say how to quote it
-    "predict image=phöto.jpg unquoted": lambda ctx: (*_predict(ctx, "ckpt=x.pt", "image=/photos/phöto.jpg"),
-                                                      ["image=/photos/phöto.jpg", "quote the value",
-                                                       "image=\"'/photos/phöto.jpg'\""]),
-    "train name=it's unquoted": lambda ctx: (*_train("name=it's", f"run_root={ctx['tmp']}"),
-                                             ["name=it's", "quote the value", 'name=\\"it'"'"'s\\"']),
+    "predict image=phöto.jpg unquoted": lambda ctx: (
+        *_predict(ctx, "ckpt=x.pt", "image=/photos/phöto.jpg"),
+        ["image=/photos/phöto.jpg", "quote the value", "image=\"'/photos/phöto.jpg'\""],
+    ),
+    "train name=it's unquoted": lambda ctx: (
+        *_train("name=it's", f"run_root={ctx['tmp']}"),
+        ["name=it's", "quote the value", 'name=\\"it\'s\\"'],
+    ),
     # text files that are not UTF-8
     "train split file in UTF-16": _split_case("utf16", "train", ["train.txt", "UTF-16", "UTF-8"]),
     "check split file in UTF-16": _split_case("utf16", "check", ["UTF-16"]),
@@ -350,23 +398,34 @@ CASES = {
     # split files and labels that train nothing or count twice
     "train split with a duplicate id": _split_case("dup", "train", ["train.txt", "twice"]),
     "check split with a duplicate id": _split_case("dup", "check", ["more than once"]),
-    "train split whose labels hold no seen class": _split_case("unseen_only", "train",
-                                                               ["dataset.train_split=train", "holds a seen", "zss-check"]),
+    "train split whose labels hold no seen class": _split_case(
+        "unseen_only", "train", ["dataset.train_split=train", "holds a seen", "zss-check"]
+    ),
     "check split whose labels hold no seen class": _split_case("unseen_only", "check", ["holds a seen-class pixel"]),
     # the argparse commands: one line too
-    "aggregate missing run dir": lambda ctx: (_cmd("aggregate_main"), [str(ctx["tmp"] / "nope")],
-                                              [str(ctx["tmp"] / "nope"), "does not exist"]),
+    "aggregate missing run dir": lambda ctx: (
+        _cmd("aggregate_main"),
+        [str(ctx["tmp"] / "nope")],
+        [str(ctx["tmp"] / "nope"), "does not exist"],
+    ),
     "aggregate --metrics foo": lambda ctx: (*_aggregate(ctx, "--metrics", "foo"), ["--metrics foo", "spelling"]),
-    "prepare-cocostuff missing raw folder": lambda ctx: (_cmd("prepare_cocostuff_main"),
-                                                         ["--raw", str(ctx["tmp"] / "raw"), "--out", str(ctx["tmp"])],
-                                                         [str(ctx["tmp"] / "raw")]),
+    "prepare-cocostuff missing raw folder": lambda ctx: (
+        _cmd("prepare_cocostuff_main"),
+        ["--raw", str(ctx["tmp"] / "raw"), "--out", str(ctx["tmp"])],
+        [str(ctx["tmp"] / "raw")],
+    ),
     "plot missing run dir": lambda ctx: (_cmd("plot_main"), [str(ctx["tmp"] / "nope")], ["metrics.jsonl"]),
-    "teach-clip missing data": lambda ctx: (_cmd("teach_clip_main"), ["--root", str(ctx["tmp"] / "tc"),
-                                            "--data-root", str(ctx["tmp"] / "nodata")],
-                                            [str(ctx["tmp"] / "nodata"), "Set --data-root"]),
+    "teach-clip missing data": lambda ctx: (
+        _cmd("teach_clip_main"),
+        ["--root", str(ctx["tmp"] / "tc"), "--data-root", str(ctx["tmp"] / "nodata")],
+        [str(ctx["tmp"] / "nodata"), "Set --data-root"],
+    ),
     # image files: training names the file, and the checker reports it (it said OK before)
-    **{f"{bad} jpeg: {cmd}": _image_case(bad, cmd == "check")
-       for bad in ("truncated", "empty", "not_image") for cmd in ("train", "check")},
+    **{
+        f"{bad} jpeg: {cmd}": _image_case(bad, cmd == "check")
+        for bad in ("truncated", "empty", "not_image")
+        for cmd in ("train", "check")
+    },
 }
 
 
@@ -459,8 +518,9 @@ def test_resume_writes_nothing_before_the_checkpoint_is_accepted(ckpt, tmp_path,
     ctx = {"ckpt": lambda: ckpt, "tmp": tmp_path}
     for bad, extra in ((_stripped(ctx), []), (ckpt, ["model.decoder_channels=8", "resume_allow_changes=true"])):
         before = sorted(p.name for p in bad.parent.iterdir())
-        code, out, err = _cli(train_main, [*FAST, f"resume={bad}", f"dataset.root={voc_root}", *extra],
-                              monkeypatch, capsys)
+        code, out, err = _cli(
+            train_main, [*FAST, f"resume={bad}", f"dataset.root={voc_root}", *extra], monkeypatch, capsys
+        )
         assert code == 1 and "zss: error: resume=" in err, err
         assert sorted(p.name for p in bad.parent.iterdir()) == before
 
@@ -469,8 +529,12 @@ def test_init_from_starts_a_new_run_from_a_weights_only_checkpoint(ckpt, tmp_pat
     from zss.cli.train import train_main
 
     weights = _stripped({"ckpt": lambda: ckpt, "tmp": tmp_path})
-    code, out, err = _cli(train_main, [*FAST, f"init_from={weights}", f"dataset.root={voc_root}",
-                                       f"run_root={tmp_path / 'runs'}", "trainer.lr=0"], monkeypatch, capsys)
+    code, out, err = _cli(
+        train_main,
+        [*FAST, f"init_from={weights}", f"dataset.root={voc_root}", f"run_root={tmp_path / 'runs'}", "trainer.lr=0"],
+        monkeypatch,
+        capsys,
+    )
     assert code == 0, err[-2000:]
     (new,) = (tmp_path / "runs").glob("*/*/last.pt")
     a, b = torch.load(new, weights_only=True), torch.load(ckpt, weights_only=True)

@@ -1,4 +1,5 @@
 """Palette, colouring, overlays and legend images."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,8 +21,16 @@ from zss.engine.visualize import (
 def test_voc_palette_known_entries():
     pal = voc_palette(256)
     assert pal.shape == (256, 3) and pal.dtype == torch.uint8
-    known = {0: (0, 0, 0), 1: (128, 0, 0), 2: (0, 128, 0), 3: (128, 128, 0), 4: (0, 0, 128),
-             15: (192, 128, 128), 20: (0, 64, 128), 255: (224, 224, 192)}
+    known = {
+        0: (0, 0, 0),
+        1: (128, 0, 0),
+        2: (0, 128, 0),
+        3: (128, 128, 0),
+        4: (0, 0, 128),
+        15: (192, 128, 128),
+        20: (0, 64, 128),
+        255: (224, 224, 192),
+    }
     for i, rgb in known.items():
         assert tuple(pal[i].tolist()) == rgb, i
     assert len({tuple(c) for c in pal.tolist()}) == 256  # all distinct

@@ -1,5 +1,6 @@
 """VOC-Aug as mmseg builds it: train.txt + aug.txt, one label folder each; the 1,464-image setting by
 name; a clear error naming the converter when SegmentationClassAug is missing; CLIP-ES masks on train+aug."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,8 +27,11 @@ def voc_tree(tmp: Path, n_train=3, n_aug=4, n_val=2, with_aug=True) -> Path:
         (root / d).mkdir(parents=True)
     if with_aug:
         (root / "SegmentationClassAug").mkdir()
-    ids = {"train": [f"t{i}" for i in range(n_train)], "aug": [f"s{i}" for i in range(n_aug)],
-           "val": [f"v{i}" for i in range(n_val)]}
+    ids = {
+        "train": [f"t{i}" for i in range(n_train)],
+        "aug": [f"s{i}" for i in range(n_aug)],
+        "val": [f"v{i}" for i in range(n_val)],
+    }
     for split, names in ids.items():
         for k, n in enumerate(names):
             Image.fromarray(np.full((6, 8, 3), 100 + k, np.uint8)).save(root / "JPEGImages" / f"{n}.jpg")

@@ -1,4 +1,5 @@
 """The synthetic zero-shot world (zss.data.synthetic): generator contract and read-back through every data path."""
+
 from __future__ import annotations
 
 import hashlib
@@ -126,12 +127,27 @@ def test_clip_zss_labels_unseen_classes_on_test_images_it_never_saw(tmp_path):
 
     root = tmp_path / "world"
     make_world(root, WorldSettings(counts=(1, 160, 1, 40), size=64, radius=(0.2, 0.4), objects=(1, 3)), log=None)
-    common = ["experiment=world", "teacher=oracle", "teacher.patch_size=8", "allow_oracle_teacher=true",
-              f"dataset.root={root}", "dataset.val_split=test", "dataset.crop_size=[64,64]", "dataset.scale=[256,64]",
-              "dataset.test_scale=[256,64]", "model.decoder_channels=32", "trainer.max_steps=120",
-              "trainer.batch_size=8", "trainer.warmup_steps=10", "trainer.num_workers=0", "trainer.amp=fp32",
-              "trainer.overlay_count=0", "trainer.ckpt_interval=0", "trainer.log_interval=1000",
-              "trainer.eval_crop=[64,64]"]
+    common = [
+        "experiment=world",
+        "teacher=oracle",
+        "teacher.patch_size=8",
+        "allow_oracle_teacher=true",
+        f"dataset.root={root}",
+        "dataset.val_split=test",
+        "dataset.crop_size=[64,64]",
+        "dataset.scale=[256,64]",
+        "dataset.test_scale=[256,64]",
+        "model.decoder_channels=32",
+        "trainer.max_steps=120",
+        "trainer.batch_size=8",
+        "trainer.warmup_steps=10",
+        "trainer.num_workers=0",
+        "trainer.amp=fp32",
+        "trainer.overlay_count=0",
+        "trainer.ckpt_interval=0",
+        "trainer.log_interval=1000",
+        "trainer.eval_crop=[64,64]",
+    ]
     res = {m: train(_compose([*common, f"method={m}", f"run_root={tmp_path / m}"])) for m in ("baseline", "clip_zss")}
     base, zss = res["baseline"], res["clip_zss"]
     assert base["mIoU_seen"] > 20  # the world is learnable from its seen labels

@@ -5,6 +5,7 @@ student=..., teacher=..., **overrides)`` builds one with its config's settings (
 ``zss.from_checkpoint(path)`` rebuilds a trained method for inference (:func:`zss.loading.from_checkpoint`); the
 classes are in :mod:`zss.methods`, :mod:`zss.models`, :mod:`zss.teachers`.
 """
+
 from zss._version import __version__
 
 __all__ = ["__version__", "create_method", "from_checkpoint", "list_methods"]

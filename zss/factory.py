@@ -12,6 +12,7 @@ file itself, as Hydra composes it), then the ``method:`` delta of the benchmark'
 values); keyword overrides win. The class comes from the allow-list of :mod:`zss.registry`.
 The configs are read with OmegaConf (no Hydra import). Source: ours.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -170,15 +171,20 @@ def create_method(
     target, settings = method_settings(name, benchmark, split)
     cls = registry.resolve(target, "method", f"configs/method/{name}.yaml")
     if teacher is None:
-        raise ValueError(f"create_method({name!r}): pass teacher= (a built zss.teachers.clip.FrozenCLIP, or an "
-                         f"OracleTeacher for mechanism runs); every method needs one for its text embeddings")
+        raise ValueError(
+            f"create_method({name!r}): pass teacher= (a built zss.teachers.clip.FrozenCLIP, or an "
+            f"OracleTeacher for mechanism runs); every method needs one for its text embeddings"
+        )
     uses_student = bool(getattr(cls, "uses_student", True))
     if uses_student and student is None:
-        raise ValueError(f"create_method({name!r}): pass student= (e.g. zss.models.Student('resnet101.tv_in1k', "
-                         f"embed_dim=teacher.embed_dim)); {cls.__name__} trains a student")
+        raise ValueError(
+            f"create_method({name!r}): pass student= (e.g. zss.models.Student('resnet101.tv_in1k', "
+            f"embed_dim=teacher.embed_dim)); {cls.__name__} trains a student"
+        )
     bench = get_benchmark(benchmark, split)
-    kwargs = dict(classnames=list(bench.classes), unseen=list(bench.unseen), templates=list(bench.templates),
-                  **settings)
+    kwargs = dict(
+        classnames=list(bench.classes), unseen=list(bench.unseen), templates=list(bench.templates), **settings
+    )
     flat = {}
     for key, value in overrides.items():  # a whole settings group (glm=GLMSettings(...)) as its flat keys
         flat.update(value.to_flat() if isinstance(value, Settings) and key in cls.SETTINGS else {key: value})

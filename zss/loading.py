@@ -10,6 +10,7 @@ Every class is taken from the allow-list of :mod:`zss.registry`, never from an a
 in the checkpoint. ``scripts/eval.py`` and ``scripts/predict.py`` use the same code
 (``zss.cli.common.load_for_inference`` delegates here). Source: ours.
 """
+
 from __future__ import annotations
 
 import copy
@@ -59,9 +60,11 @@ def _build_teacher(node: Mapping, classnames: Sequence[str], mean, std, source: 
     for key, want in norm.items():
         have = kwargs.get(key)
         if have is not None and [float(v) for v in have] != want:
-            raise ValueError(f"teacher.{key}={list(have)} differs from dataset.{key[6:]}={want}: images are "
-                             f"normalised with dataset.mean/std and the teacher converts from them itself; remove "
-                             f"teacher.{key}")
+            raise ValueError(
+                f"teacher.{key}={list(have)} differs from dataset.{key[6:]}={want}: images are "
+                f"normalised with dataset.mean/std and the teacher converts from them itself; remove "
+                f"teacher.{key}"
+            )
     params = inspect.signature(cls).parameters.values()
     if not any(p.name == "input_mean" or p.kind is p.VAR_KEYWORD for p in params):
         raise ValueError(f"teacher._target_={node['_target_']} takes no input_mean/input_std")
@@ -88,7 +91,8 @@ def _build_test_time_clip(node: Mapping, classnames, mean, std, ckpt: dict, sour
         raise type(err)(
             f"{err}\nThis checkpoint ({ckpt['config']['method'].get('_target_')}) runs CLIP at test time, so it "
             f"needs the CLIP weights it was trained with: model {ident.get('model_name')}, weights "
-            f"{ident.get('pretrained')} (file {ident.get('file')}, sha256 {ident.get('sha256')}). Pass teacher.pretrained=<that file> to scripts/eval.py / scripts/predict.py "
+            f"{ident.get('pretrained')} (file {ident.get('file')}, sha256 {ident.get('sha256')}). "
+            f"Pass teacher.pretrained=<that file> to scripts/eval.py / scripts/predict.py "
             f"(zss.from_checkpoint: teacher_pretrained=)."
         ) from err
 
@@ -161,11 +165,24 @@ def load_for_inference(
     if getattr(method_cls, "uses_student", True):
         model = dict(config["model"])
         embed_dim = int(model.pop("embed_dim"))
-        student = registry.build(model, "model", source, pretrained=False, embed_dim=embed_dim,  # weights: ckpt
-                                 input_mean=[float(v) for v in mean], input_std=[float(v) for v in std])
-    method = method_cls.from_flat(**method_kwargs, student=student, teacher=teacher,
-                                  classnames=list(ckpt["classnames"]), unseen=list(ckpt["unseen"]),
-                                  templates=_templates(ds, bench), text_embeds=ckpt["state"]["text_embeds"])
+        student = registry.build(
+            model,
+            "model",
+            source,
+            pretrained=False,
+            embed_dim=embed_dim,  # weights: ckpt
+            input_mean=[float(v) for v in mean],
+            input_std=[float(v) for v in std],
+        )
+    method = method_cls.from_flat(
+        **method_kwargs,
+        student=student,
+        teacher=teacher,
+        classnames=list(ckpt["classnames"]),
+        unseen=list(ckpt["unseen"]),
+        templates=_templates(ds, bench),
+        text_embeds=ckpt["state"]["text_embeds"],
+    )
     method.load_state_dict(ckpt["state"])
     if hasattr(method, "strip_for_inference"):  # drop training-only parts (CLIP-RC's recovery decoder)
         method.strip_for_inference()
@@ -174,8 +191,12 @@ def load_for_inference(
         method.set_vocabulary(list(classnames), list(unseen or []), teacher.text(list(classnames), tmpl))
     method.teacher_info = dict(ckpt.get("teacher") or {})
     scale = [int(v) for v in ds.get("test_scale") or (2048, 512)]  # the checkpoint's test resize (long, short)
-    method.preprocessing = {"mean": tuple(float(v) for v in mean), "std": tuple(float(v) for v in std),
-                            "short_side": min(scale), "long_side": max(scale)}
+    method.preprocessing = {
+        "mean": tuple(float(v) for v in mean),
+        "std": tuple(float(v) for v in std),
+        "short_side": min(scale),
+        "long_side": max(scale),
+    }
     object.__setattr__(method, "teacher", None)
     return method.to(device).eval(), ckpt
 
@@ -211,8 +232,13 @@ def from_checkpoint(
             :func:`load_for_inference`.
     """
     over = {"pretrained": teacher_pretrained} if teacher_pretrained is not None else None
-    method, _ = load_for_inference(path, classnames=None if classnames is None else list(classnames),
-                                   unseen=None if unseen is None else list(unseen),
-                                   templates=None if templates is None else list(templates),
-                                   teacher_overrides=over, device=device, input_norm=input_norm)
+    method, _ = load_for_inference(
+        path,
+        classnames=None if classnames is None else list(classnames),
+        unseen=None if unseen is None else list(unseen),
+        templates=None if templates is None else list(templates),
+        teacher_overrides=over,
+        device=device,
+        input_norm=input_norm,
+    )
     return method

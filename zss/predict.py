@@ -15,6 +15,7 @@ another vocabulary is refused.
 
 This module imports no Hydra (the composition half is ``zss.cli.predict``).
 """
+
 from __future__ import annotations
 
 import os
@@ -57,8 +58,9 @@ _NO_LONG_BOUND = 10**9  # a long-side bound that never binds: the short side alo
 
 
 # ------------------------------------------------------------------------------------------ inputs
-def parse_classes(classes: str | Sequence[str] | None = None,
-                  classes_file: str | os.PathLike | None = None) -> list[str] | None:
+def parse_classes(
+    classes: str | Sequence[str] | None = None, classes_file: str | os.PathLike | None = None
+) -> list[str] | None:
     """The vocabulary from a comma-separated string / a list, or from a text file (one class a line).
 
     Args:
@@ -121,8 +123,13 @@ def list_images(path: str | os.PathLike) -> list[Path]:
         return [p]
     if p.is_dir():
         ours = (p / "classes.txt").is_file()
-        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-                       and not (ours and f.name.endswith(("_overlay.png", "_label.png"))))
+        files = sorted(
+            f
+            for f in p.iterdir()
+            if f.is_file()
+            and f.suffix.lower() in IMAGE_SUFFIXES
+            and not (ours and f.name.endswith(("_overlay.png", "_label.png")))
+        )
         if not files:
             raise FileNotFoundError(f"image={path}: the folder holds no image file ({', '.join(IMAGE_SUFFIXES)})")
         return files
@@ -145,13 +152,22 @@ def load_image(path: str | os.PathLike) -> Tensor:
         with Image.open(path) as im:
             arr = pil_to_rgb(ImageOps.exif_transpose(im), path)  # [H, W, 3] uint8
     except Image.DecompressionBombError as e:
-        raise ValueError(f"cannot read image {str(path)!r}: {e.args[0].split('could be')[0].strip()} (Pillow's "
-                         f"decompression-bomb limit); downscale it first") from e
+        raise ValueError(
+            f"cannot read image {str(path)!r}: {e.args[0].split('could be')[0].strip()} (Pillow's "
+            f"decompression-bomb limit); downscale it first"
+        ) from e
     except (OSError, SyntaxError) as e:
-        why = ("empty file (0 bytes)" if Path(path).is_file() and Path(path).stat().st_size == 0 else
-               "not an image format Pillow recognises" if isinstance(e, UnidentifiedImageError) else str(e))
-        raise ValueError(f"cannot read image {str(path)!r}: {why}. Pass image= a readable image file or folder "
-                         f"(.jpg .png ...); re-save or re-download this one") from e
+        why = (
+            "empty file (0 bytes)"
+            if Path(path).is_file() and Path(path).stat().st_size == 0
+            else "not an image format Pillow recognises"
+            if isinstance(e, UnidentifiedImageError)
+            else str(e)
+        )
+        raise ValueError(
+            f"cannot read image {str(path)!r}: {why}. Pass image= a readable image file or folder "
+            f"(.jpg .png ...); re-save or re-download this one"
+        ) from e
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
@@ -234,8 +250,10 @@ def predict_image(
     prep = getattr(method, "preprocessing", None) or {}
     if mean is None or std is None:
         if "mean" not in prep:
-            raise ValueError("predict_image: pass mean= and std= (the RGB normalisation in [0, 1] units the method "
-                             "was trained with), or use a method from zss.from_checkpoint, which carries them")
+            raise ValueError(
+                "predict_image: pass mean= and std= (the RGB normalisation in [0, 1] units the method "
+                "was trained with), or use a method from zss.from_checkpoint, which carries them"
+            )
         mean = prep["mean"] if mean is None else mean
         std = prep["std"] if std is None else std
     if short_side is None:
@@ -246,8 +264,9 @@ def predict_image(
     classes = method.label_space_ids(label_space)  # None (all) or the unseen ids: argmax after resizing
     img = load_image(image) if not isinstance(image, Tensor) else image
     if img.dim() != 3 or img.shape[0] != 3 or img.dtype != torch.uint8:
-        raise ValueError(f"predict_image: image must be a path or a Tensor[3, H, W] uint8, got "
-                         f"{tuple(img.shape)} {img.dtype}")
+        raise ValueError(
+            f"predict_image: image must be a path or a Tensor[3, H, W] uint8, got {tuple(img.shape)} {img.dtype}"
+        )
     if device is None:
         first = next(iter(method.parameters()), None)
         device = first.device if first is not None else torch.device("cpu")
@@ -256,16 +275,26 @@ def predict_image(
     scale = min(int(long_side or _NO_LONG_BOUND) / max(h, w), int(short_side) / min(h, w))
     rh, rw = int(h * scale + 0.5), int(w * scale + 0.5)
     if max_pixels is not None and max(h * w, rh * rw) > max_pixels:
-        raise ValueError(f"image {w}x{h} px resizes to {rw}x{rh} px at short_side={short_side}, "
-                         f"long_side={long_side}: more than max_pixels={max_pixels}; pass long_side=2048 (bounds the "
-                         f"long side), a smaller short_side=, or raise max_pixels=")
+        raise ValueError(
+            f"image {w}x{h} px resizes to {rw}x{rh} px at short_side={short_side}, "
+            f"long_side={long_side}: more than max_pixels={max_pixels}; pass long_side=2048 (bounds the "
+            f"long side), a smaller short_side=, or raise max_pixels="
+        )
     x = preprocess(img, mean, std, short_side, long_side).to(device)
     H, W = img.shape[-2:]
     fn = make_logits_fn(method, seen_bias=seen_bias)
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        pred = predict_segmentation(fn, x, mode=mode, num_classes=method.num_classes, crop=tuple(crop),
-                                    stride=tuple(stride), batch_size=crop_batch, out_size=(H, W),
-                                    classes=classes)
+        pred = predict_segmentation(
+            fn,
+            x,
+            mode=mode,
+            num_classes=method.num_classes,
+            crop=tuple(crop),
+            stride=tuple(stride),
+            batch_size=crop_batch,
+            out_size=(H, W),
+            classes=classes,
+        )
     return pred[0].cpu()
 
 
@@ -376,8 +405,10 @@ def save_prediction(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if tuple(pred.shape) != tuple(image.shape[-2:]):
-        raise ValueError(f"save_prediction: prediction {tuple(pred.shape)} and image {tuple(image.shape[-2:])} "
-                         "sizes differ (predict at the original size)")
+        raise ValueError(
+            f"save_prediction: prediction {tuple(pred.shape)} and image {tuple(image.shape[-2:])} "
+            "sizes differ (predict at the original size)"
+        )
     stem = _free_stem(out, name, overwrite)
     label_path = save_label_png(pred, out / f"{stem}_label.png", len(classnames))
     pal = color_palette(len(classnames))
@@ -428,9 +459,11 @@ def predict_paths(
         except (torch.OutOfMemoryError, RuntimeError) as e:
             if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
                 raise
-            raise ValueError(f"{path}: out of memory on {predict_kwargs.get('device') or 'the device'}; lower "
-                             f"crop_batch= (now {predict_kwargs.get('crop_batch', 8)}) or short_side=/long_side=, or "
-                             f"use mode=slide") from None
+            raise ValueError(
+                f"{path}: out of memory on {predict_kwargs.get('device') or 'the device'}; lower "
+                f"crop_batch= (now {predict_kwargs.get('crop_batch', 8)}) or short_side=/long_side=, or "
+                f"use mode=slide"
+            ) from None
         saved = save_prediction(img, pred, classnames, out_dir, Path(path).stem, overwrite=overwrite, alpha=alpha)
         present = [classnames[c] for c in torch.unique(pred).tolist()]
         res = dict(image=Path(path), size=tuple(pred.shape), present=present, **saved)

@@ -6,6 +6,7 @@ finds the published rows of the same method, benchmark and setting; :func:`forma
 beside the zss numbers with the deltas and a warning for every setting that differs (training set size,
 steps, transductive unseen-pixel rule, student, precision). Source of every number: the file's ``source``.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,22 +16,35 @@ from typing import Any, Mapping
 
 import yaml
 
-__all__ = ["PUBLISHED_FILE", "REQUIRED_KEYS", "format_comparison", "load_published", "matching_rows",
-           "run_settings"]
+__all__ = ["PUBLISHED_FILE", "REQUIRED_KEYS", "format_comparison", "load_published", "matching_rows", "run_settings"]
 
 #: The bundled data file.
 PUBLISHED_FILE = Path(__file__).with_name("published.yaml")
 #: Keys every row must carry (None allowed for the numbers a source does not state, never for source/setting).
-REQUIRED_KEYS = ("id", "method", "benchmark", "setting", "kind", "source", "student", "train_set", "train_images",
-                 "steps", "precision", "transductive_mask", "metrics")
+REQUIRED_KEYS = (
+    "id",
+    "method",
+    "benchmark",
+    "setting",
+    "kind",
+    "source",
+    "student",
+    "train_set",
+    "train_images",
+    "steps",
+    "precision",
+    "transductive_mask",
+    "metrics",
+)
 #: Nominal training-set sizes of the zss dataset presets (full datasets), images.
 TRAIN_IMAGES = {"voc20": 1464, "voc20_aug": 10582, "voc21": 1464, "cocostuff171": 118287}
 #: Student of the methods whose model is fixed by the method (CLIP at test time).
-_METHOD_STUDENTS = {"clip_rc": "CLIP ViT-B/16 + VPT-deep + region decoder",
-                    "zegclip": "CLIP ViT-B/16 + VPT-deep + query decoder"}
+_METHOD_STUDENTS = {
+    "clip_rc": "CLIP ViT-B/16 + VPT-deep + region decoder",
+    "zegclip": "CLIP ViT-B/16 + VPT-deep + query decoder",
+}
 #: zss result key -> column title.
-_METRICS = (("pAcc", "pAcc"), ("mIoU_seen", "mIoU(S)"), ("mIoU_unseen", "mIoU(U)"), ("hIoU", "hIoU"),
-            ("mIoU", "mIoU"))
+_METRICS = (("pAcc", "pAcc"), ("mIoU_seen", "mIoU(S)"), ("mIoU_unseen", "mIoU(U)"), ("hIoU", "hIoU"), ("mIoU", "mIoU"))
 
 
 @lru_cache(maxsize=4)
@@ -81,16 +95,22 @@ def run_settings(config: Mapping[str, Any]) -> dict:
     model = dict(config.get("model") or {})
     student = _METHOD_STUDENTS.get(method) or f"{model.get('backbone', '?')} + {model.get('decoder', '?')}"
     return {
-        "method": method, "preset": preset, "benchmark": bench, "dataset": ds.get("name"), "setting": setting,
-        "train_images": TRAIN_IMAGES.get(name), "steps": tr.get("max_steps"), "precision": tr.get("amp"),
-        "transductive_mask": (("gt_unseen" if trans.get("gt_unseen_mask") else "threshold")
-                              if trans.get("enabled") else None),
+        "method": method,
+        "preset": preset,
+        "benchmark": bench,
+        "dataset": ds.get("name"),
+        "setting": setting,
+        "train_images": TRAIN_IMAGES.get(name),
+        "steps": tr.get("max_steps"),
+        "precision": tr.get("amp"),
+        "transductive_mask": (
+            ("gt_unseen" if trans.get("gt_unseen_mask") else "threshold") if trans.get("enabled") else None
+        ),
         "student": student,
     }
 
 
-def matching_rows(settings: Mapping[str, Any], split: str | None = None,
-                  rows: list[dict] | None = None) -> list[dict]:
+def matching_rows(settings: Mapping[str, Any], split: str | None = None, rows: list[dict] | None = None) -> list[dict]:
     """Published rows of the run's method, benchmark and setting (a row with a ``split`` must match ``split``).
 
     Args:
@@ -100,8 +120,11 @@ def matching_rows(settings: Mapping[str, Any], split: str | None = None,
     rows = load_published() if rows is None else rows
     out = []
     for r in rows:
-        if (r["method"], r["benchmark"], r["setting"]) != (settings.get("method"), settings.get("benchmark"),
-                                                            settings.get("setting")):
+        if (r["method"], r["benchmark"], r["setting"]) != (
+            settings.get("method"),
+            settings.get("benchmark"),
+            settings.get("setting"),
+        ):
             continue
         if r.get("split") and split and r["split"] != split:
             continue
@@ -112,14 +135,23 @@ def matching_rows(settings: Mapping[str, Any], split: str | None = None,
 def _warnings(row: Mapping, s: Mapping) -> list[str]:
     out = []
     if row.get("train_images") and s.get("train_images") and row["train_images"] != s["train_images"]:
-        out.append(f"training set: published {row['train_set']} ({row['train_images']} images), this run "
-                   f"{s.get('dataset')} ({s['train_images']})")
+        out.append(
+            f"training set: published {row['train_set']} ({row['train_images']} images), this run "
+            f"{s.get('dataset')} ({s['train_images']})"
+        )
     if row.get("steps") and s.get("steps") and int(row["steps"]) != int(s["steps"]):
         out.append(f"steps: published {row['steps']}, this run {s['steps']}")
     if row.get("setting") == "transductive" and row.get("transductive_mask") != s.get("transductive_mask"):
-        out.append(f"transductive unseen-pixel rule: published {row.get('transductive_mask')} (ground-truth mask), "
-                   f"this run {s.get('transductive_mask')}")
-    if row.get("student") and "not stated" not in row["student"] and s.get("student") and row["student"] != s["student"]:
+        out.append(
+            f"transductive unseen-pixel rule: published {row.get('transductive_mask')} (ground-truth mask), "
+            f"this run {s.get('transductive_mask')}"
+        )
+    if (
+        row.get("student")
+        and "not stated" not in row["student"]
+        and s.get("student")
+        and row["student"] != s["student"]
+    ):
         out.append(f"student: published {row['student']}, this run {s['student']}")
     if row.get("precision") and s.get("precision") and row["precision"] != s["precision"]:
         out.append(f"precision: published {row['precision']}, this run {s['precision']}")
@@ -134,8 +166,9 @@ def _num(v: Any) -> float | None:
     return None if math.isnan(f) else f
 
 
-def format_comparison(results: Mapping[str, Any], settings: Mapping[str, Any], split: str | None = None,
-                      rows: list[dict] | None = None) -> str:
+def format_comparison(
+    results: Mapping[str, Any], settings: Mapping[str, Any], split: str | None = None, rows: list[dict] | None = None
+) -> str:
     """Markdown: this run's numbers beside each matching published row, the deltas (run − published, points)
     and a ``WARNING`` line per differing setting; a line saying there is no published row otherwise.
 
@@ -144,8 +177,10 @@ def format_comparison(results: Mapping[str, Any], settings: Mapping[str, Any], s
         settings: :func:`run_settings`. split: evaluated split. rows: the table (default: bundled).
     """
     found = matching_rows(settings, split, rows)
-    head = (f"Published (preset {settings.get('preset')}, {settings.get('method')} / {settings.get('benchmark')} / "
-            f"{settings.get('setting')})")
+    head = (
+        f"Published (preset {settings.get('preset')}, {settings.get('method')} / {settings.get('benchmark')} / "
+        f"{settings.get('setting')})"
+    )
     if not found:
         return f"{head}: no bundled published row (zss/published.yaml)."
     lines = [head + ":", "", "| row | metric | published | this run | delta |", "|---|---|---:|---:|---:|"]

@@ -10,6 +10,7 @@ passed as plain Python values. Training (``scripts/train.py``) still instantiate
 config with Hydra; only checkpoint data is restricted. To rebuild a class of your own, add its dotted path here.
 Source: ours.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -52,7 +53,8 @@ def _check_nested(value: Any, key: str, source: str) -> None:
             if str(k) in ("_target_", "_args_", "_partial_"):
                 raise UntrustedTargetError(
                     f"{_where(source, f'{key}.{k}')} = {v!r}: zss never builds objects named inside a checkpoint's "
-                    f"values. The checkpoint is not one zss wrote (or was edited); do not load it.")
+                    f"values. The checkpoint is not one zss wrote (or was edited); do not load it."
+                )
             _check_nested(v, f"{key}.{k}", source)
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
@@ -78,7 +80,8 @@ def resolve(target: str, group: str, source: str = "") -> Any:
         raise UntrustedTargetError(
             f"{_where(source, f'{group}._target_')} = {target!r} is not a zss {group} class zss may rebuild from a "
             f"checkpoint (allowed: {', '.join(allowed)}). A checkpoint can only name these; if this is a class of "
-            f"your own, add its dotted path to zss.registry.TRUSTED_TARGETS[{group!r}].")
+            f"your own, add its dotted path to zss.registry.TRUSTED_TARGETS[{group!r}]."
+        )
     module, _, name = target.rpartition(".")
     return getattr(importlib.import_module(module), name)
 

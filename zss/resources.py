@@ -5,6 +5,7 @@ package data ``zss/configs/`` (pyproject.toml maps the package ``zss.configs`` t
 Hydra entry point (``zss.cli``, ``zss.cli.predict``) and the dataset checker find them through
 :func:`config_dir`. This module imports neither Hydra nor torch.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

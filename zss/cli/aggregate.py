@@ -1,4 +1,5 @@
 """``zss-aggregate`` / ``scripts/aggregate.py``: one markdown row per run plus mean ± std. Hydra-free."""
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,9 @@ def aggregate_main(argv: list[str] | None = None) -> int:
     table = aggregate(a.runs, metrics=a.metrics, recursive=a.recursive, results_file=a.results_file)
     unknown = [m for m in a.metrics if m not in METRICS and table.n[m] == 0]
     if unknown:
-        raise ValueError(f"--metrics {unknown[0]}: no run has this metric (the usual ones: {', '.join(METRICS)}); "
-                         f"check its spelling")
+        raise ValueError(
+            f"--metrics {unknown[0]}: no run has this metric (the usual ones: {', '.join(METRICS)}); check its spelling"
+        )
     md = table.to_markdown(a.digits)
     print(md)
     for d, why in table.skipped:

@@ -11,6 +11,7 @@ and ``sample=N``. The work is :func:`zss.data.check.check_dataset` (plain values
 Like ``zss.cli.predict`` this module imports Hydra only inside its functions (composition only: no run dir,
 no logging setup, no torch).
 """
+
 from __future__ import annotations
 
 import sys
@@ -25,8 +26,16 @@ presets: {presets} (configs/dataset), or a benchmark name: {benchmarks}
 aliases: root= -> dataset.root=, benchmark_split= -> dataset.split=, --sample N / max_labels= -> sample=
 exit code 0 = OK, 1 = problems found, 2 = bad command line"""
 
-_ALIASES = {"root": "dataset.root", "benchmark_split": "dataset.split", "max_labels": "sample", "name": "dataset",
-            "dataset.name": "dataset", "--sample": "sample", "--max-labels": "sample", "--max_labels": "sample"}
+_ALIASES = {
+    "root": "dataset.root",
+    "benchmark_split": "dataset.split",
+    "max_labels": "sample",
+    "name": "dataset",
+    "dataset.name": "dataset",
+    "--sample": "sample",
+    "--max-labels": "sample",
+    "--max_labels": "sample",
+}
 
 
 def check_overrides(argv: Sequence[str], presets: Sequence[str]) -> list[str]:
@@ -61,14 +70,18 @@ def check_overrides(argv: Sequence[str], presets: Sequence[str]) -> list[str]:
     name = given.get("dataset")
     if name is not None and name not in presets:
         if name not in BENCHMARKS:
-            raise ValueError(f"unknown dataset {name!r}; valid: dataset={'|'.join(presets)} "
-                             f"(configs/dataset) or a benchmark name {'|'.join(BENCHMARKS)}")
+            raise ValueError(
+                f"unknown dataset {name!r}; valid: dataset={'|'.join(presets)} "
+                f"(configs/dataset) or a benchmark name {'|'.join(BENCHMARKS)}"
+            )
         bsplit = given.get("dataset.split") or BENCHMARKS[name][0]
         cand = name if bsplit is None else f"{name}_{bsplit}"
         if cand not in presets:
             valid = [s for s in BENCHMARKS[name] if s]
-            raise ValueError(f"dataset={name} benchmark_split={bsplit}: no preset {cand!r}; valid benchmark splits of "
-                             f"{name}: {'|'.join(valid)} (or dataset={'|'.join(p for p in presets if p.startswith(name))})")
+            raise ValueError(
+                f"dataset={name} benchmark_split={bsplit}: no preset {cand!r}; valid benchmark splits of "
+                f"{name}: {'|'.join(valid)} (or dataset={'|'.join(p for p in presets if p.startswith(name))})"
+            )
         pairs = [("dataset", cand) if k == "dataset" else (k, v) for k, v in pairs]
     out = []
     for k, v in pairs:
@@ -128,9 +141,14 @@ def check_main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"sample={sample!r}: must be an integer >= 1 (annotation files to read)")
         split = cfg.get("split")
         rep = check_dataset(
-            ds["benchmark"], ds["root"], splits=split if split is None or isinstance(split, (str, list)) else str(split),
-            benchmark_split=ds.get("split"), max_labels=sample, img_dir=cfg.get("img_dir"),
-            ann_dir=cfg.get("ann_dir"), split_file=cfg.get("split_file"),
+            ds["benchmark"],
+            ds["root"],
+            splits=split if split is None or isinstance(split, (str, list)) else str(split),
+            benchmark_split=ds.get("split"),
+            max_labels=sample,
+            img_dir=cfg.get("img_dir"),
+            ann_dir=cfg.get("ann_dir"),
+            split_file=cfg.get("split_file"),
         )
     except (KeyError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
@@ -138,12 +156,16 @@ def check_main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(format_report(rep))
     if ds.get("train_label_dir"):
-        print(f"NOTE: dataset={ds['name']} trains on labels in {ds['train_label_dir']} (split {ds['train_split']}); "
-              f"check them with split={ds['train_split']} ann_dir={ds['train_label_dir']}")
+        print(
+            f"NOTE: dataset={ds['name']} trains on labels in {ds['train_label_dir']} (split {ds['train_split']}); "
+            f"check them with split={ds['train_split']} ann_dir={ds['train_label_dir']}"
+        )
     if ds.get("train_ann_dirs"):
         for part, d in zip(str(ds["train_split"]).split("+"), ds["train_ann_dirs"]):
-            print(f"NOTE: dataset={ds['name']} trains on split part {part!r} with labels in {d or 'the layout default'}; "
-                  f"check it with split={part}" + (f" ann_dir={d}" if d else ""))
+            print(
+                f"NOTE: dataset={ds['name']} trains on split part {part!r} with labels in {d or 'the layout default'}; "
+                f"check it with split={part}" + (f" ann_dir={d}" if d else "")
+            )
     return 0 if rep.ok else 1
 
 

@@ -4,6 +4,7 @@ Only the command layer (:mod:`zss.cli`) imports Hydra / OmegaConf. Every object 
 config with plain values and passed on; nothing below this layer sees a config object. Importing this module
 registers the trainer schema in Hydra's ConfigStore (:func:`register_configs`).
 """
+
 from __future__ import annotations
 
 import json
@@ -47,19 +48,38 @@ def build_data(ds: DictConfig, bench, train: bool = True, val_split: str | None 
     mean, std = tuple(ds.mean), tuple(ds.std)
     val_tf = build_test_transform(scale=tuple(ds.test_scale), mean=mean, std=std)
     ann = train_ann_dirs(ds) if val_split is not None and val_split == ds.get("train_split") else None
-    val_set = build_dataset(ds.benchmark, ds.root, split=val_split or ds.val_split, hide_unseen=False,
-                            transform=val_tf, benchmark_split=ds.get("split"), ann_dir=ann)
+    val_set = build_dataset(
+        ds.benchmark,
+        ds.root,
+        split=val_split or ds.val_split,
+        hide_unseen=False,
+        transform=val_tf,
+        benchmark_split=ds.get("split"),
+        ann_dir=ann,
+    )
     val_set.mean, val_set.std = mean, std
     train_set = None
     if train:
         tf = build_train_transform(
-            crop_size=tuple(ds.crop_size), scale=tuple(ds.scale), ratio_range=tuple(ds.ratio_range),
-            cat_max_ratio=ds.cat_max_ratio, flip_prob=ds.flip_prob, photometric=ds.photometric, mean=mean, std=std,
+            crop_size=tuple(ds.crop_size),
+            scale=tuple(ds.scale),
+            ratio_range=tuple(ds.ratio_range),
+            cat_max_ratio=ds.cat_max_ratio,
+            flip_prob=ds.flip_prob,
+            photometric=ds.photometric,
+            mean=mean,
+            std=std,
         )
         try:
-            train_set = build_dataset(ds.benchmark, ds.root, split=ds.train_split, hide_unseen=ds.hide_unseen,
-                                      transform=tf, benchmark_split=ds.get("split"),
-                                      ann_dir=train_label_dir(ds) or train_ann_dirs(ds))
+            train_set = build_dataset(
+                ds.benchmark,
+                ds.root,
+                split=ds.train_split,
+                hide_unseen=ds.hide_unseen,
+                transform=tf,
+                benchmark_split=ds.get("split"),
+                ann_dir=train_label_dir(ds) or train_ann_dirs(ds),
+            )
         except FileNotFoundError as e:
             if not ds.get("train_label_dir"):
                 raise
@@ -142,13 +162,17 @@ def build_teacher(cfg: DictConfig, bench):
     for key, want in norm.items():
         have = cfg.teacher.get(key)
         if have is not None and [float(v) for v in have] != want:
-            raise ValueError(f"teacher.{key}={list(have)} differs from dataset.{key[6:]}={want}: images are "
-                             f"normalised with dataset.mean/std and the teacher converts from them itself; remove "
-                             f"teacher.{key}")
+            raise ValueError(
+                f"teacher.{key}={list(have)} differs from dataset.{key[6:]}={want}: images are "
+                f"normalised with dataset.mean/std and the teacher converts from them itself; remove "
+                f"teacher.{key}"
+            )
     params = inspect.signature(teacher_target(cfg.teacher)).parameters.values()
     if not any(p.name == "input_mean" or p.kind is p.VAR_KEYWORD for p in params):
-        raise ValueError(f"teacher._target_={cfg.teacher._target_} takes no input_mean/input_std, so it cannot be "
-                         f"told that images are normalised with dataset.mean/std; give it those arguments")
+        raise ValueError(
+            f"teacher._target_={cfg.teacher._target_} takes no input_mean/input_std, so it cannot be "
+            f"told that images are normalised with dataset.mean/std; give it those arguments"
+        )
     kwargs.update(norm)
     return instantiate(cfg.teacher, **kwargs)
 
@@ -160,8 +184,6 @@ def build_student(model_cfg: DictConfig, embed_dim: int, mean=None, std=None):
     if mean is not None:
         kwargs.update(input_mean=[float(v) for v in mean], input_std=[float(v) for v in std])
     return instantiate(model_cfg, **kwargs)
-
-
 
 
 def method_class(method_cfg: DictConfig):
@@ -221,9 +243,12 @@ def resolve_dirs(cfg: DictConfig, config: dict | None = None) -> tuple[Path, Pat
         ckpt = find_resume(cfg.run_root, cfg.name, config=config, warn=warn)
         others = find_resume(cfg.run_root, cfg.name) if ckpt is None and config is not None else None
         if others is not None and zdist.is_main():
-            print(f"zss: resume=auto: no run of {cfg.name} under {cfg.run_root} has this config (newest differs in "
-                  f"{format_changes(config_changes(checkpoint_config(others), config), limit=3)}); starting a new "
-                  f"run", flush=True)
+            print(
+                f"zss: resume=auto: no run of {cfg.name} under {cfg.run_root} has this config (newest differs in "
+                f"{format_changes(config_changes(checkpoint_config(others), config), limit=3)}); starting a new "
+                f"run",
+                flush=True,
+            )
     elif resume:
         ckpt = Path(resume)
         if not ckpt.is_file():
@@ -234,10 +259,10 @@ def resolve_dirs(cfg: DictConfig, config: dict | None = None) -> tuple[Path, Pat
                 f"resume={resume}: this command's config differs from the checkpoint's in {len(changes)} "
                 f"number-shaping key(s): {format_changes(changes)}. Repeat the run's own overrides (its "
                 f"config.json), drop resume= to start a new run, or pass resume_allow_changes=true to continue it "
-                f"with the new values.")
+                f"with the new values."
+            )
         if changes and zdist.is_main():
-            print(f"zss: NOTE resume_allow_changes=true: continuing {ckpt} with {format_changes(changes)}",
-                  flush=True)
+            print(f"zss: NOTE resume_allow_changes=true: continuing {ckpt} with {format_changes(changes)}", flush=True)
     if ckpt is not None:
         return ckpt.parent, ckpt
     run_dir = new_run_dir(cfg.run_root, cfg.name) if zdist.is_main() else None
@@ -279,8 +304,10 @@ def train_config(trainer: DictConfig | dict) -> TrainConfig:
     known = sorted(f.name for f in dataclasses.fields(TrainConfig))
     unknown = sorted(k for k in values if k not in known)
     if unknown:
-        raise ValueError(f"trainer.{unknown[0]} is not a trainer key (valid: {', '.join(known)}; "
-                         f"configs/trainer/default.yaml): fix its spelling or drop the override")
+        raise ValueError(
+            f"trainer.{unknown[0]} is not a trainer key (valid: {', '.join(known)}; "
+            f"configs/trainer/default.yaml): fix its spelling or drop the override"
+        )
     return TrainConfig(**values)
 
 
@@ -310,8 +337,14 @@ def save_run_info(run_dir: Path) -> tuple[Path, Path]:
     return ov, ver
 
 
-def write_report(results: dict, out_dir: Path, tag: str, note: str | None = None, config: dict | None = None,
-            split: str | None = None) -> None:
+def write_report(
+    results: dict,
+    out_dir: Path,
+    tag: str,
+    note: str | None = None,
+    config: dict | None = None,
+    split: str | None = None,
+) -> None:
     """Print and write ``<tag>_results.{md,json}``; with the run's ``config``, both name the preset that produced
     them and the .md carries the matching published rows with deltas (zss/published.py)."""
     table = format_table(results)
@@ -320,8 +353,12 @@ def write_report(results: dict, out_dir: Path, tag: str, note: str | None = None
 
         settings = run_settings(config)
         results["preset"], results["run_settings"] = settings["preset"], settings
-        table = (f"preset: method={settings['preset']} dataset={settings['dataset']} ({settings['setting']})\n\n"
-                 + table + "\n\n" + format_comparison(results, settings, split))
+        table = (
+            f"preset: method={settings['preset']} dataset={settings['dataset']} ({settings['setting']})\n\n"
+            + table
+            + "\n\n"
+            + format_comparison(results, settings, split)
+        )
     print("\n" + table)
     if note:
         print(f"\nNOTE: {note}")
@@ -348,12 +385,25 @@ def load_for_inference(
     """
     from zss.loading import load_for_inference as _load
 
-    over = OmegaConf.to_container(teacher_overrides, resolve=True) if isinstance(teacher_overrides, DictConfig) \
+    over = (
+        OmegaConf.to_container(teacher_overrides, resolve=True)
+        if isinstance(teacher_overrides, DictConfig)
         else teacher_overrides
-    norm = None if input_norm is None else tuple(
-        OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for v in input_norm)
-    return _load(ckpt_path, classnames=classnames, unseen=unseen, templates=templates, teacher_overrides=over,
-                 device=device, input_norm=norm)
+    )
+    norm = (
+        None
+        if input_norm is None
+        else tuple(OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for v in input_norm)
+    )
+    return _load(
+        ckpt_path,
+        classnames=classnames,
+        unseen=unseen,
+        templates=templates,
+        teacher_overrides=over,
+        device=device,
+        input_norm=norm,
+    )
 
 
 def writable_dir(path: Path, key: str) -> Path:
@@ -369,8 +419,9 @@ def writable_dir(path: Path, key: str) -> Path:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".zss_write_check."):
             pass
     except OSError as e:
-        raise OSError(f"{key}={path}: cannot write there ({type(e).__name__}: {e}); choose a writable folder "
-                      f"with {key}=<folder>") from e
+        raise OSError(
+            f"{key}={path}: cannot write there ({type(e).__name__}: {e}); choose a writable folder with {key}=<folder>"
+        ) from e
     return path
 
 
@@ -400,8 +451,11 @@ def check_eval_settings(ev, prefix: str = "") -> None:
             raise bad(key, "an integer >= 1" + (" (crops per forward)" if "batch" in key else " (pixels)"))
     for key in set(ev) & {"eval_crop", "crop", "eval_stride", "stride"}:
         v = ev[key]
-        if v is not None and (isinstance(v, (str, int)) or len(v) != 2 or not all(
-                isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v)):
+        if v is not None and (
+            isinstance(v, (str, int))
+            or len(v) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v)
+        ):
             raise bad(key, "[h, w], two integers >= 1 (pixels)")
     for key in set(ev) & {"eval_mode", "mode"}:
         if ev[key] is not None and ev[key] not in INFERENCE_MODES:
@@ -417,8 +471,10 @@ def teacher_note(ident: dict) -> str | None:
     if ident.get("warning"):
         return ident["warning"]
     if ident and not ident.get("pretrained"):
-        return (f"teacher {ident.get('model_name')} has RANDOM weights: the numbers test the machinery only and "
-                "are NOT zero-shot results (use teacher.pretrained=<weights file> for a real run)")
+        return (
+            f"teacher {ident.get('model_name')} has RANDOM weights: the numbers test the machinery only and "
+            "are NOT zero-shot results (use teacher.pretrained=<weights file> for a real run)"
+        )
     return None
 
 

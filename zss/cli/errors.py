@@ -2,6 +2,7 @@
 traceback), and the override syntax check that runs before Hydra. Hydra-free except :func:`check_override_syntax`,
 which imports Hydra's override parser when called.
 """
+
 from __future__ import annotations
 
 import functools
@@ -80,9 +81,11 @@ def check_override_syntax(args: list[str]) -> None:
             key, _, val = a.partition("=")
             quoted = f'{key}=\\"{val}\\"' if "'" in val else f"{key}=\"'{val}'\""
             why = str(e).splitlines()[0].split(":")[0]
-            raise ValueError(f"cannot read the override {a!r} ({why}: Hydra's override grammar does not take this "
-                             f"value unquoted, e.g. non-ASCII letters or an apostrophe); quote the value, in a shell: "
-                             f"{quoted}") from None
+            raise ValueError(
+                f"cannot read the override {a!r} ({why}: Hydra's override grammar does not take this "
+                f"value unquoted, e.g. non-ASCII letters or an apostrophe); quote the value, in a shell: "
+                f"{quoted}"
+            ) from None
 
 
 def one_line_errors(fn):
@@ -102,4 +105,5 @@ def one_line_errors(fn):
                 raise
             print(f"zss: error: {msg}\n(set ZSS_DEBUG=1 to see the traceback)", file=sys.stderr, flush=True)
             return 1
+
     return run

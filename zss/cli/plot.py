@@ -1,4 +1,5 @@
 """``zss-plot`` / ``scripts/plot.py``: a run's training curves from its metrics.jsonl. Hydra-free."""
+
 from __future__ import annotations
 
 import argparse

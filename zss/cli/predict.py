@@ -6,6 +6,7 @@ Besides ``zss.cli`` this is the only module under ``zss/`` that uses Hydra / Ome
 them (and ``zss.cli``) lazily inside its functions, so ``import zss.cli.predict`` stays Hydra-free.
 The work itself is :mod:`zss.predict` (plain values only).
 """
+
 from __future__ import annotations
 
 import sys
@@ -48,8 +49,10 @@ def check_out_dir(out, image) -> Path:
     src = Path(image).expanduser().resolve()
     src = src if src.is_dir() else src.parent
     if Path(out).expanduser().resolve() == src:
-        raise ValueError(f"out={out} is the folder of image={image}: the overlays would be read as input by the next "
-                         f"run on that folder; pass out=<another folder>")
+        raise ValueError(
+            f"out={out} is the folder of image={image}: the overlays would be read as input by the next "
+            f"run on that folder; pass out=<another folder>"
+        )
     return writable_dir(Path(out).expanduser(), "out")
 
 
@@ -79,17 +82,39 @@ def predict(cfg) -> list[dict]:
         classes = list(OmegaConf.to_container(classes, resolve=True))
     classnames = parse_classes(classes, cfg.get("classes_file"))
     images = list_images(cfg.image)  # fail before loading anything
-    check_eval_settings({k: _plain(cfg.get(k)) for k in ("mode", "crop", "stride", "crop_batch", "short_side",
-                                                          "long_side", "label_space", "seen_bias", "alpha", "amp",
-                                                          "max_pixels")})
+    check_eval_settings(
+        {
+            k: _plain(cfg.get(k))
+            for k in (
+                "mode",
+                "crop",
+                "stride",
+                "crop_batch",
+                "short_side",
+                "long_side",
+                "label_space",
+                "seen_bias",
+                "alpha",
+                "amp",
+                "max_pixels",
+            )
+        }
+    )
     check_out_dir(cfg.out, cfg.image)
     device = cfg.get("device", "auto")
-    device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if device == "auto" else device))
+    device = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
     templates = list(cfg.templates) if cfg.get("templates") else None
     try:
-        method, ckpt = load_for_inference(cfg.ckpt, classnames=classnames, unseen=[], templates=templates,
-                                          teacher_overrides=non_null(cfg.get("teacher")), device=device)
+        method, ckpt = load_for_inference(
+            cfg.ckpt,
+            classnames=classnames,
+            unseen=[],
+            templates=templates,
+            teacher_overrides=non_null(cfg.get("teacher")),
+            device=device,
+        )
     except (FileNotFoundError, ValueError, KeyError):
         raise
     except Exception as e:  # teacher weights (download / file) for the text encoder
@@ -101,8 +126,10 @@ def predict(cfg) -> list[dict]:
         ) from e
     label_space = cfg.get("label_space", "all")
     if label_space == "unseen" and method.unseen.numel() == 0:
-        raise ValueError("label_space=unseen needs unseen classes: it only works with the checkpoint's own "
-                         "vocabulary (leave classes= unset) or use label_space=all")
+        raise ValueError(
+            "label_space=unseen needs unseen classes: it only works with the checkpoint's own "
+            "vocabulary (leave classes= unset) or use label_space=all"
+        )
     tc, dc = ckpt["config"]["trainer"], ckpt["config"]["dataset"]
 
     def pick(key: str, default):
@@ -119,16 +146,30 @@ def predict(cfg) -> list[dict]:
     if amp == "bad":
         raise ValueError(f"amp={cfg.amp!r}: choose amp=fp32 or amp=bf16")
     note = teacher_note(ckpt.get("teacher") or {})
-    print(f"zss: {len(images)} image(s), {len(method.classnames)} classes "
-          f"({', '.join(method.classnames[:8])}{', ...' if len(method.classnames) > 8 else ''}), mode={mode}, "
-          f"short side {short}px, out={cfg.out}" + (f"\nzss: NOTE {note}" if note else ""), flush=True)
+    print(
+        f"zss: {len(images)} image(s), {len(method.classnames)} classes "
+        f"({', '.join(method.classnames[:8])}{', ...' if len(method.classnames) > 8 else ''}), mode={mode}, "
+        f"short side {short}px, out={cfg.out}" + (f"\nzss: NOTE {note}" if note else ""),
+        flush=True,
+    )
     results = predict_paths(
-        method, images, cfg.out, tuple(dc["mean"]), tuple(dc["std"]), overwrite=bool(cfg.get("overwrite", False)),
-        alpha=float(cfg.get("alpha", 0.5)), short_side=short, long_side=None if long is None else int(long),
-        mode=mode, crop=tuple(pick("crop", tc.get("eval_crop", (512, 512)))),
+        method,
+        images,
+        cfg.out,
+        tuple(dc["mean"]),
+        tuple(dc["std"]),
+        overwrite=bool(cfg.get("overwrite", False)),
+        alpha=float(cfg.get("alpha", 0.5)),
+        short_side=short,
+        long_side=None if long is None else int(long),
+        mode=mode,
+        crop=tuple(pick("crop", tc.get("eval_crop", (512, 512)))),
         stride=tuple(pick("stride", tc.get("eval_stride", (426, 426)))),
-        crop_batch=int(pick("crop_batch", tc.get("eval_crop_batch", 8))), label_space=label_space,
-        seen_bias=float(cfg.get("seen_bias") or 0.0), amp_dtype=amp, device=device,
+        crop_batch=int(pick("crop_batch", tc.get("eval_crop_batch", 8))),
+        label_space=label_space,
+        seen_bias=float(cfg.get("seen_bias") or 0.0),
+        amp_dtype=amp,
+        device=device,
         max_pixels=None if cfg.get("max_pixels") is None else int(cfg.max_pixels),
     )
     print(f"zss: wrote {2 * len(results)} files and classes.txt to {Path(cfg.out)}")

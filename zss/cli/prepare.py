@@ -1,6 +1,7 @@
 """``zss-prepare-cocostuff`` and ``zss-prepare-context``: convert the official annotations to the layouts zss reads
 (:mod:`zss.data.convert` does the work). Hydra-free.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,9 +81,16 @@ def prepare_context_main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-missing", action="store_true", help="drop listed ids that have no .mat (else error)")
     a = p.parse_args(argv)
     stats = convert_context(
-        a.mat_dir, a.labels, a.voc2010, split_lists={"train": a.train_list, "val": a.val_list},
-        ann_dir=a.ann_dir, also_59=a.also_59, ann_dir_59=a.ann_dir_59, workers=a.workers,
-        overwrite=a.overwrite, allow_missing=a.allow_missing,
+        a.mat_dir,
+        a.labels,
+        a.voc2010,
+        split_lists={"train": a.train_list, "val": a.val_list},
+        ann_dir=a.ann_dir,
+        also_59=a.also_59,
+        ann_dir_59=a.ann_dir_59,
+        workers=a.workers,
+        overwrite=a.overwrite,
+        allow_missing=a.allow_missing,
     )
     for split, s in stats.items():
         print(f"{split}: {s}")

@@ -1,6 +1,7 @@
 """``zss-teach-clip`` / ``scripts/teach_clip.py``: build (or reuse) the label-taught CLIP
 (:mod:`zss.tools.taught_clip`) and print its cache path and quality. Hydra-free.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,27 +49,42 @@ def _teach_clip_parser() -> argparse.ArgumentParser:
     ap.add_argument("--rebuild", action="store_true", help="teach again even when a complete cache exists")
     ap.add_argument("--log-every", type=int, default=25, help="steps between progress lines")
     ap.add_argument("--no-eval", action="store_true", help="skip the quality measurement")
-    ap.add_argument("--preset", choices=["voc", "world"], default="voc",
-                    help="voc: the bundled VOC images (default); world: the synthetic world (zss-make-world), "
-                         "zss.tools.taught_clip.WORLD_PRESET; explicit flags override the preset")
-    ap.add_argument("--eval-splits", nargs="+", default=None,
-                    help="splits scored for the quality table (default: the taught splits; --preset world: test)")
-    ap.add_argument("--crop-batches", type=int, default=20,
-                    help="batches of fresh taught crops for the final crop patch accuracy (default 20)")
+    ap.add_argument(
+        "--preset",
+        choices=["voc", "world"],
+        default="voc",
+        help="voc: the bundled VOC images (default); world: the synthetic world (zss-make-world), "
+        "zss.tools.taught_clip.WORLD_PRESET; explicit flags override the preset",
+    )
+    ap.add_argument(
+        "--eval-splits",
+        nargs="+",
+        default=None,
+        help="splits scored for the quality table (default: the taught splits; --preset world: test)",
+    )
+    ap.add_argument(
+        "--crop-batches",
+        type=int,
+        default=20,
+        help="batches of fresh taught crops for the final crop patch accuracy (default 20)",
+    )
     hints = typing.get_type_hints(TaughtClipSettings)
     for f in dataclasses.fields(TaughtClipSettings):  # one flag per recipe key; unset flags keep the default
         flag = "--" + f.name.replace("_", "-")
         default, hint = f.default, str(hints[f.name])
         kw: dict = {"default": argparse.SUPPRESS}
         if isinstance(default, tuple):
-            kw.update(type=type(default[0]) if default else str, nargs="+",
-                      help=f"default {' '.join(map(str, default))}")
+            kw.update(
+                type=type(default[0]) if default else str, nargs="+", help=f"default {' '.join(map(str, default))}"
+            )
         elif isinstance(default, bool):
             kw.update(type=_bool, help=f"true|false, default {default}")
         elif default is None or "None" in hint:
             base = float if "float" in hint else int
-            kw.update(type=lambda v, b=base: None if v.lower() in ("none", "null") else b(v),
-                      help=f"default {default} (none: off / all)")
+            kw.update(
+                type=lambda v, b=base: None if v.lower() in ("none", "null") else b(v),
+                help=f"default {default} (none: off / all)",
+            )
         else:
             kw.update(type=type(default), help=f"default {default}")
         ap.add_argument(flag, **kw)
@@ -119,8 +135,14 @@ def teach_clip_main(argv: list[str] | None = None) -> int:
             quality_dataset(settings, eval_splits)
     except FileNotFoundError as e:  # build_dataset's message names the Hydra key; this command's flag is --data-root
         raise FileNotFoundError(str(e).replace("dataset.root=", "--data-root ")) from e
-    out_dir, built = ensure_taught_clip(settings, root=args.root, device=device, rebuild=args.rebuild,
-                                        log_every=args.log_every, log=lambda m: print(m, flush=True))
+    out_dir, built = ensure_taught_clip(
+        settings,
+        root=args.root,
+        device=device,
+        rebuild=args.rebuild,
+        log_every=args.log_every,
+        log=lambda m: print(m, flush=True),
+    )
     print(f"teach_clip: {'built' if built else 'reused'} {out_dir} ({time.time() - t0:.0f} s)")
     info_path = out_dir / INFO_FILE
     info = json.loads(info_path.read_text())
@@ -132,25 +154,37 @@ def teach_clip_main(argv: list[str] | None = None) -> int:
         quality = {}
         for mode in settings.dense_modes + tuple(m for m in ("maskclip", "tokens") if m not in settings.dense_modes):
             teacher = load_taught_clip(out_dir, dense_mode=mode)
-            q = evaluate_dense_quality(teacher, ds, bench.classes, bench.templates, bench.unseen,
-                                       min_labelled=settings.min_labelled)
+            q = evaluate_dense_quality(
+                teacher, ds, bench.classes, bench.templates, bench.unseen, min_labelled=settings.min_labelled
+            )
             q["crop_patch_acc"] = evaluate_crop_patch_acc(teacher, settings, num_batches=args.crop_batches)["patch_acc"]
             quality[mode] = q
         info["quality" if not held_out else f"quality_{'+'.join(eval_splits)}"] = quality
         info_path.write_text(json.dumps(info, indent=2, default=float) + "\n")
-        print(f"\nquality on split {scored!r} ({len(ds)} images, "
-              f"{'HELD OUT: never taught' if held_out else 'the TAUGHT images'}):")
-        print(format_quality(quality, info.get("train_patch_acc_last50"), held_out=held_out,
-                             short_side=min(settings.eval_scale)))
+        print(
+            f"\nquality on split {scored!r} ({len(ds)} images, "
+            f"{'HELD OUT: never taught' if held_out else 'the TAUGHT images'}):"
+        )
+        print(
+            format_quality(
+                quality, info.get("train_patch_acc_last50"), held_out=held_out, short_side=min(settings.eval_scale)
+            )
+        )
     if "wall_s" in info:
-        print(f"\nteaching wall time: {info['wall_s']:.0f} s on {info.get('device')} "
-              f"({info.get('torch_threads')} thread(s))")
+        print(
+            f"\nteaching wall time: {info['wall_s']:.0f} s on {info.get('device')} "
+            f"({info.get('torch_threads')} thread(s))"
+        )
     print(f"\nweights: {out_dir / WEIGHTS_FILE}")
     experiment, teacher = ("world", "world_clip") if args.preset == "world" else ("demo", "taught_clip")
-    print(f"use it:  python scripts/train.py experiment={experiment} teacher={teacher} "
-          f"teacher.pretrained={out_dir / WEIGHTS_FILE}")
-    print(f"(configs/teacher/{teacher}.yaml already points at the default build; the override above is needed "
-          "only for non-default settings, together with their teacher.model_cfg.)")
+    print(
+        f"use it:  python scripts/train.py experiment={experiment} teacher={teacher} "
+        f"teacher.pretrained={out_dir / WEIGHTS_FILE}"
+    )
+    print(
+        f"(configs/teacher/{teacher}.yaml already points at the default build; the override above is needed "
+        "only for non-default settings, together with their teacher.model_cfg.)"
+    )
     return 0
 
 

@@ -8,6 +8,7 @@
 
 The split-level runner (PNGs + mIoU report, ``zss-clip-es-masks``) is :mod:`zss.engine.clip_es_masks`.
 """
+
 from .caa import box_mask, caa_transition, connected_components, refine_cams, sinkhorn
 from .cam import (
     ClipEsCams,
@@ -31,8 +32,25 @@ from .masks import (
 )
 
 __all__ = [
-    "ClipEsCams", "clip_es_cams", "embed_tokens", "labels_to_multihot", "minmax_normalize", "patch_multiple_size",
-    "resize_to_patch_multiple", "sinkhorn", "caa_transition", "connected_components", "box_mask", "refine_cams",
-    "CRF_PUBLIC", "background_score", "cams_to_labels", "clip_es_regions", "confidence_ignore", "crf_color_image",
-    "dense_crf", "densecrf_available", "save_mask_png",
+    "ClipEsCams",
+    "clip_es_cams",
+    "embed_tokens",
+    "labels_to_multihot",
+    "minmax_normalize",
+    "patch_multiple_size",
+    "resize_to_patch_multiple",
+    "sinkhorn",
+    "caa_transition",
+    "connected_components",
+    "box_mask",
+    "refine_cams",
+    "CRF_PUBLIC",
+    "background_score",
+    "cams_to_labels",
+    "clip_es_regions",
+    "confidence_ignore",
+    "crf_color_image",
+    "dense_crf",
+    "densecrf_available",
+    "save_mask_png",
 ]

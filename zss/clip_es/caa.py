@@ -12,6 +12,7 @@ come from ``scipy.ndimage.label`` on CPU and from a torch label propagation else
 Source: CLIP-ES (CVPR 2023) public code ``generate_cams_voc12.py`` (refinement loop) and ``utils.py``
 (``scoremap2bbox``), summarised in docs/clip_es.md.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -79,7 +80,7 @@ def connected_components(fg: Tensor) -> Tensor:
         raise ValueError(f"connected_components: expected Tensor[M, h, w], got {tuple(fg.shape)}")
     M, h, w = fg.shape
     mask = fg.float().unsqueeze(1)  # [M, 1, h, w]
-    ids = (torch.arange(1, h * w + 1, device=fg.device, dtype=torch.float32).view(1, 1, h, w) * mask)
+    ids = torch.arange(1, h * w + 1, device=fg.device, dtype=torch.float32).view(1, 1, h, w) * mask
     while True:  # ids < 2**24: exact in float32 for any realistic patch grid
         nxt = F.max_pool2d(ids, kernel_size=3, stride=1, padding=1) * mask
         if torch.equal(nxt, ids):
@@ -192,8 +193,10 @@ def refine_cams(transition: Tensor, cams: Tensor, mask: Tensor) -> Tensor:
     """
     B, C, h, w = cams.shape
     if transition.shape != (B, h * w, h * w) or mask.shape != cams.shape:
-        raise ValueError(f"refine_cams: transition {tuple(transition.shape)} / mask {tuple(mask.shape)} do not match "
-                         f"cams {tuple(cams.shape)} (expected [B, h*w, h*w] and [B, C, h, w])")
+        raise ValueError(
+            f"refine_cams: transition {tuple(transition.shape)} / mask {tuple(mask.shape)} do not match "
+            f"cams {tuple(cams.shape)} (expected [B, h*w, h*w] and [B, C, h, w])"
+        )
     src = (cams.float() * mask.float()).view(B, C, h * w)
     out = torch.einsum("bij,bcj->bci", transition.float(), src)
     return minmax_normalize(out).view(B, C, h, w)

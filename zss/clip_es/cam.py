@@ -18,6 +18,7 @@ Source: CLIP-ES (Lin et al., CVPR 2023), public code ``linyq2117/CLIP-ES`` (``ge
 ``clip/model.py``, ``pytorch_grad_cam/base_cam.py``), as summarised in docs/clip_es.md. Our GradCAM is
 written with ``torch.autograd.grad`` (no ``grad-cam`` dependency): one backward for all pairs.
 """
+
 from __future__ import annotations
 
 import math
@@ -99,8 +100,9 @@ def _bilinear_pos(teacher, grid: tuple[int, int]) -> Tensor:
     """Positional embedding ``Tensor[1 + h*w, W]`` with the patch part resized bilinearly
     (align_corners=False, no antialias), as CLIP-ES's ``upsample_pos_emb``; CLS row untouched."""
     with torch.no_grad():
-        return clip_ops.resample_pos_embed(teacher.visual.positional_embedding, grid, teacher.native_grid,
-                                           mode="bilinear")
+        return clip_ops.resample_pos_embed(
+            teacher.visual.positional_embedding, grid, teacher.native_grid, mode="bilinear"
+        )
 
 
 def embed_tokens(teacher, x: Tensor, pos_interp: str = "bilinear") -> tuple[Tensor, tuple[int, int]]:
@@ -120,14 +122,16 @@ def embed_tokens(teacher, x: Tensor, pos_interp: str = "bilinear") -> tuple[Tens
     if pos_interp == "teacher":
         return teacher.embed(x)
     if pos_interp != "bilinear":
-        raise ValueError(f"embed_tokens: pos_interp={pos_interp!r} is not one of {POS_INTERP_MODES} "
-                         f"(clip_es.cam.pos_interp=...)")
+        raise ValueError(
+            f"embed_tokens: pos_interp={pos_interp!r} is not one of {POS_INTERP_MODES} (clip_es.cam.pos_interp=...)"
+        )
     p = teacher.patch_size
     return clip_ops.embed(teacher.visual, x, _bilinear_pos(teacher, (x.shape[-2] // p, x.shape[-1] // p)))
 
 
-def labels_to_multihot(class_ids: Tensor | Sequence[Sequence[int]], num_classes: int,
-                       device: torch.device | str | None = None) -> Tensor:
+def labels_to_multihot(
+    class_ids: Tensor | Sequence[Sequence[int]], num_classes: int, device: torch.device | str | None = None
+) -> Tensor:
     """Image-level labels as ``Tensor[B, C] bool``.
 
     Args:
@@ -215,18 +219,24 @@ def clip_es_cams(
             multiples of the patch size, embeds of another width, labels of another class count).
     """
     if getattr(teacher, "image_size", None) is not None:
-        raise ValueError(f"CLIP-ES runs the teacher at each image's own size, but teacher.image_size="
-                         f"{teacher.image_size}; set teacher.image_size=null.")
+        raise ValueError(
+            f"CLIP-ES runs the teacher at each image's own size, but teacher.image_size="
+            f"{teacher.image_size}; set teacher.image_size=null."
+        )
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"clip_es_cams: images must be Tensor[B, 3, H, W], got {tuple(images.shape)}")
     p = teacher.patch_size
     if images.shape[-2] % p or images.shape[-1] % p:
-        raise ValueError(f"clip_es_cams: image size {tuple(images.shape[-2:])} is not a multiple of the patch size "
-                         f"{p}; resize with zss.clip_es.resize_to_patch_multiple first.")
+        raise ValueError(
+            f"clip_es_cams: image size {tuple(images.shape[-2:])} is not a multiple of the patch size "
+            f"{p}; resize with zss.clip_es.resize_to_patch_multiple first."
+        )
     C, D = fg_embeds.shape
     if bg_embeds.ndim != 2 or bg_embeds.shape[1] != D or D != teacher.embed_dim:
-        raise ValueError(f"clip_es_cams: fg_embeds {tuple(fg_embeds.shape)} / bg_embeds {tuple(bg_embeds.shape)} do "
-                         f"not match the teacher's embed_dim={teacher.embed_dim}")
+        raise ValueError(
+            f"clip_es_cams: fg_embeds {tuple(fg_embeds.shape)} / bg_embeds {tuple(bg_embeds.shape)} do "
+            f"not match the teacher's embed_dim={teacher.embed_dim}"
+        )
     if attn_layers < 1:
         raise ValueError(f"clip_es_cams: attn_layers must be >= 1, got {attn_layers}")
     _check_blocks(teacher)

@@ -11,6 +11,7 @@ Also :func:`clip_es_regions`, CLIP-ES masks as per-class regions for another met
 regions in a transductive setting). Source: CLIP-ES public code ``eval_cam.py`` and
 ``eval_cam_with_crf.py`` (docs/clip_es.md).
 """
+
 from __future__ import annotations
 
 import os
@@ -158,8 +159,10 @@ def dense_crf(
         import pydensecrf.densecrf as dcrf
         from pydensecrf.utils import unary_from_softmax
     except ImportError as e:
-        raise ImportError(f"The dense CRF of CLIP-ES needs the optional package pydensecrf2: {CRF_INSTALL_HINT}; "
-                          f"or run without it (clip_es.crf.enabled=false).") from e
+        raise ImportError(
+            f"The dense CRF of CLIP-ES needs the optional package pydensecrf2: {CRF_INSTALL_HINT}; "
+            f"or run without it (clip_es.crf.enabled=false)."
+        ) from e
     K, H, W = prob.shape
     if image.shape[:2] != (H, W):
         raise ValueError(f"dense_crf: image {image.shape[:2]} and scores {(H, W)} differ in size")
@@ -171,8 +174,9 @@ def dense_crf(
     return np.asarray(q, dtype=np.float32).reshape(K, H, W)
 
 
-def confidence_ignore(labels: Tensor | np.ndarray, prob: Tensor | np.ndarray, threshold: float = 0.95,
-                      ignore_index: int = 255):
+def confidence_ignore(
+    labels: Tensor | np.ndarray, prob: Tensor | np.ndarray, threshold: float = 0.95, ignore_index: int = 255
+):
     """Set pixels whose maximum class probability is below ``threshold`` to ``ignore_index``.
 
     This is CLIP-ES's confidence-guided loss: training with plain cross-entropy (``ignore_index=255``)

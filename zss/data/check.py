@@ -27,6 +27,7 @@ or empty image file is an error here, as it would be in training).
 
 Source: not in the papers: our tool. Layouts and value ranges: docs/protocol.md "Layouts" [protocol].
 """
+
 from __future__ import annotations
 
 import os
@@ -244,11 +245,15 @@ def _diagnose_values(name: str, lay: DatasetLayout, num_classes: int, values: se
     if fits:
         hints.append(f"wrong preset? the values fit dataset={'/'.join(fits)} (raw 0..{_RAW_MAX[fits[0]]})")
     if name == "cocostuff171" and 170 < vmax <= 181:
-        hints.append("raw COCO-Stuff stuffthingmaps (0..181 with gaps)? convert them with "
-                     "scripts/prepare_cocostuff.py into *_labelTrainIds.png (0..170)")
+        hints.append(
+            "raw COCO-Stuff stuffthingmaps (0..181 with gaps)? convert them with "
+            "scripts/prepare_cocostuff.py into *_labelTrainIds.png (0..170)"
+        )
     if name.startswith("context") and vmax > 59:
-        hints.append("full 459-class PASCAL Context labels? convert them with scripts/prepare_context.py "
-                     "(writes SegmentationClassContext with 0..59)")
+        hints.append(
+            "full 459-class PASCAL Context labels? convert them with scripts/prepare_context.py "
+            "(writes SegmentationClassContext with 0..59)"
+        )
     if not hints:
         hints.append("wrong preset or unconverted labels?")
     return f"{'; '.join(hints)}; {expect}."
@@ -261,15 +266,21 @@ def _discover_splits(root: Path, lay: DatasetLayout) -> tuple[list[str], Path]:
         sdir = (root / lay.split_file.format(split="x")).parent
         pattern = Path(lay.split_file).name  # "{split}.txt"
         pre, post = pattern.split("{split}")
-        names = sorted(p.name[len(pre) : len(p.name) - len(post)] for p in sdir.glob(pre + "*" + post)) \
-            if sdir.is_dir() else []
+        names = (
+            sorted(p.name[len(pre) : len(p.name) - len(post)] for p in sdir.glob(pre + "*" + post))
+            if sdir.is_dir()
+            else []
+        )
         return names, sdir
     # directory scan (COCO-Stuff): images/{split}2017
     tmpl = Path(lay.img_dir)
     sdir = root / tmpl.parent
     pre, post = tmpl.name.split("{split}")
-    names = sorted(p.name[len(pre) : len(p.name) - len(post)] for p in sdir.glob(pre + "*" + post) if p.is_dir()) \
-        if sdir.is_dir() else []
+    names = (
+        sorted(p.name[len(pre) : len(p.name) - len(post)] for p in sdir.glob(pre + "*" + post) if p.is_dir())
+        if sdir.is_dir()
+        else []
+    )
     return names, sdir
 
 
@@ -318,9 +329,13 @@ def check_dataset(
         raise ValueError(f"max_labels (--sample) must be >= 1, got {max_labels}.")
     base = layout(name)
     lay = DatasetLayout(
-        img_dir=img_dir or base.img_dir, ann_dir=ann_dir or base.ann_dir,
-        split_file=split_file if split_file is not None else base.split_file, img_suffix=base.img_suffix,
-        seg_suffix=base.seg_suffix, reduce_zero_label=base.reduce_zero_label, default_root=base.default_root,
+        img_dir=img_dir or base.img_dir,
+        ann_dir=ann_dir or base.ann_dir,
+        split_file=split_file if split_file is not None else base.split_file,
+        img_suffix=base.img_suffix,
+        seg_suffix=base.seg_suffix,
+        reduce_zero_label=base.reduce_zero_label,
+        default_root=base.default_root,
     )
     rootp = Path(root).expanduser()
     rep = CheckReport(name=name, root=rootp, layout=lay, num_classes=bench.num_classes, classes=bench.classes)
@@ -330,25 +345,42 @@ def check_dataset(
     # ---- 1. root and split discovery
     if not rootp.is_dir():
         sugg = _suggest_root(rootp.parent if rootp.parent != rootp else rootp, lay)
-        rep.problems.append(Problem(
-            "layout", f"dataset root {str(rootp)!r} does not exist or is not a folder", path=str(rootp),
-            fix=(f"pass root=<folder holding {lay.img_dir}/ and {lay.ann_dir}/> (conventionally "
-                 f"data/{lay.default_root})" + (f"; did you mean root={sugg}?" if sugg else "")),
-        ))
+        rep.problems.append(
+            Problem(
+                "layout",
+                f"dataset root {str(rootp)!r} does not exist or is not a folder",
+                path=str(rootp),
+                fix=(
+                    f"pass root=<folder holding {lay.img_dir}/ and {lay.ann_dir}/> (conventionally "
+                    f"data/{lay.default_root})" + (f"; did you mean root={sugg}?" if sugg else "")
+                ),
+            )
+        )
         return rep
     found, sdir = _discover_splits(rootp, lay)
     if splits is None:
         splits = found
         if not found:
-            what = (f"no split file {lay.split_file!r} in {str(sdir)!r}" if lay.split_file is not None
-                    else f"no image folder {lay.img_dir!r} under {str(rootp)!r}")
+            what = (
+                f"no split file {lay.split_file!r} in {str(sdir)!r}"
+                if lay.split_file is not None
+                else f"no image folder {lay.img_dir!r} under {str(rootp)!r}"
+            )
             sugg = _suggest_root(rootp, lay)
-            rep.problems.append(Problem(
-                "no_split", f"{what}: the root does not hold the {name} layout", path=str(sdir),
-                fix=(f"did you mean root={sugg}?" if sugg else
-                     f"pass the {lay.default_root} folder as root= (layout: {lay.img_dir}/, {lay.ann_dir}/"
-                     + (f", {lay.split_file}" if lay.split_file else "") + ")"),
-            ))
+            rep.problems.append(
+                Problem(
+                    "no_split",
+                    f"{what}: the root does not hold the {name} layout",
+                    path=str(sdir),
+                    fix=(
+                        f"did you mean root={sugg}?"
+                        if sugg
+                        else f"pass the {lay.default_root} folder as root= (layout: {lay.img_dir}/, {lay.ann_dir}/"
+                        + (f", {lay.split_file}" if lay.split_file else "")
+                        + ")"
+                    ),
+                )
+            )
             return rep
 
     # ---- 2. per split: ids, images, annotations
@@ -359,39 +391,71 @@ def check_dataset(
         if kw["split_file"] is not None:
             sf = rootp / kw["split_file"]
             if not sf.is_file():
-                rep.problems.append(Problem(
-                    "no_split", f"split {split!r}: split file {_rel(sf, rootp)!r} does not exist", path=str(sf),
-                    split=split, fix=f"choose split= one of {found or 'none found'} (files in {str(sdir)!r})",
-                ))
+                rep.problems.append(
+                    Problem(
+                        "no_split",
+                        f"split {split!r}: split file {_rel(sf, rootp)!r} does not exist",
+                        path=str(sf),
+                        split=split,
+                        fix=f"choose split= one of {found or 'none found'} (files in {str(sdir)!r})",
+                    )
+                )
                 continue
             try:
                 ids = read_lines(sf, "split file")
             except ValueError as e:
-                rep.problems.append(Problem("encoding", str(e).split("; ")[0], path=str(sf), split=split,
-                                            fix="re-save it as UTF-8, e.g. iconv -f UTF-16 -t UTF-8 old.txt > new.txt"))
+                rep.problems.append(
+                    Problem(
+                        "encoding",
+                        str(e).split("; ")[0],
+                        path=str(sf),
+                        split=split,
+                        fix="re-save it as UTF-8, e.g. iconv -f UTF-16 -t UTF-8 old.txt > new.txt",
+                    )
+                )
                 continue
             sc = SplitCount(split, str(sf), ids=len(ids))
             rep.splits[split] = sc
             if not ids:
-                rep.problems.append(Problem("empty_split", f"split file {_rel(sf, rootp)!r} lists no image id",
-                                            path=str(sf), split=split, fix="regenerate the split file (one id a line)"))
+                rep.problems.append(
+                    Problem(
+                        "empty_split",
+                        f"split file {_rel(sf, rootp)!r} lists no image id",
+                        path=str(sf),
+                        split=split,
+                        fix="regenerate the split file (one id a line)",
+                    )
+                )
                 continue
             dups = sorted({i for i, n in Counter(ids).items() if n > 1})
             if dups:
-                rep.problems.append(Problem(
-                    "duplicate_ids", f"split file {_rel(sf, rootp)!r} lists {len(ids) - len(set(ids))} id(s) more than "
-                    f"once; first: {dups[0]!r}", path=str(sf), split=split, count=len(dups),
-                    fix="remove the repeats (a repeated id is trained on and counted in metrics more than once)"))
+                rep.problems.append(
+                    Problem(
+                        "duplicate_ids",
+                        f"split file {_rel(sf, rootp)!r} lists {len(ids) - len(set(ids))} id(s) more than "
+                        f"once; first: {dups[0]!r}",
+                        path=str(sf),
+                        split=split,
+                        count=len(dups),
+                        fix="remove the repeats (a repeated id is trained on and counted in metrics more than once)",
+                    )
+                )
                 ids = list(dict.fromkeys(ids))
         else:
             if not idir.is_dir():
-                rep.problems.append(Problem(
-                    "no_split", f"split {split!r}: image folder {_rel(idir, rootp)!r} does not exist", path=str(idir),
-                    split=split, fix=f"choose split= one of {found or 'none found'} (folders in {str(sdir)!r})",
-                ))
+                rep.problems.append(
+                    Problem(
+                        "no_split",
+                        f"split {split!r}: image folder {_rel(idir, rootp)!r} does not exist",
+                        path=str(idir),
+                        split=split,
+                        fix=f"choose split= one of {found or 'none found'} (folders in {str(sdir)!r})",
+                    )
+                )
                 continue
-            ids = sorted(p.relative_to(idir).as_posix()[: -len(lay.img_suffix)]
-                         for p in idir.rglob("*" + lay.img_suffix))
+            ids = sorted(
+                p.relative_to(idir).as_posix()[: -len(lay.img_suffix)] for p in idir.rglob("*" + lay.img_suffix)
+            )
             sc = SplitCount(split, str(idir), ids=len(ids))
             rep.splits[split] = sc
         missing_dirs = [d for d in (idir, adir) if not d.is_dir()]
@@ -403,10 +467,15 @@ def check_dataset(
                 extra = " (convert the stuffthingmaps with scripts/prepare_cocostuff.py --out <root>)"
             elif what == "annotation" and name.startswith("context"):
                 extra = " (convert the official .mat labels with scripts/prepare_context.py)"
-            rep.problems.append(Problem(
-                "layout", f"{what} folder {_rel(d, rootp)!r} does not exist under root {str(rootp)!r}", path=str(d),
-                split=split, fix=f"the {name} layout needs {kw['img_dir']}/ and {kw['ann_dir']}/ under root{extra}",
-            ))
+            rep.problems.append(
+                Problem(
+                    "layout",
+                    f"{what} folder {_rel(d, rootp)!r} does not exist under root {str(rootp)!r}",
+                    path=str(d),
+                    split=split,
+                    fix=f"the {name} layout needs {kw['img_dir']}/ and {kw['ann_dir']}/ under root{extra}",
+                )
+            )
             continue
         imgs, anns = _listdir(idir), _listdir(adir)
 
@@ -423,52 +492,83 @@ def check_dataset(
         src = _rel(Path(sc.source), rootp)
         if no_img:
             first = idir / (no_img[0] + lay.img_suffix)
-            rep.problems.append(Problem(
-                "missing_image", f"{len(no_img)} of {len(ids)} ids in {src!r} have no image; first: {str(first)!r}",
-                path=str(first), split=split, count=len(no_img),
-                fix=("the image folder is incomplete or the split file belongs to another dataset/year "
-                     "(e.g. VOC2010 vs VOC2012 ids): re-extract the images or use the matching split file"),
-            ))
+            rep.problems.append(
+                Problem(
+                    "missing_image",
+                    f"{len(no_img)} of {len(ids)} ids in {src!r} have no image; first: {str(first)!r}",
+                    path=str(first),
+                    split=split,
+                    count=len(no_img),
+                    fix=(
+                        "the image folder is incomplete or the split file belongs to another dataset/year "
+                        "(e.g. VOC2010 vs VOC2012 ids): re-extract the images or use the matching split file"
+                    ),
+                )
+            )
         if no_ann:
             first = adir / (no_ann[0] + lay.seg_suffix)
             if kw["split_file"] is None:  # directory scan: the dataset skips them
                 alt = adir / (no_ann[0] + ".png")
                 if name == "cocostuff171" and alt.is_file():
-                    rep.problems.append(Problem(
-                        "missing_annotation",
-                        f"{len(no_ann)} of {len(ids)} images in {src!r} have no '*{lay.seg_suffix}' label but "
-                        f"{str(alt)!r} exists: raw stuffthingmaps, not converted", path=str(first), split=split,
-                        count=len(no_ann),
-                        fix="convert them with scripts/prepare_cocostuff.py (writes *_labelTrainIds.png, 0..170)",
-                    ))
+                    rep.problems.append(
+                        Problem(
+                            "missing_annotation",
+                            f"{len(no_ann)} of {len(ids)} images in {src!r} have no '*{lay.seg_suffix}' label but "
+                            f"{str(alt)!r} exists: raw stuffthingmaps, not converted",
+                            path=str(first),
+                            split=split,
+                            count=len(no_ann),
+                            fix="convert them with scripts/prepare_cocostuff.py (writes *_labelTrainIds.png, 0..170)",
+                        )
+                    )
                 else:
                     sev = "error" if len(no_ann) == len(ids) else "warning"
-                    rep.problems.append(Problem(
-                        "no_annotation",
-                        f"{len(no_ann)} of {len(ids)} images in {src!r} have no annotation (the dataset skips them); "
-                        f"first: {str(first)!r}", path=str(first), split=split, count=len(no_ann), severity=sev,
-                        fix=f"add the missing '*{lay.seg_suffix}' files to {_rel(adir, rootp)!r} if they should count",
-                    ))
+                    rep.problems.append(
+                        Problem(
+                            "no_annotation",
+                            f"{len(no_ann)} of {len(ids)} images in {src!r} have no annotation "
+                            f"(the dataset skips them); "
+                            f"first: {str(first)!r}",
+                            path=str(first),
+                            split=split,
+                            count=len(no_ann),
+                            severity=sev,
+                            fix=f"add the missing '*{lay.seg_suffix}' files to {_rel(adir, rootp)!r} "
+                            f"if they should count",
+                        )
+                    )
             else:
                 aug = adir.parent / (adir.name + "Aug")
                 hint = ""
                 if aug.is_dir() and (aug / (no_ann[0] + lay.seg_suffix)).is_file():
                     hint = f"; these ids have labels in {aug.name}/: check that split with ann_dir={aug.name}"
-                rep.problems.append(Problem(
-                    "missing_annotation",
-                    f"{len(no_ann)} of {len(ids)} ids in {src!r} have no annotation; first: {str(first)!r}",
-                    path=str(first), split=split, count=len(no_ann),
-                    fix=f"the annotation folder {_rel(adir, rootp)!r} is incomplete or belongs to another split{hint}",
-                ))
+                rep.problems.append(
+                    Problem(
+                        "missing_annotation",
+                        f"{len(no_ann)} of {len(ids)} ids in {src!r} have no annotation; first: {str(first)!r}",
+                        path=str(first),
+                        split=split,
+                        count=len(no_ann),
+                        fix=f"the annotation folder {_rel(adir, rootp)!r} is incomplete or belongs to "
+                        f"another split{hint}",
+                    )
+                )
         if kw["split_file"] is None and anns is not None:
             id_set = set(ids)
             orphans = sorted(a for a in anns if a.endswith(lay.seg_suffix) and a[: -len(lay.seg_suffix)] not in id_set)
             if orphans:
-                rep.problems.append(Problem(
-                    "orphan_annotation", f"{len(orphans)} annotations in {_rel(adir, rootp)!r} have no image; first: "
-                    f"{str(adir / orphans[0])!r}", path=str(adir / orphans[0]), split=split, count=len(orphans),
-                    severity="warning", fix=f"add the images to {_rel(idir, rootp)!r} (or ignore: they are not used)",
-                ))
+                rep.problems.append(
+                    Problem(
+                        "orphan_annotation",
+                        f"{len(orphans)} annotations in {_rel(adir, rootp)!r} have no image; first: "
+                        f"{str(adir / orphans[0])!r}",
+                        path=str(adir / orphans[0]),
+                        split=split,
+                        count=len(orphans),
+                        severity="warning",
+                        fix=f"add the images to {_rel(idir, rootp)!r} (or ignore: they are not used)",
+                    )
+                )
         for i in ids:
             if i in no_img_set:
                 continue
@@ -504,36 +604,63 @@ def check_dataset(
                 mode, size = im.mode, im.size
                 arr = np.asarray(im) if mode in _LABEL_MODES else None
         except (OSError, UnidentifiedImageError, ValueError) as e:
-            note("unreadable", split, apath, f"annotation {str(apath)!r} cannot be read ({e})",
-                 "the file is truncated or not an image: re-extract / regenerate it")
+            note(
+                "unreadable",
+                split,
+                apath,
+                f"annotation {str(apath)!r} cannot be read ({e})",
+                "the file is truncated or not an image: re-extract / regenerate it",
+            )
             continue
         rep.labels_read += 1
         if arr is None:
             if mode in ("RGB", "RGBA"):
-                fix = ("labels must store class indices (palette 'P' or greyscale 'L' PNG), not colours: re-extract "
-                       "the original label PNGs, or map the colours back to indices with the dataset palette "
-                       "(never save labels with .convert('RGB'))")
+                fix = (
+                    "labels must store class indices (palette 'P' or greyscale 'L' PNG), not colours: re-extract "
+                    "the original label PNGs, or map the colours back to indices with the dataset palette "
+                    "(never save labels with .convert('RGB'))"
+                )
             else:
                 fix = "save labels as 8-bit single-channel PNGs (mode 'P' or 'L', values 0..255)"
-            note("label_mode", split, apath, f"annotation {str(apath)!r} has PIL mode {mode!r} "
-                 f"({'a colour-coded RGB label' if mode.startswith('RGB') else 'not an 8-bit index image'})", fix)
+            note(
+                "label_mode",
+                split,
+                apath,
+                f"annotation {str(apath)!r} has PIL mode {mode!r} "
+                f"({'a colour-coded RGB label' if mode.startswith('RGB') else 'not an 8-bit index image'})",
+                fix,
+            )
             continue
         try:
             with Image.open(ipath) as im:
                 isize = im.size
                 im.load()  # decode it all: a truncated file opens fine and fails only here
         except (OSError, UnidentifiedImageError, SyntaxError) as e:
-            why = ("empty file (0 bytes)" if ipath.is_file() and ipath.stat().st_size == 0 else
-                   "not an image format Pillow recognises" if isinstance(e, UnidentifiedImageError) else str(e))
-            note("unreadable", split, ipath, f"image {str(ipath)!r} cannot be read ({why})",
-                 "the file is empty, truncated or not an image: re-extract / re-download it")
+            why = (
+                "empty file (0 bytes)"
+                if ipath.is_file() and ipath.stat().st_size == 0
+                else "not an image format Pillow recognises"
+                if isinstance(e, UnidentifiedImageError)
+                else str(e)
+            )
+            note(
+                "unreadable",
+                split,
+                ipath,
+                f"image {str(ipath)!r} cannot be read ({why})",
+                "the file is empty, truncated or not an image: re-extract / re-download it",
+            )
             isize = size
         if isize != size:
-            note("size_mismatch", split, apath,
-                 f"label {str(apath)!r} is {size[0]}x{size[1]} (WxH) but its image {str(ipath)!r} is "
-                 f"{isize[0]}x{isize[1]}",
-                 "images and labels must be pixel-aligned: use the original images and labels (a resized copy "
-                 "of either does not match), or regenerate the annotation")
+            note(
+                "size_mismatch",
+                split,
+                apath,
+                f"label {str(apath)!r} is {size[0]}x{size[1]} (WxH) but its image {str(ipath)!r} is "
+                f"{isize[0]}x{isize[1]}",
+                "images and labels must be pixel-aligned: use the original images and labels (a resized copy "
+                "of either does not match), or regenerate the annotation",
+            )
         counts = np.bincount(arr.reshape(-1), minlength=256)[:256]
         raw_hist += counts
         present = np.flatnonzero(counts)
@@ -547,10 +674,16 @@ def check_dataset(
             bad_values |= vals
             if "out_of_range" not in agg:
                 lo, hi = _raw_range(lay, bench.num_classes)
-                agg["out_of_range"] = [0, dict(
-                    kind="out_of_range", path=str(apath), split=split,
-                    message=f"label {str(apath)!r} has values {_fmt_values(vals)} outside {lo}..{hi} (+255 ignore)",
-                    fix="")]
+                agg["out_of_range"] = [
+                    0,
+                    dict(
+                        kind="out_of_range",
+                        path=str(apath),
+                        split=split,
+                        message=f"label {str(apath)!r} has values {_fmt_values(vals)} outside {lo}..{hi} (+255 ignore)",
+                        fix="",
+                    ),
+                ]
             agg["out_of_range"][0] += 1
     if "out_of_range" in agg:
         agg["out_of_range"][1]["fix"] = _diagnose_values(name, lay, bench.num_classes, bad_values)
@@ -561,11 +694,17 @@ def check_dataset(
 
     for split, n in read_in.items():
         if not seen_in.get(split):
-            rep.problems.append(Problem(
-                "no_seen_class", f"none of the {n} labels read of split {split!r} holds a seen-class pixel (only "
-                f"background/ignore and unseen classes)", split=split, path=str(rootp),
-                fix="training on this split learns nothing from its labels (zss-train refuses it): check that the "
-                    "split file and annotation folder belong to this dataset and benchmark split"))
+            rep.problems.append(
+                Problem(
+                    "no_seen_class",
+                    f"none of the {n} labels read of split {split!r} holds a seen-class pixel (only "
+                    f"background/ignore and unseen classes)",
+                    split=split,
+                    path=str(rootp),
+                    fix="training on this split learns nothing from its labels (zss-train refuses it): check that the "
+                    "split file and annotation folder belong to this dataset and benchmark split",
+                )
+            )
     rep.raw_histogram = {int(v): int(c) for v, c in enumerate(raw_hist) if c}
     hist: dict[int, int] = {}
     for v, c in rep.raw_histogram.items():
@@ -576,17 +715,31 @@ def check_dataset(
 
     # Labels that look already reduced (no raw 0 anywhere, 255 present) read with reduce_zero_label:
     # class 0 would silently become ignore and every id shift by one.
-    if lay.reduce_zero_label and rep.labels_read >= 2 and 0 not in rep.raw_histogram \
-            and IGNORE_INDEX in rep.raw_histogram and not bad_values:
-        rep.problems.append(Problem(
-            "reduced_labels", f"none of the {rep.labels_read} labels read has raw value 0 (background) but 255 is "
-            f"present: they look already reduced (0..{bench.num_classes - 1} + 255)", severity="warning",
-            path=str(rootp / lay.ann_dir.format(split=next(iter(rep.splits), "train"))),
-            fix=(f"with reduce_zero_label raw 1 -> class 0, so class 0 ({bench.classes[0]}) would be lost: point "
-                 f"the annotation folder at unreduced labels (0 = background)"
-                 + (", e.g. SegmentationClassContext from scripts/prepare_context.py" if name.startswith("context")
-                    else "")),
-        ))
+    if (
+        lay.reduce_zero_label
+        and rep.labels_read >= 2
+        and 0 not in rep.raw_histogram
+        and IGNORE_INDEX in rep.raw_histogram
+        and not bad_values
+    ):
+        rep.problems.append(
+            Problem(
+                "reduced_labels",
+                f"none of the {rep.labels_read} labels read has raw value 0 (background) but 255 is "
+                f"present: they look already reduced (0..{bench.num_classes - 1} + 255)",
+                severity="warning",
+                path=str(rootp / lay.ann_dir.format(split=next(iter(rep.splits), "train"))),
+                fix=(
+                    f"with reduce_zero_label raw 1 -> class 0, so class 0 ({bench.classes[0]}) would be lost: point "
+                    f"the annotation folder at unreduced labels (0 = background)"
+                    + (
+                        ", e.g. SegmentationClassContext from scripts/prepare_context.py"
+                        if name.startswith("context")
+                        else ""
+                    )
+                ),
+            )
+        )
     return rep
 
 
@@ -604,8 +757,10 @@ def format_report(rep: CheckReport, max_problems: int = 20) -> str:
     lay = rep.layout
     lines = [f"zss data check: dataset={rep.name} root={rep.root}"]
     sf = f", split files {lay.split_file}" if lay.split_file else ", splits = folders " + lay.img_dir
-    lines.append(f"layout: images {lay.img_dir}/*{lay.img_suffix}, labels {lay.ann_dir}/*{lay.seg_suffix}{sf}, "
-                 f"reduce_zero_label={lay.reduce_zero_label}")
+    lines.append(
+        f"layout: images {lay.img_dir}/*{lay.img_suffix}, labels {lay.ann_dir}/*{lay.seg_suffix}{sf}, "
+        f"reduce_zero_label={lay.reduce_zero_label}"
+    )
     if rep.splits:
         lines += ["", "| split | ids | images | labels | source |", "|---|---:|---:|---:|---|"]
         for s, c in rep.splits.items():
@@ -621,8 +776,10 @@ def format_report(rep: CheckReport, max_problems: int = 20) -> str:
         red = " after reduce_zero_label" if lay.reduce_zero_label else ""
         total = sum(rep.histogram.values()) or 1
         ign = 100.0 * rep.histogram.get(IGNORE_INDEX, 0) / total
-        lines.append(f"class ids{red}: {len(ids)}/{rep.num_classes} present ({_fmt_values(ids, limit=10)}), "
-                     f"expected 0..{rep.num_classes - 1}; ignore (255): {ign:.1f}% of pixels")
+        lines.append(
+            f"class ids{red}: {len(ids)}/{rep.num_classes} present ({_fmt_values(ids, limit=10)}), "
+            f"expected 0..{rep.num_classes - 1}; ignore (255): {ign:.1f}% of pixels"
+        )
         absent = [rep.classes[c] for c in range(rep.num_classes) if c not in rep.histogram]
         if absent:
             shown = ", ".join(absent[:12]) + (f", ... ({len(absent)})" if len(absent) > 12 else "")

@@ -24,6 +24,7 @@ every call returns counts (new / overwritten / skipped) so nothing is replaced s
 This module does not import torch-heavy code paths itself (numpy, Pillow, scipy, tqdm only). Each split's
 conversion draws a progress bar on stderr when it is a terminal.
 """
+
 from __future__ import annotations
 
 import os
@@ -66,37 +67,188 @@ __all__ = [
 # stuff 92..182 (COCO-Stuff labels.txt). Source: cocodataset.org category list and
 # github.com/nightrome/cocostuff labels.txt. The stuffthingmaps pixel value is ``id - 1``.
 COCO_STUFF_CATEGORIES: dict[int, str] = {
-    1: "person", 2: "bicycle", 3: "car", 4: "motorcycle", 5: "airplane", 6: "bus", 7: "train",
-    8: "truck", 9: "boat", 10: "traffic light", 11: "fire hydrant", 12: "street sign (unused)",
-    13: "stop sign", 14: "parking meter", 15: "bench", 16: "bird", 17: "cat", 18: "dog", 19: "horse",
-    20: "sheep", 21: "cow", 22: "elephant", 23: "bear", 24: "zebra", 25: "giraffe", 26: "hat (unused)",
-    27: "backpack", 28: "umbrella", 29: "shoe (unused)", 30: "eye glasses (unused)", 31: "handbag",
-    32: "tie", 33: "suitcase", 34: "frisbee", 35: "skis", 36: "snowboard", 37: "sports ball", 38: "kite",
-    39: "baseball bat", 40: "baseball glove", 41: "skateboard", 42: "surfboard", 43: "tennis racket",
-    44: "bottle", 45: "plate (unused)", 46: "wine glass", 47: "cup", 48: "fork", 49: "knife", 50: "spoon",
-    51: "bowl", 52: "banana", 53: "apple", 54: "sandwich", 55: "orange", 56: "broccoli", 57: "carrot",
-    58: "hot dog", 59: "pizza", 60: "donut", 61: "cake", 62: "chair", 63: "couch", 64: "potted plant",
-    65: "bed", 66: "mirror (unused)", 67: "dining table", 68: "window (unused)", 69: "desk (unused)",
-    70: "toilet", 71: "door (unused)", 72: "tv", 73: "laptop", 74: "mouse", 75: "remote", 76: "keyboard",
-    77: "cell phone", 78: "microwave", 79: "oven", 80: "toaster", 81: "sink", 82: "refrigerator",
-    83: "blender (unused)", 84: "book", 85: "clock", 86: "vase", 87: "scissors", 88: "teddy bear",
-    89: "hair drier", 90: "toothbrush", 91: "hair brush (unused)",
-    92: "banner", 93: "blanket", 94: "branch", 95: "bridge", 96: "building-other", 97: "bush",
-    98: "cabinet", 99: "cage", 100: "cardboard", 101: "carpet", 102: "ceiling-other", 103: "ceiling-tile",
-    104: "cloth", 105: "clothes", 106: "clouds", 107: "counter", 108: "cupboard", 109: "curtain",
-    110: "desk-stuff", 111: "dirt", 112: "door-stuff", 113: "fence", 114: "floor-marble",
-    115: "floor-other", 116: "floor-stone", 117: "floor-tile", 118: "floor-wood", 119: "flower",
-    120: "fog", 121: "food-other", 122: "fruit", 123: "furniture-other", 124: "grass", 125: "gravel",
-    126: "ground-other", 127: "hill", 128: "house", 129: "leaves", 130: "light", 131: "mat", 132: "metal",
-    133: "mirror-stuff", 134: "moss", 135: "mountain", 136: "mud", 137: "napkin", 138: "net",
-    139: "paper", 140: "pavement", 141: "pillow", 142: "plant-other", 143: "plastic", 144: "platform",
-    145: "playingfield", 146: "railing", 147: "railroad", 148: "river", 149: "road", 150: "rock",
-    151: "roof", 152: "rug", 153: "salad", 154: "sand", 155: "sea", 156: "shelf", 157: "sky-other",
-    158: "skyscraper", 159: "snow", 160: "solid-other", 161: "stairs", 162: "stone", 163: "straw",
-    164: "structural-other", 165: "table", 166: "tent", 167: "textile-other", 168: "towel", 169: "tree",
-    170: "vegetable", 171: "wall-brick", 172: "wall-concrete", 173: "wall-other", 174: "wall-panel",
-    175: "wall-stone", 176: "wall-tile", 177: "wall-wood", 178: "water-other", 179: "waterdrops",
-    180: "window-blind", 181: "window-other", 182: "wood",
+    1: "person",
+    2: "bicycle",
+    3: "car",
+    4: "motorcycle",
+    5: "airplane",
+    6: "bus",
+    7: "train",
+    8: "truck",
+    9: "boat",
+    10: "traffic light",
+    11: "fire hydrant",
+    12: "street sign (unused)",
+    13: "stop sign",
+    14: "parking meter",
+    15: "bench",
+    16: "bird",
+    17: "cat",
+    18: "dog",
+    19: "horse",
+    20: "sheep",
+    21: "cow",
+    22: "elephant",
+    23: "bear",
+    24: "zebra",
+    25: "giraffe",
+    26: "hat (unused)",
+    27: "backpack",
+    28: "umbrella",
+    29: "shoe (unused)",
+    30: "eye glasses (unused)",
+    31: "handbag",
+    32: "tie",
+    33: "suitcase",
+    34: "frisbee",
+    35: "skis",
+    36: "snowboard",
+    37: "sports ball",
+    38: "kite",
+    39: "baseball bat",
+    40: "baseball glove",
+    41: "skateboard",
+    42: "surfboard",
+    43: "tennis racket",
+    44: "bottle",
+    45: "plate (unused)",
+    46: "wine glass",
+    47: "cup",
+    48: "fork",
+    49: "knife",
+    50: "spoon",
+    51: "bowl",
+    52: "banana",
+    53: "apple",
+    54: "sandwich",
+    55: "orange",
+    56: "broccoli",
+    57: "carrot",
+    58: "hot dog",
+    59: "pizza",
+    60: "donut",
+    61: "cake",
+    62: "chair",
+    63: "couch",
+    64: "potted plant",
+    65: "bed",
+    66: "mirror (unused)",
+    67: "dining table",
+    68: "window (unused)",
+    69: "desk (unused)",
+    70: "toilet",
+    71: "door (unused)",
+    72: "tv",
+    73: "laptop",
+    74: "mouse",
+    75: "remote",
+    76: "keyboard",
+    77: "cell phone",
+    78: "microwave",
+    79: "oven",
+    80: "toaster",
+    81: "sink",
+    82: "refrigerator",
+    83: "blender (unused)",
+    84: "book",
+    85: "clock",
+    86: "vase",
+    87: "scissors",
+    88: "teddy bear",
+    89: "hair drier",
+    90: "toothbrush",
+    91: "hair brush (unused)",
+    92: "banner",
+    93: "blanket",
+    94: "branch",
+    95: "bridge",
+    96: "building-other",
+    97: "bush",
+    98: "cabinet",
+    99: "cage",
+    100: "cardboard",
+    101: "carpet",
+    102: "ceiling-other",
+    103: "ceiling-tile",
+    104: "cloth",
+    105: "clothes",
+    106: "clouds",
+    107: "counter",
+    108: "cupboard",
+    109: "curtain",
+    110: "desk-stuff",
+    111: "dirt",
+    112: "door-stuff",
+    113: "fence",
+    114: "floor-marble",
+    115: "floor-other",
+    116: "floor-stone",
+    117: "floor-tile",
+    118: "floor-wood",
+    119: "flower",
+    120: "fog",
+    121: "food-other",
+    122: "fruit",
+    123: "furniture-other",
+    124: "grass",
+    125: "gravel",
+    126: "ground-other",
+    127: "hill",
+    128: "house",
+    129: "leaves",
+    130: "light",
+    131: "mat",
+    132: "metal",
+    133: "mirror-stuff",
+    134: "moss",
+    135: "mountain",
+    136: "mud",
+    137: "napkin",
+    138: "net",
+    139: "paper",
+    140: "pavement",
+    141: "pillow",
+    142: "plant-other",
+    143: "plastic",
+    144: "platform",
+    145: "playingfield",
+    146: "railing",
+    147: "railroad",
+    148: "river",
+    149: "road",
+    150: "rock",
+    151: "roof",
+    152: "rug",
+    153: "salad",
+    154: "sand",
+    155: "sea",
+    156: "shelf",
+    157: "sky-other",
+    158: "skyscraper",
+    159: "snow",
+    160: "solid-other",
+    161: "stairs",
+    162: "stone",
+    163: "straw",
+    164: "structural-other",
+    165: "table",
+    166: "tent",
+    167: "textile-other",
+    168: "towel",
+    169: "tree",
+    170: "vegetable",
+    171: "wall-brick",
+    172: "wall-concrete",
+    173: "wall-other",
+    174: "wall-panel",
+    175: "wall-stone",
+    176: "wall-tile",
+    177: "wall-wood",
+    178: "water-other",
+    179: "waterdrops",
+    180: "window-blind",
+    181: "window-other",
+    182: "wood",
 }
 
 COCO_STUFF_UNUSED_IDS: tuple[int, ...] = (12, 26, 29, 30, 45, 66, 68, 69, 71, 83, 91)
@@ -314,8 +466,10 @@ def convert_cocostuff(
     """
     raw_dir, out_root = Path(raw_dir), Path(out_root)
     if not raw_dir.is_dir():
-        raise FileNotFoundError(f"COCO-Stuff raw folder {str(raw_dir)!r} does not exist; pass the unpacked "
-                                f"stuffthingmaps_trainval2017 folder (holding train2017/ and val2017/).")
+        raise FileNotFoundError(
+            f"COCO-Stuff raw folder {str(raw_dir)!r} does not exist; pass the unpacked "
+            f"stuffthingmaps_trainval2017 folder (holding train2017/ and val2017/)."
+        )
     present = [s for s in splits if (raw_dir / s).is_dir()]
     if not present:
         raise FileNotFoundError(
@@ -362,9 +516,65 @@ and ``diningtable`` falls to background. Not in the papers: our table.
 """
 
 CONTEXT59_OFFICIAL_IDS: tuple[int, ...] = (
-    2, 9, 18, 19, 22, 23, 25, 31, 33, 34, 44, 45, 46, 59, 65, 68, 72, 80, 85, 98, 104, 105, 113, 115,
-    144, 158, 159, 162, 187, 189, 207, 220, 232, 258, 259, 260, 284, 295, 296, 308, 324, 326, 347, 349,
-    354, 355, 360, 366, 368, 397, 415, 416, 420, 424, 427, 440, 445, 454, 458,
+    2,
+    9,
+    18,
+    19,
+    22,
+    23,
+    25,
+    31,
+    33,
+    34,
+    44,
+    45,
+    46,
+    59,
+    65,
+    68,
+    72,
+    80,
+    85,
+    98,
+    104,
+    105,
+    113,
+    115,
+    144,
+    158,
+    159,
+    162,
+    187,
+    189,
+    207,
+    220,
+    232,
+    258,
+    259,
+    260,
+    284,
+    295,
+    296,
+    308,
+    324,
+    326,
+    347,
+    349,
+    354,
+    355,
+    360,
+    366,
+    368,
+    397,
+    415,
+    416,
+    420,
+    424,
+    427,
+    440,
+    445,
+    454,
+    458,
 )
 """The 459-label ids of the 59 classes (in ``CONTEXT59_CLASSES`` order) in the official ``labels.txt``,
 as used by the Detail-API based converters (PyTorch-Encoding / mmseg ``pascal_context.py``
@@ -393,8 +603,10 @@ def read_context_labels(path: str | os.PathLike) -> dict[int, str]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"PASCAL Context labels file {str(path)!r} does not exist (it is 'labels.txt' "
-                                f"of the official trainval.tar.gz release).")
+        raise FileNotFoundError(
+            f"PASCAL Context labels file {str(path)!r} does not exist (it is 'labels.txt' "
+            f"of the official trainval.tar.gz release)."
+        )
     labels: dict[int, str] = {}
     seen_names: dict[str, int] = {}
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -443,8 +655,10 @@ def resolve_context59_ids(
         alts = list(aliases.get(cls, ()))
         hits = [(a, by_name[_norm(a)]) for a in alts if _norm(a) in by_name]
         if len(hits) > 1:
-            raise ValueError(f"context59 class {cls!r}: several aliases match in the labels file: {hits}; "
-                             f"keep one spelling or pass an explicit alias table.")
+            raise ValueError(
+                f"context59 class {cls!r}: several aliases match in the labels file: {hits}; "
+                f"keep one spelling or pass an explicit alias table."
+            )
         if not hits:
             import difflib
 
@@ -529,8 +743,10 @@ def convert_context_label(label459: np.ndarray, lut: np.ndarray, source: str = "
     if label459.size and (label459.min() < 0 or label459.max() >= len(lut)):
         vals = np.unique(label459)
         bad = vals[(vals < 0) | (vals >= len(lut))]
-        raise ValueError(f"{source}: LabelMap values {bad[:10].tolist()} are not ids of the labels file "
-                         f"(1..{len(lut) - 1}); wrong labels.txt?")
+        raise ValueError(
+            f"{source}: LabelMap values {bad[:10].tolist()} are not ids of the labels file "
+            f"(1..{len(lut) - 1}); wrong labels.txt?"
+        )
     return lut[label459]
 
 
@@ -543,8 +759,9 @@ def _to_context59(lab60: np.ndarray) -> np.ndarray:
 
 def _read_ids(path: Path) -> list[str]:
     if not path.is_file():
-        raise FileNotFoundError(f"Split list {str(path)!r} does not exist (one image id per line, e.g. "
-                                f"VOC2010's ImageSets/Main/train.txt).")
+        raise FileNotFoundError(
+            f"Split list {str(path)!r} does not exist (one image id per line, e.g. VOC2010's ImageSets/Main/train.txt)."
+        )
     ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
     if not ids:
         raise ValueError(f"Split list {str(path)!r} is empty.")
@@ -557,8 +774,10 @@ def _write_split(path: Path, ids: Iterable[str], overwrite: bool) -> str:
         if path.read_text() == text:
             return f"{path}: unchanged"
         if not overwrite:
-            raise FileExistsError(f"Split file {str(path)!r} exists with different contents; pass overwrite=True "
-                                  f"(--overwrite) to replace it.")
+            raise FileExistsError(
+                f"Split file {str(path)!r} exists with different contents; pass overwrite=True "
+                f"(--overwrite) to replace it."
+            )
         path.write_text(text)
         return f"{path}: overwritten"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -616,8 +835,10 @@ def convert_context(
     """
     mat_dir, voc2010 = Path(mat_dir), Path(voc2010)
     if not mat_dir.is_dir():
-        raise FileNotFoundError(f"PASCAL Context .mat folder {str(mat_dir)!r} does not exist (the 'trainval' "
-                                f"folder of the official trainval.tar.gz).")
+        raise FileNotFoundError(
+            f"PASCAL Context .mat folder {str(mat_dir)!r} does not exist (the 'trainval' "
+            f"folder of the official trainval.tar.gz)."
+        )
     lut = context_lut(read_context_labels(labels), aliases)
     if split_lists:
         plan = {name: _read_ids(Path(p)) for name, p in split_lists.items()}
@@ -647,8 +868,10 @@ def convert_context(
         _run(jobs, _context_job, workers, progress, f"context {split}")
         no_img = [i for i in kept if not (voc2010 / "JPEGImages" / f"{i}.jpg").is_file()]
         if no_img:
-            stats.extra.append(f"WARNING: {len(no_img)} ids have no {voc2010 / 'JPEGImages'}/<id>.jpg "
-                               f"(first: {no_img[:3]}); unpack the VOC2010 images there.")
+            stats.extra.append(
+                f"WARNING: {len(no_img)} ids have no {voc2010 / 'JPEGImages'}/<id>.jpg "
+                f"(first: {no_img[:3]}); unpack the VOC2010 images there."
+            )
         if split_lists:
             stats.extra.append(_write_split(voc2010 / split_dir / f"{split}.txt", kept, overwrite))
         result[split] = stats

@@ -5,6 +5,7 @@ optionally reduced (``reduce_zero_label``: 0 -> 255, v -> v-1), validated, and r
 ``full_label`` (all classes; evaluation and the oracle teacher) and ``label`` (the training label,
 unseen ids -> ``ignore_index`` iff ``hide_unseen``: the inductive setting of docs/protocol.md "Settings").
 """
+
 from __future__ import annotations
 
 import os
@@ -18,11 +19,24 @@ from torchvision import tv_tensors
 
 from .classes import get_benchmark, layout
 
-__all__ = ["ConcatSegDataset", "SegDataset", "UnseenLabelGuard", "split_parts", "WithoutKeys", "build_dataset",
-           "check_no_unseen", "read_label", "read_image", "pil_to_rgb", "read_lines"]
+__all__ = [
+    "ConcatSegDataset",
+    "SegDataset",
+    "UnseenLabelGuard",
+    "split_parts",
+    "WithoutKeys",
+    "build_dataset",
+    "check_no_unseen",
+    "read_label",
+    "read_image",
+    "pil_to_rgb",
+    "read_lines",
+]
 
-_ROOT_HINT = ('Set dataset.root=/path/to/the/dataset (the folder holding the layout above) or see docs/usage.md '
-              '"Benchmarks and data" (data preparation).')
+_ROOT_HINT = (
+    "Set dataset.root=/path/to/the/dataset (the folder holding the layout above) or see docs/usage.md "
+    '"Benchmarks and data" (data preparation).'
+)
 _CHECK_HINT = "Run `zss-check dataset={name} root={root}` to list every problem with its fix."
 
 
@@ -38,8 +52,10 @@ def read_lines(path: str | os.PathLike, what: str = "file") -> list[str]:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         enc = "UTF-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "not UTF-8"
-        raise ValueError(f"{what} {str(path)!r} is {enc} text (byte {e.start}: {data[e.start:e.start + 1]!r}); "
-                         f"re-save it as UTF-8, e.g. iconv -f UTF-16 -t UTF-8 old.txt > new.txt") from None
+        raise ValueError(
+            f"{what} {str(path)!r} is {enc} text (byte {e.start}: {data[e.start : e.start + 1]!r}); "
+            f"re-save it as UTF-8, e.g. iconv -f UTF-16 -t UTF-8 old.txt > new.txt"
+        ) from None
     return [ln.strip() for ln in text.splitlines() if ln.strip()]
 
 
@@ -90,13 +106,17 @@ def pil_to_rgb(im: Image.Image, path: str | os.PathLike = "<image>") -> np.ndarr
     if mode == "I" or mode.startswith("I;16"):
         arr = np.asarray(im).astype(np.int64)  # [H, W]
         if arr.size and (arr.min() < 0 or arr.max() > 65535):
-            raise ValueError(f"image {str(path)!r} has 32-bit pixel values {arr.min()}..{arr.max()} (PIL mode {mode!r}); "
-                             f"save it as an 8-bit or 16-bit RGB/greyscale image")
+            raise ValueError(
+                f"image {str(path)!r} has 32-bit pixel values {arr.min()}..{arr.max()} (PIL mode {mode!r}); "
+                f"save it as an 8-bit or 16-bit RGB/greyscale image"
+            )
         grey = np.rint(arr * (255.0 / 65535.0)).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=2)
     if mode == "F":
-        raise ValueError(f"image {str(path)!r} stores floating-point pixels (PIL mode 'F'); save it as an 8-bit or "
-                         f"16-bit RGB/greyscale image")
+        raise ValueError(
+            f"image {str(path)!r} stores floating-point pixels (PIL mode 'F'); save it as an 8-bit or "
+            f"16-bit RGB/greyscale image"
+        )
     return np.array(im.convert("RGB"))
 
 
@@ -115,10 +135,17 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             return pil_to_rgb(im, path)
     except (OSError, SyntaxError) as e:
         size = Path(path).stat().st_size if Path(path).is_file() else None
-        why = ("empty file (0 bytes)" if size == 0 else "not an image format Pillow recognises"
-               if isinstance(e, UnidentifiedImageError) else (str(e) or type(e).__name__))
-        raise ValueError(f"image {str(path)!r} cannot be read: {why}. The file is empty, truncated or not an "
-                         f"image: re-extract or re-download it (or remove its id from the split).") from e
+        why = (
+            "empty file (0 bytes)"
+            if size == 0
+            else "not an image format Pillow recognises"
+            if isinstance(e, UnidentifiedImageError)
+            else (str(e) or type(e).__name__)
+        )
+        raise ValueError(
+            f"image {str(path)!r} cannot be read: {why}. The file is empty, truncated or not an "
+            f"image: re-extract or re-download it (or remove its id from the split)."
+        ) from e
 
 
 def _list_files(folder: Path) -> set[str] | None:
@@ -254,8 +281,10 @@ class SegDataset(torch.utils.data.Dataset):
             raise ValueError(f"Split file {str(sf)!r} lists no image ids.")
         if len(set(names)) != len(names):
             dup = sorted({n for n in names if names.count(n) > 1})
-            raise ValueError(f"Split file {str(sf)!r} lists {len(names) - len(set(names))} id(s) twice, e.g. "
-                             f"{dup[0]!r}: remove the repeats (zss-check reports them all)")
+            raise ValueError(
+                f"Split file {str(sf)!r} lists {len(names) - len(set(names))} id(s) twice, e.g. "
+                f"{dup[0]!r}: remove the repeats (zss-check reports them all)"
+            )
         imgs, anns = _list_files(self.img_dir), _list_files(self.ann_dir)
 
         def exists(listing: set[str] | None, folder: Path, fname: str) -> bool:
@@ -435,7 +464,8 @@ class ConcatSegDataset(torch.utils.data.ConcatDataset):
                     raise ValueError(
                         f"image id {n!r} is listed in both {str(first[n].split_file)!r} and {str(p.split_file)!r}: "
                         f"each image may be in one part only (for VOC-Aug use mmseg's aug.txt, which excludes the "
-                        f"train and val ids, not trainaug.txt)")
+                        f"train and val ids, not trainaug.txt)"
+                    )
                 first[n] = p
         super().__init__(parts)
         self.parts = parts
@@ -477,9 +507,11 @@ class ConcatSegDataset(torch.utils.data.ConcatDataset):
 
 
 #: mmseg's converter for VOC-Aug (SBD): named by every error about a missing SegmentationClassAug.
-VOC_AUG_HINT = ("VOC-Aug needs SegmentationClassAug/ and ImageSets/Segmentation/aug.txt under dataset.root: build "
-                "them from SBD with mmseg's tools/dataset_converters/voc_aug.py (docs/reproduce.md), or train on the "
-                "1,464 train images alone with dataset=voc20")
+VOC_AUG_HINT = (
+    "VOC-Aug needs SegmentationClassAug/ and ImageSets/Segmentation/aug.txt under dataset.root: build "
+    "them from SBD with mmseg's tools/dataset_converters/voc_aug.py (docs/reproduce.md), or train on the "
+    "1,464 train images alone with dataset=voc20"
+)
 
 
 #: Benchmarks whose ``aug`` split part reads ``SegmentationClassAug`` by default (VOC-Aug).
@@ -531,8 +563,10 @@ def build_dataset(
     if len(parts) > 1 or not isinstance(ann_dir, (str, type(None))):
         dirs = list(ann_dir) if not isinstance(ann_dir, (str, type(None))) else [ann_dir] * len(parts)
         if len(dirs) != len(parts):
-            raise ValueError(f"split {split!r} has {len(parts)} parts but {len(dirs)} label folders were given "
-                             f"(dataset.train_ann_dirs): give one per part (null = the layout's)")
+            raise ValueError(
+                f"split {split!r} has {len(parts)} parts but {len(dirs)} label folders were given "
+                f"(dataset.train_ann_dirs): give one per part (null = the layout's)"
+            )
         if split_file is not None:
             raise ValueError("split_file cannot be combined with a composite split")
         built = []
@@ -542,12 +576,23 @@ def build_dataset(
             if d is not None and "SegmentationClassAug" in str(d):
                 aug = Path(root).expanduser() / d
                 if not aug.is_dir():
-                    raise FileNotFoundError(f"label folder {str(aug)!r} (split part {part!r}) does not exist. "
-                                            f"{VOC_AUG_HINT}.")
+                    raise FileNotFoundError(
+                        f"label folder {str(aug)!r} (split part {part!r}) does not exist. {VOC_AUG_HINT}."
+                    )
             try:
-                built.append(build_dataset(name, root, part, hide_unseen=hide_unseen, transform=transform,
-                                           benchmark_split=benchmark_split, ignore_index=ignore_index,
-                                           img_dir=img_dir, ann_dir=d))
+                built.append(
+                    build_dataset(
+                        name,
+                        root,
+                        part,
+                        hide_unseen=hide_unseen,
+                        transform=transform,
+                        benchmark_split=benchmark_split,
+                        ignore_index=ignore_index,
+                        img_dir=img_dir,
+                        ann_dir=d,
+                    )
+                )
             except FileNotFoundError as e:
                 if part == "aug":
                     raise FileNotFoundError(f"{e} {VOC_AUG_HINT}.") from None
@@ -671,4 +716,5 @@ def check_no_unseen(label: torch.Tensor, unseen: Sequence[int] | torch.Tensor, n
         raise ValueError(
             f"training sample {name!r}: its training label holds unseen class id(s) {found}, i.e. unseen ground "
             f"truth would reach a training step; set dataset.hide_unseen=true (the zero-shot setting hides unseen "
-            f"pixels as 255), or use a label folder without unseen classes")
+            f"pixels as 255), or use a label folder without unseen classes"
+        )

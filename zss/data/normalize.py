@@ -12,6 +12,7 @@ so the teacher (FrozenCLIP: CLIP's statistics) and the student (a pretrained tim
 ``dataset.mean/std`` says. Padding added in the input space (value 0 = ``mean_in``) becomes ``shift``,
 i.e. the same colour. Source: not in the papers; ours (the standard torchvision ``Normalize`` algebra).
 """
+
 from __future__ import annotations
 
 import math
@@ -93,8 +94,9 @@ class Renormalize(nn.Module):
         ValueError: see :func:`renormalize_affine`.
     """
 
-    def __init__(self, in_mean: Sequence[float], in_std: Sequence[float], out_mean: Sequence[float],
-                 out_std: Sequence[float]) -> None:
+    def __init__(
+        self, in_mean: Sequence[float], in_std: Sequence[float], out_mean: Sequence[float], out_std: Sequence[float]
+    ) -> None:
         super().__init__()
         scale, shift = renormalize_affine(in_mean, in_std, out_mean, out_std)
         self.in_mean, self.in_std = check_stats(in_mean, "input mean"), check_stats(in_std, "input std")

@@ -1,4 +1,5 @@
 """The PASCAL VOC colour map: the palette of label PNGs (VOC's own, the synthetic world's, CLIP-ES masks)."""
+
 from __future__ import annotations
 
 import torch

@@ -26,6 +26,7 @@ Layout (mmseg's VOC layout, read by ``dataset=world`` with no other change)::
 Every image is drawn from its own RNG seeded by ``(seed, split, index)``: the same arguments give the
 same bytes whatever the number of worker processes. Not in any paper: the world and every knob are ours.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -81,8 +82,8 @@ WORLD_CLASSES: tuple[str, ...] = tuple(f"{t} {c} shape" for t in TEXTURES for c,
 # the teacher's text embeds alone carry the unseen classes to a seen-only student (docs/world.md "Unseen splits").
 WORLD_UNSEEN_SPLITS: dict[str, tuple[int, ...]] = {
     "default": (3, 7, 11, 15, 19),  # solid / striped / dotted / checkered / wavy yellow
-    "texture": (8, 9, 10, 11),      # dotted red / blue / green / yellow
-    "shared": (3, 6, 9, 12, 17),    # solid yellow, striped green, dotted blue, checkered red, wavy blue
+    "texture": (8, 9, 10, 11),  # dotted red / blue / green / yellow
+    "shared": (3, 6, 9, 12, 17),  # solid yellow, striped green, dotted blue, checkered red, wavy blue
 }
 """Named unseen splits of the world (``dataset.split`` / ``get_benchmark("world", split)``), class ids."""
 
@@ -141,7 +142,9 @@ class WorldSettings:
         put("objects", tuple(int(c) for c in self.objects))
         put("radius", tuple(float(c) for c in self.radius))
         if self.unseen not in WORLD_UNSEEN_SPLITS:
-            raise ValueError(f"unseen={self.unseen!r} is not a world unseen split; choose one of {sorted(WORLD_UNSEEN_SPLITS)}")
+            raise ValueError(
+                f"unseen={self.unseen!r} is not a world unseen split; choose one of {sorted(WORLD_UNSEEN_SPLITS)}"
+            )
         if len(self.counts) != len(WORLD_SPLITS) or min(self.counts) < 1:
             raise ValueError(f"counts={self.counts} must give >= 1 image for each split {WORLD_SPLITS}")
         if self.size < 32:
@@ -183,8 +186,9 @@ def _shape_mask(shape: str, size: int, cx: float, cy: float, r: float, angle: fl
         poly([(r * np.cos(t), r * np.sin(t)) for t in (-np.pi / 2, np.pi / 6, 5 * np.pi / 6)])
     elif shape == "cross":
         w, a = 0.33 * r, r
-        poly([(-w, -a), (w, -a), (w, -w), (a, -w), (a, w), (w, w), (w, a), (-w, a), (-w, w), (-a, w), (-a, -w),
-              (-w, -w)])
+        poly(
+            [(-w, -a), (w, -a), (w, -w), (a, -w), (a, w), (w, w), (w, a), (-w, a), (-w, w), (-a, w), (-a, -w), (-w, -w)]
+        )
     else:  # pragma: no cover - SHAPES is closed
         raise ValueError(shape)
     return np.asarray(im) > 127
@@ -227,7 +231,11 @@ def _background(size: int, clutter: int, rng: np.random.Generator) -> np.ndarray
     d = ImageDraw.Draw(im)
     palette = [rgb for _, rgb in COLOURS]
     for _ in range(clutter):
-        col = palette[rng.integers(len(palette))] if rng.random() < 0.5 else tuple(int(c) for c in rng.integers(0, 256, 3))
+        col = (
+            palette[rng.integers(len(palette))]
+            if rng.random() < 0.5
+            else tuple(int(c) for c in rng.integers(0, 256, 3))
+        )
         pts = [tuple(float(v) for v in rng.uniform(0, size, 2)) for _ in range(2)]
         d.line(pts, fill=tuple(int(c) for c in col), width=int(rng.integers(1, 4)))
     return np.asarray(im, dtype=np.float32)
@@ -256,7 +264,9 @@ def render_image(settings: WorldSettings, rng: np.random.Generator) -> tuple[np.
         cx, cy = rng.uniform(r * 0.5, S - r * 0.5, size=2)
         mask = _shape_mask(shape, S, cx, cy, r, rng.uniform(0, 2 * np.pi))
         rgb = np.asarray(COLOURS[cid % len(COLOURS)][1], dtype=np.float32)
-        rgb = rgb * (1 + rng.uniform(-s.colour_jitter, s.colour_jitter) / 255) + rng.uniform(-s.colour_jitter, s.colour_jitter, 3)
+        rgb = rgb * (1 + rng.uniform(-s.colour_jitter, s.colour_jitter) / 255) + rng.uniform(
+            -s.colour_jitter, s.colour_jitter, 3
+        )
         tex = _texture(texture, rgb.clip(0, 255), S, rng)
         img[mask] = tex[mask]
         label[mask] = cid + 1
@@ -288,8 +298,13 @@ def _write_chunk(args: tuple[dict, str, int, int, int, str]) -> list[str]:
     return ids
 
 
-def make_world(out: str | os.PathLike, settings: WorldSettings = WorldSettings(), workers: int = 1,
-               overwrite: bool = False, log: Any = print) -> dict:
+def make_world(
+    out: str | os.PathLike,
+    settings: WorldSettings = WorldSettings(),
+    workers: int = 1,
+    overwrite: bool = False,
+    log: Any = print,
+) -> dict:
     """Write a world to ``out`` (VOC layout, see the module docstring) and return its ``world.json`` dict.
 
     The world is written into a temporary sibling folder and renamed into place, so an interrupted run
@@ -317,8 +332,10 @@ def make_world(out: str | os.PathLike, settings: WorldSettings = WorldSettings()
             if log:
                 log(f"zss-make-world: {out} already holds this world (same settings); kept")
             return info
-        raise FileExistsError(f"{str(out)!r} exists and is not a world with these settings; choose another "
-                              f"--out or pass --overwrite to replace it")
+        raise FileExistsError(
+            f"{str(out)!r} exists and is not a world with these settings; choose another "
+            f"--out or pass --overwrite to replace it"
+        )
     t0 = time.time()
     tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
     if tmp.exists():
@@ -342,8 +359,9 @@ def make_world(out: str | os.PathLike, settings: WorldSettings = WorldSettings()
         (tmp / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(names) + "\n")
         hist = np.zeros(len(WORLD_CLASSES) + 1, dtype=np.int64)
         for n in names:
-            hist += np.bincount(np.asarray(Image.open(tmp / "SegmentationClass" / f"{n}.png")).ravel(),
-                                minlength=len(WORLD_CLASSES) + 1)[: len(WORLD_CLASSES) + 1]
+            hist += np.bincount(
+                np.asarray(Image.open(tmp / "SegmentationClass" / f"{n}.png")).ravel(), minlength=len(WORLD_CLASSES) + 1
+            )[: len(WORLD_CLASSES) + 1]
         pixels[split] = hist[1:].tolist()
     info = {
         "format": _FORMAT,
@@ -359,9 +377,11 @@ def make_world(out: str | os.PathLike, settings: WorldSettings = WorldSettings()
         shutil.rmtree(out)
     os.replace(tmp, out)
     if log:
-        log(f"zss-make-world: wrote {sum(info['counts'].values())} images to {out} in {info['wall_s']:.1f}s "
+        log(
+            f"zss-make-world: wrote {sum(info['counts'].values())} images to {out} in {info['wall_s']:.1f}s "
             f"({', '.join(f'{k} {v}' for k, v in info['counts'].items())}); unseen split {settings.unseen!r}: "
-            f"{[WORLD_CLASSES[i] for i in WORLD_UNSEEN_SPLITS[settings.unseen]]}")
+            f"{[WORLD_CLASSES[i] for i in WORLD_UNSEEN_SPLITS[settings.unseen]]}"
+        )
     return info
 
 

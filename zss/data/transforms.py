@@ -15,6 +15,7 @@ torchvision already does flip / pad / dtype / normalise; the three mmseg ops it 
 Custom transforms use the torchvision >= 0.21 public hooks ``make_params(flat_inputs)`` and
 ``transform(inpt, params)``.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence

@@ -1,4 +1,5 @@
 """Checkpoints as plain dicts: loadable with ``torch.load(weights_only=True)``, written atomically."""
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,12 @@ def versions() -> dict[str, str]:
     except Exception:  # pragma: no cover - open_clip is a hard dependency
         oc = "missing"
     return {
-        "python": platform.python_version(), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
-        "timm": str(timm.__version__), "open_clip": str(oc), "zss": str(zss_version),
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "timm": str(timm.__version__),
+        "open_clip": str(oc),
+        "zss": str(zss_version),
     }
 
 
@@ -38,8 +43,13 @@ def git_sha() -> str:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
         if sha.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return sha.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -144,8 +154,12 @@ def checkpoint_problem(ckpt: dict, need_config: bool = True) -> str | None:
         shape = tuple(emb.shape) if torch.is_tensor(emb) else type(emb).__name__
         return f"{len(names)} class names but text_embeds of shape {shape} (one row per class)"
     unseen = ckpt.get("unseen", [])
-    if not isinstance(unseen, list) or not all(isinstance(u, int) and not isinstance(u, bool) for u in unseen) \
-            or any(not 0 <= u < len(names) for u in unseen) or len(set(unseen)) != len(unseen):
+    if (
+        not isinstance(unseen, list)
+        or not all(isinstance(u, int) and not isinstance(u, bool) for u in unseen)
+        or any(not 0 <= u < len(names) for u in unseen)
+        or len(set(unseen)) != len(unseen)
+    ):
         return f"'unseen'={unseen!r} must be distinct class ids in [0, {len(names)})"
     tensors = dict(ckpt["state"])
     for owner, state in (ckpt.get("train_state") or {}).items():
@@ -153,8 +167,9 @@ def checkpoint_problem(ckpt: dict, need_config: bool = True) -> str | None:
             tensors.update({f"{owner}.{k}": v for k, v in state.items()})
     nonfinite = non_finite_tensors(tensors)
     if nonfinite:
-        return (f"non-finite weights: {'; '.join(nonfinite[:3])}"
-                + (f" (+{len(nonfinite) - 3} more)" if len(nonfinite) > 3 else ""))
+        return f"non-finite weights: {'; '.join(nonfinite[:3])}" + (
+            f" (+{len(nonfinite) - 3} more)" if len(nonfinite) > 3 else ""
+        )
     return None
 
 
@@ -176,14 +191,18 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", mmap: bool = Fa
         try:
             ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
         except Exception as e:  # noqa: BLE001 - torch's reasons (pickle, zip, EOF) all mean "not our file"
-            raise ValueError(f"{path} is not a zss checkpoint: torch cannot read it: {_load_reason(e, path)}. Pass "
-                             f"ckpt=/resume= a last.pt written by zss training") from e
+            raise ValueError(
+                f"{path} is not a zss checkpoint: torch cannot read it: {_load_reason(e, path)}. Pass "
+                f"ckpt=/resume= a last.pt written by zss training"
+            ) from e
     for w in caught:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if not isinstance(ckpt, dict) or "state" not in ckpt or "config" not in ckpt:
         raise ValueError(f"{path} is not a zss checkpoint (expected a dict with 'state' and 'config')")
     problem = checkpoint_problem(ckpt, need_config=need_config)
     if problem:
-        raise ValueError(f"checkpoint {path} cannot be used: {problem}. Use another checkpoint (e.g. an earlier "
-                         f"last.pt of the run) or retrain")
+        raise ValueError(
+            f"checkpoint {path} cannot be used: {problem}. Use another checkpoint (e.g. an earlier "
+            f"last.pt of the run) or retrain"
+        )
     return ckpt

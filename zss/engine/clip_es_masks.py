@@ -3,6 +3,7 @@
 Called by ``scripts/clip_es_masks.py`` (through ``zss.cli``) with plain values; see docs/clip_es.md for
 the command, the keys and what each reported number means.
 """
+
 from __future__ import annotations
 
 import json
@@ -105,7 +106,9 @@ def labels_from_xml(path: str | os.PathLike, classes: Sequence[str]) -> list[int
     return sorted(out)
 
 
-def foreground_names(classes: Sequence[str], background_class: str, synonyms: dict | None) -> tuple[list[int], list[str]]:
+def foreground_names(
+    classes: Sequence[str], background_class: str, synonyms: dict | None
+) -> tuple[list[int], list[str]]:
     """Foreground class ids of a benchmark and the prompt names CLIP-ES uses for them.
 
     Args:
@@ -120,8 +123,10 @@ def foreground_names(classes: Sequence[str], background_class: str, synonyms: di
             or a synonym key is not a class.
     """
     if background_class not in classes:
-        raise ValueError(f"CLIP-ES needs a benchmark with a background class named {background_class!r}, got classes "
-                         f"{list(classes)[:5]}...; use dataset=voc21 (or set clip_es.background_class).")
+        raise ValueError(
+            f"CLIP-ES needs a benchmark with a background class named {background_class!r}, got classes "
+            f"{list(classes)[:5]}...; use dataset=voc21 (or set clip_es.background_class)."
+        )
     synonyms = dict(synonyms or {})
     unknown = sorted(set(synonyms) - set(classes))
     if unknown:
@@ -274,7 +279,9 @@ def generate_pseudo_masks(
         xml = ann_root / f"{name}.xml"
         if labels_from == "xml" or (labels_from == "auto" and xml.is_file()):
             if not xml.is_file():
-                raise FileNotFoundError(f"clip_es.labels_from=xml but {str(xml)!r} does not exist; use labels_from=mask")
+                raise FileNotFoundError(
+                    f"clip_es.labels_from=xml but {str(xml)!r} does not exist; use labels_from=mask"
+                )
             lab_ids, src = labels_from_xml(xml, classes), "xml"
         else:
             lab_ids, src = labels_from_mask(gt.numpy(), bg_id), "mask"
@@ -286,8 +293,17 @@ def generate_pseudo_masks(
         x = ((img_u8.float().unsqueeze(0) / 255.0) - mean) / std
         x = resize_to_patch_multiple(x, teacher.patch_size)
         with t_cam:
-            res = clip_es_cams(teacher, x, present.to(device), fg_embeds, bg_embeds, attn_layers=attn_layers,
-                               logit_scale=logit_scale, pos_interp=pos_interp, pair_chunk=pair_chunk)
+            res = clip_es_cams(
+                teacher,
+                x,
+                present.to(device),
+                fg_embeds,
+                bg_embeds,
+                attn_layers=attn_layers,
+                logit_scale=logit_scale,
+                pos_interp=pos_interp,
+                pair_chunk=pair_chunk,
+            )
             cam_hr = torch.nn.functional.interpolate(res.cams, size=(H, W), mode="bilinear", align_corners=False)
         with t_caa:
             trans = caa_transition(res.attn, sinkhorn_rounds, power_steps)
@@ -302,8 +318,9 @@ def generate_pseudo_masks(
             with t_crf:
                 keep = pres[0].nonzero().flatten()
                 scores = torch.cat([background_score(ref_hr, pres, crf_alpha)[0], ref_hr[0, keep]], dim=0)
-                q = dense_crf(crf_color_image(img_u8.permute(1, 2, 0).numpy(), crf_color),
-                              scores.cpu().numpy(), **crf_kw)
+                q = dense_crf(
+                    crf_color_image(img_u8.permute(1, 2, 0).numpy(), crf_color), scores.cpu().numpy(), **crf_kw
+                )
                 lut = np.concatenate([[bg_id], ids_t[keep.cpu()].numpy()]).astype(np.int64)
                 crf_lab = lut[q.argmax(axis=0)]
                 final = confidence_ignore(crf_lab, q, confidence)
@@ -320,8 +337,12 @@ def generate_pseudo_masks(
             with t_km:
                 with torch.no_grad():
                     dense = teacher(x.to(device))["dense"]
-                pseudo_labels(dense, torch.full((1, x.shape[-2], x.shape[-1]), IGNORE_INDEX, dtype=torch.long,
-                                                device=device), None, num_seen=0)
+                pseudo_labels(
+                    dense,
+                    torch.full((1, x.shape[-2], x.shape[-1]), IGNORE_INDEX, dtype=torch.long, device=device),
+                    None,
+                    num_seen=0,
+                )
         save_mask_png(final.astype(np.uint8), out / f"{name}.png")
         written += 1
     bar.close()
@@ -337,31 +358,53 @@ def generate_pseudo_masks(
             r = e.compute()
             if best is None or (r["mIoU"] > best["mIoU"]) or (math.isnan(best["mIoU"]) and not math.isnan(r["mIoU"])):
                 best_a, best, conf = a, r, e.confusion
-        rows[stage] = dict(mIoU=best["mIoU"], mIoU_gt_classes=_present_classes_miou(conf), pAcc=best["pAcc"],
-                           alpha=best_a, img_s=rate(secs), results=best,
-                           mIoU_by_alpha={str(a): e.compute()["mIoU"] for a, e in ev[stage].items()})
+        rows[stage] = dict(
+            mIoU=best["mIoU"],
+            mIoU_gt_classes=_present_classes_miou(conf),
+            pAcc=best["pAcc"],
+            alpha=best_a,
+            img_s=rate(secs),
+            results=best,
+            mIoU_by_alpha={str(a): e.compute()["mIoU"] for a, e in ev[stage].items()},
+        )
     if run_crf:
         r = ev["+CRF"].compute()
-        rows["+CRF"] = dict(mIoU=r["mIoU"], mIoU_gt_classes=_present_classes_miou(ev["+CRF"].confusion),
-                            pAcc=r["pAcc"], alpha=crf_alpha, img_s=rate(t_cam.total + t_caa.total + t_crf.total),
-                            results=r)
+        rows["+CRF"] = dict(
+            mIoU=r["mIoU"],
+            mIoU_gt_classes=_present_classes_miou(ev["+CRF"].confusion),
+            pAcc=r["pAcc"],
+            alpha=crf_alpha,
+            img_s=rate(t_cam.total + t_caa.total + t_crf.total),
+            results=r,
+        )
         rc = ev["confident"].compute()
         confident = dict(mIoU=rc["mIoU"], pAcc=rc["pAcc"])
     else:
-        reason = ("disabled (clip_es.crf.enabled=false)" if not crf
-                  else f"pydensecrf is not installed ({CRF_INSTALL_HINT})")
+        reason = (
+            "disabled (clip_es.crf.enabled=false)" if not crf else f"pydensecrf is not installed ({CRF_INSTALL_HINT})"
+        )
         rows["+CRF"] = dict(skipped=reason)
         confident = None
     report = dict(
-        num_images=n, out_dir=str(out), written=written, label_sources=sources,
+        num_images=n,
+        out_dir=str(out),
+        written=written,
+        label_sources=sources,
         masks_from="+CRF, confidence < %.2f -> 255" % confidence if run_crf else "+CAA argmax (no ignore region)",
         ignored_pct=(100.0 * ignored / total_px) if (run_crf and total_px) else None,
-        confident=confident, rows=rows, device=str(device),
+        confident=confident,
+        rows=rows,
+        device=str(device),
         teacher=dict(teacher.identity) if hasattr(teacher, "identity") else {},
-        timing=dict(cam_s=t_cam.total, caa_s=t_caa.total, crf_s=t_crf.total if run_crf else None,
-                    total_s=t_total, total_img_s=rate(t_total),
-                    kmeans_s=t_km.total if compare_kmeans else None,
-                    kmeans_img_s=rate(t_km.total) if compare_kmeans else None),
+        timing=dict(
+            cam_s=t_cam.total,
+            caa_s=t_caa.total,
+            crf_s=t_crf.total if run_crf else None,
+            total_s=t_total,
+            total_img_s=rate(t_total),
+            kmeans_s=t_km.total if compare_kmeans else None,
+            kmeans_img_s=rate(t_km.total) if compare_kmeans else None,
+        ),
     )
     text = format_report(report)
     (out / "clip_es_results.md").write_text(text + "\n")
@@ -389,18 +432,29 @@ def format_report(report: dict) -> str:
         if "skipped" in r:
             lines.append(f"| {stage} | skipped: {r['skipped']} | | | | |")
             continue
-        lines.append(f"| {stage} | {_f(r['mIoU'])} | {_f(r['mIoU_gt_classes'])} | {_f(r['pAcc'])} | "
-                     f"{_f(r['alpha'], 0)} | {_f(r['img_s'])} |")
+        lines.append(
+            f"| {stage} | {_f(r['mIoU'])} | {_f(r['mIoU_gt_classes'])} | {_f(r['pAcc'])} | "
+            f"{_f(r['alpha'], 0)} | {_f(r['img_s'])} |"
+        )
     tm = report["timing"]
-    lines += ["", f"Timing (s): CAM {_f(tm['cam_s'])}, CAA {_f(tm['caa_s'])}, CRF {_f(tm['crf_s'])}, "
-                  f"end to end {_f(tm['total_s'])} ({_f(tm['total_img_s'])} img/s incl. I/O)."]
+    lines += [
+        "",
+        f"Timing (s): CAM {_f(tm['cam_s'])}, CAA {_f(tm['caa_s'])}, CRF {_f(tm['crf_s'])}, "
+        f"end to end {_f(tm['total_s'])} ({_f(tm['total_img_s'])} img/s incl. I/O).",
+    ]
     if tm.get("kmeans_s") is not None:
-        lines.append(f"K-Means pseudo-label step (teacher dense tokens + zss.ops.pseudo_labels, same images and "
-                     f"sizes): {_f(tm['kmeans_s'])} s ({_f(tm['kmeans_img_s'])} img/s).")
+        lines.append(
+            f"K-Means pseudo-label step (teacher dense tokens + zss.ops.pseudo_labels, same images and "
+            f"sizes): {_f(tm['kmeans_s'])} s ({_f(tm['kmeans_img_s'])} img/s)."
+        )
     if report.get("ignored_pct") is not None:
         c = report.get("confident") or {}
-        lines.append(f"Written masks: {_f(report['ignored_pct'])}% pixels ignored (255); on the confident pixels "
-                     f"mIoU {_f(c.get('mIoU'))}, pAcc {_f(c.get('pAcc'))}.")
-    lines.append("mIoU: 21-class mean IoU of the zss evaluator (a class predicted but absent from the GT counts "
-                 "as 0); mIoU (GT classes): mean over classes present in the GT only (the public CLIP-ES script).")
+        lines.append(
+            f"Written masks: {_f(report['ignored_pct'])}% pixels ignored (255); on the confident pixels "
+            f"mIoU {_f(c.get('mIoU'))}, pAcc {_f(c.get('pAcc'))}."
+        )
+    lines.append(
+        "mIoU: 21-class mean IoU of the zss evaluator (a class predicted but absent from the GT counts "
+        "as 0); mIoU (GT classes): mean over classes present in the GT only (the public CLIP-ES script)."
+    )
     return "\n".join(lines)

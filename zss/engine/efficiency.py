@@ -20,6 +20,7 @@ Throughput is measured, not modelled: on CPU it depends on the thread count and 
 (docs/architecture.md "Measuring speed": these machines are noisy; compare ratios within one run, report absolute times
 only on a GPU).
 """
+
 from __future__ import annotations
 
 import time
@@ -29,8 +30,15 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_parameters", "count_flops", "flop_counter", "measure_throughput", "efficiency_report",
-           "format_efficiency", "EXTRA_FLOP_FORMULAS"]
+__all__ = [
+    "count_parameters",
+    "count_flops",
+    "flop_counter",
+    "measure_throughput",
+    "efficiency_report",
+    "format_efficiency",
+    "EXTRA_FLOP_FORMULAS",
+]
 
 _aten = torch.ops.aten
 
@@ -48,9 +56,26 @@ def _mha_flops(query, key, value, embed_dim, num_head, *args, out_shape=None, **
     return 2 * b * e * e * (2 * lq + 2 * lk) + 4 * b * lq * lk * e
 
 
-def _encoder_layer_flops(src, embed_dim, num_heads, qkv_weight, qkv_bias, proj_weight, proj_bias, use_gelu,
-                         norm_first, eps, norm_weight_1, norm_bias_1, norm_weight_2, norm_bias_2, ffn_weight_1,
-                         *args, out_shape=None, **kwargs) -> int:
+def _encoder_layer_flops(
+    src,
+    embed_dim,
+    num_heads,
+    qkv_weight,
+    qkv_bias,
+    proj_weight,
+    proj_bias,
+    use_gelu,
+    norm_first,
+    eps,
+    norm_weight_1,
+    norm_bias_1,
+    norm_weight_2,
+    norm_bias_2,
+    ffn_weight_1,
+    *args,
+    out_shape=None,
+    **kwargs,
+) -> int:
     """``_transformer_encoder_layer_fwd``: self-attention as :func:`_mha_flops` plus the two FFN linears."""
     b, length = _batch_len(src)
     ffn = int(ffn_weight_1[0])
@@ -73,13 +98,15 @@ def _sdpa_backward_flops(grad_out, query, key, value, *args, out_shape=None, **k
 #: ``FlopCounterMode`` does not count itself (torch 2.x), passed as its ``custom_mapping`` by
 #: :func:`flop_counter`. Ops missing from this torch version are skipped.
 EXTRA_FLOP_FORMULAS: dict = {
-    op: fn for name, fn in (
+    op: fn
+    for name, fn in (
         ("_scaled_dot_product_flash_attention_for_cpu", _sdpa_flops),
         ("_scaled_dot_product_flash_attention_for_cpu_backward", _sdpa_backward_flops),
         ("_scaled_dot_product_fused_attention_overrideable", _sdpa_flops),
         ("_native_multi_head_attention", _mha_flops),
         ("_transformer_encoder_layer_fwd", _encoder_layer_flops),
-    ) if (op := getattr(_aten, name, None)) is not None
+    )
+    if (op := getattr(_aten, name, None)) is not None
 }
 
 
@@ -130,8 +157,9 @@ def count_flops(fn: Callable[[Tensor], object], images: Tensor) -> tuple[int, di
     """
     with flop_counter(depth=2) as counter:
         fn(images)
-    per_module = {k: int(sum(v.values())) for k, v in counter.get_flop_counts().items()
-                  if k != "Global" and k.count(".") <= 1}
+    per_module = {
+        k: int(sum(v.values())) for k, v in counter.get_flop_counts().items() if k != "Global" and k.count(".") <= 1
+    }
     return int(counter.get_total_flops()), per_module
 
 
@@ -296,7 +324,10 @@ def format_efficiency(report: dict, title: str = "Efficiency") -> str:
         ("params (total)", _human(report["total_params"])),
         ("params (trainable)", _human(report["trainable_params"])),
         ("params (frozen)", _human(report["frozen_params"])),
-        (f"GFLOPs @ {h}x{w}, batch 1", f"{report['gflops']:.2f} (FLOPs = 2 x MACs; MACs: {report['gflops'] / 2:.2f} G)"),
+        (
+            f"GFLOPs @ {h}x{w}, batch 1",
+            f"{report['gflops']:.2f} (FLOPs = 2 x MACs; MACs: {report['gflops'] / 2:.2f} G)",
+        ),
     ]
     for bs, v in (report.get("img_per_s") or {}).items():
         rows.append((f"img/s @ batch {bs}", "out of memory" if v is None else f"{v:.2f}"))

@@ -1,4 +1,5 @@
 """Dataset-level evaluation of a method: inference over a split, one confusion matrix, metrics."""
+
 from __future__ import annotations
 
 import math
@@ -33,7 +34,9 @@ def make_logits_fn(method: torch.nn.Module, *, seen_bias: float = 0.0) -> Callab
         ValueError: ``seen_bias`` is not a finite number (NaN would turn every seen logit into NaN).
     """
     if isinstance(seen_bias, bool) or not isinstance(seen_bias, (int, float)) or not math.isfinite(seen_bias):
-        raise ValueError(f"seen_bias={seen_bias!r}: must be a finite number (units of predict's output; 0 = no calibration)")
+        raise ValueError(
+            f"seen_bias={seen_bias!r}: must be a finite number (units of predict's output; 0 = no calibration)"
+        )
 
     def fn(images: Tensor) -> Tensor:
         logits = method.predict(images, label_space="all")
@@ -91,19 +94,48 @@ def evaluate(
         ValueError: unknown ``mode`` or ``label_space`` (or ``unseen`` without unseen classes).
     """
     with torch.random.fork_rng(devices=[]):
-        return _evaluate(method, dataset, mode, crop, stride, crop_batch, label_space, seen_bias, amp_dtype,
-                         num_workers, device, progress, on_prediction)
+        return _evaluate(
+            method,
+            dataset,
+            mode,
+            crop,
+            stride,
+            crop_batch,
+            label_space,
+            seen_bias,
+            amp_dtype,
+            num_workers,
+            device,
+            progress,
+            on_prediction,
+        )
 
 
-def _evaluate(method, dataset, mode, crop, stride, crop_batch, label_space, seen_bias, amp_dtype, num_workers,
-              device, progress, on_prediction) -> dict:
+def _evaluate(
+    method,
+    dataset,
+    mode,
+    crop,
+    stride,
+    crop_batch,
+    label_space,
+    seen_bias,
+    amp_dtype,
+    num_workers,
+    device,
+    progress,
+    on_prediction,
+) -> dict:
     if mode not in ("slide", "whole"):
         raise ValueError(f"eval mode must be 'slide' or 'whole', got {mode!r}")
     was_training = method.training
     method.eval()
     device = torch.device(device)
     evaluator = SegEvaluator(
-        method.num_classes, method.classnames, method.unseen.tolist(), ignore_index=method.ignore_index,
+        method.num_classes,
+        method.classnames,
+        method.unseen.tolist(),
+        ignore_index=method.ignore_index,
         label_space=label_space,
     )
     part = Subset(dataset, shard_indices(len(dataset), get_rank(), get_world_size()))
@@ -118,8 +150,13 @@ def _evaluate(method, dataset, mode, crop, stride, crop_batch, label_space, seen
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             if mode == "slide":
                 logits = slide_inference(
-                    logits_fn, image, method.num_classes, crop=tuple(crop), stride=tuple(stride),
-                    batch_size=crop_batch, out_size=tuple(target.shape[-2:]),
+                    logits_fn,
+                    image,
+                    method.num_classes,
+                    crop=tuple(crop),
+                    stride=tuple(stride),
+                    batch_size=crop_batch,
+                    out_size=tuple(target.shape[-2:]),
                 )
             else:
                 logits = whole_inference(logits_fn, image, out_size=tuple(target.shape[-2:]))

@@ -16,6 +16,7 @@ after every resize. Masking logits with ``-inf`` before the bilinear resizes mad
 interpolation weight is 0 (``0 * -inf``, e.g. at the image border) and the argmax then picked the NaN
 (a seen class); no masked value ever goes through a resize here.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -249,8 +250,10 @@ def argmax_classes(logits: torch.Tensor, classes: torch.Tensor | Sequence[int] |
     ids = torch.as_tensor(classes, dtype=torch.long).flatten().to(logits.device)
     C = logits.shape[1]
     if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= C:
-        raise ValueError(f"argmax_classes: classes {ids.tolist()} must be a non-empty subset of [0, {C}); "
-                         "label_space=unseen needs unseen classes")
+        raise ValueError(
+            f"argmax_classes: classes {ids.tolist()} must be a non-empty subset of [0, {C}); "
+            "label_space=unseen needs unseen classes"
+        )
     return ids[logits.index_select(1, ids).argmax(dim=1)]
 
 

@@ -23,6 +23,7 @@ Label spaces (a config key, reported with every result):
   *prediction* to unseen classes is the method's job (logit masking in ``Method.predict``); a
   seen-class prediction on an unseen-GT pixel simply counts as a miss here.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["SegEvaluator", "constant_five_way", "format_table", "label_histogram", "summary_line", "to_json",
-           "to_serializable", "LABEL_SPACES"]
+__all__ = [
+    "SegEvaluator",
+    "constant_five_way",
+    "format_table",
+    "label_histogram",
+    "summary_line",
+    "to_json",
+    "to_serializable",
+    "LABEL_SPACES",
+]
 
 LABEL_SPACES = ("all", "unseen")
 
@@ -324,8 +333,10 @@ def label_histogram(labels: Iterable[torch.Tensor], num_classes: int, ignore_ind
         v = v[v != ignore_index]
         if v.numel() and (int(v.min()) < 0 or int(v.max()) >= num_classes):
             bad = v[(v < 0) | (v >= num_classes)][0]
-            raise ValueError(f"label_histogram: label value {int(bad)} is outside [0, {num_classes}) and not "
-                             f"ignore_index={ignore_index}; check the label files or num_classes")
+            raise ValueError(
+                f"label_histogram: label value {int(bad)} is outside [0, {num_classes}) and not "
+                f"ignore_index={ignore_index}; check the label files or num_classes"
+            )
         counts += torch.bincount(v, minlength=num_classes)
     return counts
 
@@ -356,8 +367,10 @@ def constant_five_way(counts: torch.Tensor | np.ndarray | Sequence[int], unseen:
     if c.ndim == 2 and c.shape[0] == c.shape[1]:
         c = c.sum(dim=1)
     if c.ndim != 1:
-        raise ValueError(f"constant_five_way: counts must be [C] pixels per class or a [C, C] confusion matrix, "
-                         f"got shape {tuple(c.shape)}")
+        raise ValueError(
+            f"constant_five_way: counts must be [C] pixels per class or a [C, C] confusion matrix, "
+            f"got shape {tuple(c.shape)}"
+        )
     if bool((c < 0).any()):
         raise ValueError("constant_five_way: counts must be >= 0 (pixels per class)")
     ids = sorted({int(u) for u in unseen})
@@ -370,8 +383,13 @@ def constant_five_way(counts: torch.Tensor | np.ndarray | Sequence[int], unseen:
         return {"pAcc": float("nan"), "mAcc": float("nan"), "class_id": -1, "unseen_pixels": 0, "present": 0}
     j = int(torch.argmax(n))  # first maximum: the lowest position among ties
     present = int((n > 0).sum())
-    return {"pAcc": float(n[j]) / total * 100.0, "mAcc": 100.0 / present, "class_id": ids[j],
-            "unseen_pixels": total, "present": present}
+    return {
+        "pAcc": float(n[j]) / total * 100.0,
+        "mAcc": 100.0 / present,
+        "class_id": ids[j],
+        "unseen_pixels": total,
+        "present": present,
+    }
 
 
 # ---------------------------------------------------------------------- formatting

@@ -11,6 +11,7 @@ Reads what the trainer and CLI write into a run dir (docs/architecture.md "Run d
 Used by ``scripts/aggregate.py`` and ``scripts/plot.py``. matplotlib is optional (``pip install
 'zss[plot]'``) and imported only inside :func:`plot_metrics`.
 """
+
 from __future__ import annotations
 
 import glob as _glob
@@ -37,7 +38,11 @@ METRICS: tuple[str, ...] = ("mIoU_seen", "mIoU_unseen", "hIoU", "pAcc", "mIoU")
 """Default metrics aggregated (percent floats), in table-column order."""
 
 METRIC_LABELS: dict[str, str] = {
-    "mIoU_seen": "mIoU(S)", "mIoU_unseen": "mIoU(U)", "hIoU": "hIoU", "pAcc": "pAcc", "mIoU": "mIoU",
+    "mIoU_seen": "mIoU(S)",
+    "mIoU_unseen": "mIoU(U)",
+    "hIoU": "hIoU",
+    "pAcc": "pAcc",
+    "mIoU": "mIoU",
     "mAcc": "mAcc",
 }
 """Column headers used in the markdown table."""
@@ -106,12 +111,19 @@ class AggregateTable:
         """JSON-ready dict (NaN -> None): ``runs`` (list of rows) and ``summary`` (metric -> mean/std/n)."""
         return {
             "runs": [
-                {"run": r.name, "path": str(r.path), "source": r.source, "step": r.step,
-                 **{m: _nan_none(r.metrics[m]) for m in self.metrics}}
+                {
+                    "run": r.name,
+                    "path": str(r.path),
+                    "source": r.source,
+                    "step": r.step,
+                    **{m: _nan_none(r.metrics[m]) for m in self.metrics},
+                }
                 for r in self.runs
             ],
-            "summary": {m: {"mean": _nan_none(self.mean[m]), "std": _nan_none(self.std[m]), "n": self.n[m]}
-                        for m in self.metrics},
+            "summary": {
+                m: {"mean": _nan_none(self.mean[m]), "std": _nan_none(self.std[m]), "n": self.n[m]}
+                for m in self.metrics
+            },
             "skipped": [{"dir": d, "reason": why} for d, why in self.skipped],
         }
 
@@ -219,8 +231,12 @@ def read_metrics_jsonl(path: str | os.PathLike) -> list[dict]:
     return out
 
 
-def load_run(run_dir: str | os.PathLike, metrics: Sequence[str] = METRICS, results_file: str = RESULTS_FILE,
-             name: str | None = None) -> RunResult:
+def load_run(
+    run_dir: str | os.PathLike,
+    metrics: Sequence[str] = METRICS,
+    results_file: str = RESULTS_FILE,
+    name: str | None = None,
+) -> RunResult:
     """Load the final metrics of one run.
 
     Prefers ``<run_dir>/<results_file>``; without it, uses the last record with ``"split": "val"`` of
@@ -254,13 +270,16 @@ def load_run(run_dir: str | os.PathLike, metrics: Sequence[str] = METRICS, resul
     elif (d / METRICS_FILE).is_file():
         vals = [r for r in read_metrics_jsonl(d / METRICS_FILE) if r.get("split") == "val"]
         if not vals:
-            raise ValueError(f"{d / METRICS_FILE}: no record with \"split\": \"val\" (the run never evaluated).")
+            raise ValueError(f'{d / METRICS_FILE}: no record with "split": "val" (the run never evaluated).')
         obj, src = vals[-1], METRICS_FILE
     else:
         raise FileNotFoundError(f"{str(d)!r} holds neither {results_file} nor {METRICS_FILE}.")
     step = obj.get("step")
     return RunResult(
-        path=d, name=name or d.name, source=src, step=int(step) if isinstance(step, (int, float)) else None,
+        path=d,
+        name=name or d.name,
+        source=src,
+        step=int(step) if isinstance(step, (int, float)) else None,
         metrics={m: _to_float(obj.get(m)) for m in metrics},
     )
 
@@ -361,8 +380,11 @@ def plot_metrics(
         raise ValueError(f"{run_dir / METRICS_FILE}: no 'train' or 'val' records to plot.")
 
     def series(rs: list[dict], key: str) -> tuple[list, list]:
-        pts = [(r["step"], float(r[key])) for r in rs
-               if r.get(key) is not None and r.get("step") is not None and math.isfinite(float(r[key]))]
+        pts = [
+            (r["step"], float(r[key]))
+            for r in rs
+            if r.get(key) is not None and r.get("step") is not None and math.isfinite(float(r[key]))
+        ]
         return [p[0] for p in pts], [p[1] for p in pts]
 
     fig = Figure(figsize=(8, 9), dpi=dpi)

@@ -4,6 +4,7 @@ Every training sample is drawn as ``(index, sample_seed)``; :class:`SeededDatase
 augmentation RNGs from ``sample_seed`` before loading, so the data a step sees depends only on
 (seed, step, rank) — not on worker count, worker scheduling or where a run was resumed.
 """
+
 from __future__ import annotations
 
 import random

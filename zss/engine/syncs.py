@@ -19,6 +19,7 @@ GPU), and syncs inside C++ kernels that have no CPU counterpart. The CUDA test
 
 Source: ours (a test and benchmark tool; the op list follows PyTorch's CUDA sync points).
 """
+
 from __future__ import annotations
 
 import traceback
@@ -51,7 +52,8 @@ _ZSS = str(Path(__file__).resolve().parents[1])
 def _bool_index(args) -> bool:
     idx = args[1] if len(args) > 1 else None
     return isinstance(idx, (list, tuple)) and any(
-        isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in idx)
+        isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in idx
+    )
 
 
 def _where() -> str:
@@ -68,7 +70,9 @@ _DATA = str(Path(_ZSS) / "data")
 def _in_data_pipeline() -> bool:
     """True when the innermost zss frame is data-pipeline code (``zss/data``): it handles CPU tensors by
     construction (normally in the loader's workers), so its ``.cpu`` / ``.numpy`` / ``.tolist`` are no device syncs."""
-    own = [f for f in traceback.extract_stack()[:-2] if f.filename.startswith(_ZSS) and not f.filename.endswith("syncs.py")]
+    own = [
+        f for f in traceback.extract_stack()[:-2] if f.filename.startswith(_ZSS) and not f.filename.endswith("syncs.py")
+    ]
     return bool(own) and own[-1].filename.startswith(_DATA)
 
 

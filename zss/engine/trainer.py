@@ -6,6 +6,7 @@ periodic evaluation, atomic ``last.pt`` (never with non-finite weights; also wri
 opt-in ``best_on_val_split.pt``, exact resume (RNG and training state outside ``state_dict`` included),
 TensorBoard + ``metrics.jsonl`` on rank 0.
 """
+
 from __future__ import annotations
 
 import functools
@@ -111,6 +112,7 @@ class TrainConfig:
                 interval or count; a non-number, a bool, a float where an integer is needed; a NaN; an infinite
                 ``seen_bias``.
         """
+
         def bad(key: str, want: str) -> ValueError:
             return ValueError(f"trainer.{key}={getattr(self, key)!r}: must be {want} (configs/trainer/default.yaml)")
 
@@ -131,10 +133,32 @@ class TrainConfig:
 
 #: TrainConfig keys checked by ``TrainConfig.__post_init__``: integers >= 1, values >= 0, integer-valued keys
 _POSITIVE_INT = ("max_steps", "batch_size", "eval_crop_batch")
-_NON_NEGATIVE = ("lr", "head_lr_mult", "weight_decay", "warmup_steps", "warmup_ratio", "poly_power", "min_lr",
-                 "eval_interval", "log_interval", "ckpt_interval", "num_workers", "overlay_count")
-_INT_KEYS = ("max_steps", "batch_size", "eval_crop_batch", "warmup_steps", "eval_interval", "log_interval",
-             "ckpt_interval", "num_workers", "overlay_count", "seed")
+_NON_NEGATIVE = (
+    "lr",
+    "head_lr_mult",
+    "weight_decay",
+    "warmup_steps",
+    "warmup_ratio",
+    "poly_power",
+    "min_lr",
+    "eval_interval",
+    "log_interval",
+    "ckpt_interval",
+    "num_workers",
+    "overlay_count",
+)
+_INT_KEYS = (
+    "max_steps",
+    "batch_size",
+    "eval_crop_batch",
+    "warmup_steps",
+    "eval_interval",
+    "log_interval",
+    "ckpt_interval",
+    "num_workers",
+    "overlay_count",
+    "seed",
+)
 
 
 def lr_factor(step: int, cfg: TrainConfig, base_lr: float | None = None) -> float:
@@ -167,8 +191,10 @@ def needs_full_label(method: nn.Module) -> bool:
     Only then do training batches carry ``full_label`` (every class, unseen included); otherwise the trainer
     drops it, so no training step can read unseen ground truth.
     """
-    return bool(getattr(getattr(method, "teacher", None), "needs_full_label", False)
-                or getattr(method, "reads_full_label", False))
+    return bool(
+        getattr(getattr(method, "teacher", None), "needs_full_label", False)
+        or getattr(method, "reads_full_label", False)
+    )
 
 
 def new_run_dir(root: str | Path, name: str) -> Path:
@@ -195,10 +221,21 @@ BEST_ON_VAL_NAME = "best_on_val_split.pt"
 #: else, ``trainer.max_steps`` included (the poly schedule depends on it), must match unless
 #: ``resume_allow_changes=true``. Ours (docs/usage.md "A real run (CLIP ViT-B/16 teacher)").
 RESUME_HARMLESS_KEYS = (
-    "resume", "resume_allow_changes", "init_from", "run_root", "paths", "name", "device", "allow_oracle_teacher",
+    "resume",
+    "resume_allow_changes",
+    "init_from",
+    "run_root",
+    "paths",
+    "name",
+    "device",
+    "allow_oracle_teacher",
     "dataset.root",
-    "transfer_view", "trainer.log_interval", "trainer.ckpt_interval", "trainer.eval_interval",
-    "trainer.num_workers", "trainer.overlay_count",
+    "transfer_view",
+    "trainer.log_interval",
+    "trainer.ckpt_interval",
+    "trainer.eval_interval",
+    "trainer.num_workers",
+    "trainer.overlay_count",
     "method.recipe",  # CLIP-RC / ZegCLIP values moved to per-row experiment files; the values themselves still compare
 )
 
@@ -226,8 +263,11 @@ def config_changes(stored: dict, current: dict, harmless: Sequence[str] = RESUME
     a, b = _flatten(stored or {}), _flatten(current or {})
     skip = lambda k: any(k == h or k.startswith(h + ".") for h in harmless)  # noqa: E731
     norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
-    return {k: (a.get(k, "<missing>"), b.get(k, "<missing>")) for k in sorted(set(a) | set(b))
-            if not skip(k) and norm(a.get(k, "<missing>")) != norm(b.get(k, "<missing>"))}
+    return {
+        k: (a.get(k, "<missing>"), b.get(k, "<missing>"))
+        for k in sorted(set(a) | set(b))
+        if not skip(k) and norm(a.get(k, "<missing>")) != norm(b.get(k, "<missing>"))
+    }
 
 
 def format_changes(changes: dict, limit: int = 8) -> str:
@@ -373,22 +413,29 @@ class Trainer:
         self.model: nn.Module = self.method
         if self.world > 1:
             self.model = nn.parallel.DistributedDataParallel(
-                self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                self.method,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=cfg.find_unused_parameters,
             )
         groups = self.method.param_groups(cfg.lr, head_lr_mult=cfg.head_lr_mult, weight_decay=cfg.weight_decay)
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
         #: warm-up + poly (:func:`lr_factor`), one lambda per param group; sets each group's lr for step 0 now
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, [functools.partial(lr_factor, cfg=cfg, base_lr=g["lr"]) for g in groups])
+            self.optimizer, [functools.partial(lr_factor, cfg=cfg, base_lr=g["lr"]) for g in groups]
+        )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.train_set, self.val_set = train_set, val_set
-        if (train_set is not None and getattr(train_set, "hide_unseen", True) is False
-                and getattr(train_set, "unseen", ()) and method.unseen.numel() > 0):
+        if (
+            train_set is not None
+            and getattr(train_set, "hide_unseen", True) is False
+            and getattr(train_set, "unseen", ())
+            and method.unseen.numel() > 0
+        ):
             raise ValueError(
                 f"the training set was built with hide_unseen=false on a benchmark with unseen classes "
                 f"{list(train_set.unseen)}: its labels would hand unseen ground truth to the training steps; set "
-                f"dataset.hide_unseen=true (the zero-shot setting)")
+                f"dataset.hide_unseen=true (the zero-shot setting)"
+            )
         #: keys removed from training samples before collation (full_label unless the teacher needs it)
         self.dropped_keys: tuple[str, ...] = () if needs_full_label(method) else ("full_label",)
         self.step, self.best = 0, {"hIoU": -math.inf, "step": -1}
@@ -406,8 +453,9 @@ class Trainer:
 
             self._prepare_run_dir(resumed=resume_from is not None)
             # a resume drops the TensorBoard events logged after the checkpoint's step (they are re-run)
-            self.writer = SummaryWriter(str(self.run_dir / "tb"),
-                                        purge_step=self.step + 1 if resume_from is not None else None)
+            self.writer = SummaryWriter(
+                str(self.run_dir / "tb"), purge_step=self.step + 1 if resume_from is not None else None
+            )
             (self.run_dir / "config.json").write_text(json.dumps(self.config, indent=2, default=str))
 
     def _prepare_run_dir(self, resumed: bool) -> None:
@@ -439,8 +487,9 @@ class Trainer:
         """``{name: object}`` of the method's submodules (and its unregistered teacher, ``@teacher``) that keep
         training state outside ``state_dict`` (``train_state()`` / ``load_train_state()``: the CLIP-ZSS CLS bank,
         the oracle teacher's noise generator)."""
-        owners = {name or "@method": m for name, m in self.method.named_modules()
-                  if callable(getattr(m, "train_state", None))}
+        owners = {
+            name or "@method": m for name, m in self.method.named_modules() if callable(getattr(m, "train_state", None))
+        }
         teacher = getattr(self.method, "teacher", None)
         if teacher is not None and callable(getattr(teacher, "train_state", None)):
             owners["@teacher"] = teacher
@@ -464,12 +513,16 @@ class Trainer:
             tensors.update({f"{owner}.{k}": v for k, v in state.items()})
         bad = non_finite_tensors(tensors)
         if bad:
-            kept = (f"{self.run_dir / 'last.pt'} of step {self._last_saved_step} is kept as it was"
-                    if self._last_saved_step is not None else "no checkpoint of this run was written")
+            kept = (
+                f"{self.run_dir / 'last.pt'} of step {self._last_saved_step} is kept as it was"
+                if self._last_saved_step is not None
+                else "no checkpoint of this run was written"
+            )
             raise FloatingPointError(
                 f"non-finite weights after step {self.step}: {'; '.join(bad[:6])}"
                 f"{f' (+{len(bad) - 6} more)' if len(bad) > 6 else ''}. Not {action}: {kept}. Lower trainer.lr, "
-                f"set trainer.grad_clip or use trainer.amp=fp32, then resume from that checkpoint or start anew.")
+                f"set trainer.grad_clip or use trainer.amp=fp32, then resume from that checkpoint or start anew."
+            )
 
     def _train_state(self) -> dict:
         return {name: dict(owner.train_state()) for name, owner in self._train_state_owners().items()}
@@ -514,8 +567,11 @@ class Trainer:
             if name in saved:
                 owner.load_train_state(saved[name])
             elif zdist.is_main():
-                warnings.warn(f"resume: {path} has no training state for {name} (written by an older zss): the "
-                              f"continuation is not exactly the uninterrupted run", stacklevel=2)
+                warnings.warn(
+                    f"resume: {path} has no training state for {name} (written by an older zss): the "
+                    f"continuation is not exactly the uninterrupted run",
+                    stacklevel=2,
+                )
 
     def save(self, name: str) -> Path:
         """Write ``run_dir/name`` atomically (rank 0; every rank must call it).
@@ -553,16 +609,26 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def _loader(self) -> DataLoader:
-        sampler = StepSampler(len(self.train_set), seed=self.cfg.seed, rank=self.rank, world_size=self.world,
-                              start=self.step * self.accum * self.micro)
+        sampler = StepSampler(
+            len(self.train_set),
+            seed=self.cfg.seed,
+            rank=self.rank,
+            world_size=self.world,
+            start=self.step * self.accum * self.micro,
+        )
         data = SeededDataset(self.train_set)
         if self.dropped_keys:
             data = WithoutKeys(data, self.dropped_keys)
         if self.method.unseen.numel() > 0:  # a training label never names an unseen class (CPU, in the workers)
             data = UnseenLabelGuard(data, self.method.unseen.tolist())
         return DataLoader(
-            data, batch_size=self.micro, sampler=sampler, num_workers=self.cfg.num_workers,
-            drop_last=True, persistent_workers=self.cfg.num_workers > 0, pin_memory=self.device.type == "cuda",
+            data,
+            batch_size=self.micro,
+            sampler=sampler,
+            num_workers=self.cfg.num_workers,
+            drop_last=True,
+            persistent_workers=self.cfg.num_workers > 0,
+            pin_memory=self.device.type == "cuda",
             worker_init_fn=ignore_stop_signals if self.cfg.num_workers > 0 else None,
         )
 
@@ -594,8 +660,9 @@ class Trainer:
         stop_at = cfg.max_steps if stop_at is None else min(stop_at, cfg.max_steps)
         data = iter(self._loader())
         # the bar on the main rank, drawn in log files too (tty_only=False); log lines go above it
-        bar = progress_bar(desc="train", total=cfg.max_steps, initial=self.step, enabled=zdist.is_main(),
-                           tty_only=False, unit="step")
+        bar = progress_bar(
+            desc="train", total=cfg.max_steps, initial=self.step, enabled=zdist.is_main(), tty_only=False, unit="step"
+        )
         self.method.train()
         t_last, imgs = time.perf_counter(), 0
         results = None
@@ -676,8 +743,9 @@ class Trainer:
             self._bad_loss_step = torch.where(bad & (first < 0), float(self.step), first)
             self.scaler.unscale_(self.optimizer)
             if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
-                                               cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_(
+                    [p for g in self.optimizer.param_groups for p in g["params"]], cfg.grad_clip
+                )
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
@@ -703,8 +771,10 @@ class Trainer:
                     self.save("last.pt")
                 self.stopped_by = signal.Signals(self._stop_signum).name
                 if zdist.is_main():
-                    write(f"zss: {self.stopped_by}: stopped after step {self.step}; wrote {self.run_dir / 'last.pt'} "
-                          f"(continue with resume={self.run_dir / 'last.pt'} or resume=auto)")
+                    write(
+                        f"zss: {self.stopped_by}: stopped after step {self.step}; wrote {self.run_dir / 'last.pt'} "
+                        f"(continue with resume={self.run_dir / 'last.pt'} or resume=auto)"
+                    )
                 break
         return results
 
@@ -721,7 +791,8 @@ class Trainer:
         if first >= 0:
             raise FloatingPointError(
                 f"non-finite loss at step {first} (checked at step {self.step}: {vals}); lower trainer.lr or use "
-                f"trainer.amp=fp32")
+                f"trainer.amp=fp32"
+            )
         return vals
 
     def run_eval(self) -> dict:
@@ -742,10 +813,18 @@ class Trainer:
                 overlays.append((sample, pred.cpu()))
 
         results = evaluate(
-            self.method, self.val_set, mode=cfg.eval_mode, crop=cfg.eval_crop, stride=cfg.eval_stride,
-            crop_batch=cfg.eval_crop_batch, label_space=cfg.label_space, seen_bias=cfg.seen_bias,
-            amp_dtype=self.amp_dtype if self.amp_dtype is torch.bfloat16 else None, device=self.device,
-            on_prediction=keep if zdist.is_main() else None, progress=zdist.is_main(),
+            self.method,
+            self.val_set,
+            mode=cfg.eval_mode,
+            crop=cfg.eval_crop,
+            stride=cfg.eval_stride,
+            crop_batch=cfg.eval_crop_batch,
+            label_space=cfg.label_space,
+            seen_bias=cfg.seen_bias,
+            amp_dtype=self.amp_dtype if self.amp_dtype is torch.bfloat16 else None,
+            device=self.device,
+            on_prediction=keep if zdist.is_main() else None,
+            progress=zdist.is_main(),
         )
         results["step"] = self.step
         if zdist.is_main():
@@ -758,8 +837,12 @@ class Trainer:
         score = h if h == h else results["mIoU"]  # hIoU is NaN when no unseen class is present
         if cfg.select_best_on_val:  # opt-in: selecting on the val split selects on the benchmark's test split
             if score > self.best["hIoU"]:
-                self.best = {"hIoU": float(score), "step": self.step, "file": BEST_ON_VAL_NAME,
-                             "selected_on": "val split (the benchmark's test split)"}
+                self.best = {
+                    "hIoU": float(score),
+                    "step": self.step,
+                    "file": BEST_ON_VAL_NAME,
+                    "selected_on": "val split (the benchmark's test split)",
+                }
                 self.save(BEST_ON_VAL_NAME)
             results["best_on_val_split"] = dict(self.best)
         return results
@@ -773,8 +856,13 @@ class Trainer:
             img = denormalize(sample["image"], mean, std)  # [3, H', W'] uint8 (test-resized)
             img = torch.nn.functional.interpolate(img[None].float(), size=tuple(pred.shape), mode="bilinear")
             img = img[0].round().clamp(0, 255).to(torch.uint8)
-            both = torch.cat([overlay(img, sample["full_label"], self.method.num_classes),
-                              overlay(img, pred, self.method.num_classes)], dim=2)  # GT | prediction
+            both = torch.cat(
+                [
+                    overlay(img, sample["full_label"], self.method.num_classes),
+                    overlay(img, pred, self.method.num_classes),
+                ],
+                dim=2,
+            )  # GT | prediction
             self.writer.add_image(f"val/overlay/{sample['name']}", both, self.step)
 
     def _log(self, values: dict, prefix: str) -> None:

@@ -6,6 +6,7 @@ is drawn with VOC entry ``k + 1`` (:func:`color_palette`): entry 0 is black, whi
 official VOC colour (aeroplane = id 0 = VOC label 1 = (128, 0, 0)). Overlays use
 ``torchvision.utils.draw_segmentation_masks`` (docs/architecture.md "Trainer"); ignored pixels are left untouched.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -162,7 +163,12 @@ def denormalize(
     Raises:
         ValueError: not a float tensor with 3 channels at dim -3.
     """
-    if not isinstance(image, torch.Tensor) or not image.is_floating_point() or image.dim() not in (3, 4) or image.shape[-3] != 3:
+    if (
+        not isinstance(image, torch.Tensor)
+        or not image.is_floating_point()
+        or image.dim() not in (3, 4)
+        or image.shape[-3] != 3
+    ):
         desc = (tuple(image.shape), image.dtype) if isinstance(image, torch.Tensor) else type(image).__name__
         raise ValueError(f"denormalize: image must be a float Tensor[(B,) 3, H, W], got {desc}")
     m = torch.as_tensor(mean, dtype=torch.float32, device=image.device).view(3, 1, 1)

@@ -5,6 +5,7 @@ or rebuild a trained one with ``zss.from_checkpoint(path)``. Each method takes i
 of its config (frozen dataclasses, :mod:`zss.methods.settings`: ``ClipZSS(..., glm=GLMSettings(tau=0.1))``);
 ``Method.from_flat(**config keys)`` builds it from the flat keys of ``configs/method/<name>.yaml``.
 """
+
 from zss.methods.base import Method
 from zss.methods.baseline import SeenOnlyBaseline
 from zss.methods.chimera_seg import ChimeraSeg, CSHSettings, SAMSettings, SGDSettings
@@ -20,7 +21,24 @@ from zss.methods.clip_zss import (
 from zss.methods.losses import CLSBank, GlobalDistillLoss
 from zss.methods.settings import Settings
 
-__all__ = ["Method", "SeenOnlyBaseline", "ClipZSS", "ChimeraSeg", "ClipRC", "CLSBank", "GlobalDistillLoss",
-           "Settings", "GLMSettings", "PseudoLabelSettings", "PseudoNegativeSettings", "ClipZSSLossSettings",
-           "SynthSettings", "CSHSettings", "SGDSettings", "SAMSettings", "ClipRCEncoderSettings",
-           "ClipRCDecoderSettings", "ClipRCLossSettings"]
+__all__ = [
+    "Method",
+    "SeenOnlyBaseline",
+    "ClipZSS",
+    "ChimeraSeg",
+    "ClipRC",
+    "CLSBank",
+    "GlobalDistillLoss",
+    "Settings",
+    "GLMSettings",
+    "PseudoLabelSettings",
+    "PseudoNegativeSettings",
+    "ClipZSSLossSettings",
+    "SynthSettings",
+    "CSHSettings",
+    "SGDSettings",
+    "SAMSettings",
+    "ClipRCEncoderSettings",
+    "ClipRCDecoderSettings",
+    "ClipRCLossSettings",
+]

@@ -11,6 +11,7 @@ The base class also carries the optional TRANSDUCTIVE setting shared by every me
 known during training (``text_embeds`` holds every class anyway) and unlabelled pixels are
 self-trained with the model's own confident unseen-class predictions. Off by default (inductive).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -113,19 +114,22 @@ class Method(nn.Module):
             if key in flat:
                 arg, name = flat[key]
                 grouped.setdefault(arg, {})[name] = value
-            elif key in params and params[key].kind not in (inspect.Parameter.VAR_POSITIONAL,
-                                                             inspect.Parameter.VAR_KEYWORD):
+            elif key in params and params[key].kind not in (
+                inspect.Parameter.VAR_POSITIONAL,
+                inspect.Parameter.VAR_KEYWORD,
+            ):
                 out[key] = value
             else:
                 valid = sorted(set(flat) | set(params) - set(cls.SETTINGS))
                 close = difflib.get_close_matches(str(key), valid, n=3)
                 hint = f"did you mean {close}?" if close else f"valid keys: {valid}"
-                raise TypeError(f"{cls.__name__}.from_flat() got an unexpected setting {key!r} (method.{key}); "
-                                f"{hint}")
+                raise TypeError(f"{cls.__name__}.from_flat() got an unexpected setting {key!r} (method.{key}); {hint}")
         for arg, fields in grouped.items():
             if arg in out:
-                raise TypeError(f"{cls.__name__}.from_flat(): {arg}= is given whole and as flat keys "
-                                f"{sorted(cls.SETTINGS[arg].flat_keys()[f] for f in fields)}; give one of the two")
+                raise TypeError(
+                    f"{cls.__name__}.from_flat(): {arg}= is given whole and as flat keys "
+                    f"{sorted(cls.SETTINGS[arg].flat_keys()[f] for f in fields)}; give one of the two"
+                )
             out[arg] = cls.SETTINGS[arg](**fields)
         return out
 
@@ -186,8 +190,9 @@ class Method(nn.Module):
         transductive = dict(transductive or {})
         unknown = sorted(set(transductive) - set(self.TRANSDUCTIVE_KEYS))
         if unknown:
-            raise ValueError(f"method.transductive: unknown key(s) {unknown}; valid keys are "
-                             f"{list(self.TRANSDUCTIVE_KEYS)}")
+            raise ValueError(
+                f"method.transductive: unknown key(s) {unknown}; valid keys are {list(self.TRANSDUCTIVE_KEYS)}"
+            )
         self.configure_transductive(**transductive)
 
     # ------------------------------------------------------------------ utilities
@@ -232,8 +237,10 @@ class Method(nn.Module):
             ValueError: ``text_embeds`` does not have one row per class or the teacher's D.
         """
         if text_embeds.shape[0] != len(classnames) or text_embeds.shape[1] != self.text_embeds.shape[1]:
-            raise ValueError(f"text_embeds {tuple(text_embeds.shape)} do not match {len(classnames)} classes x "
-                             f"D={self.text_embeds.shape[1]}")
+            raise ValueError(
+                f"text_embeds {tuple(text_embeds.shape)} do not match {len(classnames)} classes x "
+                f"D={self.text_embeds.shape[1]}"
+            )
         dev = self.text_embeds.device
         self.classnames = list(classnames)
         unseen_t = torch.tensor(sorted(int(u) for u in unseen), dtype=torch.long, device=dev)
@@ -317,8 +324,9 @@ class Method(nn.Module):
         if label_space == "all":
             return None
         if self.unseen.numel() == 0:
-            raise ValueError("label_space=unseen needs unseen classes, but this vocabulary has none; "
-                             "use label_space=all")
+            raise ValueError(
+                "label_space=unseen needs unseen classes, but this vocabulary has none; use label_space=all"
+            )
         return self.unseen
 
     def param_groups(self, lr: float, head_lr_mult: float = 10.0, weight_decay: float = 0.01) -> list[dict]:
@@ -408,8 +416,10 @@ class Method(nn.Module):
         """
         B, C, H, W = logits.shape
         if C != self.num_classes or tuple(label.shape) != (B, H, W):
-            raise ValueError(f"self_training_targets: logits {tuple(logits.shape)} need {self.num_classes} classes "
-                             f"and the label size {tuple(label.shape)}")
+            raise ValueError(
+                f"self_training_targets: logits {tuple(logits.shape)} need {self.num_classes} classes "
+                f"and the label size {tuple(label.shape)}"
+            )
         prob, pred = logits.float().softmax(dim=1).max(dim=1)  # [B, H, W] each
         is_unseen = torch.zeros(C, dtype=torch.bool, device=logits.device)
         is_unseen[self.unseen] = True
@@ -463,8 +473,9 @@ class Method(nn.Module):
         """
         return self._self_training(embeds, label, valid)[0]
 
-    def add_self_training(self, out: dict[str, Tensor], embeds: Tensor, label: Tensor,
-                          valid: Tensor | None = None) -> dict[str, Tensor]:
+    def add_self_training(
+        self, out: dict[str, Tensor], embeds: Tensor, label: Tensor, valid: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """Add the weighted transductive term to ``out["loss"]`` and report it; returns ``out``.
 
         Sets ``out["loss_st"]`` (unweighted, detached; 0 when off) and ``out["st_pixels"]`` (pseudo-labelled

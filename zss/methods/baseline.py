@@ -3,6 +3,7 @@
 No distillation: the student learns only from seen-class labels (unseen and unlabelled pixels
 are 255 and ignored). This is the reference every distillation method must beat on mIoU(U).
 """
+
 from __future__ import annotations
 
 from torch import Tensor

@@ -13,6 +13,7 @@ Training (per batch) [paper for the parts, ours for every detail]:
 Inference: body + CSH + text embeds of all classes (:meth:`Method.predict` unchanged); the full CLIP image
 encoder is not needed, only the CSH's frozen copies of its last k blocks, which are in the checkpoint.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,16 @@ from zss.methods.losses import GlobalDistillLoss, nearest_down, nel_loss
 from zss.methods.settings import Settings, coerce_settings
 from zss.models.chimera import ChimeraStudent, CLIPSemanticHead
 
-__all__ = ["ChimeraSeg", "CSHSettings", "SGDSettings", "SAMSettings", "keep_ratio", "select_top_ratio", "R_SCHEDULES",
-           "SAM_LOSSES"]
+__all__ = [
+    "ChimeraSeg",
+    "CSHSettings",
+    "SGDSettings",
+    "SAMSettings",
+    "keep_ratio",
+    "select_top_ratio",
+    "R_SCHEDULES",
+    "SAM_LOSSES",
+]
 
 #: Shapes of the keep-ratio decay r(t).
 R_SCHEDULES = ("linear", "cosine")
@@ -37,8 +46,14 @@ R_SCHEDULES = ("linear", "cosine")
 SAM_LOSSES = ("ce", "nel", "ce+nel")
 
 
-def keep_ratio(step: int, max_steps: int, r0: float = 1.0, r_min: float = 0.25, schedule: str = "linear",
-               decay_fraction: float = 1.0) -> float:
+def keep_ratio(
+    step: int,
+    max_steps: int,
+    r0: float = 1.0,
+    r_min: float = 0.25,
+    schedule: str = "linear",
+    decay_fraction: float = 1.0,
+) -> float:
     """SGD keep ratio r(t): decays from ``r0`` (step 0) to ``r_min`` (step ``decay_fraction·max_steps`` and after).
 
     With progress ``p = min(1, step / (decay_fraction · max_steps))``:
@@ -56,13 +71,15 @@ def keep_ratio(step: int, max_steps: int, r0: float = 1.0, r_min: float = 0.25, 
         ValueError: bad fractions, ``max_steps < 1`` or an unknown schedule.
     """
     if not 0.0 < r_min <= r0 <= 1.0:
-        raise ValueError(f"keep_ratio: need 0 < r_min <= r0 <= 1 (method.r_min / method.r0), got r0={r0}, "
-                         f"r_min={r_min}")
+        raise ValueError(
+            f"keep_ratio: need 0 < r_min <= r0 <= 1 (method.r_min / method.r0), got r0={r0}, r_min={r_min}"
+        )
     if schedule not in R_SCHEDULES:
         raise ValueError(f"keep_ratio: unknown schedule {schedule!r} (method.r_schedule); choose {R_SCHEDULES}")
     if max_steps < 1 or not 0.0 < decay_fraction <= 1.0:
-        raise ValueError(f"keep_ratio: need max_steps >= 1 and 0 < decay_fraction <= 1, got {max_steps}, "
-                         f"{decay_fraction}")
+        raise ValueError(
+            f"keep_ratio: need max_steps >= 1 and 0 < decay_fraction <= 1, got {max_steps}, {decay_fraction}"
+        )
     p = min(1.0, max(0, step) / (decay_fraction * max_steps))
     if schedule == "linear":
         return float(r0 + (r_min - r0) * p)
@@ -134,8 +151,15 @@ class CSHSettings(Settings):
     """
 
     PREFIX: ClassVar[str] = "csh_"
-    UNPREFIXED: ClassVar[tuple[str, ...]] = ("prepend_cls", "maskclip_last", "pos_embed", "adapter_norm",
-                                             "adapter_hidden", "resample", "token_stride")
+    UNPREFIXED: ClassVar[tuple[str, ...]] = (
+        "prepend_cls",
+        "maskclip_last",
+        "pos_embed",
+        "adapter_norm",
+        "adapter_hidden",
+        "resample",
+        "token_stride",
+    )
 
     blocks: int = 2
     input: str = "decoder"
@@ -200,8 +224,15 @@ class SAMSettings(Settings):
     """
 
     PREFIX: ClassVar[str] = "sam_"
-    UNPREFIXED: ClassVar[tuple[str, ...]] = ("ce_weight", "nel_weight", "focal_weight", "dice_weight",
-                                             "focal_reduction", "nel_bias", "loss_resolution")
+    UNPREFIXED: ClassVar[tuple[str, ...]] = (
+        "ce_weight",
+        "nel_weight",
+        "focal_weight",
+        "dice_weight",
+        "focal_reduction",
+        "nel_bias",
+        "loss_resolution",
+    )
 
     loss: str = "ce"
     ce_weight: float = 1.0
@@ -269,8 +300,10 @@ class ChimeraSeg(Method):
         sgd = coerce_settings(sgd, SGDSettings, "ChimeraSeg(sgd=...)")
         sam = coerce_settings(sam, SAMSettings, "ChimeraSeg(sam=...)")
         if teacher is None:
-            raise ValueError("ChimeraSeg needs a FrozenCLIP teacher to build its CLIP Semantic Head (even for "
-                             "inference rebuilds: random weights of the same architecture suffice)")
+            raise ValueError(
+                "ChimeraSeg needs a FrozenCLIP teacher to build its CLIP Semantic Head (even for "
+                "inference rebuilds: random weights of the same architecture suffice)"
+            )
         if sam.loss not in SAM_LOSSES:
             raise ValueError(f"ChimeraSeg: sam_loss={sam.loss!r} (method.sam_loss); choose {SAM_LOSSES}")
         if sgd.pool not in ("mean", "attention"):
@@ -279,28 +312,43 @@ class ChimeraSeg(Method):
             raise ValueError(f"ChimeraSeg: loss_resolution={sam.loss_resolution!r}; choose 'label' or 'logits'")
         keep_ratio(0, 1, sgd.r0, sgd.r_min, sgd.r_schedule, sgd.r_decay_fraction)  # validates the schedule
         head = CLIPSemanticHead(
-            teacher, ChimeraStudent.body_channels(student, csh.input), num_blocks=csh.blocks,
-            maskclip_last=csh.maskclip_last, prepend_cls=csh.prepend_cls, pos_embed=csh.pos_embed,
-            adapter_norm=csh.adapter_norm, adapter_hidden=csh.adapter_hidden, resample=csh.resample,
+            teacher,
+            ChimeraStudent.body_channels(student, csh.input),
+            num_blocks=csh.blocks,
+            maskclip_last=csh.maskclip_last,
+            prepend_cls=csh.prepend_cls,
+            pos_embed=csh.pos_embed,
+            adapter_norm=csh.adapter_norm,
+            adapter_hidden=csh.adapter_hidden,
+            resample=csh.resample,
         )
         chimera = ChimeraStudent(student, head, csh_input=csh.input, token_stride=csh.token_stride)
-        super().__init__(chimera, teacher, classnames, unseen, templates, text_embeds, ignore_index,
-                         transductive=transductive)
+        super().__init__(
+            chimera, teacher, classnames, unseen, templates, text_embeds, ignore_index, transductive=transductive
+        )
         dim = int(self.text_embeds.shape[1])
         if dim != chimera.embed_dim:
             raise ValueError(f"ChimeraSeg: text embeds have D={dim} but the CSH projects to D={chimera.embed_dim}")
         self.r0, self.r_min, self.r_schedule, self.r_decay_fraction = (
-            float(sgd.r0), float(sgd.r_min), sgd.r_schedule, float(sgd.r_decay_fraction))
+            float(sgd.r0),
+            float(sgd.r_min),
+            sgd.r_schedule,
+            float(sgd.r_decay_fraction),
+        )
         self.current_keep_ratio = float(sgd.r0)
         self.sgd_weight, self.sgd_mask_padding = float(sgd.weight), bool(sgd.mask_padding)
         self.sgd_pool = sgd.pool
         # mean pooling == CLS-query attention pooling with scale 0 (uniform softmax over the kept set)
-        self.sgd = GlobalDistillLoss(dim, tau=sgd.tau, bank_size=sgd.bank_size,
-                                     attn_scale=0.0 if sgd.pool == "mean" else sgd.attn_scale)
+        self.sgd = GlobalDistillLoss(
+            dim, tau=sgd.tau, bank_size=sgd.bank_size, attn_scale=0.0 if sgd.pool == "mean" else sgd.attn_scale
+        )
         self.sam_loss = sam.loss
         self.ce_weight, self.nel_weight = float(sam.ce_weight), float(sam.nel_weight)
         self.focal_weight, self.dice_weight, self.focal_reduction = (
-            float(sam.focal_weight), float(sam.dice_weight), sam.focal_reduction)
+            float(sam.focal_weight),
+            float(sam.dice_weight),
+            sam.focal_reduction,
+        )
         self.nel_bias = float(sam.nel_bias)
         self.loss_resolution = sam.loss_resolution
         self.debug = bool(debug)
@@ -308,8 +356,9 @@ class ChimeraSeg(Method):
     # ------------------------------------------------------------------ schedule
     def on_step(self, step: int, max_steps: int) -> None:
         """Set the SGD keep ratio r(t) for this optimizer step (called by the trainer before each step)."""
-        self.current_keep_ratio = keep_ratio(step, max_steps, self.r0, self.r_min, self.r_schedule,
-                                             self.r_decay_fraction)
+        self.current_keep_ratio = keep_ratio(
+            step, max_steps, self.r0, self.r_min, self.r_schedule, self.r_decay_fraction
+        )
 
     # ------------------------------------------------------------------ training
     def _valid_cells(self, valid: Tensor, grid: tuple[int, int]) -> Tensor | None:
@@ -366,8 +415,17 @@ class ChimeraSeg(Method):
             loss_sam = loss_sam + self.ce_weight * loss_ce
             out["loss_ce"] = loss_ce.detach()
         if "nel" in self.sam_loss.split("+"):
-            nel = nel_loss(logits, target, self.ignore_index, None, self.focal_weight, self.dice_weight,
-                           focal_reduction=self.focal_reduction, bias=self.nel_bias, validate=self.debug)
+            nel = nel_loss(
+                logits,
+                target,
+                self.ignore_index,
+                None,
+                self.focal_weight,
+                self.dice_weight,
+                focal_reduction=self.focal_reduction,
+                bias=self.nel_bias,
+                validate=self.debug,
+            )
             loss_sam = loss_sam + self.nel_weight * nel["loss_nel"]
             out.update(loss_nel=nel["loss_nel"].detach(), loss_focal=nel["loss_focal"], loss_dice=nel["loss_dice"])
 

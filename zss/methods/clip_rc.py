@@ -22,6 +22,7 @@ training step), then the same losses. ``method.transductive.gt_unseen_mask=true`
 code's rule instead (:func:`st_pseudo_labels_gt_mask`): it READS THE UNSEEN GROUND TRUTH, for comparison with
 the published transductive numbers only.
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,9 +39,17 @@ from zss.models.clip_rc_decoder import RecoveryDecoder, RegionTextDecoder, recov
 from zss.teachers.clip import FrozenCLIP
 from zss.teachers.prompted import IMAGENET_MEAN, IMAGENET_STD, PromptedCLIPEncoder, visual_fingerprint
 
-__all__ = ["CLIP_INPUT_NORMS", "ClipRC", "ClipRCDecoderSettings", "ClipRCEncoderSettings", "ClipRCLossSettings",
-           "ClipRCNet", "focal_dice_ignore_as_negative",
-           "st_pseudo_labels", "st_pseudo_labels_gt_mask"]
+__all__ = [
+    "CLIP_INPUT_NORMS",
+    "ClipRC",
+    "ClipRCDecoderSettings",
+    "ClipRCEncoderSettings",
+    "ClipRCLossSettings",
+    "ClipRCNet",
+    "focal_dice_ignore_as_negative",
+    "st_pseudo_labels",
+    "st_pseudo_labels_gt_mask",
+]
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +144,9 @@ def st_pseudo_labels_gt_mask(logits: Tensor, label: Tensor, full_label: Tensor, 
         ValueError: ``full_label`` and ``label`` shapes differ.
     """
     if full_label.shape != label.shape:
-        raise ValueError(f"st_pseudo_labels_gt_mask: full_label {tuple(full_label.shape)} and label "
-                         f"{tuple(label.shape)} differ")
+        raise ValueError(
+            f"st_pseudo_labels_gt_mask: full_label {tuple(full_label.shape)} and label {tuple(label.shape)} differ"
+        )
     unseen = unseen.to(logits.device)
     pred = unseen[logits.float()[:, unseen].argmax(dim=1)]  # [B, H, W] unseen ids
     return torch.where(torch.isin(full_label.to(logits.device), unseen), pred, label)
@@ -221,8 +231,14 @@ class ClipRCDecoderSettings(Settings):
     """
 
     PREFIX: ClassVar[str] = "decoder_"
-    UNPREFIXED: ClassVar[tuple[str, ...]] = ("ffn_ratio", "attn_dropout", "bidirectional", "lateral_proj", "logits",
-                                             "head_init")
+    UNPREFIXED: ClassVar[tuple[str, ...]] = (
+        "ffn_ratio",
+        "attn_dropout",
+        "bidirectional",
+        "lateral_proj",
+        "logits",
+        "head_init",
+    )
 
     layers: int = 3
     heads: int = 8
@@ -320,35 +336,68 @@ class ClipRC(Method):
                 f"tower is part of the model at train and test time; got {type(teacher).__name__}"
             )
         if student is not None:
-            log.warning("ClipRC builds its own model from the CLIP teacher; the given student (%s) is ignored",
-                        type(student).__name__)
+            log.warning(
+                "ClipRC builds its own model from the CLIP teacher; the given student (%s) is ignored",
+                type(student).__name__,
+            )
         if enc.clip_input_norm not in CLIP_INPUT_NORMS:
-            raise ValueError(f"ClipRC: clip_input_norm={enc.clip_input_norm!r} (method.clip_input_norm); choose "
-                             f"{CLIP_INPUT_NORMS}")
-        for name, v in (("focal_weight", loss.focal_weight), ("dice_weight", loss.dice_weight),
-                        ("recovery_weight", loss.recovery_weight)):
+            raise ValueError(
+                f"ClipRC: clip_input_norm={enc.clip_input_norm!r} (method.clip_input_norm); choose {CLIP_INPUT_NORMS}"
+            )
+        for name, v in (
+            ("focal_weight", loss.focal_weight),
+            ("dice_weight", loss.dice_weight),
+            ("recovery_weight", loss.recovery_weight),
+        ):
             if not float(v) >= 0.0:
                 raise ValueError(f"ClipRC: method.{name} must be >= 0, got {v}")
         pix = (IMAGENET_MEAN, IMAGENET_STD) if enc.clip_input_norm == "imagenet" else (None, None)
         image_encoder = PromptedCLIPEncoder(
-            teacher, num_prompts=enc.num_prompts, deep_prompts=enc.deep_prompts, region_grid=enc.region_grid,
-            train_region_tokens=enc.train_region_tokens, prompt_dropout=enc.prompt_dropout,
-            drop_path_rate=enc.drop_path_rate, pos_interp=enc.pos_interp, pixel_mean=pix[0], pixel_std=pix[1],
+            teacher,
+            num_prompts=enc.num_prompts,
+            deep_prompts=enc.deep_prompts,
+            region_grid=enc.region_grid,
+            train_region_tokens=enc.train_region_tokens,
+            prompt_dropout=enc.prompt_dropout,
+            drop_path_rate=enc.drop_path_rate,
+            pos_interp=enc.pos_interp,
+            pixel_mean=pix[0],
+            pixel_std=pix[1],
             cls_input=enc.cls_input,
         )
         dim = image_encoder.embed_dim
         query_decoder = RegionTextDecoder(
-            dim, num_layers=dec.layers, num_heads=dec.heads, ffn_ratio=dec.ffn_ratio, dropout=dec.dropout,
-            attn_dropout=dec.attn_dropout, with_regions=image_encoder.num_regions > 0, lateral_proj=dec.lateral_proj,
-            bidirectional=dec.bidirectional, logits=dec.logits, init=dec.head_init,
+            dim,
+            num_layers=dec.layers,
+            num_heads=dec.heads,
+            ffn_ratio=dec.ffn_ratio,
+            dropout=dec.dropout,
+            attn_dropout=dec.attn_dropout,
+            with_regions=image_encoder.num_regions > 0,
+            lateral_proj=dec.lateral_proj,
+            bidirectional=dec.bidirectional,
+            logits=dec.logits,
+            init=dec.head_init,
         )
-        super().__init__(ClipRCNet(image_encoder, query_decoder), teacher, classnames, unseen, templates, text_embeds,
-                         ignore_index, transductive=transductive)
+        super().__init__(
+            ClipRCNet(image_encoder, query_decoder),
+            teacher,
+            classnames,
+            unseen,
+            templates,
+            text_embeds,
+            ignore_index,
+            transductive=transductive,
+        )
         if int(self.text_embeds.shape[1]) != dim:
-            raise ValueError(f"ClipRC: text embeds have D={self.text_embeds.shape[1]} but the CLIP joint width is {dim}")
+            raise ValueError(
+                f"ClipRC: text embeds have D={self.text_embeds.shape[1]} but the CLIP joint width is {dim}"
+            )
         self.recovery = (  # training-only
             RecoveryDecoder(dim, dec.heads, loss.recovery_layers, dec.ffn_ratio, dec.dropout, dec.attn_dropout)
-            if float(loss.recovery_weight) > 0 else None)
+            if float(loss.recovery_weight) > 0
+            else None
+        )
         self.focal_weight, self.dice_weight = float(loss.focal_weight), float(loss.dice_weight)
         self.recovery_weight = float(loss.recovery_weight)
         self.focal_alpha, self.focal_gamma = float(loss.focal_alpha), float(loss.focal_gamma)
@@ -357,9 +406,15 @@ class ClipRC(Method):
         self.register_buffer("clip_fingerprint", torch.tensor(list(bytes.fromhex(fp)), dtype=torch.uint8))
 
     # ------------------------------------------------------------------ settings
-    def configure_transductive(self, enabled: bool = False, start_step: int = 0, threshold: float = 0.5,
-                               weight: float = 1.0, topk_fraction: float | None = None,
-                               gt_unseen_mask: bool = False) -> None:
+    def configure_transductive(
+        self,
+        enabled: bool = False,
+        start_step: int = 0,
+        threshold: float = 0.5,
+        weight: float = 1.0,
+        topk_fraction: float | None = None,
+        gt_unseen_mask: bool = False,
+    ) -> None:
         """Transductive settings (see the class docstring); ``threshold`` is a sigmoid score in [0, 1]
         (:func:`st_pseudo_labels`; ours: 0.5). ``gt_unseen_mask``: the public code's ground-truth unseen mask
         (:func:`st_pseudo_labels_gt_mask`; ``threshold`` unused then) [default False: leak-free].
@@ -369,14 +424,18 @@ class ClipRC(Method):
                 ``gt_unseen_mask`` without ``enabled`` (an inductive run must not read unseen ground truth).
         """
         if gt_unseen_mask and not enabled:
-            raise ValueError("ClipRC: method.transductive.gt_unseen_mask=true reads the unseen ground truth and is "
-                             "refused in the inductive setting; set method.transductive.enabled=true (the public "
-                             "code's transductive comparison) or gt_unseen_mask=false")
+            raise ValueError(
+                "ClipRC: method.transductive.gt_unseen_mask=true reads the unseen ground truth and is "
+                "refused in the inductive setting; set method.transductive.enabled=true (the public "
+                "code's transductive comparison) or gt_unseen_mask=false"
+            )
         self.transductive_gt_unseen_mask = bool(gt_unseen_mask)
         super().configure_transductive(enabled, start_step, threshold, weight, topk_fraction)
         if float(weight) != 1.0 or topk_fraction is not None:
-            raise ValueError("ClipRC: method.transductive.weight must be 1.0 and topk_fraction null: CLIP-RC's "
-                             "self-training writes its pseudo labels into the focal/dice targets (no separate term)")
+            raise ValueError(
+                "ClipRC: method.transductive.weight must be 1.0 and topk_fraction null: CLIP-RC's "
+                "self-training writes its pseudo labels into the focal/dice targets (no separate term)"
+            )
 
     @property
     def reads_full_label(self) -> bool:
@@ -459,19 +518,23 @@ class ClipRC(Method):
         logits = upsample_logits(out["logits"].float(), tuple(label.shape[-2:]))  # [B, C, H, W]
         if st and self.transductive_gt_unseen_mask:  # the public code's: reads the unseen ground truth
             if batch.get("full_label") is None:
-                raise ValueError("ClipRC: method.transductive.gt_unseen_mask=true needs full_label in the training "
-                                 "batch (the trainer keeps it for this method); none was given")
+                raise ValueError(
+                    "ClipRC: method.transductive.gt_unseen_mask=true needs full_label in the training "
+                    "batch (the trainer keeps it for this method); none was given"
+                )
             target = st_pseudo_labels_gt_mask(logits.detach(), label, batch["full_label"], self.unseen)
             n_st = (target != label).sum().float()
         elif st:
-            target = st_pseudo_labels(logits.detach(), label, self.unseen, batch.get("valid"),
-                                      self.transductive_threshold, self.ignore_index)
+            target = st_pseudo_labels(
+                logits.detach(), label, self.unseen, batch.get("valid"), self.transductive_threshold, self.ignore_index
+            )
             n_st = (target != label).sum().float()
         else:
             target = self.to_seen_ids(label)
             n_st = logits.new_zeros(())
-        focal, dice = focal_dice_ignore_as_negative(logits, target, self.ignore_index, self.focal_alpha,
-                                                    self.focal_gamma)
+        focal, dice = focal_dice_ignore_as_negative(
+            logits, target, self.ignore_index, self.focal_alpha, self.focal_gamma
+        )
         loss = self.focal_weight * focal + self.dice_weight * dice
         rec = logits.new_zeros(())
         if self.recovery is not None:
@@ -480,8 +543,14 @@ class ClipRC(Method):
             rec = rq + rv
             loss = loss + self.recovery_weight * rec
         zero = logits.new_zeros(())
-        return {"loss": loss, "loss_focal": focal.detach(), "loss_dice": dice.detach(),
-                "loss_recovery": rec.detach(), "loss_st": zero, "st_pixels": n_st.detach()}
+        return {
+            "loss": loss,
+            "loss_focal": focal.detach(),
+            "loss_dice": dice.detach(),
+            "loss_recovery": rec.detach(),
+            "loss_st": zero,
+            "st_pixels": n_st.detach(),
+        }
 
     # ------------------------------------------------------------------ inference
     def decoder_logits(self, images: Tensor) -> Tensor:

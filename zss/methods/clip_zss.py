@@ -16,6 +16,7 @@ Inference: the student alone — dense embeds · text embeds of all classes (:me
 [paper]. The synthesizer is a training-only part: trainable, in ``checkpoint_state``, unused at test
 time; the teacher is never trained, saved or needed at test time.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,14 +33,27 @@ from zss.models.synthesizer import SynthOutput, WeightSynthesizer
 from zss.ops.pseudo_labels import DEFAULT_SCALES, clear_near_seen, num_seeds, pseudo_label_quality, pseudo_labels
 from zss.utils.bank import FifoBank
 
-__all__ = ["ClipZSS", "GLMSettings", "PseudoLabelSettings", "PseudoNegativeSettings", "ClipZSSLossSettings",
-           "SynthSettings"]
+__all__ = [
+    "ClipZSS",
+    "GLMSettings",
+    "PseudoLabelSettings",
+    "PseudoNegativeSettings",
+    "ClipZSSLossSettings",
+    "SynthSettings",
+]
 
 #: ``pl_clip_es`` defaults (ours) for the keys a CLIP-ES preset (configs/clip_es/*.yaml: ``template``, ``synonyms``,
 #: ``background_words``, ``box_threshold``; ``background_class`` is accepted and unused) may leave out.
 CLIP_ES_DEFAULTS: dict[str, Any] = dict(
-    template=None, synonyms=None, background_words=None, background_class=None,
-    box_threshold=0.4, refine=True, alpha=1.0, attn_layers=8, tag_threshold=0.1,
+    template=None,
+    synonyms=None,
+    background_words=None,
+    background_class=None,
+    box_threshold=0.4,
+    refine=True,
+    alpha=1.0,
+    attn_layers=8,
+    tag_threshold=0.1,
 )
 
 _NEG = -1e4  # logit of a pseudo channel that does not exist in an image (finite: no NaN in BCE/CE grads)
@@ -305,11 +319,17 @@ class ClipZSS(Method):
 
     #: Values of keys a checkpoint's stored method config may lack (:mod:`zss.loading`): a checkpoint written before
     #: a key was in configs/method/clip_zss.yaml was trained with the constructor default of that time, not today's.
-    CHECKPOINT_DEFAULTS: dict[str, Any] = dict(glm_attn_scale=None, pl_seen_margin=0.0, pseudo_negatives="image",
-                                               nel_weight=1.0, synth_query="prototype")
+    CHECKPOINT_DEFAULTS: dict[str, Any] = dict(
+        glm_attn_scale=None, pl_seen_margin=0.0, pseudo_negatives="image", nel_weight=1.0, synth_query="prototype"
+    )
     #: grouped settings (:meth:`~zss.methods.base.Method.from_flat`)
-    SETTINGS = {"glm": GLMSettings, "pl": PseudoLabelSettings, "pseudo": PseudoNegativeSettings,
-                "loss": ClipZSSLossSettings, "synth": SynthSettings}
+    SETTINGS = {
+        "glm": GLMSettings,
+        "pl": PseudoLabelSettings,
+        "pseudo": PseudoNegativeSettings,
+        "loss": ClipZSSLossSettings,
+        "synth": SynthSettings,
+    }
 
     def __init__(
         self,
@@ -336,8 +356,9 @@ class ClipZSS(Method):
         pseudo = coerce_settings(pseudo, PseudoNegativeSettings, "ClipZSS(pseudo=...)")
         loss = coerce_settings(loss, ClipZSSLossSettings, "ClipZSS(loss=...)")
         synth = coerce_settings(synth, SynthSettings, "ClipZSS(synth=...)")
-        super().__init__(student, teacher, classnames, unseen, templates, text_embeds, ignore_index,
-                         transductive=transductive)
+        super().__init__(
+            student, teacher, classnames, unseen, templates, text_embeds, ignore_index, transductive=transductive
+        )
         self.debug = bool(debug)
         if teacher is None and (use_glm or use_plm):
             raise ValueError("ClipZSS needs a teacher for GLM/PLM (use_glm/use_plm); pass one or disable both")
@@ -350,16 +371,23 @@ class ClipZSS(Method):
         if not (glm.pool in ("teacher", "none") or (isinstance(glm.pool, int) and glm.pool >= 1)):
             raise ValueError(f"ClipZSS: glm_pool must be 'teacher', 'none' or an int >= 1, got {glm.pool!r}")
         if self.num_seen + 1 > ignore_index and use_plm:
-            raise ValueError(f"ClipZSS: {self.num_seen} seen classes leave no room for pseudo ids below "
-                             f"ignore_index={ignore_index}")
+            raise ValueError(
+                f"ClipZSS: {self.num_seen} seen classes leave no room for pseudo ids below ignore_index={ignore_index}"
+            )
         dim = int(self.text_embeds.shape[1])
         sdim = getattr(student, "embed_dim", dim)
         if int(sdim) != dim:
-            raise ValueError(f"ClipZSS: student embed_dim={sdim} != text embedding dim {dim}; set the student's "
-                             "embed_dim to the teacher's joint-space width")
+            raise ValueError(
+                f"ClipZSS: student embed_dim={sdim} != text embedding dim {dim}; set the student's "
+                "embed_dim to the teacher's joint-space width"
+            )
         self.use_glm, self.use_plm = bool(use_glm), bool(use_plm)
         self.glm_weight, self.ce_weight, self.nel_weight, self.bce_weight = (
-            float(glm.weight), float(loss.ce_weight), float(loss.nel_weight), float(loss.bce_weight))
+            float(glm.weight),
+            float(loss.ce_weight),
+            float(loss.nel_weight),
+            float(loss.bce_weight),
+        )
         self.glm_pool, self.glm_mask_padding = glm.pool, bool(glm.mask_padding)
         self.alpha, self.beta = (None if loss.alpha is None else float(loss.alpha)), float(loss.beta)
         self.focal_weight, self.dice_weight = float(loss.focal_weight), float(loss.dice_weight)
@@ -373,20 +401,36 @@ class ClipZSS(Method):
             raise ValueError(f"ClipZSS: pl_seen_margin must be >= 0 teacher patches, got {pl.seen_margin}")
         self.pl_seen_margin = float(pl.seen_margin)
         self.pseudo_same = None if pseudo.same is None else float(pseudo.same)
-        self.pseudo_bank = (PseudoBank(pseudo.bank_size, int(self.text_embeds.shape[1]))
-                            if pseudo.mode == "bank" and use_plm else None)
+        self.pseudo_bank = (
+            PseudoBank(pseudo.bank_size, int(self.text_embeds.shape[1])) if pseudo.mode == "bank" and use_plm else None
+        )
         if not float(synth.lr_mult) >= 0:
             raise ValueError(f"ClipZSS: synth_lr_mult must be >= 0, got {synth.lr_mult}")
         self.synth_lr_mult = float(synth.lr_mult)
-        self.glm = (GlobalDistillLoss(dim, tau=glm.tau, bank_size=glm.bank_size, attn_scale=glm.attn_scale)
-                    if use_glm else None)
-        self.synthesizer = (
-            WeightSynthesizer(dim, depth=synth.depth, heads=synth.heads, ffn_dim=synth.ffn_dim, memory=synth.memory,
-                              query=synth.query, detach_prototypes=synth.detach_prototypes, ignore_index=ignore_index)
-            if use_plm else None
+        self.glm = (
+            GlobalDistillLoss(dim, tau=glm.tau, bank_size=glm.bank_size, attn_scale=glm.attn_scale) if use_glm else None
         )
-        self.pl_kwargs = {k: v for k, v in dict(scales=pl.scales, lam=pl.lam, iters=pl.iters, min_area=pl.min_area,
-                                                 max_regions=pl.max_regions).items() if v is not None}
+        self.synthesizer = (
+            WeightSynthesizer(
+                dim,
+                depth=synth.depth,
+                heads=synth.heads,
+                ffn_dim=synth.ffn_dim,
+                memory=synth.memory,
+                query=synth.query,
+                detach_prototypes=synth.detach_prototypes,
+                ignore_index=ignore_index,
+            )
+            if use_plm
+            else None
+        )
+        self.pl_kwargs = {
+            k: v
+            for k, v in dict(
+                scales=pl.scales, lam=pl.lam, iters=pl.iters, min_area=pl.min_area, max_regions=pl.max_regions
+            ).items()
+            if v is not None
+        }
         self.pl_kwargs.update(pl.kwargs or {})
         self.pl_source = pl.source
         self._configure_clip_es(pl.source, pl.clip_es)
@@ -405,17 +449,22 @@ class ClipZSS(Method):
             raise ValueError(
                 "method.pl_source=clip_es is for the transductive setting only: CLIP-ES needs image-level labels of "
                 "unseen classes, which an inductive run must not know. Set method.transductive.enabled=true (and "
-                "method.use_plm=true), or keep method.pl_source=kmeans.")
+                "method.use_plm=true), or keep method.pl_source=kmeans."
+            )
         t = self.teacher
         if not hasattr(t, "text") or not hasattr(getattr(t, "visual", None), "transformer"):
             raise ValueError(f"method.pl_source=clip_es needs a FrozenCLIP ViT teacher, got {type(t).__name__}")
         if getattr(t, "image_size", None) is not None:
-            raise ValueError(f"method.pl_source=clip_es runs CLIP at the crop size, but teacher.image_size="
-                             f"{t.image_size}; set teacher.image_size=null.")
+            raise ValueError(
+                f"method.pl_source=clip_es runs CLIP at the crop size, but teacher.image_size="
+                f"{t.image_size}; set teacher.image_size=null."
+            )
         cfg = {**CLIP_ES_DEFAULTS, **dict(settings or {})}
         if not cfg["template"] or not cfg["background_words"]:
-            raise ValueError("method.pl_clip_es needs 'template' and 'background_words' (the method config takes them "
-                             "from configs/clip_es/voc.yaml; for COCO-Stuff use clip_es@method.pl_clip_es=coco)")
+            raise ValueError(
+                "method.pl_clip_es needs 'template' and 'background_words' (the method config takes them "
+                "from configs/clip_es/voc.yaml; for COCO-Stuff use clip_es@method.pl_clip_es=coco)"
+            )
         synonyms = dict(cfg["synonyms"] or {})
         bad = sorted(set(synonyms) - set(self.classnames))
         if bad:
@@ -423,8 +472,11 @@ class ClipZSS(Method):
         names = [str(synonyms.get(c, c)) for c in self.classnames]
         with torch.no_grad():
             self.register_buffer("_es_class_embeds", t.text(names, [cfg["template"]]).float().cpu(), persistent=False)
-            self.register_buffer("_es_bg_embeds", t.text(list(cfg["background_words"]), [cfg["template"]]).float().cpu(),
-                                 persistent=False)
+            self.register_buffer(
+                "_es_bg_embeds",
+                t.text(list(cfg["background_words"]), [cfg["template"]]).float().cpu(),
+                persistent=False,
+            )
         self.clip_es_cfg = cfg
         self._es_scale = float(t.model.logit_scale.exp())  # frozen teacher: read once, not per step
 
@@ -446,7 +498,9 @@ class ClipZSS(Method):
         present = torch.zeros(B, self.num_classes, dtype=torch.bool, device=dev)
         hits = F.one_hot(seen_label.clamp(max=self.num_seen).flatten(1), self.num_seen + 1)[..., :-1].any(1)  # [B, S]
         present[:, torch.as_tensor(self.seen, device=dev)] = hits
-        prob = (self._es_scale * F.normalize(cls.float(), dim=-1) @ self._es_class_embeds.to(cls.device).t()).softmax(-1)
+        prob = (self._es_scale * F.normalize(cls.float(), dim=-1) @ self._es_class_embeds.to(cls.device).t()).softmax(
+            -1
+        )
         unseen = torch.as_tensor(self.unseen, device=dev, dtype=torch.long)
         present[:, unseen] = prob[:, unseen].to(dev) >= float(self.clip_es_cfg["tag_threshold"])
         return present
@@ -475,10 +529,18 @@ class ClipZSS(Method):
         dev = seen_label.device
         present = self.clip_es_tags(cls, seen_label)
         with torch.autocast(images.device.type, enabled=False):  # GradCAM in full precision, as CLIP-ES
-            lab = clip_es_regions(self.teacher, images.float(), present, self._es_class_embeds, self._es_bg_embeds,
-                                  refine=bool(cfg["refine"]), alpha=float(cfg["alpha"]),
-                                  box_threshold=float(cfg["box_threshold"]), attn_layers=int(cfg["attn_layers"]),
-                                  out_size=tuple(seen_label.shape[-2:])).to(dev)  # [B, H, W] class index or -1
+            lab = clip_es_regions(
+                self.teacher,
+                images.float(),
+                present,
+                self._es_class_embeds,
+                self._es_bg_embeds,
+                refine=bool(cfg["refine"]),
+                alpha=float(cfg["alpha"]),
+                box_threshold=float(cfg["box_threshold"]),
+                attn_layers=int(cfg["attn_layers"]),
+                out_size=tuple(seen_label.shape[-2:]),
+            ).to(dev)  # [B, H, W] class index or -1
         write = (seen_label == self.ignore_index) & valid
         idx = lab + 1  # 0 = background words, 1 + c = class c
         used = torch.zeros(B, C + 1, dtype=torch.bool, device=dev)
@@ -581,9 +643,16 @@ class ClipZSS(Method):
         return ce_seen + self.pseudo_ce_weight * ce_pseudo
 
     @staticmethod
-    def _cross_image_negatives(embeds: Tensor, p_pseudo: Tensor, present: Tensor, scale: float,
-                               same: float | None = None, bank: Tensor | None = None,
-                               bank_valid: Tensor | None = None, unit: Tensor | None = None) -> Tensor:
+    def _cross_image_negatives(
+        embeds: Tensor,
+        p_pseudo: Tensor,
+        present: Tensor,
+        scale: float,
+        same: float | None = None,
+        bank: Tensor | None = None,
+        bank_valid: Tensor | None = None,
+        unit: Tensor | None = None,
+    ) -> Tensor:
         """One logit channel per pixel: logsumexp of ``scale · cos(R_b, P)`` over the pseudo weights P of the other
         images of the batch and, if given, of the bank (``pseudo_negatives``), one CONCEPT counted once.
 
@@ -626,8 +695,9 @@ class ClipZSS(Method):
         return torch.logsumexp(z, dim=1, keepdim=True)
 
     @torch.no_grad()
-    def pseudo_label_report(self, images: Tensor, label: Tensor, full_label: Tensor,
-                            valid: Tensor | None = None) -> dict[str, Tensor]:
+    def pseudo_label_report(
+        self, images: Tensor, label: Tensor, full_label: Tensor, valid: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """Pseudo-label quality on images with FULL labels (diagnostics; ours, never part of training).
 
         Runs the teacher and PLM exactly as :meth:`training_step` does, then scores the fused labels with
@@ -651,10 +721,12 @@ class ClipZSS(Method):
         needs = getattr(self.teacher, "needs_full_label", False)
         teach = self.teacher(images, full_label=full_label if needs else None)
         valid = torch.ones_like(label, dtype=torch.bool) if valid is None else valid.bool()
-        fused = self._fused_labels(images, teach["cls"].float(), teach["dense"].float(), self.to_seen_ids(label),
-                                   valid).to(label.device).long()
-        return pseudo_label_quality(fused, full_label, self.num_seen, self.unseen, self.num_classes,
-                                    self.ignore_index)
+        fused = (
+            self._fused_labels(images, teach["cls"].float(), teach["dense"].float(), self.to_seen_ids(label), valid)
+            .to(label.device)
+            .long()
+        )
+        return pseudo_label_quality(fused, full_label, self.num_seen, self.unseen, self.num_classes, self.ignore_index)
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict) -> dict[str, Tensor]:
@@ -682,8 +754,10 @@ class ClipZSS(Method):
 
         embeds = self.student(images)  # R [B, D, h_s, w_s]
         zero = _zero(embeds)
-        out: dict[str, Tensor] = {k: zero for k in ("loss_glm", "loss_ce", "loss_nel", "loss_focal", "loss_dice",
-                                                    "loss_bce", "glm_acc", "pl_regions")}
+        out: dict[str, Tensor] = {
+            k: zero
+            for k in ("loss_glm", "loss_ce", "loss_nel", "loss_focal", "loss_dice", "loss_bce", "glm_acc", "pl_regions")
+        }
         if self.use_plm and batch.get("full_label") is not None:
             out.update(pl_purity=zero, pl_unseen_isolated=zero)
         teach = None
@@ -713,8 +787,9 @@ class ClipZSS(Method):
             # K pseudo channels, fixed by the config (pl_max_regions) and the teacher grid, never read from the data
             # (no host sync); ids of absent regions are masked (present False)
             max_pseudo = self.num_pseudo_channels(tuple(dense.shape[-2:]))
-            syn = self.synthesizer(embeds, fused, cls, dense=dense, num_ids=self.num_seen + max_pseudo, layout="by_id",
-                                   validate=self.debug)
+            syn = self.synthesizer(
+                embeds, fused, cls, dense=dense, num_ids=self.num_seen + max_pseudo, layout="by_id", validate=self.debug
+            )
             p_pseudo, present = syn.by_id(self.num_seen, max_pseudo)  # [B, K, D], [B, K]
             if max_pseudo > 0:
                 if self.detach_pseudo_weights:  # the synthesizer learns from BCE only; CE trains the student
@@ -724,12 +799,19 @@ class ClipZSS(Method):
                 pl = (self.beta * cos).masked_fill(~present[:, :, None, None], _NEG)
                 logits = torch.cat([logits, pl], dim=1)  # [B, N_seen + K, h_s, w_s]
                 if self.pseudo_bank is not None:
-                    cross = self._cross_image_negatives(embeds, p_pseudo, present, self.beta, self.pseudo_same,
-                                                        *self.pseudo_bank.get(), unit=unit)
+                    cross = self._cross_image_negatives(
+                        embeds, p_pseudo, present, self.beta, self.pseudo_same, *self.pseudo_bank.get(), unit=unit
+                    )
                     self.pseudo_bank.push(p_pseudo, present)
                 elif self.pseudo_negatives == "batch" and len(present) > 1:
-                    cross = self._cross_image_negatives(embeds, p_pseudo, present, self.beta,  # [B, 1, h_s, w_s]
-                                                        self.pseudo_same, unit=unit)
+                    cross = self._cross_image_negatives(
+                        embeds,
+                        p_pseudo,
+                        present,
+                        self.beta,  # [B, 1, h_s, w_s]
+                        self.pseudo_same,
+                        unit=unit,
+                    )
             class_mask = torch.cat([present.new_ones(len(present), self.num_seen), present], dim=1)
             target = fused
             loss_bce = self._bce(syn)
@@ -738,8 +820,15 @@ class ClipZSS(Method):
             out["loss_bce"] = loss_bce.detach()
             out["pl_regions"] = syn.pseudo_mask(self.num_seen).sum(1).float().mean().detach()
             if batch.get("full_label") is not None:  # diagnostics only: never part of the loss
-                q = pseudo_label_quality(fused, batch["full_label"].to(fused.device), self.num_seen, self.unseen,
-                                         self.num_classes, self.ignore_index, num_regions=max_pseudo)
+                q = pseudo_label_quality(
+                    fused,
+                    batch["full_label"].to(fused.device),
+                    self.num_seen,
+                    self.unseen,
+                    self.num_classes,
+                    self.ignore_index,
+                    num_regions=max_pseudo,
+                )
                 out["pl_purity"] = q["purity"].nanmean().nan_to_num(0.0)
                 out["pl_unseen_isolated"] = q["unseen_isolated"].nanmean().nan_to_num(0.0)
 
@@ -756,8 +845,17 @@ class ClipZSS(Method):
         total = total + self.ce_weight * loss_ce
         out["loss_ce"] = loss_ce.detach()
         if self.nel_weight:  # NEL is off by default (docs/methods.md "NEL"): not computed then
-            nel = nel_loss(logits, target, self.ignore_index, class_mask, self.focal_weight, self.dice_weight,
-                           focal_reduction=self.focal_reduction, bias=self.nel_bias, validate=self.debug)
+            nel = nel_loss(
+                logits,
+                target,
+                self.ignore_index,
+                class_mask,
+                self.focal_weight,
+                self.dice_weight,
+                focal_reduction=self.focal_reduction,
+                bias=self.nel_bias,
+                validate=self.debug,
+            )
             total = total + self.nel_weight * nel["loss_nel"]
             out.update(loss_nel=nel["loss_nel"].detach(), loss_focal=nel["loss_focal"], loss_dice=nel["loss_dice"])
         out["loss"] = total
@@ -772,9 +870,21 @@ class ClipZSS(Method):
             decay = [p for p in self.synthesizer.parameters() if p.requires_grad and p.ndim > 1]
             no_decay = [p for p in self.synthesizer.parameters() if p.requires_grad and p.ndim <= 1]
             if decay:
-                groups.append(dict(params=decay, lr=lr * head_lr_mult * self.synth_lr_mult, weight_decay=weight_decay,
-                                   name="synthesizer"))
+                groups.append(
+                    dict(
+                        params=decay,
+                        lr=lr * head_lr_mult * self.synth_lr_mult,
+                        weight_decay=weight_decay,
+                        name="synthesizer",
+                    )
+                )
             if no_decay:
-                groups.append(dict(params=no_decay, lr=lr * head_lr_mult * self.synth_lr_mult, weight_decay=0.0,
-                                   name="synthesizer_no_decay"))
+                groups.append(
+                    dict(
+                        params=no_decay,
+                        lr=lr * head_lr_mult * self.synth_lr_mult,
+                        weight_decay=0.0,
+                        name="synthesizer_no_decay",
+                    )
+                )
         return groups

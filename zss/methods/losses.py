@@ -11,6 +11,7 @@
 Every function works in float32 internally (inputs under autocast are upcast) and returns a scalar
 ``Tensor[] float32`` that carries a graph to its differentiable inputs.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,9 +35,7 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------------------- GLM
-def cls_attention_pool(
-    embeds: Tensor, cls: Tensor, scale: float | None = None, mask: Tensor | None = None
-) -> Tensor:
+def cls_attention_pool(embeds: Tensor, cls: Tensor, scale: float | None = None, mask: Tensor | None = None) -> Tensor:
     """Pool dense embeds with the CLS token as the attention query (CLIP-ZSS GLM, docs/methods.md (CLIP-ZSS) [summary]).
 
     ``W = softmax_L(scale · <S, R_l>)``, ``Ŝ = Σ_l W_l · R_l``: a CLS token predicted from the
@@ -129,8 +128,9 @@ def info_nce(anchor: Tensor, positive: Tensor, negatives: Tensor | None = None, 
         ValueError: on shape mismatch or ``tau <= 0``.
     """
     if anchor.dim() != 2 or anchor.shape != positive.shape:
-        raise ValueError(f"info_nce: anchor and positive must both be [B, D], got {tuple(anchor.shape)}, "
-                         f"{tuple(positive.shape)}")
+        raise ValueError(
+            f"info_nce: anchor and positive must both be [B, D], got {tuple(anchor.shape)}, {tuple(positive.shape)}"
+        )
     if tau <= 0:
         raise ValueError(f"info_nce: tau must be > 0, got {tau}")
     anchor, positive = anchor.float(), positive.float()
@@ -190,12 +190,15 @@ class GlobalDistillLoss(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- NEL
-def _one_hot_targets(logits: Tensor, target: Tensor, ignore_index: int,
-                     validate: bool = True) -> tuple[Tensor, Tensor]:
+def _one_hot_targets(logits: Tensor, target: Tensor, ignore_index: int, validate: bool = True) -> tuple[Tensor, Tensor]:
     """``(one_hot Tensor[B, C, H, W] float32, valid Tensor[B, 1, H, W] float32)``; checks shapes, and with
     ``validate`` the id range (a host sync; without it an id outside ``[0, C)`` gets an all-zero row)."""
-    if (logits.dim() != 4 or target.dim() != 3 or logits.shape[0] != target.shape[0]
-            or logits.shape[2:] != target.shape[1:]):
+    if (
+        logits.dim() != 4
+        or target.dim() != 3
+        or logits.shape[0] != target.shape[0]
+        or logits.shape[2:] != target.shape[1:]
+    ):
         raise ValueError(
             f"NEL: logits must be [B, C, H, W] and target [B, H, W] of the same B, H, W; got "
             f"{tuple(logits.shape)} and {tuple(target.shape)} (upsample the logits to the label size first)"

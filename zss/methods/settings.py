@@ -12,6 +12,7 @@ class's ``PREFIX`` plus the field name, unless the field is listed in ``UNPREFIX
 spellings convert both ways: :meth:`Settings.to_flat` and :meth:`~zss.methods.base.Method.from_flat`, the
 classmethod every method has that builds it from flat keys (what the config loaders call). Source: ours.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,8 +40,10 @@ class Settings:
     @classmethod
     def flat_keys(cls) -> dict[str, str]:
         """``{field name: flat config key}`` in field order."""
-        return {f.name: cls.RENAMED.get(f.name, f.name if f.name in cls.UNPREFIXED else cls.PREFIX + f.name)
-                for f in dataclasses.fields(cls)}
+        return {
+            f.name: cls.RENAMED.get(f.name, f.name if f.name in cls.UNPREFIXED else cls.PREFIX + f.name)
+            for f in dataclasses.fields(cls)
+        }
 
     def to_flat(self) -> dict[str, Any]:
         """``{flat config key: value}`` of every field (the inverse of the grouping in ``from_flat``)."""

@@ -20,6 +20,7 @@ CSH data flow (shapes for one image batch, W = CLIP visual width, D = joint-spac
 The 1x1 adapter is a per-position affine map and resampling is a spatial convex combination, so the two
 commute exactly; we resample first (cheaper: the adapter then runs on gh*gw tokens, not h*w).
 """
+
 from __future__ import annotations
 
 import copy
@@ -104,11 +105,14 @@ class CLIPSemanticHead(nn.Module):
         if visual is None or not hasattr(visual, "transformer") or not hasattr(teacher, "num_layers"):
             raise ValueError(
                 f"CLIPSemanticHead needs a FrozenCLIP teacher with a ViT visual tower, got {type(teacher).__name__}; "
-                "Chimera-Seg cannot use the oracle teacher (set teacher=clip_vitb16 or teacher=tiny_random)")
+                "Chimera-Seg cannot use the oracle teacher (set teacher=clip_vitb16 or teacher=tiny_random)"
+            )
         L = int(teacher.num_layers)
         if not 0 <= int(num_blocks) <= L:
-            raise ValueError(f"CLIPSemanticHead: num_blocks (method.csh_blocks)={num_blocks} must be in [0, {L}] "
-                             f"for a teacher with {L} blocks")
+            raise ValueError(
+                f"CLIPSemanticHead: num_blocks (method.csh_blocks)={num_blocks} must be in [0, {L}] "
+                f"for a teacher with {L} blocks"
+            )
         if maskclip_last and int(num_blocks) == 0:
             raise ValueError("CLIPSemanticHead: maskclip_last=True needs csh_blocks >= 1")
         if pos_embed not in POS_EMBED_MODES:
@@ -133,8 +137,9 @@ class CLIPSemanticHead(nn.Module):
         if adapter_hidden is None:
             self.adapter = nn.Linear(self.in_channels, self.width)
         else:
-            self.adapter = nn.Sequential(nn.Linear(self.in_channels, int(adapter_hidden)), nn.GELU(),
-                                         nn.Linear(int(adapter_hidden), self.width))
+            self.adapter = nn.Sequential(
+                nn.Linear(self.in_channels, int(adapter_hidden)), nn.GELU(), nn.Linear(int(adapter_hidden), self.width)
+            )
         self.adapter_norm = nn.LayerNorm(self.width) if adapter_norm else nn.Identity()
         if prepend_cls:
             self.cls_token = nn.Parameter(visual.class_embedding.detach().float().clone())  # [W]
@@ -149,7 +154,7 @@ class CLIPSemanticHead(nn.Module):
             self.register_buffer("pos_embed", pos)
         else:
             self.pos_embed = None
-        self.blocks = copy.deepcopy(visual.transformer.resblocks[L - self.num_blocks:])  # nn.ModuleList
+        self.blocks = copy.deepcopy(visual.transformer.resblocks[L - self.num_blocks :])  # nn.ModuleList
         self.ln_post = copy.deepcopy(visual.ln_post)
         proj = visual.proj.detach().clone() if visual.proj is not None else None
         self.proj = None if proj is None else nn.Parameter(proj, requires_grad=False)  # [W, D]
@@ -214,8 +219,9 @@ class CLIPSemanticHead(nn.Module):
             ValueError: ``feats`` is not ``[B, in_channels, h, w]``.
         """
         if feats.ndim != 4 or feats.shape[1] != self.in_channels:
-            raise ValueError(f"CLIPSemanticHead: expected a body map Tensor[B, {self.in_channels}, h, w], got "
-                             f"{tuple(feats.shape)}")
+            raise ValueError(
+                f"CLIPSemanticHead: expected a body map Tensor[B, {self.in_channels}, h, w], got {tuple(feats.shape)}"
+            )
         grid = tuple(int(g) for g in (feats.shape[-2:] if grid is None else grid))
         x = self._resample(feats, grid)  # [B, C, gh, gw]
         x = x.flatten(2).transpose(1, 2)  # [B, N, C]
@@ -258,8 +264,9 @@ class CLIPSemanticHead(nn.Module):
         gh, gw = grid
         n = gh * gw
         if x.ndim != 3 or x.shape[1] not in (n, n + 1) or x.shape[2] != self.width:
-            raise ValueError(f"CLIPSemanticHead.forward_tokens: expected Tensor[B, (1+){n}, {self.width}], got "
-                             f"{tuple(x.shape)}")
+            raise ValueError(
+                f"CLIPSemanticHead.forward_tokens: expected Tensor[B, (1+){n}, {self.width}], got {tuple(x.shape)}"
+            )
         x = self.run_blocks(x)
         x = self.project(x[:, -n:])  # [B, N, D]
         x = F.normalize(x, dim=-1)
@@ -294,9 +301,11 @@ class CLIPSemanticHead(nn.Module):
         return groups
 
     def extra_repr(self) -> str:
-        return (f"in_channels={self.in_channels}, width={self.width}, embed_dim={self.embed_dim}, "
-                f"num_blocks={self.num_blocks}, maskclip_last={self.maskclip_last}, pos_embed={self.pos_mode!r}, "
-                f"prepend_cls={self.cls_token is not None}")
+        return (
+            f"in_channels={self.in_channels}, width={self.width}, embed_dim={self.embed_dim}, "
+            f"num_blocks={self.num_blocks}, maskclip_last={self.maskclip_last}, pos_embed={self.pos_mode!r}, "
+            f"prepend_cls={self.cls_token is not None}"
+        )
 
 
 class ChimeraStudent(nn.Module):
@@ -325,13 +334,15 @@ class ChimeraStudent(nn.Module):
         ValueError: unknown ``csh_input``, channel mismatch between body map and ``csh.in_channels``.
     """
 
-    def __init__(self, body: nn.Module, csh: CLIPSemanticHead, csh_input: str = "decoder",
-                 token_stride: int | None = None) -> None:
+    def __init__(
+        self, body: nn.Module, csh: CLIPSemanticHead, csh_input: str = "decoder", token_stride: int | None = None
+    ) -> None:
         super().__init__()
         want = self.body_channels(body, csh_input)
         if csh.in_channels != want:
-            raise ValueError(f"ChimeraStudent: csh.in_channels={csh.in_channels} but the body's {csh_input} map has "
-                             f"{want} channels")
+            raise ValueError(
+                f"ChimeraStudent: csh.in_channels={csh.in_channels} but the body's {csh_input} map has {want} channels"
+            )
         body.proj = None  # replaced by the CSH (see class docstring)
         if csh_input == "backbone":
             body.decoder = None

@@ -18,6 +18,7 @@ CLIP (:mod:`zss.tools.taught_clip`). When open_clip changes its module layout, t
 All functions take batch-first tokens ``Tensor[B, L, W]`` and do not disable autograd (gradients flow through
 frozen blocks into their inputs: Chimera-Seg's adapter, CLIP-RC's prompts, CLIP-ES's GradCAM).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -78,8 +79,9 @@ def resample_pos_embed(pos: Tensor, grid: Sequence[int], native_grid: Sequence[i
         raise ValueError(f"resample_pos_embed: pos {tuple(pos.shape)} is not [1 + {native[0]}*{native[1]}, W]")
     if grid == native:
         return pos
-    return resample_abs_pos_embed(pos[None], grid, native, num_prefix_tokens=1, interpolation=mode,
-                                  antialias=mode == "bicubic")[0]
+    return resample_abs_pos_embed(
+        pos[None], grid, native, num_prefix_tokens=1, interpolation=mode, antialias=mode == "bicubic"
+    )[0]
 
 
 def class_token(visual: nn.Module, cls_input: str = "clip") -> Tensor:
@@ -97,8 +99,9 @@ def class_token(visual: nn.Module, cls_input: str = "clip") -> Tensor:
     return 2.0 * e if cls_input == "public" else e
 
 
-def embed(visual: nn.Module, x: Tensor, pos: Tensor, cls_input: str = "clip",
-          extra_tokens: Tensor | None = None) -> tuple[Tensor, tuple[int, int]]:
+def embed(
+    visual: nn.Module, x: Tensor, pos: Tensor, cls_input: str = "clip", extra_tokens: Tensor | None = None
+) -> tuple[Tensor, tuple[int, int]]:
     """Patch embedding + class token + positional embedding (+ extra tokens) + ``ln_pre``.
 
     Args:
@@ -137,8 +140,9 @@ def _qkv(attn: nn.MultiheadAttention, x: Tensor, kv: Tensor | None) -> tuple[Ten
     return q, k, v
 
 
-def self_attention(attn: nn.MultiheadAttention, x: Tensor, kv: Tensor | None = None,
-                   attn_mask: Tensor | None = None) -> Tensor:
+def self_attention(
+    attn: nn.MultiheadAttention, x: Tensor, kv: Tensor | None = None, attn_mask: Tensor | None = None
+) -> Tensor:
     """Attention of an ``nn.MultiheadAttention`` on batch-first tokens, computed from its own weights with SDPA.
 
     The same values as the module's ``attn(x, kv, kv, need_weights=False, attn_mask=attn_mask)[0]`` on
@@ -163,8 +167,9 @@ def self_attention(attn: nn.MultiheadAttention, x: Tensor, kv: Tensor | None = N
     return attn.out_proj(out.transpose(1, 2).reshape(B, Lq, W))
 
 
-def attention_with_weights(attn: nn.MultiheadAttention, x: Tensor,
-                           attn_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def attention_with_weights(
+    attn: nn.MultiheadAttention, x: Tensor, attn_mask: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """:func:`self_attention` that also returns the attention map, averaged over heads (no dropout).
 
     Same values as ``attn(x, x, x, need_weights=True, average_attn_weights=True)`` in eval mode.
@@ -188,9 +193,13 @@ def is_plain_block(blk: nn.Module) -> bool:
     """True for an open_clip ``ResidualAttentionBlock`` that :func:`self_attention` runs exactly: torch
     ``nn.MultiheadAttention`` with a packed in-projection, no cross-attention norm."""
     attn = getattr(blk, "attn", None)
-    return (isinstance(attn, nn.MultiheadAttention) and attn.in_proj_weight is not None
-            and attn._qkv_same_embed_dim and not hasattr(blk, "ln_1_kv")
-            and all(hasattr(blk, n) for n in ("ln_1", "ls_1", "ln_2", "mlp", "ls_2")))
+    return (
+        isinstance(attn, nn.MultiheadAttention)
+        and attn.in_proj_weight is not None
+        and attn._qkv_same_embed_dim
+        and not hasattr(blk, "ln_1_kv")
+        and all(hasattr(blk, n) for n in ("ln_1", "ls_1", "ln_2", "mlp", "ls_2"))
+    )
 
 
 def drop_path(x: Tensor, p: float) -> Tensor:
@@ -208,8 +217,9 @@ def pre_attention_norm(blk: nn.Module, x: Tensor) -> Tensor:
     return blk.ln_1(x)
 
 
-def attend(blk: nn.Module, y: Tensor, attn_mask: Tensor | None = None,
-           need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+def attend(
+    blk: nn.Module, y: Tensor, attn_mask: Tensor | None = None, need_weights: bool = False
+) -> tuple[Tensor, Tensor | None]:
     """A plain block's self-attention on its normed tokens ``y = pre_attention_norm(blk, x)``, ``Tensor[B, L, W]``.
 
     Returns (``Tensor[B, L, W]``, head-averaged ``Tensor[B, L, L]`` weights when ``need_weights`` else None):
@@ -228,8 +238,9 @@ def finish_block(blk: nn.Module, x: Tensor, a: Tensor, drop_prob: float = 0.0) -
     return x + drop_path(blk.ls_2(blk.mlp(blk.ln_2(x))), drop_prob)
 
 
-def run_block(blk: nn.Module, x: Tensor, attn_mask: Tensor | None = None, drop_prob: float = 0.0,
-              batch_first: bool = True) -> Tensor:
+def run_block(
+    blk: nn.Module, x: Tensor, attn_mask: Tensor | None = None, drop_prob: float = 0.0, batch_first: bool = True
+) -> Tensor:
     """One open_clip residual attention block on batch-first tokens ``Tensor[B, L, W]``.
 
     ``x + ls_1(attn(ln_1(x)))``, then ``+ ls_2(mlp(ln_2(x)))``: the values of ``blk(x, attn_mask=attn_mask)``,
@@ -258,8 +269,9 @@ def run_block(blk: nn.Module, x: Tensor, attn_mask: Tensor | None = None, drop_p
     return finish_block(blk, x, a, drop_prob)
 
 
-def run_blocks(blocks: Iterable[nn.Module], x: Tensor, attn_mask: Tensor | None = None,
-               batch_first: bool = True) -> Tensor:
+def run_blocks(
+    blocks: Iterable[nn.Module], x: Tensor, attn_mask: Tensor | None = None, batch_first: bool = True
+) -> Tensor:
     """:func:`run_block` over a sequence of blocks: ``Tensor[B, L, W] -> Tensor[B, L, W]`` (no drop path)."""
     for blk in blocks:
         x = run_block(blk, x, attn_mask, batch_first=batch_first)
@@ -300,13 +312,13 @@ def value_path(blk: nn.Module, y: Tensor) -> Tensor:
     attn = blk.attn
     if isinstance(attn, nn.MultiheadAttention):
         e = attn.embed_dim
-        w_v = attn.in_proj_weight[2 * e:] if attn._qkv_same_embed_dim else attn.v_proj_weight
-        b_v = attn.in_proj_bias[2 * e:] if attn.in_proj_bias is not None else None
+        w_v = attn.in_proj_weight[2 * e :] if attn._qkv_same_embed_dim else attn.v_proj_weight
+        b_v = attn.in_proj_bias[2 * e :] if attn.in_proj_bias is not None else None
         return attn.out_proj(F.linear(y, w_v, b_v))
     if isinstance(attn, OpenClipAttention):
         e = attn.in_proj_weight.shape[1]
-        b_v = attn.in_proj_bias[2 * e:] if attn.in_proj_bias is not None else None
-        v = F.linear(y, attn.in_proj_weight[2 * e:], b_v)
+        b_v = attn.in_proj_bias[2 * e :] if attn.in_proj_bias is not None else None
+        v = F.linear(y, attn.in_proj_weight[2 * e :], b_v)
         if attn.head_scale is not None:  # [heads, 1, 1] per-head scale
             shp = v.shape
             v = (v.reshape(*shp[:-1], attn.num_heads, -1) * attn.head_scale.view(attn.num_heads, 1)).reshape(shp)
@@ -341,7 +353,9 @@ def pool(visual: nn.Module, x: Tensor) -> Tensor:
         ``Tensor[B, W]`` (not projected).
     """
     if visual.pool_type == "avg":
-        return visual.ln_post(x[:, 1:].mean(dim=1)) if visual.final_ln_after_pool else visual.ln_post(x[:, 1:]).mean(dim=1)
+        return (
+            visual.ln_post(x[:, 1:].mean(dim=1)) if visual.final_ln_after_pool else visual.ln_post(x[:, 1:]).mean(dim=1)
+        )
     return visual.ln_post(x[:, 0])  # 'tok': ln_post is per token
 
 

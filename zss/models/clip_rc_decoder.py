@@ -20,6 +20,7 @@ cross-attention, so each layer also carries an unused self-attention block (~1.0
 at D = 512); we do not build that dead weight. Sources: public CLIP-RC code
 ``models/decode_heads/decode_seg.py`` and ``utils.py``; ZegCLIP's ``decode_seg.py``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -95,8 +96,9 @@ class CrossAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int = 8, attn_dropout: float = 0.1) -> None:
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"CrossAttention: dim={dim} is not divisible by num_heads={num_heads} "
-                             f"(method.decoder_heads)")
+            raise ValueError(
+                f"CrossAttention: dim={dim} is not divisible by num_heads={num_heads} (method.decoder_heads)"
+            )
         self.num_heads, self.scale = num_heads, (dim // num_heads) ** -0.5
         self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
@@ -130,8 +132,9 @@ class CrossAttentionLayer(nn.Module):
             [public code: 0.1, PyTorch's TransformerDecoderLayer default]. attn_dropout: [0.1].
     """
 
-    def __init__(self, dim: int, num_heads: int = 8, ffn_dim: int | None = None, dropout: float = 0.1,
-                 attn_dropout: float = 0.1) -> None:
+    def __init__(
+        self, dim: int, num_heads: int = 8, ffn_dim: int | None = None, dropout: float = 0.1, attn_dropout: float = 0.1
+    ) -> None:
         super().__init__()
         ffn_dim = 4 * dim if ffn_dim is None else int(ffn_dim)
         self.attn = CrossAttention(dim, num_heads, attn_dropout)
@@ -181,10 +184,20 @@ class RegionTextDecoder(nn.Module):
         ValueError: bad ``logits``/``init``, or D not divisible by ``num_heads``.
     """
 
-    def __init__(self, dim: int, num_layers: int = 3, num_heads: int = 8, ffn_ratio: int = 4,
-                 dropout: float = 0.1, attn_dropout: float = 0.1, with_regions: bool = True,
-                 lateral_proj: bool = True, bidirectional: bool = True, logits: str = "dot",
-                 init: str = "pytorch") -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_layers: int = 3,
+        num_heads: int = 8,
+        ffn_ratio: int = 4,
+        dropout: float = 0.1,
+        attn_dropout: float = 0.1,
+        with_regions: bool = True,
+        lateral_proj: bool = True,
+        bidirectional: bool = True,
+        logits: str = "dot",
+        init: str = "pytorch",
+    ) -> None:
         super().__init__()
         if logits not in LOGIT_MODES:
             raise ValueError(f"RegionTextDecoder: logits={logits!r} (method.logits); choose {LOGIT_MODES}")
@@ -221,12 +234,15 @@ class RegionTextDecoder(nn.Module):
             ValueError: regions given / missing against ``with_regions``, or mismatched widths.
         """
         if (regions is not None) != self.with_regions:
-            raise ValueError(f"RegionTextDecoder: built with_regions={self.with_regions} but got "
-                             f"regions={'None' if regions is None else tuple(regions.shape)}")
+            raise ValueError(
+                f"RegionTextDecoder: built with_regions={self.with_regions} but got "
+                f"regions={'None' if regions is None else tuple(regions.shape)}"
+            )
         B, D, h, w = dense.shape
         if D != self.dim or text.shape[-1] != self.dim or cls.shape[-1] != self.dim:
-            raise ValueError(f"RegionTextDecoder: width {self.dim} vs dense {D}, cls {cls.shape[-1]}, text "
-                             f"{text.shape[-1]}")
+            raise ValueError(
+                f"RegionTextDecoder: width {self.dim} vs dense {D}, cls {cls.shape[-1]}, text {text.shape[-1]}"
+            )
         C = text.shape[0]
         q0 = region_text_queries(regions, cls, text)  # [B, L*C, 2D]
         v0 = dense.flatten(2).transpose(1, 2)  # [B, hw, D]
@@ -271,14 +287,23 @@ class RecoveryDecoder(nn.Module):
             as :class:`RegionTextDecoder`.
     """
 
-    def __init__(self, dim: int, num_heads: int = 8, num_layers: int = 1, ffn_ratio: int = 4,
-                 dropout: float = 0.1, attn_dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        num_layers: int = 1,
+        ffn_ratio: int = 4,
+        dropout: float = 0.1,
+        attn_dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         ffn = int(ffn_ratio) * int(dim)
-        self.layers_q = nn.ModuleList([CrossAttentionLayer(dim, num_heads, ffn, dropout, attn_dropout)
-                                       for _ in range(int(num_layers))])
-        self.layers_v = nn.ModuleList([CrossAttentionLayer(dim, num_heads, ffn, dropout, attn_dropout)
-                                       for _ in range(int(num_layers))])
+        self.layers_q = nn.ModuleList(
+            [CrossAttentionLayer(dim, num_heads, ffn, dropout, attn_dropout) for _ in range(int(num_layers))]
+        )
+        self.layers_v = nn.ModuleList(
+            [CrossAttentionLayer(dim, num_heads, ffn, dropout, attn_dropout) for _ in range(int(num_layers))]
+        )
         self.q_in, self.v_in = nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.q_out, self.v_out = nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
         _trunc_normal_init(self)

@@ -20,6 +20,7 @@ Which levels are used, and at which stride (``plan_levels``; not in the papers: 
 
 Every parameter a decoder owns takes part in its forward pass (no unused parameters under DDP).
 """
+
 from __future__ import annotations
 
 import math
@@ -70,7 +71,8 @@ def plan_levels(in_strides: Sequence[int], min_stride: int = 4) -> list[tuple[in
     if not plan:
         raise ValueError(
             f"plan_levels: all feature strides {list(in_strides)} are finer than min_stride={min_stride}; "
-            "choose backbone out_indices that include a level at stride >= min_stride or lower min_stride")
+            "choose backbone out_indices that include a level at stride >= min_stride or lower min_stride"
+        )
     return plan
 
 
@@ -100,8 +102,11 @@ class LevelUpsampler(nn.Module):
         c = in_channels
         for _ in range(steps):
             cout = max(1, c // 2)
-            layers += [nn.ConvTranspose2d(c, cout, 2, stride=2, bias=False), nn.BatchNorm2d(cout),
-                       nn.ReLU(inplace=True)]
+            layers += [
+                nn.ConvTranspose2d(c, cout, 2, stride=2, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
             c = cout
         self.steps = steps
         self.out_channels = c
@@ -128,7 +133,8 @@ class _Decoder(nn.Module):
         if len(in_channels) != len(in_strides) or not in_channels:
             raise ValueError(
                 f"{type(self).__name__}: in_channels {in_channels} and in_strides {in_strides} must be "
-                "non-empty lists of the same length (use the backbone's feature_info.channels()/reduction())")
+                "non-empty lists of the same length (use the backbone's feature_info.channels()/reduction())"
+            )
         self.in_channels = in_channels
         self.in_strides = in_strides
         self.min_stride = min_stride
@@ -136,8 +142,10 @@ class _Decoder(nn.Module):
 
     def _check(self, features: Sequence[Tensor]) -> None:
         if len(features) != len(self.in_channels):
-            raise ValueError(f"{type(self).__name__}: expected {len(self.in_channels)} feature maps "
-                             f"(channels {self.in_channels}), got {len(features)}")
+            raise ValueError(
+                f"{type(self).__name__}: expected {len(self.in_channels)} feature maps "
+                f"(channels {self.in_channels}), got {len(features)}"
+            )
 
 
 class ASPPDecoder(_Decoder):
@@ -173,9 +181,16 @@ class ASPPDecoder(_Decoder):
         ValueError: inconsistent ``in_channels``/``in_strides``, or the wrong number of feature maps.
     """
 
-    def __init__(self, in_channels: Sequence[int], in_strides: Sequence[int], channels: int = 256,
-                 dilations: Sequence[int] = (6, 12, 18), low_channels: int = 48, dropout: float = 0.1,
-                 min_stride: int = 4):
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        in_strides: Sequence[int],
+        channels: int = 256,
+        dilations: Sequence[int] = (6, 12, 18),
+        low_channels: int = 48,
+        dropout: float = 0.1,
+        min_stride: int = 4,
+    ):
         super().__init__(in_channels, in_strides, min_stride)
         self.channels = channels
         self.dilations = tuple(int(d) for d in dilations)
@@ -185,27 +200,27 @@ class ASPPDecoder(_Decoder):
         # low-level: the finest planned level, possibly upsampled by a pyramid step
         self.low_index, low_steps = min(self.plan, key=lambda p: (self.in_strides[p[0]] / 2 ** p[1], p[0]))
         self.low_up = LevelUpsampler(self.in_channels[self.low_index], low_steps)
-        self.output_stride = _as_stride(self.in_strides[self.low_index] / 2 ** low_steps)
+        self.output_stride = _as_stride(self.in_strides[self.low_index] / 2**low_steps)
 
         cin = self.in_channels[self.high_index]
-        self.aspp = nn.ModuleList([ConvBNReLU(cin, channels, 1)] +
-                                  [ConvBNReLU(cin, channels, 3, dilation=d) for d in self.dilations])
+        self.aspp = nn.ModuleList(
+            [ConvBNReLU(cin, channels, 1)] + [ConvBNReLU(cin, channels, 3, dilation=d) for d in self.dilations]
+        )
         self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, channels, 1), nn.ReLU(inplace=True))
         self.aspp_proj = ConvBNReLU(channels * (len(self.dilations) + 2), channels, 1)
         self.low_reduce = ConvBNReLU(self.low_up.out_channels, low_channels, 1)
-        self.fuse = nn.Sequential(ConvBNReLU(channels + low_channels, channels, 3),
-                                  ConvBNReLU(channels, channels, 3))
+        self.fuse = nn.Sequential(ConvBNReLU(channels + low_channels, channels, 3), ConvBNReLU(channels, channels, 3))
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         self._check(features)
-        x = features[self.high_index]                                   # [B, Cin, h, w]
+        x = features[self.high_index]  # [B, Cin, h, w]
         branches = [b(x) for b in self.aspp]
         branches.append(self.image_pool(x).expand(-1, -1, *x.shape[-2:]))
-        x = self.aspp_proj(torch.cat(branches, dim=1))                  # [B, C, h, w]
-        low = self.low_reduce(self.low_up(features[self.low_index]))    # [B, 48, H/4, W/4]
+        x = self.aspp_proj(torch.cat(branches, dim=1))  # [B, C, h, w]
+        low = self.low_reduce(self.low_up(features[self.low_index]))  # [B, 48, H/4, W/4]
         x = _resize(x, low.shape[-2:])
-        x = self.fuse(torch.cat([x, low], dim=1))                       # [B, C, H/4, W/4]
+        x = self.fuse(torch.cat([x, low], dim=1))  # [B, C, H/4, W/4]
         return self.dropout(x)
 
 
@@ -229,8 +244,14 @@ class MLPDecoder(_Decoder):
         ValueError: inconsistent ``in_channels``/``in_strides``, or the wrong number of feature maps.
     """
 
-    def __init__(self, in_channels: Sequence[int], in_strides: Sequence[int], channels: int = 256,
-                 dropout: float = 0.1, min_stride: int = 4):
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        in_strides: Sequence[int],
+        channels: int = 256,
+        dropout: float = 0.1,
+        min_stride: int = 4,
+    ):
         super().__init__(in_channels, in_strides, min_stride)
         self.channels = channels
         self.levels = [i for i, _ in self.plan]
@@ -238,21 +259,22 @@ class MLPDecoder(_Decoder):
         self.linears = nn.ModuleList([nn.Conv2d(up.out_channels, channels, 1) for up in self.ups])
         self.fuse = ConvBNReLU(channels * len(self.plan), channels, 1)
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.output_stride = _as_stride(min(self.in_strides[i] / 2 ** k for i, k in self.plan))
+        self.output_stride = _as_stride(min(self.in_strides[i] / 2**k for i, k in self.plan))
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         self._check(features)
         xs = [lin(up(features[i])) for i, up, lin in zip(self.levels, self.ups, self.linears)]
         size = max((x.shape[-2:] for x in xs), key=lambda hw: hw[0] * hw[1])  # finest map
-        x = torch.cat([_resize(x, size) for x in xs], dim=1)            # [B, C*L, H/4, W/4]
+        x = torch.cat([_resize(x, size) for x in xs], dim=1)  # [B, C*L, H/4, W/4]
         return self.dropout(self.fuse(x))
 
 
 DECODERS = {"aspp": ASPPDecoder, "mlp": MLPDecoder}
 
 
-def build_decoder(name: str, in_channels: Sequence[int], in_strides: Sequence[int], channels: int = 256,
-                  **kwargs) -> _Decoder:
+def build_decoder(
+    name: str, in_channels: Sequence[int], in_strides: Sequence[int], channels: int = 256, **kwargs
+) -> _Decoder:
     """Build a decoder by name: ``"aspp"`` (:class:`ASPPDecoder`) or ``"mlp"`` (:class:`MLPDecoder`).
 
     Raises:

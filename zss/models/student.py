@@ -4,6 +4,7 @@
 Only the student runs at test time (CLIP-ZSS [paper]); its L2-normalised dense embeds are compared with the
 teacher's text embeds of all classes: ``logits = logit_scale * <embeds, text>``.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -26,8 +27,10 @@ __all__ = ["Student"]
 def _unknown_backbone_error(name: str) -> ValueError:
     close = difflib.get_close_matches(name, timm.list_models(), n=8, cutoff=0.6)
     hint = f"close matches: {close}" if close else f"no close matches; try timm.list_models('*{name[:6]}*')"
-    return ValueError(f"Unknown timm model {name!r} for the student backbone ({hint}). "
-                      f"Fix the config key model.backbone=<timm model name>.")
+    return ValueError(
+        f"Unknown timm model {name!r} for the student backbone ({hint}). "
+        f"Fix the config key model.backbone=<timm model name>."
+    )
 
 
 def _check_loaded(backbone: nn.Module, path: str, name: str) -> None:
@@ -39,21 +42,28 @@ def _check_loaded(backbone: nn.Module, path: str, name: str) -> None:
     not found (e.g. resampled position embeddings, partial checkpoints) -> a warning naming how many.
     """
     state = timm.models.load_state_dict(path)
-    prints = {(tuple(t.shape), round(float(t.double().sum()), 6)) for t in state.values()
-              if torch.is_tensor(t) and t.is_floating_point()}
+    prints = {
+        (tuple(t.shape), round(float(t.double().sum()), 6))
+        for t in state.values()
+        if torch.is_tensor(t) and t.is_floating_point()
+    }
     params = dict(backbone.named_parameters())
-    missing = [n for n, p in params.items()
-               if (tuple(p.shape), round(float(p.detach().double().sum()), 6)) not in prints]
+    missing = [
+        n for n, p in params.items() if (tuple(p.shape), round(float(p.detach().double().sum()), 6)) not in prints
+    ]
     if params and len(missing) == len(params):
         raise RuntimeError(
             f"Weights file {path!r} (model.pretrained) initialised none of the {len(params)} parameters of the "
             f"student backbone {name!r}: it is not a state_dict of timm.create_model({name!r}) "
             f"(keys in file start with {sorted(state)[:3]}). Fix: set model.pretrained=<local file> to a matching "
-            "state_dict, or model.pretrained=false.")
+            "state_dict, or model.pretrained=false."
+        )
     if missing:
-        warnings.warn(f"Weights file {path!r} did not initialise {len(missing)}/{len(params)} backbone parameters "
-                      f"of {name!r} (e.g. {missing[:3]}); they keep their random init or were adapted by timm.",
-                      stacklevel=3)
+        warnings.warn(
+            f"Weights file {path!r} did not initialise {len(missing)}/{len(params)} backbone parameters "
+            f"of {name!r} (e.g. {missing[:3]}); they keep their random init or were adapted by timm.",
+            stacklevel=3,
+        )
 
 
 class Student(nn.Module):
@@ -122,29 +132,47 @@ class Student(nn.Module):
             as the fix).
     """
 
-    def __init__(self, backbone: str, embed_dim: int, decoder: str = "aspp", decoder_channels: int = 256,
-                 pretrained: bool | str | os.PathLike = False, out_indices: Sequence[int] | None = None,
-                 logit_scale: float = 1 / 0.07, drop_path_rate: float = 0.0,
-                 decoder_kwargs: dict[str, Any] | None = None, backbone_kwargs: dict[str, Any] | None = None,
-                 backbone_output_stride: int | None = None, input_mean: Sequence[float] = CLIP_MEAN, input_std: Sequence[float] = CLIP_STD,
-                 backbone_mean: Sequence[float] | None = None, backbone_std: Sequence[float] | None = None):
+    def __init__(
+        self,
+        backbone: str,
+        embed_dim: int,
+        decoder: str = "aspp",
+        decoder_channels: int = 256,
+        pretrained: bool | str | os.PathLike = False,
+        out_indices: Sequence[int] | None = None,
+        logit_scale: float = 1 / 0.07,
+        drop_path_rate: float = 0.0,
+        decoder_kwargs: dict[str, Any] | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
+        backbone_output_stride: int | None = None,
+        input_mean: Sequence[float] = CLIP_MEAN,
+        input_std: Sequence[float] = CLIP_STD,
+        backbone_mean: Sequence[float] | None = None,
+        backbone_std: Sequence[float] | None = None,
+    ):
         super().__init__()
         self.input_mean = check_stats(input_mean, "model input_mean (dataset.mean)")
         self.input_std = check_stats(input_std, "model input_std (dataset.std)", positive=True)
         if (backbone_mean is None) != (backbone_std is None):
-            raise ValueError(f"Student: set both model.backbone_mean and model.backbone_std or neither (null), got "
-                             f"backbone_mean={backbone_mean!r}, backbone_std={backbone_std!r}")
+            raise ValueError(
+                f"Student: set both model.backbone_mean and model.backbone_std or neither (null), got "
+                f"backbone_mean={backbone_mean!r}, backbone_std={backbone_std!r}"
+            )
         self.backbone_name = backbone
         self.embed_dim = int(embed_dim)
         self.decoder_channels = int(decoder_channels)
         bkw = dict(backbone_kwargs or {})
         if backbone_output_stride is not None:
             if int(backbone_output_stride) not in (8, 16, 32):
-                raise ValueError(f"Student: model.backbone_output_stride={backbone_output_stride}; timm backbones "
-                                 "take 8, 16 or 32 (null keeps the native stride)")
+                raise ValueError(
+                    f"Student: model.backbone_output_stride={backbone_output_stride}; timm backbones "
+                    "take 8, 16 or 32 (null keeps the native stride)"
+                )
             if "output_stride" in bkw:
-                raise ValueError("Student: output_stride given twice (model.backbone_output_stride and "
-                                 "model.backbone_kwargs.output_stride); keep model.backbone_output_stride only")
+                raise ValueError(
+                    "Student: output_stride given twice (model.backbone_output_stride and "
+                    "model.backbone_kwargs.output_stride); keep model.backbone_output_stride only"
+                )
             bkw["output_stride"] = int(backbone_output_stride)
         self.backbone = self._create_backbone(backbone, pretrained, out_indices, drop_path_rate, bkw)
         if backbone_mean is not None:
@@ -155,9 +183,11 @@ class Student(nn.Module):
             source = "timm pretrained_cfg"
             cfg = dict(getattr(self.backbone, "pretrained_cfg", None) or {})
             if cfg.get("mean") is None or cfg.get("std") is None:
-                raise ValueError(f"Student: the timm pretrained_cfg of {backbone!r} has no mean/std; set "
-                                 "model.backbone_mean=[r,g,b] model.backbone_std=[r,g,b] (the statistics its "
-                                 "weights were trained with)")
+                raise ValueError(
+                    f"Student: the timm pretrained_cfg of {backbone!r} has no mean/std; set "
+                    "model.backbone_mean=[r,g,b] model.backbone_std=[r,g,b] (the statistics its "
+                    "weights were trained with)"
+                )
             self.backbone_mean = check_stats(cfg["mean"], f"pretrained_cfg mean of {backbone!r}")
             self.backbone_std = check_stats(cfg["std"], f"pretrained_cfg std of {backbone!r}", positive=True)
         else:  # random init: learns from the input normalisation as it is (ours, documented above)
@@ -165,27 +195,38 @@ class Student(nn.Module):
             self.backbone_mean, self.backbone_std = self.input_mean, self.input_std
         self.renormalize = Renormalize(self.input_mean, self.input_std, self.backbone_mean, self.backbone_std)
         self.normalization = {
-            "input_mean": list(self.input_mean), "input_std": list(self.input_std),
-            "backbone_mean": list(self.backbone_mean), "backbone_std": list(self.backbone_std), "source": source,
+            "input_mean": list(self.input_mean),
+            "input_std": list(self.input_std),
+            "backbone_mean": list(self.backbone_mean),
+            "backbone_std": list(self.backbone_std),
+            "source": source,
         }
         info = self.backbone.feature_info
         self.feature_channels: list[int] = [int(c) for c in info.channels()]
         self.feature_strides: list[int] = [int(s) for s in info.reduction()]
         self.backbone_output_stride = max(self.feature_strides)
         if backbone_output_stride is not None and self.backbone_output_stride != int(backbone_output_stride):
-            raise ValueError(f"Student: model.backbone_output_stride={backbone_output_stride} but timm built "
-                             f"{backbone!r} with feature strides {self.feature_strides}; this model does not "
-                             "support that output stride (ResNets: 8, 16, 32), or set model.backbone_output_stride=null")
-        self.decoder = build_decoder(decoder, self.feature_channels, self.feature_strides,
-                                     channels=decoder_channels, **(decoder_kwargs or {}))
+            raise ValueError(
+                f"Student: model.backbone_output_stride={backbone_output_stride} but timm built "
+                f"{backbone!r} with feature strides {self.feature_strides}; this model does not "
+                "support that output stride (ResNets: 8, 16, 32), or set model.backbone_output_stride=null"
+            )
+        self.decoder = build_decoder(
+            decoder, self.feature_channels, self.feature_strides, channels=decoder_channels, **(decoder_kwargs or {})
+        )
         self.output_stride = self.decoder.output_stride
         self.proj = nn.Conv2d(decoder_channels, self.embed_dim, 1)
         self.register_buffer("logit_scale", torch.tensor(float(logit_scale)), persistent=False)
 
     # ------------------------------------------------------------------ construction
     @staticmethod
-    def _create_backbone(name: str, pretrained: bool | str | os.PathLike, out_indices: Sequence[int] | None,
-                         drop_path_rate: float, kwargs: dict[str, Any]) -> nn.Module:
+    def _create_backbone(
+        name: str,
+        pretrained: bool | str | os.PathLike,
+        out_indices: Sequence[int] | None,
+        drop_path_rate: float,
+        kwargs: dict[str, Any],
+    ) -> nn.Module:
         """``timm.create_model(name, features_only=True, ...)`` with clear errors (see class docstring)."""
         if ":" not in name and not timm.is_model(name):  # "hf-hub:"/"local-dir:" names are resolved by timm
             raise _unknown_backbone_error(name)
@@ -200,7 +241,8 @@ class Student(nn.Module):
             if not path.is_file():
                 raise FileNotFoundError(
                     f"Student backbone weights file not found: {str(path)!r} (config key model.pretrained). "
-                    "Give an existing state_dict file of the plain timm model, or model.pretrained=false.")
+                    "Give an existing state_dict file of the plain timm model, or model.pretrained=false."
+                )
             kwargs["pretrained"] = True
             kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
             source = f"local file {str(path)!r}"
@@ -215,8 +257,10 @@ class Student(nn.Module):
                 return timm.create_model(name, **kwargs, **extra)
             except TypeError as e:
                 if "output_stride" in kwargs and "output_stride" in str(e):
-                    raise ValueError(f"timm model {name!r} does not take output_stride (model.backbone_output_stride="
-                                     f"{kwargs['output_stride']}): {e}. Set model.backbone_output_stride=null") from e
+                    raise ValueError(
+                        f"timm model {name!r} does not take output_stride (model.backbone_output_stride="
+                        f"{kwargs['output_stride']}): {e}. Set model.backbone_output_stride=null"
+                    ) from e
                 raise
             except Exception as e:  # download / file / state_dict errors from timm, hub, torch.load
                 if not kwargs["pretrained"]:
@@ -224,7 +268,8 @@ class Student(nn.Module):
                 raise RuntimeError(
                     f"Could not load pretrained weights for student backbone {name!r} from {source}: "
                     f"{type(e).__name__}: {e}. Fix: set model.pretrained=<local file> (a state_dict of "
-                    f"timm.create_model({name!r})), or model.pretrained=false for random init.") from e
+                    f"timm.create_model({name!r})), or model.pretrained=false for random init."
+                ) from e
 
         model = None
         if "dynamic_img_size" not in kwargs:
@@ -280,8 +325,10 @@ class Student(nn.Module):
             ValueError: D of ``embeds`` and ``text`` differ.
         """
         if embeds.shape[1] != text.shape[-1]:
-            raise ValueError(f"Student.logits: embeds have D={embeds.shape[1]} but text has D={text.shape[-1]}; "
-                             "the student's embed_dim must equal the teacher's embedding width")
+            raise ValueError(
+                f"Student.logits: embeds have D={embeds.shape[1]} but text has D={text.shape[-1]}; "
+                "the student's embed_dim must equal the teacher's embedding width"
+            )
         embeds = F.normalize(embeds, dim=1)
         text = F.normalize(text, dim=-1).to(embeds.dtype)
         return self.logit_scale * torch.einsum("bdhw,cd->bchw", embeds, text)
@@ -319,13 +366,19 @@ class Student(nn.Module):
             no_decay = p.ndim <= 1 or name in skip
             key = part + ("_no_decay" if no_decay else "")
             if key not in groups:
-                groups[key] = dict(params=[], lr=lr * (1.0 if part == "backbone" else head_lr_mult),
-                                   weight_decay=0.0 if no_decay else weight_decay, name=key)
+                groups[key] = dict(
+                    params=[],
+                    lr=lr * (1.0 if part == "backbone" else head_lr_mult),
+                    weight_decay=0.0 if no_decay else weight_decay,
+                    name=key,
+                )
             groups[key]["params"].append(p)
         order = ["backbone", "backbone_no_decay", "head", "head_no_decay"]
         return [groups[k] for k in order if k in groups]
 
     def extra_repr(self) -> str:
-        return (f"backbone={self.backbone_name!r}, embed_dim={self.embed_dim}, strides={self.feature_strides}, "
-                f"output_stride={self.output_stride}, logit_scale={float(self.logit_scale):.4g}, "
-                f"normalization={self.normalization['source']!r}")
+        return (
+            f"backbone={self.backbone_name!r}, embed_dim={self.embed_dim}, strides={self.feature_strides}, "
+            f"output_stride={self.output_stride}, logit_scale={float(self.logit_scale):.4g}, "
+            f"normalization={self.normalization['source']!r}"
+        )

@@ -11,6 +11,7 @@ image's regions packed into ``Q = max regions per image`` slots (``layout="packe
 one slot per possible id (``layout="by_id"``, ``Q = num_ids``: fixed shapes, no host sync; the training step's). The
 synthesizer is a training-only part of CLIP-ZSS: it is trained and checkpointed but never used at test time.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -70,8 +71,8 @@ class SynthOutput:
         """
         b, q, d = self.weights.shape
         if self.layout == "by_id" and start >= 0 and start + count <= q:
-            present = self.valid[:, start:start + count]
-            w = self.weights[:, start:start + count]
+            present = self.valid[:, start : start + count]
+            w = self.weights[:, start : start + count]
             return torch.where(present[..., None], w, w.new_zeros(())), present
         sel = self.valid & (self.region_ids >= start) & (self.region_ids < start + count)
         bi, qi = sel.nonzero(as_tuple=True)
@@ -83,7 +84,11 @@ class SynthOutput:
 
 
 def region_prototypes(
-    embeds: Tensor, fused: Tensor, num_ids: int | None = None, ignore_index: int = 255, layout: str = "packed",
+    embeds: Tensor,
+    fused: Tensor,
+    num_ids: int | None = None,
+    ignore_index: int = 255,
+    layout: str = "packed",
     validate: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Masked average pooling of dense embeds over the regions of a label map, packed per image.
@@ -115,8 +120,10 @@ def region_prototypes(
             (``validate``) ids outside ``[0, num_ids)``.
     """
     if embeds.dim() != 4 or fused.dim() != 3 or embeds.shape[0] != fused.shape[0]:
-        raise ValueError(f"region_prototypes: embeds must be [B, D, h, w] and fused [B, H, W]; got "
-                         f"{tuple(embeds.shape)} and {tuple(fused.shape)}")
+        raise ValueError(
+            f"region_prototypes: embeds must be [B, D, h, w] and fused [B, H, W]; got "
+            f"{tuple(embeds.shape)} and {tuple(fused.shape)}"
+        )
     if layout not in LAYOUTS:
         raise ValueError(f"region_prototypes: layout must be one of {LAYOUTS}, got {layout!r}")
     if layout == "by_id" and num_ids is None:
@@ -141,8 +148,9 @@ def region_prototypes(
     return out_p, out_ids, out_ids >= 0, out_area
 
 
-def _prototypes_by_id(embeds: Tensor, fused: Tensor, num_ids: int, ignore_index: int,
-                      validate: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _prototypes_by_id(
+    embeds: Tensor, fused: Tensor, num_ids: int, ignore_index: int, validate: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """:func:`region_prototypes` with ``layout="by_id"``: the same pooling into ``num_ids`` fixed slots, with
     scatter-adds only (no ``bincount`` / boolean indexing / ``.item()``: nothing reads a value back)."""
     b, d, h, w = embeds.shape
@@ -153,8 +161,10 @@ def _prototypes_by_id(embeds: Tensor, fused: Tensor, num_ids: int, ignore_index:
     if validate:
         bad = (fused != ignore_index) & ~valid_px
         if bool(bad.any()):
-            raise ValueError(f"region_prototypes: fused ids must lie in [0, {num_ids}) or be {ignore_index}; got "
-                             f"{torch.unique(fused[bad])[:10].tolist()}")
+            raise ValueError(
+                f"region_prototypes: fused ids must lie in [0, {num_ids}) or be {ignore_index}; got "
+                f"{torch.unique(fused[bad])[:10].tolist()}"
+            )
     ids = torch.where(valid_px, fused, torch.zeros_like(fused))
     one = valid_px.float().flatten()  # weight 1 on region pixels, 0 elsewhere
     bidx = torch.arange(b, device=dev)[:, None, None]
@@ -243,8 +253,12 @@ class WeightSynthesizer(nn.Module):
         self.detach_prototypes = bool(detach_prototypes)
         self.heads = _pick_heads(self.dim, heads)
         layer = nn.TransformerDecoderLayer(
-            d_model=self.dim, nhead=self.heads, dim_feedforward=ffn_dim or 4 * self.dim, dropout=dropout,
-            batch_first=True, norm_first=True,
+            d_model=self.dim,
+            nhead=self.heads,
+            dim_feedforward=ffn_dim or 4 * self.dim,
+            dropout=dropout,
+            batch_first=True,
+            norm_first=True,
         )
         self.decoder = nn.TransformerDecoder(layer, num_layers=depth)
         if zero_init_residual:
@@ -283,35 +297,40 @@ class WeightSynthesizer(nn.Module):
             ValueError: ``dense`` missing for a memory that needs it, or a D mismatch.
         """
         if embeds.shape[1] != self.dim or cls.shape[-1] != self.dim:
-            raise ValueError(f"WeightSynthesizer(dim={self.dim}): got embeds D={embeds.shape[1]}, "
-                             f"cls D={cls.shape[-1]}")
+            raise ValueError(
+                f"WeightSynthesizer(dim={self.dim}): got embeds D={embeds.shape[1]}, cls D={cls.shape[-1]}"
+            )
         if (self.memory != "cls" or self.query != "prototype") and dense is None:
             raise ValueError(f"WeightSynthesizer(memory={self.memory!r}) needs the teacher's dense tokens")
         src = embeds.detach() if self.detach_prototypes else embeds
         # float32 throughout (small tensors), also under autocast
         with torch.autocast(device_type=embeds.device.type, enabled=False):
-            protos, region_ids, valid, area = region_prototypes(src.float(), fused, num_ids, self.ignore_index,
-                                                                layout, validate)
+            protos, region_ids, valid, area = region_prototypes(
+                src.float(), fused, num_ids, self.ignore_index, layout, validate
+            )
             mem = cls.detach().float()[:, None, :]  # [B, 1, D]
             mem_pad = None
             if self.memory == "cls+regions" or self.query != "prototype":
                 # CLIP's token per region: the same slots as the prototypes (slot order depends on F only)
-                clip_regions = region_prototypes(dense.detach().float(), fused, num_ids, self.ignore_index, layout,
-                                                 validate=False)[0]
+                clip_regions = region_prototypes(
+                    dense.detach().float(), fused, num_ids, self.ignore_index, layout, validate=False
+                )[0]
             if self.memory == "cls+dense":
                 mem = torch.cat([mem, dense.detach().float().flatten(2).transpose(1, 2)], dim=1)  # [B, 1+N, D]
             elif self.memory == "cls+regions":
                 mem = torch.cat([mem, clip_regions], dim=1)  # [B, 1+Q, D]
                 mem_pad = torch.cat([valid.new_zeros(len(valid), 1), ~valid], dim=1)
-            query = {"prototype": lambda: protos, "prototype+clip": lambda: protos + clip_regions,
-                     "clip": lambda: clip_regions}[self.query]()
+            query = {
+                "prototype": lambda: protos,
+                "prototype+clip": lambda: protos + clip_regions,
+                "clip": lambda: clip_regions,
+            }[self.query]()
             # a row whose keys are all masked would give NaN attention: unmask slot 0 of region-less images
             pad = ~valid
             pad[:, 0] &= valid.any(dim=1)
             out = self.decoder(query, mem, tgt_key_padding_mask=pad, memory_key_padding_mask=mem_pad)  # [B, Q, D]
             out = F.normalize(out.float(), dim=-1)
-        return SynthOutput(weights=out, prototypes=protos, region_ids=region_ids, valid=valid, area=area,
-                           layout=layout)
+        return SynthOutput(weights=out, prototypes=protos, region_ids=region_ids, valid=valid, area=area, layout=layout)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, heads={self.heads}, memory={self.memory!r}, query={self.query!r}"

@@ -36,6 +36,7 @@ the loop reads a value back to the host, so the whole call can be captured in a 
 Source: Lloyd's algorithm; spherical K-Means (Dhillon & Modha 2001); empty-cluster relocation as in
 scikit-learn. Multi-problem layout and all defaults: not in the paper, ours (docs/methods.md (CLIP-ZSS), §8).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Sequence
@@ -74,12 +75,15 @@ def _segments(groups: Tensor | Sequence[int] | None, K: int) -> list[tuple[int, 
         return [(0, K)]
     g = groups.detach().to("cpu", torch.int64).tolist() if isinstance(groups, Tensor) else [int(v) for v in groups]
     if len(g) != K:
-        raise ValueError(f"batched_kmeans: groups has {len(g)} entries but init has K={K} centres; "
-                         "pass one group id per centre")
+        raise ValueError(
+            f"batched_kmeans: groups has {len(g)} entries but init has K={K} centres; pass one group id per centre"
+        )
     steps_ok = g[0] == 0 and all(b - a in (0, 1) for a, b in zip(g[:-1], g[1:]))
     if not steps_ok:
-        raise ValueError("batched_kmeans: groups must be non-decreasing ids 0, 1, ..., G-1 with every id "
-                         f"present (contiguous segments of centres); got {g[:20]}{'...' if K > 20 else ''}")
+        raise ValueError(
+            "batched_kmeans: groups must be non-decreasing ids 0, 1, ..., G-1 with every id "
+            f"present (contiguous segments of centres); got {g[:20]}{'...' if K > 20 else ''}"
+        )
     cuts = [0] + [i for i in range(1, K) if g[i] != g[i - 1]] + [K]
     bounds = list(zip(cuts[:-1], cuts[1:]))
     return bounds
@@ -119,8 +123,15 @@ class _Assigner:
     multi-MB CPU tensors cost page faults every iteration). Padded columns are never read: the
     argmax runs on each group's own column range."""
 
-    def __init__(self, xa: Tensor, K: int, bias: Tensor | None, spherical: bool,
-                 assign_dtype: torch.dtype | None, bounds: list[tuple[int, int]]):
+    def __init__(
+        self,
+        xa: Tensor,
+        K: int,
+        bias: Tensor | None,
+        spherical: bool,
+        assign_dtype: torch.dtype | None,
+        bounds: list[tuple[int, int]],
+    ):
         P, N, D = xa.shape
         self.xa, self.spherical, self.bounds, self.K = xa, spherical, bounds, K
         self.assign_dtype = assign_dtype
@@ -351,12 +362,14 @@ def batched_kmeans(
     are handled (no NaN).
     """
     if x.dim() != 3 or init.dim() != 3:
-        raise ValueError(f"batched_kmeans: expected x [P, N, D] and init [P, K, D], got {tuple(x.shape)} "
-                         f"and {tuple(init.shape)}")
+        raise ValueError(
+            f"batched_kmeans: expected x [P, N, D] and init [P, K, D], got {tuple(x.shape)} and {tuple(init.shape)}"
+        )
     P, N, D = x.shape
     if init.shape[0] != P or init.shape[2] != D:
-        raise ValueError(f"batched_kmeans: init {tuple(init.shape)} does not match x {tuple(x.shape)} "
-                         "(need the same P and D)")
+        raise ValueError(
+            f"batched_kmeans: init {tuple(init.shape)} does not match x {tuple(x.shape)} (need the same P and D)"
+        )
     K = init.shape[1]
     if N == 0 or K == 0:
         raise ValueError(f"batched_kmeans: need N >= 1 points and K >= 1 centres, got N={N}, K={K}")
@@ -382,8 +395,10 @@ def batched_kmeans(
             per = torch.stack([valid[:, a:b].any(-1) for a, b in bounds], 1)
             if not bool(per.all()):
                 bad = (~per).nonzero()[0].tolist()
-                raise ValueError(f"batched_kmeans: problem (point set {bad[0]}, group {bad[1]}) has no valid "
-                                 "centre; every problem needs at least one valid centre")
+                raise ValueError(
+                    f"batched_kmeans: problem (point set {bad[0]}, group {bad[1]}) has no valid "
+                    "centre; every problem needs at least one valid centre"
+                )
             all_valid = bool(valid.all())
 
     x = x.to(dtype)

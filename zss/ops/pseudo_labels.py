@@ -12,6 +12,7 @@ iteration count, minimum area, how fused masks from different scales that overla
 and how region ids are numbered. The pipeline is batched: all images and all scales go through one
 :func:`~zss.ops.kmeans.batched_kmeans` call (one group per scale); fusion is vectorised over images.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Sequence
@@ -78,8 +79,9 @@ def window_seeds(dense: Tensor, scales: Sequence[int] = DEFAULT_SCALES) -> tuple
         raise ValueError(f"window_seeds: dense must be [B, D, h, w], got shape {tuple(dense.shape)}")
     scales = tuple(int(s) for s in scales)
     if not scales or min(scales) < 1:
-        raise ValueError(f"window_seeds: scales must be a non-empty sequence of positive window sides "
-                         f"(patches), got {scales}")
+        raise ValueError(
+            f"window_seeds: scales must be a non-empty sequence of positive window sides (patches), got {scales}"
+        )
     B, D, h, w = dense.shape
     x = dense.float()
     seeds, index = [], []
@@ -282,8 +284,14 @@ def _number_regions(
 
 
 @torch.no_grad()
-def merge_clusters(x: Tensor, labels: Tensor, num_clusters: int, lam: float = DEFAULT_LAMBDA,
-                   max_rounds: int = 64, sync_free: bool = False) -> Tensor:
+def merge_clusters(
+    x: Tensor,
+    labels: Tensor,
+    num_clusters: int,
+    lam: float = DEFAULT_LAMBDA,
+    max_rounds: int = 64,
+    sync_free: bool = False,
+) -> Tensor:
     """Agglomerative fusion of K-Means clusters with recomputed centres (``mode="merge"``; ours).
 
     The summary's rule "masks whose centres have cosine > λ are fused" read as greedy agglomerative
@@ -314,8 +322,9 @@ def merge_clusters(x: Tensor, labels: Tensor, num_clusters: int, lam: float = DE
         ValueError: shape mismatch or ``lam`` outside ``[-1, 1]``.
     """
     if x.dim() != 3 or labels.shape != x.shape[:2]:
-        raise ValueError(f"merge_clusters: need x [B, N, D] and labels [B, N], got {tuple(x.shape)} and "
-                         f"{tuple(labels.shape)}")
+        raise ValueError(
+            f"merge_clusters: need x [B, N, D] and labels [B, N], got {tuple(x.shape)} and {tuple(labels.shape)}"
+        )
     if not -1.0 <= lam <= 1.0:
         raise ValueError(f"merge_clusters: lam is a cosine threshold in [-1, 1], got {lam}")
     B, N, D = x.shape
@@ -388,8 +397,10 @@ def fused_labels(
             that is neither a seen class nor ``ignore_index``.
     """
     if train_label.dim() != 3 or region_ids.dim() != 3 or region_ids.shape[0] != train_label.shape[0]:
-        raise ValueError(f"fused_labels: need train_label [B, H, W] and region_ids [B, h, w] with the same B, "
-                         f"got {tuple(train_label.shape)} and {tuple(region_ids.shape)}")
+        raise ValueError(
+            f"fused_labels: need train_label [B, H, W] and region_ids [B, h, w] with the same B, "
+            f"got {tuple(train_label.shape)} and {tuple(region_ids.shape)}"
+        )
     B, H, W = train_label.shape
     lab = train_label.long()
     dev = lab.device
@@ -409,9 +420,11 @@ def fused_labels(
     ign = train_label.long() == ignore_index
     if validate and bool((~seen & ~ign).any()):
         bad = torch.unique(train_label[~seen & ~ign])[:10].tolist()
-        raise ValueError(f"fused_labels: train_label has values {bad} that are neither seen classes "
-                         f"(0..{num_seen - 1}{' via seen_ids' if seen_ids is not None else ''}) nor "
-                         f"ignore_index={ignore_index}; remap labels to seen indices or pass seen_ids=")
+        raise ValueError(
+            f"fused_labels: train_label has values {bad} that are neither seen classes "
+            f"(0..{num_seen - 1}{' via seen_ids' if seen_ids is not None else ''}) nor "
+            f"ignore_index={ignore_index}; remap labels to seen indices or pass seen_ids="
+        )
     if valid_mask is None:
         valid_mask = torch.ones(B, H, W, dtype=torch.bool, device=dev)
     elif valid_mask.shape != (B, H, W):
@@ -533,9 +546,18 @@ def pseudo_labels(
     # group ids as host ints from the shapes (no device read-back); every seed is valid (window_seeds)
     sizes = _scale_sizes((h, w), scales)
     groups = [0] * sum(sizes) if merge else [g for g, n in enumerate(sizes) for _ in range(n)]
-    km = batched_kmeans(x, seeds, None, iters=iters, spherical=True, relocate_empty=relocate_empty,
-                        assign_dtype=assign_dtype, groups=groups, update="matmul" if sync_free else "auto",
-                        validate=validate)
+    km = batched_kmeans(
+        x,
+        seeds,
+        None,
+        iters=iters,
+        spherical=True,
+        relocate_empty=relocate_empty,
+        assign_dtype=assign_dtype,
+        groups=groups,
+        update="matmul" if sync_free else "auto",
+        validate=validate,
+    )
     S = len(scales)
     eligible = train_label.long() == ignore_index
     if valid_mask is not None:
@@ -544,14 +566,33 @@ def pseudo_labels(
     area_mask = area_mask.to(dense.device)
     if merge:
         K = seeds.shape[1]
-        pix = merge_clusters(F.normalize(x, dim=-1), km.labels.view(B, h * w), K, lam=lam, max_rounds=merge_rounds,
-                             sync_free=sync_free)
+        pix = merge_clusters(
+            F.normalize(x, dim=-1), km.labels.view(B, h * w), K, lam=lam, max_rounds=merge_rounds, sync_free=sync_free
+        )
         region, nreg = _number_regions(pix, K, (h, w), min_area, max_regions, area_mask)
     else:
-        region, nreg = fuse_masks(km.centers, km.labels.view(B, S, h, w), valid, sidx, lam=lam, min_area=min_area,
-                                  max_regions=max_regions, area_mask=area_mask, mode=mode, sync_free=sync_free)
-    F_lab = fused_labels(train_label, region.to(train_label.device), num_seen, valid_mask, ignore_index,
-                         max_regions, seen_ids, validate=validate)
+        region, nreg = fuse_masks(
+            km.centers,
+            km.labels.view(B, S, h, w),
+            valid,
+            sidx,
+            lam=lam,
+            min_area=min_area,
+            max_regions=max_regions,
+            area_mask=area_mask,
+            mode=mode,
+            sync_free=sync_free,
+        )
+    F_lab = fused_labels(
+        train_label,
+        region.to(train_label.device),
+        num_seen,
+        valid_mask,
+        ignore_index,
+        max_regions,
+        seen_ids,
+        validate=validate,
+    )
     return PseudoLabels(F_lab, region, nreg, km, sidx)
 
 
@@ -596,8 +637,13 @@ def clear_near_seen(fused: Tensor, num_seen: int, margin: int, ignore_index: int
 
 @torch.no_grad()
 def pseudo_label_quality(
-    fused: Tensor, full_label: Tensor, num_seen: int, unseen_ids: Sequence[int] | Tensor, num_classes: int,
-    ignore_index: int = 255, num_regions: int | None = None,
+    fused: Tensor,
+    full_label: Tensor,
+    num_seen: int,
+    unseen_ids: Sequence[int] | Tensor,
+    num_classes: int,
+    ignore_index: int = 255,
+    num_regions: int | None = None,
 ) -> dict[str, Tensor]:
     """Diagnostics of pseudo regions against the FULL ground truth (ours; for logging, never for training).
 
@@ -626,8 +672,10 @@ def pseudo_label_quality(
         ValueError: shape mismatch.
     """
     if fused.shape != full_label.shape or fused.dim() != 3:
-        raise ValueError(f"pseudo_label_quality: fused and full_label must both be [B, H, W], got "
-                         f"{tuple(fused.shape)} and {tuple(full_label.shape)}")
+        raise ValueError(
+            f"pseudo_label_quality: fused and full_label must both be [B, H, W], got "
+            f"{tuple(fused.shape)} and {tuple(full_label.shape)}"
+        )
     B = fused.shape[0]
     dev = fused.device
     gt = full_label.to(dev).long()
@@ -649,8 +697,11 @@ def pseudo_label_quality(
     top, arg = hist.max(-1)  # majority category per region
     regions = (size > 0).sum(1).float()
     purity = top.sum(1) / size.sum(1)  # NaN when no region
-    ids = unseen_ids.to(dev) if isinstance(unseen_ids, Tensor) else torch.as_tensor(unseen_ids, dtype=torch.long,
-                                                                                      device=dev)
+    ids = (
+        unseen_ids.to(dev)
+        if isinstance(unseen_ids, Tensor)
+        else torch.as_tensor(unseen_ids, dtype=torch.long, device=dev)
+    )
     unseen = torch.zeros(nc, dtype=torch.bool, device=dev).index_fill_(0, ids.long(), True)  # no value tensor copy
     unseen_px = unseen[cat]  # [B, H, W]
     maj_unseen = unseen[arg] & (size > 0)  # [B, R]

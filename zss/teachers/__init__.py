@@ -1,4 +1,5 @@
 """Teachers: the frozen CLIP teacher and a label-derived oracle stand-in (docs/architecture.md "Teacher")."""
+
 from zss.teachers.clip import (
     DENSE_MODES,
     FrozenCLIP,

@@ -11,6 +11,7 @@ and :meth:`FrozenCLIP.forward` / :meth:`FrozenCLIP.text` run under ``torch.no_gr
 :meth:`FrozenCLIP.run_blocks` and :meth:`FrozenCLIP.project` deliberately do *not* disable autograd:
 Chimera-Seg's CLIP Semantic Head backpropagates through the frozen last blocks into its adapter.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -80,12 +81,7 @@ def _offline_message(model_name: str, what: str, reason: str) -> str:
 
 
 def _looks_like_path(p: str) -> bool:
-    return (
-        os.sep in p
-        or "/" in p
-        or p.startswith(("~", "."))
-        or p.lower().endswith(_WEIGHT_SUFFIXES)
-    )
+    return os.sep in p or "/" in p or p.startswith(("~", ".")) or p.lower().endswith(_WEIGHT_SUFFIXES)
 
 
 def tiny_clip_cfg(
@@ -205,8 +201,7 @@ class FrozenCLIP(nn.Module):
         super().__init__()
         if dense_mode not in DENSE_MODES:
             raise ValueError(
-                f"FrozenCLIP: unknown dense_mode={dense_mode!r}; choose one of {DENSE_MODES} "
-                f"(teacher.dense_mode=...)"
+                f"FrozenCLIP: unknown dense_mode={dense_mode!r}; choose one of {DENSE_MODES} (teacher.dense_mode=...)"
             )
         self.dense_mode = dense_mode
         try:
@@ -249,16 +244,21 @@ class FrozenCLIP(nn.Module):
         self.embed_dim: int = int(visual.proj.shape[1]) if visual.proj is not None else self.width
         self.native_image_size: tuple[int, int] = as_pair(visual.image_size, "visual.image_size")
         self.native_grid: tuple[int, int] = as_pair(visual.grid_size, "visual.grid_size")
-        self.image_size: tuple[int, int] | None = None if image_size is None else as_pair(
-            image_size, "teacher.image_size", positive=True)
+        self.image_size: tuple[int, int] | None = (
+            None if image_size is None else as_pair(image_size, "teacher.image_size", positive=True)
+        )
 
         pp = getattr(visual, "preprocess_cfg", None) or {}
         self.clip_mean = tuple(float(v) for v in (clip_mean if clip_mean is not None else pp.get("mean", CLIP_MEAN)))
         self.clip_std = tuple(float(v) for v in (clip_std if clip_std is not None else pp.get("std", CLIP_STD)))
         self.input_mean = tuple(float(v) for v in input_mean)
         self.input_std = tuple(float(v) for v in input_std)
-        for name, v in (("clip_mean", self.clip_mean), ("clip_std", self.clip_std),
-                        ("input_mean", self.input_mean), ("input_std", self.input_std)):
+        for name, v in (
+            ("clip_mean", self.clip_mean),
+            ("clip_std", self.clip_std),
+            ("input_mean", self.input_mean),
+            ("input_std", self.input_std),
+        ):
             if len(v) != 3:
                 raise ValueError(f"FrozenCLIP: {name} must have 3 values (RGB), got {v}")
         # x_clip = (x * in_std + in_mean - c_mean) / c_std = x * scale + shift (zss/data/normalize.py)
@@ -319,16 +319,22 @@ class FrozenCLIP(nn.Module):
                             f"FrozenCLIP: with model_cfg, teacher.pretrained must be a local weights file or "
                             f"random, got {pretrained!r}"
                         )
-                    raise TeacherWeightsNotFoundError(
-                        _offline_message(model_name, f"file {path!r}", "no such file")
-                    )
+                    raise TeacherWeightsNotFoundError(_offline_message(model_name, f"file {path!r}", "no such file"))
             try:
                 model = cls(**cfg)
             except TypeError as e:
                 raise ValueError(f"FrozenCLIP: invalid model_cfg {model_cfg}: {e}") from e
             open_clip.set_model_preprocess_cfg(
-                model, {"size": model.visual.image_size, "mode": "RGB", "mean": CLIP_MEAN, "std": CLIP_STD,
-                        "interpolation": "bicubic", "resize_mode": "shortest", "fill_color": 0}
+                model,
+                {
+                    "size": model.visual.image_size,
+                    "mode": "RGB",
+                    "mean": CLIP_MEAN,
+                    "std": CLIP_STD,
+                    "interpolation": "bicubic",
+                    "resize_mode": "shortest",
+                    "fill_color": 0,
+                },
             )
             info["source"] = "model_cfg"
             if not is_random:
@@ -369,10 +375,16 @@ class FrozenCLIP(nn.Module):
 
         if is_random:
             info["source"] = "random"
-            log.warning("FrozenCLIP: %s with RANDOM weights (teacher.pretrained=random): teacher outputs and all "
-                        "numbers derived from them are meaningless (smoke runs only).", name)
+            log.warning(
+                "FrozenCLIP: %s with RANDOM weights (teacher.pretrained=random): teacher outputs and all "
+                "numbers derived from them are meaningless (smoke runs only).",
+                name,
+            )
             model = open_clip.create_model(
-                schema_name or name, pretrained=None, load_weights=False, cache_dir=cache_dir,
+                schema_name or name,
+                pretrained=None,
+                load_weights=False,
+                cache_dir=cache_dir,
                 pretrained_text=False,
             )
             return model, info
@@ -383,9 +395,7 @@ class FrozenCLIP(nn.Module):
             try:
                 model = open_clip.create_model(schema_name, cache_dir=cache_dir, require_pretrained=True)
             except Exception as e:  # noqa: BLE001 - any download failure -> one actionable error
-                raise TeacherWeightsError(
-                    _offline_message(name, f"{schema_name!r}", f"{type(e).__name__}: {e}")
-                ) from e
+                raise TeacherWeightsError(_offline_message(name, f"{schema_name!r}", f"{type(e).__name__}: {e}")) from e
             if hash_weights and schema_name.startswith("hf-hub:"):
                 try:
                     f = open_clip.pretrained.download_pretrained_from_hf(schema_name[7:], cache_dir=cache_dir)
@@ -403,15 +413,11 @@ class FrozenCLIP(nn.Module):
                 if not path:
                     raise FileNotFoundError("open_clip returned no file for this tag")
             except Exception as e:  # noqa: BLE001 - any download failure -> one actionable error
-                raise TeacherWeightsError(
-                    _offline_message(name, f"tag {tag!r}", f"{type(e).__name__}: {e}")
-                ) from e
+                raise TeacherWeightsError(_offline_message(name, f"tag {tag!r}", f"{type(e).__name__}: {e}")) from e
             try:
                 model = open_clip.create_model(name, pretrained=tag, cache_dir=cache_dir, require_pretrained=True)
             except Exception as e:  # noqa: BLE001
-                raise TeacherWeightsError(
-                    _offline_message(name, f"tag {tag!r}", f"{type(e).__name__}: {e}")
-                ) from e
+                raise TeacherWeightsError(_offline_message(name, f"tag {tag!r}", f"{type(e).__name__}: {e}")) from e
             info["file"] = str(path)
             info["sha256"] = _sha256(path) if hash_weights else None
             return model, info
@@ -454,8 +460,10 @@ class FrozenCLIP(nn.Module):
         return super().train(False)
 
     def extra_repr(self) -> str:
-        return (f"model_name={self._model_name!r}, pretrained={self.identity['pretrained']!r}, "
-                f"dense_mode={self.dense_mode!r}, embed_dim={self.embed_dim}")
+        return (
+            f"model_name={self._model_name!r}, pretrained={self.identity['pretrained']!r}, "
+            f"dense_mode={self.dense_mode!r}, embed_dim={self.embed_dim}"
+        )
 
     # ------------------------------------------------------------------ building blocks
     def prepare(self, images: Tensor) -> Tensor:
@@ -541,14 +549,12 @@ class FrozenCLIP(nn.Module):
         if not 0 <= s <= L:
             raise ValueError(f"FrozenCLIP.run_blocks: start_block={start_block} out of range for {L} blocks")
         if x_tokens.ndim != 3 or x_tokens.shape[-1] != self.width:
-            raise ValueError(
-                f"FrozenCLIP.run_blocks: expected Tensor[B, L, {self.width}], got {tuple(x_tokens.shape)}"
-            )
+            raise ValueError(f"FrozenCLIP.run_blocks: expected Tensor[B, L, {self.width}], got {tuple(x_tokens.shape)}")
         blocks = self.visual.transformer.resblocks
         if maskclip_last:
             if s >= L:
                 raise ValueError("FrozenCLIP.run_blocks: maskclip_last=True needs at least one block to run")
-            x = clip_ops.run_blocks(blocks[s:L - 1], x_tokens, batch_first=self._batch_first)
+            x = clip_ops.run_blocks(blocks[s : L - 1], x_tokens, batch_first=self._batch_first)
             return clip_ops.maskclip_block(blocks[L - 1], x)
         return clip_ops.run_blocks(blocks[s:L], x_tokens, batch_first=self._batch_first)
 
@@ -580,7 +586,7 @@ class FrozenCLIP(nn.Module):
         tok, (h, w) = self.embed(self.prepare(images))  # [B, 1+N, W]
         L = self.num_layers
         last = v.transformer.resblocks[L - 1]
-        tok = clip_ops.run_blocks(v.transformer.resblocks[:L - 1], tok, batch_first=self._batch_first)
+        tok = clip_ops.run_blocks(v.transformer.resblocks[: L - 1], tok, batch_first=self._batch_first)
         if self.dense_mode == "tokens":
             tok = clip_ops.run_block(last, tok, batch_first=self._batch_first)
             pooled = clip_ops.pool(v, tok)  # [B, W]
@@ -640,8 +646,13 @@ class FrozenCLIP(nn.Module):
             return cached
         with torch.autocast(device_type=dev.type, enabled=False):  # cached once: compute in full precision
             w = open_clip.build_zero_shot_classifier(  # [D, C]: per class, mean of unit embeds, renormalised
-                self.model, self._get_tokenizer(), list(key[0]), list(key[1]),
-                num_classes_per_batch=max(1, _TEXT_CHUNK // len(key[1])), device=dev)
+                self.model,
+                self._get_tokenizer(),
+                list(key[0]),
+                list(key[1]),
+                num_classes_per_batch=max(1, _TEXT_CHUNK // len(key[1])),
+                device=dev,
+            )
         e = w.t().float().contiguous()  # [C, D]
         self._text_cache[key] = e
         return e

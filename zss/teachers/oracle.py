@@ -7,6 +7,7 @@ token is the same mix over the whole image. A student distilled from it can lear
 through the distillation path, which is exactly what the mechanism tests need, but the numbers it yields
 say nothing about zero-shot segmentation: see :data:`ORACLE_WARNING`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -237,5 +238,7 @@ class OracleTeacher(nn.Module):
         return self.name_vectors([str(c) for c in classnames]).to(self.class_embeds.device)
 
     def extra_repr(self) -> str:
-        return (f"num_classes={self.num_classes}, embed_dim={self.embed_dim}, patch_size={self.patch_size}, "
-                f"noise={self.noise}, seed={self.seed}, background={self.background}")
+        return (
+            f"num_classes={self.num_classes}, embed_dim={self.embed_dim}, patch_size={self.patch_size}, "
+            f"noise={self.noise}, seed={self.seed}, background={self.background}"
+        )

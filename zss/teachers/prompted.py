@@ -30,6 +30,7 @@ The CLIP weights are frozen (``requires_grad=False``, always in eval mode); only
 projection and norm (and the region tokens when ``train_region_tokens``) are trainable. Autograd is not
 disabled: gradients flow through the frozen blocks into the prompts.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -221,20 +222,29 @@ class PromptedCLIPEncoder(nn.Module):
             raise ValueError(f"PromptedCLIPEncoder: cls_input={cls_input!r} (method.cls_input); choose {CLS_INPUTS}")
         self.cls_input = cls_input
         if not isinstance(clip, FrozenCLIP):
-            raise ValueError(f"PromptedCLIPEncoder needs a zss FrozenCLIP (teacher=clip_vitb16 / tiny_random), got "
-                             f"{type(clip).__name__}")
+            raise ValueError(
+                f"PromptedCLIPEncoder needs a zss FrozenCLIP (teacher=clip_vitb16 / tiny_random), got "
+                f"{type(clip).__name__}"
+            )
         if clip.visual.pool_type != "tok":
-            raise ValueError(f"PromptedCLIPEncoder needs a CLIP tower pooled by its class token, got pool_type="
-                             f"{clip.visual.pool_type!r} ({clip.identity.get('model_name')})")
+            raise ValueError(
+                f"PromptedCLIPEncoder needs a CLIP tower pooled by its class token, got pool_type="
+                f"{clip.visual.pool_type!r} ({clip.identity.get('model_name')})"
+            )
         if int(num_prompts) < 0 or int(region_grid) < 0:
-            raise ValueError(f"PromptedCLIPEncoder: num_prompts={num_prompts} and region_grid={region_grid} must be "
-                             f">= 0 (method.num_prompts / method.region_grid)")
+            raise ValueError(
+                f"PromptedCLIPEncoder: num_prompts={num_prompts} and region_grid={region_grid} must be "
+                f">= 0 (method.num_prompts / method.region_grid)"
+            )
         if pos_interp not in POS_INTERP_MODES:
-            raise ValueError(f"PromptedCLIPEncoder: pos_interp={pos_interp!r} (method.pos_interp); choose "
-                             f"{POS_INTERP_MODES}")
+            raise ValueError(
+                f"PromptedCLIPEncoder: pos_interp={pos_interp!r} (method.pos_interp); choose {POS_INTERP_MODES}"
+            )
         if not 0.0 <= float(prompt_dropout) < 1.0 or not 0.0 <= float(drop_path_rate) < 1.0:
-            raise ValueError(f"PromptedCLIPEncoder: prompt_dropout={prompt_dropout} and drop_path_rate="
-                             f"{drop_path_rate} must be in [0, 1)")
+            raise ValueError(
+                f"PromptedCLIPEncoder: prompt_dropout={prompt_dropout} and drop_path_rate="
+                f"{drop_path_rate} must be in [0, 1)"
+            )
         object.__setattr__(self, "_clip", clip)  # unregistered: its text tower is not part of this module
         self.visual = clip.visual  # registered: frozen CLIP image tower (counted, moved, kept in eval)
         self.width, self.embed_dim = clip.width, clip.embed_dim
@@ -244,11 +254,14 @@ class PromptedCLIPEncoder(nn.Module):
         self.num_prompts = int(num_prompts)
         self.deep_prompts = bool(deep_prompts)
         self.region_grid = int(region_grid)
-        self.num_regions = self.region_grid ** 2
+        self.num_regions = self.region_grid**2
         self.pos_interp = pos_interp
         self.drop_path_rate = float(drop_path_rate)
-        self._drop_probs = ([float(p) for p in torch.linspace(0.0, self.drop_path_rate, self.num_layers)]
-                            if self.drop_path_rate > 0 else [0.0] * self.num_layers)
+        self._drop_probs = (
+            [float(p) for p in torch.linspace(0.0, self.drop_path_rate, self.num_layers)]
+            if self.drop_path_rate > 0
+            else [0.0] * self.num_layers
+        )
 
         # input normalisation -> the pixels CLIP receives: x_clip = x * scale + shift
         input_mean = clip.input_mean if input_mean is None else input_mean
@@ -263,18 +276,23 @@ class PromptedCLIPEncoder(nn.Module):
         self.register_buffer("_in_scale", scale, persistent=False)
         self.register_buffer("_in_shift", shift, persistent=False)
         #: what the CLIP tower is fed (for the run's log / config.json "normalization")
-        self.normalization = {"source": "PromptedCLIPEncoder (CLIP-RC / ZegCLIP)", "mean": list(self.pixel_mean),
-                              "std": list(self.pixel_std), "input_mean": list(self.input_mean),
-                              "input_std": list(self.input_std)}
+        self.normalization = {
+            "source": "PromptedCLIPEncoder (CLIP-RC / ZegCLIP)",
+            "mean": list(self.pixel_mean),
+            "std": list(self.pixel_std),
+            "input_mean": list(self.input_mean),
+            "input_std": list(self.input_std),
+        }
 
         W = self.width
         if self.num_prompts > 0:
             # VPT init: U(±sqrt(6 / (3·p² + W))) [public code _init_prompt], kaiming-normal (fan_out) projection
-            bound = math.sqrt(6.0 / float(3 * self.patch_size ** 2 + W))
+            bound = math.sqrt(6.0 / float(3 * self.patch_size**2 + W))
             self.prompt_embeddings = nn.Parameter(torch.empty(1, self.num_prompts, W).uniform_(-bound, bound))
             n_deep = self.num_layers - 1 if self.deep_prompts else 0
             self.deep_prompt_embeddings = (
-                nn.Parameter(torch.empty(n_deep, self.num_prompts, W).uniform_(-bound, bound)) if n_deep > 0 else None)
+                nn.Parameter(torch.empty(n_deep, self.num_prompts, W).uniform_(-bound, bound)) if n_deep > 0 else None
+            )
             self.prompt_proj = nn.Linear(W, W)
             nn.init.kaiming_normal_(self.prompt_proj.weight, a=0, mode="fan_out")
             self.prompt_norm = nn.LayerNorm(W, eps=1e-6)
@@ -285,8 +303,10 @@ class PromptedCLIPEncoder(nn.Module):
         if self.num_regions > 0:
             v = clip.visual
             init = (v.class_embedding.detach() + v.positional_embedding.detach()[0]).float()  # public cls_pos
-            self.region_tokens = nn.Parameter(init.expand(self.num_regions, W).clone().to(v.class_embedding.dtype),
-                                              requires_grad=bool(train_region_tokens))
+            self.region_tokens = nn.Parameter(
+                init.expand(self.num_regions, W).clone().to(v.class_embedding.dtype),
+                requires_grad=bool(train_region_tokens),
+            )
         else:
             self.region_tokens = None
         self._mask_cache: dict[tuple, Tensor] = {}
@@ -315,8 +335,10 @@ class PromptedCLIPEncoder(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def extra_repr(self) -> str:
-        return (f"clip={self.identity.get('model_name')!r}, num_prompts={self.num_prompts}, deep={self.deep_prompts}, "
-                f"region_grid={self.region_grid}, pos_interp={self.pos_interp!r}, cls_input={self.cls_input!r}")
+        return (
+            f"clip={self.identity.get('model_name')!r}, num_prompts={self.num_prompts}, deep={self.deep_prompts}, "
+            f"region_grid={self.region_grid}, pos_interp={self.pos_interp!r}, cls_input={self.cls_input!r}"
+        )
 
     # ------------------------------------------------------------------ building blocks
     def prepare(self, images: Tensor) -> Tensor:
@@ -332,8 +354,10 @@ class PromptedCLIPEncoder(nn.Module):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"PromptedCLIPEncoder: images must be Tensor[B, 3, H, W], got {tuple(images.shape)}")
         if min(images.shape[-2:]) < self.patch_size:
-            raise ValueError(f"PromptedCLIPEncoder: input {tuple(images.shape[-2:])} is smaller than one patch "
-                             f"({self.patch_size} px)")
+            raise ValueError(
+                f"PromptedCLIPEncoder: input {tuple(images.shape[-2:])} is smaller than one patch "
+                f"({self.patch_size} px)"
+            )
         x = images.float() * self._in_scale + self._in_shift
         return x.to(self.visual.conv1.weight.dtype)
 
@@ -386,8 +410,13 @@ class PromptedCLIPEncoder(nn.Module):
         """Run vision block i on batch-first tokens [B, L, W] under ``mask`` (:func:`clip_ops.run_block`, with
         stochastic depth in training when ``drop_path_rate > 0``)."""
         p = self._drop_probs[i] if self.training else 0.0
-        return clip_ops.run_block(self.visual.transformer.resblocks[i], x, mask, drop_prob=p,
-                                  batch_first=getattr(self.visual.transformer, "batch_first", True))
+        return clip_ops.run_block(
+            self.visual.transformer.resblocks[i],
+            x,
+            mask,
+            drop_prob=p,
+            batch_first=getattr(self.visual.transformer, "batch_first", True),
+        )
 
     # ------------------------------------------------------------------ forward
     def forward(self, images: Tensor) -> dict[str, Tensor | int]:
@@ -407,8 +436,9 @@ class PromptedCLIPEncoder(nn.Module):
         grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
         # [B, 1 + hw (+ R), W] after ln_pre: CLS, patches and region tokens (public code: class_embedding + (pos[0]
         # + class_embedding) in the CLS slot with cls_input="public")
-        x, (h, w) = clip_ops.embed(self.visual, x, self.positional_embedding(grid), cls_input=self.cls_input,
-                                   extra_tokens=self.region_tokens)
+        x, (h, w) = clip_ops.embed(
+            self.visual, x, self.positional_embedding(grid), cls_input=self.cls_input, extra_tokens=self.region_tokens
+        )
         N = self.num_prompts
         if N > 0:
             projected = self._projected_prompts()  # [S, N, W]
@@ -417,15 +447,15 @@ class PromptedCLIPEncoder(nn.Module):
         projected_sets = projected.shape[0] if N > 0 else 0
         for i in range(self.num_layers):
             if 0 < i < projected_sets:  # deep prompts replace the prompt slots before block i
-                x = torch.cat([x[:, :1], self._prompts(projected, i, B).to(x.dtype), x[:, 1 + N:]], dim=1)
+                x = torch.cat([x[:, :1], self._prompts(projected, i, B).to(x.dtype), x[:, 1 + N :]], dim=1)
             x = self._block(i, x, mask)
         R = self.num_regions
-        body, regions = (x[:, :x.shape[1] - R], x[:, x.shape[1] - R:]) if R > 0 else (x, None)
+        body, regions = (x[:, : x.shape[1] - R], x[:, x.shape[1] - R :]) if R > 0 else (x, None)
         if self.prompt_norm is not None:
             body = self.prompt_norm(body)
         body = self._clip.project(body)  # ln_post + proj: [B, 1 + N + hw, D]
         cls_e = F.normalize(body[:, 0].float(), dim=-1)
-        dense = F.normalize(body[:, 1 + N:].float(), dim=-1)  # [B, hw, D]
+        dense = F.normalize(body[:, 1 + N :].float(), dim=-1)  # [B, hw, D]
         dense = dense.transpose(1, 2).reshape(B, -1, h, w)
         reg = None
         if regions is not None:

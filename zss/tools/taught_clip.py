@@ -19,6 +19,7 @@ It memorises these images: a MECHANISM TOOL, NOT A ZERO-SHOT RESULT. Its quality
 (:func:`evaluate_dense_quality`) are measured on the very images it was taught and say nothing about
 generalisation. Recipe: not in any paper; our default (every number a :class:`TaughtClipSettings` key).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -98,8 +99,17 @@ TAUGHT_HINT = (
 #: images with 8 px patches (a 16 x 16 grid, as real CLIP's 14 x 14 at 224 px), a smaller ViT. Ours.
 #: ``zss-teach-clip --preset world``; every other key keeps the TaughtClipSettings default.
 WORLD_PRESET: dict[str, Any] = dict(
-    benchmark="world", data_root="data/world", splits=("teach",), image_size=128, patch_size=8, width=128, layers=4,
-    heads=4, scale=(512, 128), eval_scale=(512, 128), steps=1000,
+    benchmark="world",
+    data_root="data/world",
+    splits=("teach",),
+    image_size=128,
+    patch_size=8,
+    width=128,
+    layers=4,
+    heads=4,
+    scale=(512, 128),
+    eval_scale=(512, 128),
+    steps=1000,
 )
 
 _FORMAT = 1  # bump when the files or the recipe's meaning change (invalidates every cache key)
@@ -180,23 +190,34 @@ class TaughtClipSettings:
         put("scale", tuple(int(v) for v in self.scale))
         put("eval_scale", tuple(int(v) for v in self.eval_scale))
         put("ratio_range", tuple(float(v) for v in self.ratio_range))
-        for k in ("lr", "poly_power", "weight_decay", "tau", "min_labelled", "dense_weight", "cls_weight",
-                  "cat_max_ratio", "flip_prob"):
+        for k in (
+            "lr",
+            "poly_power",
+            "weight_decay",
+            "tau",
+            "min_labelled",
+            "dense_weight",
+            "cls_weight",
+            "cat_max_ratio",
+            "flip_prob",
+        ):
             put(k, float(getattr(self, k)))
         if self.grad_clip is not None:
             put("grad_clip", float(self.grad_clip))
         bad = [m for m in self.dense_modes if m not in DENSE_MODES]
         if bad or not self.dense_modes:
-            raise ValueError(f"TaughtClipSettings: dense_modes={self.dense_modes} must be a non-empty subset of "
-                             f"{DENSE_MODES}")
+            raise ValueError(
+                f"TaughtClipSettings: dense_modes={self.dense_modes} must be a non-empty subset of {DENSE_MODES}"
+            )
         if not self.splits:
             raise ValueError("TaughtClipSettings: splits must name at least one split list (e.g. train val)")
         for k in ("steps", "batch_size", "embed_dim", "image_size", "patch_size", "width", "layers", "heads"):
             if int(getattr(self, k)) < 1:
                 raise ValueError(f"TaughtClipSettings: {k}={getattr(self, k)} must be >= 1")
         if self.image_size % self.patch_size:
-            raise ValueError(f"TaughtClipSettings: image_size={self.image_size} must be a multiple of "
-                             f"patch_size={self.patch_size}")
+            raise ValueError(
+                f"TaughtClipSettings: image_size={self.image_size} must be a multiple of patch_size={self.patch_size}"
+            )
         if not 0 <= self.warmup_steps < self.steps:
             raise ValueError(f"TaughtClipSettings: warmup_steps={self.warmup_steps} must be in [0, steps={self.steps})")
         if not 0.0 <= self.min_labelled < 1.0:
@@ -237,8 +258,15 @@ def taught_clip_cfg(settings: TaughtClipSettings) -> dict:
     """
     s = settings
     return tiny_clip_cfg(
-        embed_dim=s.embed_dim, image_size=s.image_size, patch_size=s.patch_size, width=s.width, layers=s.layers,
-        heads=s.heads, text_width=s.text_width, text_layers=s.text_layers, text_heads=s.text_heads,
+        embed_dim=s.embed_dim,
+        image_size=s.image_size,
+        patch_size=s.patch_size,
+        width=s.width,
+        layers=s.layers,
+        heads=s.heads,
+        text_width=s.text_width,
+        text_layers=s.text_layers,
+        text_heads=s.text_heads,
         context_length=s.context_length,
     )
 
@@ -253,8 +281,10 @@ def taught_clip_dir(root: str | os.PathLike, settings: TaughtClipSettings) -> Pa
 
 # ---------------------------------------------------------------------------------------------- data
 def _splits_dataset(settings: TaughtClipSettings, transform: Callable) -> Dataset:
-    sets = [build_dataset(settings.benchmark, settings.data_root, split=sp, hide_unseen=False, transform=transform)
-            for sp in settings.splits]
+    sets = [
+        build_dataset(settings.benchmark, settings.data_root, split=sp, hide_unseen=False, transform=transform)
+        for sp in settings.splits
+    ]
     ds: Dataset = sets[0] if len(sets) == 1 else ConcatDataset(sets)
     if settings.max_images is not None and settings.max_images < len(ds):
         ds = torch.utils.data.Subset(ds, list(range(int(settings.max_images))))
@@ -280,8 +310,9 @@ def quality_dataset(settings: TaughtClipSettings, splits: Sequence[str] | None =
     return _splits_dataset(settings, tf)
 
 
-def patch_targets(label: Tensor, num_classes: int, patch_size: int, min_labelled: float = 0.5,
-                  ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, Tensor, Tensor]:
+def patch_targets(
+    label: Tensor, num_classes: int, patch_size: int, min_labelled: float = 0.5, ignore_index: int = IGNORE_INDEX
+) -> tuple[Tensor, Tensor, Tensor]:
     """Per-patch majority class and per-image class-area fractions from a label map.
 
     Args:
@@ -339,8 +370,9 @@ def taught_forward(clip: FrozenCLIP, images: Tensor, dense_modes: Sequence[str] 
         ValueError: (H, W) is not the native size.
     """
     if tuple(images.shape[-2:]) != tuple(clip.native_image_size):
-        raise ValueError(f"taught_forward: images must be {clip.native_image_size} (the native size), got "
-                         f"{tuple(images.shape[-2:])}")
+        raise ValueError(
+            f"taught_forward: images must be {clip.native_image_size} (the native size), got {tuple(images.shape[-2:])}"
+        )
     v = clip.visual
     tok, (h, w) = clip.embed(clip.prepare(images))  # [B, 1+N, W]
     blocks = v.transformer.resblocks
@@ -417,17 +449,23 @@ def teach_clip(
         for p in clip.model.parameters():
             p.requires_grad_(True)
         tf = build_train_transform(
-            crop_size=(s.image_size, s.image_size), scale=s.scale, ratio_range=s.ratio_range,
-            cat_max_ratio=s.cat_max_ratio, flip_prob=s.flip_prob, photometric=s.photometric,
-            mean=CLIP_MEAN, std=CLIP_STD,
+            crop_size=(s.image_size, s.image_size),
+            scale=s.scale,
+            ratio_range=s.ratio_range,
+            cat_max_ratio=s.cat_max_ratio,
+            flip_prob=s.flip_prob,
+            photometric=s.photometric,
+            mean=CLIP_MEAN,
+            std=CLIP_STD,
         )
         ds = _splits_dataset(s, tf)
         tokens = clip._get_tokenizer()([t.format(c) for c in classes for t in templates]).to(device)
         params = [p for p in clip.model.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=s.lr)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=s.lr
+        )
         gen = torch.Generator().manual_seed(s.seed)
         history: list[dict] = []
         t0 = time.time()
@@ -468,8 +506,10 @@ def teach_clip(
             history.append(rec)
             if log is not None and (step + 1 == s.steps or (step + 1) % max(1, log_every) == 0):
                 accs = " ".join(f"{m} {rec[f'patch_acc_{m}']:.1f}%" for m in out["dense"])
-                log(f"teach_clip: step {step + 1}/{s.steps} loss {rec['loss']:.3f} (dense {rec['loss_dense']:.3f}, "
-                    f"cls {rec['loss_cls']:.3f}) patch acc {accs} lr {lr:.2e} {time.time() - t0:.0f}s")
+                log(
+                    f"teach_clip: step {step + 1}/{s.steps} loss {rec['loss']:.3f} (dense {rec['loss_dense']:.3f}, "
+                    f"cls {rec['loss_cls']:.3f}) patch acc {accs} lr {lr:.2e} {time.time() - t0:.0f}s"
+                )
     for p in clip.model.parameters():
         p.requires_grad_(False)
     clip._text_cache.clear()
@@ -481,8 +521,9 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, default=float) + "\n")
 
 
-def save_taught_clip(clip: FrozenCLIP, settings: TaughtClipSettings, out_dir: str | os.PathLike,
-                     info: dict | None = None) -> Path:
+def save_taught_clip(
+    clip: FrozenCLIP, settings: TaughtClipSettings, out_dir: str | os.PathLike, info: dict | None = None
+) -> Path:
     """Write a taught CLIP as an ordinary open_clip checkpoint into ``out_dir`` (created).
 
     Files: :data:`WEIGHTS_FILE` (``torch.save`` of the open_clip model's ``state_dict``), :data:`CONFIG_FILE`
@@ -500,15 +541,33 @@ def save_taught_clip(clip: FrozenCLIP, settings: TaughtClipSettings, out_dir: st
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in clip.model.state_dict().items()}
     torch.save(state, out / WEIGHTS_FILE)
-    _write_json(out / CONFIG_FILE, {
-        "model_cfg": taught_clip_cfg(settings),
-        "preprocess_cfg": {"size": settings.image_size, "mode": "RGB", "mean": list(CLIP_MEAN), "std": list(CLIP_STD),
-                           "interpolation": "bicubic", "resize_mode": "shortest", "fill_color": 0},
-    })
-    _write_json(out / INFO_FILE, {
-        "format": _FORMAT, "key": settings.key(), "settings": settings.to_dict(), "warning": TAUGHT_WARNING,
-        "torch_version": torch.__version__, "open_clip_version": open_clip.__version__, **(info or {}),
-    })
+    _write_json(
+        out / CONFIG_FILE,
+        {
+            "model_cfg": taught_clip_cfg(settings),
+            "preprocess_cfg": {
+                "size": settings.image_size,
+                "mode": "RGB",
+                "mean": list(CLIP_MEAN),
+                "std": list(CLIP_STD),
+                "interpolation": "bicubic",
+                "resize_mode": "shortest",
+                "fill_color": 0,
+            },
+        },
+    )
+    _write_json(
+        out / INFO_FILE,
+        {
+            "format": _FORMAT,
+            "key": settings.key(),
+            "settings": settings.to_dict(),
+            "warning": TAUGHT_WARNING,
+            "torch_version": torch.__version__,
+            "open_clip_version": open_clip.__version__,
+            **(info or {}),
+        },
+    )
     return out
 
 
@@ -544,8 +603,15 @@ def load_taught_clip(out_dir: str | os.PathLike, dense_mode: str = "maskclip", *
     pp = rec.get("preprocess_cfg", {})
     kw.setdefault("clip_mean", pp.get("mean", CLIP_MEAN))
     kw.setdefault("clip_std", pp.get("std", CLIP_STD))
-    return FrozenCLIP(model_name=TAUGHT_MODEL_NAME, pretrained=str(d / WEIGHTS_FILE), model_cfg=rec["model_cfg"],
-                      dense_mode=dense_mode, warning=TAUGHT_WARNING, missing_weights_hint=TAUGHT_HINT, **kw)
+    return FrozenCLIP(
+        model_name=TAUGHT_MODEL_NAME,
+        pretrained=str(d / WEIGHTS_FILE),
+        model_cfg=rec["model_cfg"],
+        dense_mode=dense_mode,
+        warning=TAUGHT_WARNING,
+        missing_weights_hint=TAUGHT_HINT,
+        **kw,
+    )
 
 
 def _train_patch_acc(history: list[dict], modes: Sequence[str], last: int = 50) -> dict[str, float]:
@@ -587,10 +653,18 @@ def ensure_taught_clip(
     tmp = d.with_name(f"{d.name}.tmp{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
-    save_taught_clip(clip, settings, tmp, info={
-        "wall_s": wall, "device": str(device), "torch_threads": torch.get_num_threads(),
-        "train_patch_acc_last50": _train_patch_acc(history, settings.dense_modes), "history": history,
-    })
+    save_taught_clip(
+        clip,
+        settings,
+        tmp,
+        info={
+            "wall_s": wall,
+            "device": str(device),
+            "torch_threads": torch.get_num_threads(),
+            "train_patch_acc_last50": _train_patch_acc(history, settings.dense_modes),
+            "history": history,
+        },
+    )
     if d.exists():
         shutil.rmtree(d)
     os.replace(tmp, d)
@@ -690,8 +764,13 @@ def evaluate_dense_quality(
     cos = (text @ text.t()).cpu().numpy()
     off = cos[~np.eye(C, dtype=bool)]
     return {
-        "mIoU": r["mIoU"], "mIoU_seen": r["mIoU_seen"], "mIoU_unseen": r["mIoU_unseen"], "pAcc": r["pAcc"],
-        "hIoU": r["hIoU"], "five_way_mAcc": ru["mAcc"], "five_way_pAcc": ru["pAcc"],
+        "mIoU": r["mIoU"],
+        "mIoU_seen": r["mIoU_seen"],
+        "mIoU_unseen": r["mIoU_unseen"],
+        "pAcc": r["pAcc"],
+        "hIoU": r["hIoU"],
+        "five_way_mAcc": ru["mAcc"],
+        "five_way_pAcc": ru["pAcc"],
         "patch_acc": hit / tot * 100.0 if tot else float("nan"),
         "cls_top1": float(np.mean(top1) * 100.0) if top1 else float("nan"),
         "cls_mAP": float(np.nanmean(aps)) if aps and not all(math.isnan(a) for a in aps) else float("nan"),
@@ -732,9 +811,14 @@ def evaluate_crop_patch_acc(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         tf = build_train_transform(
-            crop_size=(settings.image_size, settings.image_size), scale=settings.scale,
-            ratio_range=settings.ratio_range, cat_max_ratio=settings.cat_max_ratio, flip_prob=settings.flip_prob,
-            photometric=settings.photometric, mean=CLIP_MEAN, std=CLIP_STD,
+            crop_size=(settings.image_size, settings.image_size),
+            scale=settings.scale,
+            ratio_range=settings.ratio_range,
+            cat_max_ratio=settings.cat_max_ratio,
+            flip_prob=settings.flip_prob,
+            photometric=settings.photometric,
+            mean=CLIP_MEAN,
+            std=CLIP_STD,
         )
         ds = _splits_dataset(settings, tf)
         gen = torch.Generator().manual_seed(seed)
@@ -751,8 +835,12 @@ def evaluate_crop_patch_acc(
     return {"patch_acc": hit / tot * 100.0 if tot else float("nan"), "num_patches": tot, "num_crops": n}
 
 
-def format_quality(quality: dict[str, dict], train_patch_acc: dict[str, float] | None = None,
-                   held_out: bool = False, short_side: int = 224) -> str:
+def format_quality(
+    quality: dict[str, dict],
+    train_patch_acc: dict[str, float] | None = None,
+    held_out: bool = False,
+    short_side: int = 224,
+) -> str:
     """Markdown table of :func:`evaluate_dense_quality` results per dense mode, labelled as what it is.
 
     Args:
@@ -763,14 +851,18 @@ def format_quality(quality: dict[str, dict], train_patch_acc: dict[str, float] |
     Returns:
         str (several lines).
     """
+
     def f(v: Any) -> str:
         return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{float(v):.1f}"
 
     any_q = next(iter(quality.values()))
-    title = ("Label-taught CLIP quality on HELD-OUT images it was never taught: its dense zero-shot ceiling "
-             "(a mechanism tool taught on labels, not a real CLIP)." if held_out else
-             "Label-taught CLIP quality on the images it was TAUGHT: a mechanism tool, not a zero-shot result "
-             "(it memorises these images; nothing here measures generalisation).")
+    title = (
+        "Label-taught CLIP quality on HELD-OUT images it was never taught: its dense zero-shot ceiling "
+        "(a mechanism tool taught on labels, not a real CLIP)."
+        if held_out
+        else "Label-taught CLIP quality on the images it was TAUGHT: a mechanism tool, not a zero-shot result "
+        "(it memorises these images; nothing here measures generalisation)."
+    )
     lines = [
         title,
         "",
@@ -780,9 +872,11 @@ def format_quality(quality: dict[str, dict], train_patch_acc: dict[str, float] |
     ]
     for mode, q in quality.items():
         tpa = (train_patch_acc or {}).get(mode)
-        lines.append(f"| {mode} | {f(q['mIoU'])} | {f(q['mIoU_seen'])} | {f(q['mIoU_unseen'])} | "
-                     f"{f(q.get('five_way_mAcc'))} | {f(q['pAcc'])} | "
-                     f"{f(q['patch_acc'])} | {f(q.get('crop_patch_acc'))} | {f(tpa)} |")
+        lines.append(
+            f"| {mode} | {f(q['mIoU'])} | {f(q['mIoU_seen'])} | {f(q['mIoU_unseen'])} | "
+            f"{f(q.get('five_way_mAcc'))} | {f(q['pAcc'])} | "
+            f"{f(q['patch_acc'])} | {f(q.get('crop_patch_acc'))} | {f(tpa)} |"
+        )
     lines += [
         "",
         f"CLS multi-label: top-1 class present {f(any_q['cls_top1'])}%, mAP {f(any_q['cls_mAP'])}% "

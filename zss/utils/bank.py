@@ -9,6 +9,7 @@ negatives. No method here reads a device value back to the host (no GPU sync in 
 :meth:`FifoBank.stored` / ``len()`` once after a push with a presence mask. Under DDP every rank keeps its own
 bank. Source: ours (the banks' sizes are method settings, documented there).
 """
+
 from __future__ import annotations
 
 import torch
@@ -36,8 +37,9 @@ class FifoBank(nn.Module):
         ValueError: ``size < 0`` or ``dim < 1``.
     """
 
-    def __init__(self, size: int, dim: int, *, name: str = "FifoBank", size_key: str = "size",
-                 state_key: str = "rows") -> None:
+    def __init__(
+        self, size: int, dim: int, *, name: str = "FifoBank", size_key: str = "size", state_key: str = "rows"
+    ) -> None:
         super().__init__()
         if int(size) < 0 or int(dim) < 1:
             raise ValueError(f"{name}: size must be >= 0 and dim >= 1, got size={size}, dim={dim}")
@@ -63,11 +65,13 @@ class FifoBank(nn.Module):
             ValueError: the last dimension of ``rows`` is not D, or ``present`` does not match ``rows``.
         """
         if rows.dim() < 1 or rows.shape[-1] != self.dim:
-            raise ValueError(f"{self.name}.push expects [N, {self.dim}] (or [..., {self.dim}]), "
-                             f"got {tuple(rows.shape)}")
+            raise ValueError(
+                f"{self.name}.push expects [N, {self.dim}] (or [..., {self.dim}]), got {tuple(rows.shape)}"
+            )
         if present is not None and tuple(present.shape) != tuple(rows.shape[:-1]):
-            raise ValueError(f"{self.name}.push: present {tuple(present.shape)} does not match rows "
-                             f"{tuple(rows.shape)}")
+            raise ValueError(
+                f"{self.name}.push: present {tuple(present.shape)} does not match rows {tuple(rows.shape)}"
+            )
         n = self.size
         x = rows.detach().reshape(-1, self.dim).to(self.rows.device, torch.float32)
         if n == 0 or x.shape[0] == 0:
@@ -127,8 +131,12 @@ class FifoBank(nn.Module):
         """The bank for a training checkpoint (CPU copies): ``{state_key: Tensor[N, D] float32, "valid":
         Tensor[N] bool, "ptr": Tensor[] int64, "count": Tensor[] int64}``."""
         rows, valid = self.slots()
-        return {self.state_key: rows.detach().cpu().clone(), "valid": valid.cpu().clone(),
-                "ptr": self.ptr.cpu().clone(), "count": self.count.cpu().clone()}
+        return {
+            self.state_key: rows.detach().cpu().clone(),
+            "valid": valid.cpu().clone(),
+            "ptr": self.ptr.cpu().clone(),
+            "count": self.count.cpu().clone(),
+        }
 
     def load_train_state(self, state: dict[str, Tensor]) -> None:
         """Restore :meth:`train_state`; also reads the layouts older zss wrote: the CLS bank's (``tokens``
@@ -144,8 +152,10 @@ class FifoBank(nn.Module):
         want = (self.size + (1 if old_sink else 0), self.dim)
         if tuple(rows.shape) != want:
             saved = (rows.shape[0] - (1 if old_sink else 0), *rows.shape[1:])
-            raise ValueError(f"{self.name}: the checkpoint's bank is {tuple(saved)}, this one {(self.size, self.dim)} "
-                             f"(size, D): resume with the {self.size_key} it was trained with")
+            raise ValueError(
+                f"{self.name}: the checkpoint's bank is {tuple(saved)}, this one {(self.size, self.dim)} "
+                f"(size, D): resume with the {self.size_key} it was trained with"
+            )
         n = self.size
         if "valid" in state:
             valid = state["valid"][:n].bool()

@@ -4,6 +4,7 @@ The process group is set up from the environment that torchrun writes (``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``); without it everything is a
 no-op and the world is one process.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,9 @@ def _slurm_env() -> None:
             try:
                 import subprocess
 
-                host = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True,
-                                      timeout=30).stdout.split()[0]
+                host = subprocess.run(
+                    ["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, timeout=30
+                ).stdout.split()[0]
             except (OSError, IndexError, subprocess.SubprocessError):
                 pass
         os.environ["MASTER_ADDR"] = host
@@ -56,14 +58,18 @@ def init_distributed(device: str = "auto") -> torch.device:
         try:
             torch.device(device)
         except (RuntimeError, TypeError):
-            raise ValueError(f"device={device!r} is not a device: use device=auto, device=cpu or device=cuda "
-                             f"(torchrun/SLURM pick the GPU of each rank from LOCAL_RANK)") from None
+            raise ValueError(
+                f"device={device!r} is not a device: use device=auto, device=cpu or device=cuda "
+                f"(torchrun/SLURM pick the GPU of each rank from LOCAL_RANK)"
+            ) from None
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("device=cuda but no CUDA device is visible: use device=cpu (or device=auto, which "
-                             "picks CUDA when there is one)")
+            raise ValueError(
+                "device=cuda but no CUDA device is visible: use device=cpu (or device=auto, which "
+                "picks CUDA when there is one)"
+            )
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
     else:

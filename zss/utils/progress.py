@@ -8,6 +8,7 @@ the same settings.
 
 Source: not in the papers: our tooling, on tqdm (``tqdm.contrib.logging.logging_redirect_tqdm``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,8 +53,9 @@ def progress_bar(
     Source: not in the papers: our default.
     """
     disable: bool | None = True if not enabled else (None if tty_only else False)
-    return tqdm(iterable, desc=desc, total=total, disable=disable, leave=leave, unit=unit, initial=initial,
-                dynamic_ncols=True)
+    return tqdm(
+        iterable, desc=desc, total=total, disable=disable, leave=leave, unit=unit, initial=initial, dynamic_ncols=True
+    )
 
 
 @contextlib.contextmanager
