@@ -40,11 +40,11 @@ def console_handler(monkeypatch):
     root = logging.getLogger()
     handler = ToStderr()
     handler.setFormatter(logging.Formatter("%(message)s"))
-    old_level = root.level
-    root.addHandler(handler)
+    old_level, old_handlers = root.level, list(root.handlers)
+    root.handlers[:] = [handler]  # alone: a handler another test left on a closed stream must not write here
     root.setLevel(logging.INFO)
     yield handler
-    root.removeHandler(handler)
+    root.handlers[:] = old_handlers
     root.setLevel(old_level)
 
 
