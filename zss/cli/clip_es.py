@@ -75,6 +75,7 @@ def clip_es_masks(cfg: DictConfig) -> dict:
 
 
 def clip_es_main() -> None:
+    """Console entry ``zss-clip-es-masks`` (and ``scripts/clip_es_masks.py``): overrides of configs/clip_es.yaml."""
     run_hydra("clip_es", clip_es_masks)
 
 

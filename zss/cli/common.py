@@ -40,6 +40,7 @@ CONFIG_DIR = config_dir()
 
 
 def build_benchmark(ds: DictConfig):
+    """The :class:`zss.data.classes.Benchmark` (class names, unseen ids, templates) of a ``dataset`` node."""
     return get_benchmark(ds.benchmark, ds.get("split"))
 
 
@@ -209,15 +210,8 @@ def build_method(method_cfg: DictConfig, **kwargs):
 
 
 def templates_for(ds: DictConfig, bench) -> list[str]:
+    """The prompt templates: the ``dataset.templates`` override where set, else the benchmark's."""
     return list(ds.templates) if ds.get("templates") else list(bench.templates)
-
-
-def without(node: DictConfig, *keys: str) -> DictConfig:
-    """Copy of a config node without bookkeeping keys that are not constructor arguments."""
-    out = OmegaConf.to_container(node, resolve=True)
-    for k in keys:
-        out.pop(k, None)
-    return OmegaConf.create(out)
 
 
 def non_null(node) -> dict:
@@ -273,7 +267,6 @@ def resolve_dirs(cfg: DictConfig, config: dict | None = None) -> tuple[Path, Pat
     return Path(run_dir), None
 
 
-#: TrainConfig keys that must be integers >= 1 / numbers >= 0 (configs/trainer/default.yaml).
 def register_configs() -> None:
     """Register zss's structured configs in Hydra's ConfigStore (done when this module is imported).
 

@@ -129,6 +129,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
 
 
 def eval_main() -> None:
+    """Console entry ``zss-eval`` (and ``scripts/eval.py``): Hydra overrides of configs/eval.yaml."""
     run_hydra("eval", evaluate_checkpoint)
 
 

@@ -447,6 +447,7 @@ def _normalizations(ds: DictConfig, student, teacher) -> dict:
 
 
 def train_main() -> None:
+    """Console entry ``zss-train`` (and ``scripts/train.py``): Hydra overrides of configs/train.yaml."""
     run_hydra("train", train)
 
 
