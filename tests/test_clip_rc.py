@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from zss.cli.common import CONFIG_DIR, load_for_inference
 from zss.cli.eval import evaluate_checkpoint
 from zss.cli.train import train
+from zss.data.classes import get_benchmark
 from zss.engine.evaluate import make_logits_fn
 from zss.methods.clip_rc import ClipRC, focal_dice_ignore_as_negative, st_pseudo_labels
 from zss.models.clip_rc_decoder import RegionTextDecoder, fuse_regions, recovery_loss
@@ -28,29 +29,8 @@ from zss.teachers.prompted import (
     region_windows,
 )
 
-VOC = [
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-]
-VOC_UNSEEN = [15, 16, 17, 18, 19]
+VOC = list(get_benchmark("voc20").classes)
+VOC_UNSEEN = sorted(get_benchmark("voc20").unseen)
 
 
 def _clip(patch=16, width=32, layers=1, embed_dim=32, dense_mode="tokens", seed=0):

@@ -80,22 +80,27 @@ def init_distributed(device: str = "auto") -> torch.device:
 
 
 def is_dist() -> bool:
+    """True when a torch.distributed process group is initialised (under torchrun)."""
     return dist.is_available() and dist.is_initialized()
 
 
 def get_rank() -> int:
+    """This process's rank (0 without a process group)."""
     return dist.get_rank() if is_dist() else 0
 
 
 def get_world_size() -> int:
+    """Number of processes in the group (1 without a process group)."""
     return dist.get_world_size() if is_dist() else 1
 
 
 def is_main() -> bool:
+    """True on rank 0, the process that logs, writes checkpoints and reports."""
     return get_rank() == 0
 
 
 def barrier() -> None:
+    """Wait for every rank (a no-op without a process group)."""
     if is_dist():
         dist.barrier()
 
@@ -120,5 +125,6 @@ def all_gather_cat(x: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def cleanup() -> None:
+    """Destroy the process group, if any (end of a torchrun job)."""
     if is_dist():
         dist.destroy_process_group()
