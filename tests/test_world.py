@@ -18,7 +18,9 @@ from zss.data.synthetic import (
     WORLD_CLASSES,
     WORLD_SPLITS,
     WORLD_UNSEEN_SPLITS,
+    WORLD_FORMAT,
     WorldSettings,
+    _texture,
     class_attributes,
     make_world,
     read_world_info,
@@ -106,6 +108,42 @@ def test_an_existing_world_is_kept_or_refused_never_silently_replaced(small_worl
     assert _digest(small_world) == before
     with pytest.raises(ValueError, match="unseen"):
         WorldSettings(unseen="nope")
+
+
+def test_textures_differ_in_how_much_of_them_is_dark_or_light_not_only_in_their_geometry():
+    # A teacher sees textures through small patches: two textures with the same tones in the same proportion
+    # (checkered and the first wavy, both half dark) collapsed into one text embed (docs/world.md "Classes").
+    rgb = np.asarray(COLOURS[1][1], dtype=np.float32)
+    cover = {}
+    for t in TEXTURES:
+        tex = _texture(t, rgb, 96, np.random.default_rng(0))
+        cover[t] = (
+            round(float((tex.mean(-1) < rgb.mean() * 0.5).mean()), 1),
+            round(float((tex.mean(-1) > rgb.mean() * 1.2).mean()), 1),
+        )
+    assert len(set(cover.values())) == len(TEXTURES), cover  # (dark fraction, light fraction) per texture
+
+
+def test_an_older_worlds_files_are_refused_and_its_teacher_is_never_reused(small_world, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from zss.tools import taught_clip
+    from zss.tools.taught_clip import WORLD_PRESET, TaughtClipSettings
+
+    old = tmp_path / "old"
+    shutil.copytree(small_world, old)
+    info = json.loads((old / "world.json").read_text())
+    (old / "world.json").write_text(json.dumps({**info, "format": WORLD_FORMAT - 1}))
+    with pytest.raises(ValueError, match="--overwrite"):
+        read_world_info(old)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        make_world(old, SMALL, log=None)
+    world, voc = TaughtClipSettings(**WORLD_PRESET), TaughtClipSettings()
+    keys = world.key(), voc.key()
+    monkeypatch.setattr(taught_clip, "WORLD_FORMAT", WORLD_FORMAT + 1)
+    assert world.key() != keys[0]  # a new generator: the world's teacher is taught again
+    assert voc.key() == keys[1]  # VOC's teacher is not the world's business
 
 
 def _compose(overrides):

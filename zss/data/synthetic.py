@@ -91,7 +91,10 @@ WORLD_SPLITS: tuple[str, ...] = ("teach", "train", "val", "test")
 """The image splits, in generation order."""
 
 INFO_FILE = "world.json"
-_FORMAT = 1
+#: Version of the generator's output (``world.json`` "format"): bumped whenever the same settings draw other
+#: pixels, so an older world is refused and every teacher taught on one gets another cache key.
+#: 2 (2026-12-06): wavy lines are thin (30 % dark) instead of half the period (docs/world.md "Classes").
+WORLD_FORMAT = 2
 
 
 def class_attributes(class_id: int) -> tuple[str, str]:
@@ -217,9 +220,9 @@ def _texture(texture: str, rgb: np.ndarray, size: int, rng: np.random.Generator)
     if texture == "checkered":
         on = ((u // (period * 0.7)).astype(np.int64) + (v // (period * 0.7)).astype(np.int64)) % 2 == 0
         return np.where(on[..., None], base, dark)
-    if texture == "wavy":
-        on = ((u + 2.5 * np.sin(v * 2 * np.pi / (2 * period))) % period) < period / 2
-        return np.where(on[..., None], base, dark)
+    if texture == "wavy":  # thin dark waves (30 % dark): checkered is half dark, as striped is half light
+        on = ((u + 0.3 * period * np.sin(v * 2 * np.pi / (1.5 * period))) % period) < period * 0.3
+        return np.where(on[..., None], dark, base)
     raise ValueError(texture)  # pragma: no cover - TEXTURES is closed
 
 
@@ -364,7 +367,7 @@ def make_world(
             )[: len(WORLD_CLASSES) + 1]
         pixels[split] = hist[1:].tolist()
     info = {
-        "format": _FORMAT,
+        "format": WORLD_FORMAT,
         "settings": settings.to_dict(),
         "classes": list(WORLD_CLASSES),
         "unseen_splits": {k: list(v) for k, v in WORLD_UNSEEN_SPLITS.items()},
@@ -399,8 +402,8 @@ def read_world_info(root: str | os.PathLike) -> dict:
         info = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ValueError(f"{str(path)!r} is not readable JSON ({e}); make the world again with --overwrite") from None
-    if not isinstance(info, dict) or info.get("format") != _FORMAT:
-        raise ValueError(f"{str(path)!r} is not a zss world of format {_FORMAT}; make it again with --overwrite")
+    if not isinstance(info, dict) or info.get("format") != WORLD_FORMAT:
+        raise ValueError(f"{str(path)!r} is not a zss world of format {WORLD_FORMAT}; make it again with --overwrite")
     return info
 
 

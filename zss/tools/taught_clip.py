@@ -44,6 +44,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from zss.data.classes import IGNORE_INDEX, get_benchmark
 from zss.data.dataset import build_dataset
 from zss.data.normalize import CLIP_MEAN, CLIP_STD
+from zss.data.synthetic import WORLD_FORMAT
 from zss.data.transforms import build_test_transform, build_train_transform
 from zss.engine.metrics import SegEvaluator
 from zss.models import clip_ops
@@ -241,8 +242,10 @@ class TaughtClipSettings:
         return cls(**d)
 
     def key(self) -> str:
-        """sha256 (hex) of the canonical JSON of the settings and the file format version."""
-        blob = json.dumps({"format": _FORMAT, **self.to_dict()}, sort_keys=True, separators=(",", ":"))
+        """sha256 (hex) of the canonical JSON of the settings and the file format version (with the world's
+        generator version when ``benchmark == "world"``, so a teacher of an older world is never reused)."""
+        extra = {"world_format": WORLD_FORMAT} if self.benchmark == "world" else {}
+        blob = json.dumps({"format": _FORMAT, **extra, **self.to_dict()}, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
