@@ -51,8 +51,11 @@ _RC_TRAINER = ("trainer.seen_bias", "trainer.amp", "trainer.min_lr")
 #: says a change is meant. ``experiment=<benchmark> method=clip_rc|zegclip`` is now the method at the zss
 #: trainer recipe (bf16, no seen bias, poly floor 0, the benchmark's steps) with the method config's own (VOC's)
 #: values; the public code's values are the ROWS files'.
+#: world format 2 (2026-12-06, docs/world.md "Why thin waves"): the world's teacher was taught again, new cache dir
+_WORLD_TEACHER = ("teacher.pretrained",)
 CHANGED_SINCE = {
-    "world_demo": ("transfer_view.reference",),
+    **{e: _WORLD_TEACHER for e in ("world", "world_baseline", "world_chimera", "world_clip_rc")},
+    "world_demo": ("transfer_view.reference", *_WORLD_TEACHER),
     "voc20 method=clip_rc": ("trainer.max_steps", *_RC_TRAINER),
     "voc20 method=zegclip": _RC_TRAINER,
     "cocostuff171 method=clip_rc": (
