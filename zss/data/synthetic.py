@@ -93,7 +93,7 @@ WORLD_SPLITS: tuple[str, ...] = ("teach", "train", "val", "test")
 INFO_FILE = "world.json"
 #: Version of the generator's output (``world.json`` "format"): bumped whenever the same settings draw other
 #: pixels, so an older world is refused and every teacher taught on one gets another cache key.
-#: 2 (2026-12-06): wavy lines are thin (30 % dark) instead of half the period (docs/world.md "Classes").
+#: 2 (2026-12-06): wavy lines are thin (30 % dark) instead of half dark like checkered (docs/world.md "Why thin waves").
 WORLD_FORMAT = 2
 
 
@@ -220,7 +220,7 @@ def _texture(texture: str, rgb: np.ndarray, size: int, rng: np.random.Generator)
     if texture == "checkered":
         on = ((u // (period * 0.7)).astype(np.int64) + (v // (period * 0.7)).astype(np.int64)) % 2 == 0
         return np.where(on[..., None], base, dark)
-    if texture == "wavy":  # thin dark waves (30 % dark): checkered is half dark, as striped is half light
+    if texture == "wavy":  # thin dark waves, 30 % dark (checkered is half dark)
         on = ((u + 0.3 * period * np.sin(v * 2 * np.pi / (1.5 * period))) % period) < period * 0.3
         return np.where(on[..., None], dark, base)
     raise ValueError(texture)  # pragma: no cover - TEXTURES is closed
