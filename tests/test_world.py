@@ -112,7 +112,7 @@ def test_an_existing_world_is_kept_or_refused_never_silently_replaced(small_worl
 
 def test_textures_differ_in_how_much_of_them_is_dark_or_light_not_only_in_their_geometry():
     # A teacher sees textures through small patches: two textures with the same tones in the same proportion
-    # (checkered and the first wavy, both half dark) collapsed into one text embed (docs/world.md "Classes").
+    # (checkered and the first wavy, both half dark) collapsed into one text embed (docs/world.md "Why thin waves").
     rgb = np.asarray(COLOURS[1][1], dtype=np.float32)
     cover = {}
     for t in TEXTURES:
