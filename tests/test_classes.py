@@ -93,7 +93,7 @@ def test_context60_is_background_plus_context59(split):
 def test_benchmarks_dict():
     assert set(BENCHMARKS) == {"voc20", "voc21", "cocostuff171", "context59", "context60", "world"}
     assert BENCHMARKS["context59"] == ("zs3", "cascade")
-    assert BENCHMARKS["world"] == (None, "texture", "shared")  # None = the default split
+    assert BENCHMARKS["world"] == (None, "texture", "shared", "colours")  # None = the default split
 
 
 @pytest.mark.parametrize("name", ["context59", "context60"])

@@ -80,10 +80,12 @@ WORLD_CLASSES: tuple[str, ...] = tuple(f"{t} {c} shape" for t in TEXTURES for c,
 # seen ones but is a concept of its own. `texture`: every class of one texture (dotted) is unseen. `shared`: one
 # unseen class per texture, every colour used, so BOTH attributes of every unseen class occur in seen classes; there
 # the teacher's text embeds alone carry the unseen classes to a seen-only student (docs/world.md "Unseen splits").
+# `colours`: every class of two colours (green, yellow) is unseen, so every texture has two unseen classes.
 WORLD_UNSEEN_SPLITS: dict[str, tuple[int, ...]] = {
     "default": (3, 7, 11, 15, 19),  # solid / striped / dotted / checkered / wavy yellow
     "texture": (8, 9, 10, 11),  # dotted red / blue / green / yellow
     "shared": (3, 6, 9, 12, 17),  # solid yellow, striped green, dotted blue, checkered red, wavy blue
+    "colours": (2, 3, 6, 7, 10, 11, 14, 15, 18, 19),  # every green and yellow class
 }
 """Named unseen splits of the world (``dataset.split`` / ``get_benchmark("world", split)``), class ids."""
 
