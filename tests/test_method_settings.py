@@ -62,7 +62,7 @@ def test_grouped_and_flat_forms_build_the_same_method():
     # (each its own oracle teacher: its noise stream advances with every call)
     for m in (grouped, flat):
         assert m.glm.tau == 0.1 and m.glm.bank.size == 8 and m.nel_weight == 1.0
-        assert m.pl_kwargs == {"scales": (2, 4), "min_area": 1, "max_regions": 32}
+        assert m.pl_kwargs == {"scales": (2, 4), "min_area": 1, "max_regions": 32, "mode": "components"}
     torch.manual_seed(1)
     a = grouped.training_step(_batch())
     torch.manual_seed(1)
@@ -99,7 +99,12 @@ def test_from_flat_names_an_unknown_key_and_the_method():
 
 def test_create_method_takes_a_whole_group_as_override():
     m = zss.create_method(
-        "clip_zss", student=_student(), teacher=_oracle(), glm=GLMSettings(tau=0.1), pseudo_bank_size=16
+        "clip_zss",
+        student=_student(),
+        teacher=_oracle(),
+        glm=GLMSettings(tau=0.1),
+        pseudo_negatives="bank",
+        pseudo_bank_size=16,
     )
     assert m.glm.tau == 0.1 and m.pseudo_bank.size == 16
     # the group replaces every field of the config's group: here the config's bank_size 1024 = the class default

@@ -101,8 +101,9 @@ class GLMSettings(Settings):
         weight: weight of L_GLM (``glm_weight``) [ours: 1.0; the summary's L is an unweighted sum].
         tau: InfoNCE temperature (``glm_tau``) [ours: 0.07].
         bank_size: FIFO bank of past CLS tokens, in tokens (``bank_size``) [ours: 1024].
-        attn_scale: attention scale of the CLS-query pooling (``glm_attn_scale``); 0 = explicit mean pooling
-            [ours, the default]; None = 1/√D [summary] (docs/methods.md "GLM pooling").
+        attn_scale: attention scale of the CLS-query pooling (``glm_attn_scale``); None = 1/√D [summary, the
+            default]; 0 = explicit mean pooling (ours; on unit embeds the same in effect: docs/methods.md "GLM
+            pooling").
         pool: where GLM pools the student's embeds (``glm_pool``): ``"teacher"`` (adaptive average pool to the
             teacher's h×w patch grid, then re-normalised) [ours, default], ``"none"`` (student resolution) or an
             int k (``avg_pool2d`` with kernel = stride = k student cells).
@@ -116,7 +117,7 @@ class GLMSettings(Settings):
     weight: float = 1.0
     tau: float = 0.07
     bank_size: int = 1024
-    attn_scale: float | None = 0.0
+    attn_scale: float | None = None
     pool: str | int = "teacher"
     mask_padding: bool = True
 
@@ -139,7 +140,8 @@ class PseudoLabelSettings(Settings):
         seen_margin: width, in teacher patches (converted to label pixels with the label-to-teacher-grid ratio,
             rounded), of the band around seen-labelled pixels where pseudo labels are left unlabelled
             (``pl_seen_margin``; :func:`zss.ops.pseudo_labels.clear_near_seen`): pseudo regions are only as fine
-            as the teacher's patches [ours: 1.0; 0 = off; docs/methods.md "Seen margin"].
+            as the teacher's patches [0 = off, the default, as the summary has none; ours: 1.0 for a band one patch
+            wide; docs/methods.md "Seen margin"].
         source: where the pseudo regions come from (``pl_source``): ``"kmeans"`` (K-Means on the teacher's dense
             tokens [summary], the default) or ``"clip_es"`` (CLIP-ES masks, :func:`zss.clip_es.clip_es_regions`:
             one region per image-level class, background words as a region of their own; ours, docs/clip_es.md
@@ -153,8 +155,13 @@ class PseudoLabelSettings(Settings):
             ``box_threshold``, ``refine`` (CAA), ``alpha`` (background exponent), ``attn_layers`` (public-code
             values by default) and ``tag_threshold`` (ours: an unseen class is tagged when its softmax
             probability over all classes from the CLS token reaches it, a fraction). None = those defaults.
-        kwargs: extra keyword arguments for :func:`zss.ops.pseudo_labels.pseudo_labels` (``pl_kwargs``, e.g.
-            ``mode``; Python only, no default config writes it).
+        fusion: how the per-scale K-Means masks are fused (``pl_fusion``; the ``mode`` of
+            :func:`zss.ops.pseudo_labels.pseudo_labels`): ``"components"`` (connected components over the
+            centres whose cosine is above λ: the summary's "fuse masks whose centres' cosine is above λ", the
+            default), ``"merge"`` (one K-Means seeded by every scale's windows, agglomerative merging with
+            recomputed centres; ours) or ``"matching"`` (docs/methods.md "PLM fusion").
+        kwargs: extra keyword arguments for :func:`zss.ops.pseudo_labels.pseudo_labels` (``pl_kwargs``; Python
+            only, no shipped config writes it; a ``mode`` there overrides ``fusion``).
     """
 
     PREFIX: ClassVar[str] = "pl_"
@@ -165,7 +172,8 @@ class PseudoLabelSettings(Settings):
     iters: int | None = None
     min_area: int | None = None
     max_regions: int | None = 32
-    seen_margin: float = 1.0
+    seen_margin: float = 0.0
+    fusion: str = "components"
     source: str = "kmeans"
     clip_es: Mapping | None = None
     kwargs: Mapping | None = None
@@ -177,12 +185,13 @@ class PseudoNegativeSettings(Settings):
     ``pseudo_bank_size``; ours, docs/methods.md "Cross-image pseudo negatives").
 
     Fields:
-        mode: which pseudo channels a SEEN pixel's CE scores against (``pseudo_negatives``) [ours]: ``"image"`` —
-            its own image's only (the summary's per-image F) —, ``"batch"`` — also every pseudo region of the
-            other images of the local batch — or ``"bank"`` (the default) — also those of the last steps, a FIFO
-            bank of ``bank_size`` detached pseudo weights. With ``"image"`` a seen pixel is never told it is not
-            an unseen concept its image lacks, and seen classes drift to the unseen directions PLM pulls other
-            images' regions towards (measured: docs/methods.md "Cross-image pseudo negatives"). Pseudo regions
+        mode: which pseudo channels a SEEN pixel's CE scores against (``pseudo_negatives``): ``"image"`` —
+            its own image's only (the summary's per-image F, the default) —, ``"batch"`` — also every pseudo
+            region of the other images of the local batch (ours) — or ``"bank"`` — also those of the last steps, a
+            FIFO bank of ``bank_size`` detached pseudo weights (ours). With ``"image"`` a seen pixel is never told
+            it is not an unseen concept its image lacks; on the 40 bundled VOC images seen classes drifted to the
+            unseen directions PLM pulls other images' regions towards, while the synthetic world's val split did
+            not separate the modes (docs/methods.md "Cross-image pseudo negatives"). Pseudo regions
             lie on unlabelled pixels only, so none of them is a seen class. Pseudo pixels keep their own image's
             channels: another image's region of the same concept (its background, the same unseen class) would
             be a false negative. The extra channels enter the CE as one logsumexp channel (exact for a target
@@ -200,7 +209,7 @@ class PseudoNegativeSettings(Settings):
     PREFIX: ClassVar[str] = "pseudo_"
     RENAMED: ClassVar[Mapping[str, str]] = {"mode": "pseudo_negatives", "same": "pseudo_negatives_same"}
 
-    mode: str = "bank"
+    mode: str = "image"
     bank_size: int = 256
     same: float | None = 0.9
 
@@ -319,9 +328,7 @@ class ClipZSS(Method):
 
     #: Values of keys a checkpoint's stored method config may lack (:mod:`zss.loading`): a checkpoint written before
     #: a key was in configs/method/clip_zss.yaml was trained with the constructor default of that time, not today's.
-    CHECKPOINT_DEFAULTS: dict[str, Any] = dict(
-        glm_attn_scale=None, pl_seen_margin=0.0, pseudo_negatives="image", nel_weight=1.0, synth_query="prototype"
-    )
+    CHECKPOINT_DEFAULTS: dict[str, Any] = dict(nel_weight=1.0, synth_query="prototype", pl_fusion="merge")
     #: grouped settings (:meth:`~zss.methods.base.Method.from_flat`)
     SETTINGS = {
         "glm": GLMSettings,
@@ -400,6 +407,8 @@ class ClipZSS(Method):
         if not float(pl.seen_margin) >= 0:
             raise ValueError(f"ClipZSS: pl_seen_margin must be >= 0 teacher patches, got {pl.seen_margin}")
         self.pl_seen_margin = float(pl.seen_margin)
+        if pl.fusion not in ("components", "merge", "matching"):
+            raise ValueError(f"ClipZSS: pl_fusion must be 'components', 'merge' or 'matching', got {pl.fusion!r}")
         self.pseudo_same = None if pseudo.same is None else float(pseudo.same)
         self.pseudo_bank = (
             PseudoBank(pseudo.bank_size, int(self.text_embeds.shape[1])) if pseudo.mode == "bank" and use_plm else None
@@ -427,7 +436,12 @@ class ClipZSS(Method):
         self.pl_kwargs = {
             k: v
             for k, v in dict(
-                scales=pl.scales, lam=pl.lam, iters=pl.iters, min_area=pl.min_area, max_regions=pl.max_regions
+                scales=pl.scales,
+                lam=pl.lam,
+                iters=pl.iters,
+                min_area=pl.min_area,
+                max_regions=pl.max_regions,
+                mode=pl.fusion,
             ).items()
             if v is not None
         }
