@@ -82,6 +82,12 @@ def test_a_group_as_a_mapping_of_its_fields_and_the_flat_round_trip():
         s.tau = 0.3  # frozen: a default instance is never changed by a user
 
 
+def test_pl_fusion_reaches_the_pseudo_labels_and_a_bad_one_is_named():
+    assert ClipZSS.from_flat(_student(), _oracle(), NAMES, UNSEEN, pl_fusion="merge").pl_kwargs["mode"] == "merge"
+    with pytest.raises(ValueError, match=r"pl_fusion must be 'components', 'merge' or 'matching', got 'merged'"):
+        ClipZSS.from_flat(_student(), _oracle(), NAMES, UNSEEN, pl_fusion="merged")
+
+
 def test_from_flat_names_an_unknown_key_and_the_method():
     with pytest.raises(TypeError, match=r"ClipZSS\.from_flat.*'glm_tua'.*glm_tau"):
         ClipZSS.from_flat(_student(), _oracle(), NAMES, UNSEEN, glm_tua=0.1)
