@@ -84,7 +84,9 @@ def test_a_group_as_a_mapping_of_its_fields_and_the_flat_round_trip():
 
 def test_pl_fusion_reaches_the_pseudo_labels_and_a_bad_one_is_named():
     assert ClipZSS.from_flat(_student(), _oracle(), NAMES, UNSEEN, pl_fusion="merge").pl_kwargs["mode"] == "merge"
-    with pytest.raises(ValueError, match=r"pl_fusion must be 'components', 'merge' or 'matching', got 'merged'"):
+    with pytest.raises(
+        ValueError, match=r"pl_fusion must be one of \('merge', 'components', 'matching'\), got 'merged'"
+    ):
         ClipZSS.from_flat(_student(), _oracle(), NAMES, UNSEEN, pl_fusion="merged")
 
 

@@ -30,7 +30,14 @@ from zss.methods.base import Method, safe_cross_entropy, upsample_logits
 from zss.methods.losses import GlobalDistillLoss, nearest_down, nel_loss
 from zss.methods.settings import Settings, coerce_settings
 from zss.models.synthesizer import SynthOutput, WeightSynthesizer
-from zss.ops.pseudo_labels import DEFAULT_SCALES, clear_near_seen, num_seeds, pseudo_label_quality, pseudo_labels
+from zss.ops.pseudo_labels import (
+    DEFAULT_SCALES,
+    FUSION_MODES,
+    clear_near_seen,
+    num_seeds,
+    pseudo_label_quality,
+    pseudo_labels,
+)
 from zss.utils.bank import FifoBank
 
 __all__ = [
@@ -407,8 +414,8 @@ class ClipZSS(Method):
         if not float(pl.seen_margin) >= 0:
             raise ValueError(f"ClipZSS: pl_seen_margin must be >= 0 teacher patches, got {pl.seen_margin}")
         self.pl_seen_margin = float(pl.seen_margin)
-        if pl.fusion not in ("components", "merge", "matching"):
-            raise ValueError(f"ClipZSS: pl_fusion must be 'components', 'merge' or 'matching', got {pl.fusion!r}")
+        if pl.fusion not in FUSION_MODES:
+            raise ValueError(f"ClipZSS: pl_fusion must be one of {FUSION_MODES}, got {pl.fusion!r}")
         self.pseudo_same = None if pseudo.same is None else float(pseudo.same)
         self.pseudo_bank = (
             PseudoBank(pseudo.bank_size, int(self.text_embeds.shape[1])) if pseudo.mode == "bank" and use_plm else None

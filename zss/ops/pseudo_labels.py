@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_SCALES",
     "DEFAULT_LAMBDA",
     "DEFAULT_MIN_AREA",
+    "FUSION_MODES",
 ]
 
 #: Window sizes in patches (tokens) for a 32x32 token grid (512 crop, ViT-B/16): windows of 64, 128
@@ -46,6 +47,8 @@ DEFAULT_SCALES: tuple[int, ...] = (4, 8, 16)
 DEFAULT_LAMBDA: float = 0.9
 #: Fused regions covering fewer eligible tokens than this are dropped to ignore. Not in the paper: ours.
 DEFAULT_MIN_AREA: int = 4
+#: The fusion rules of :func:`pseudo_labels` (``mode``; docs/methods.md "PLM fusion").
+FUSION_MODES: tuple[str, ...] = ("merge", "components", "matching")
 
 
 @torch.no_grad()
@@ -537,8 +540,8 @@ def pseudo_labels(
     scales = tuple(sorted({int(s) for s in scales}))
     if assign_dtype == "auto":
         assign_dtype = torch.bfloat16 if dense.is_cuda else None
-    if mode not in ("merge", "components", "matching"):
-        raise ValueError(f"pseudo_labels: mode must be 'merge', 'components' or 'matching', got {mode!r}")
+    if mode not in FUSION_MODES:
+        raise ValueError(f"pseudo_labels: mode must be one of {FUSION_MODES}, got {mode!r}")
     sync_free = dense.is_cuda if sync_free is None else bool(sync_free)
     seeds, valid, sidx = window_seeds(dense, scales)
     x = dense.float().flatten(2).transpose(1, 2)  # [B, N, D]
