@@ -128,6 +128,19 @@ def test_cat_max_ratio_rejects_dominated_crops():
     assert not all(_ok(plain(img, _mask(lab))[1]) for _ in range(60))
 
 
+def test_cat_max_accepts_exactly_the_crops_the_sorting_count_accepts():
+    # the acceptance rule counts classes with a bincount; its decisions must be those of torch.unique's counts
+    # (mmseg's rule), on crops with ignore, on all-ignore crops and on negative ids
+    g = torch.Generator().manual_seed(0)
+    t = RandomCropCatMax((8, 8), cat_max_ratio=0.75)
+    for i in range(300):
+        crop = torch.randint(0, 1 + i % 5, (8, 8), generator=g)
+        crop[torch.rand(8, 8, generator=g) < (i % 4) / 3] = 255
+        if i % 7 == 0:
+            crop[0, 0] = -1
+        assert t._accept(crop) == _ok(crop), crop
+
+
 def test_cat_max_uses_first_mask_and_crops_all_identically():
     lab = _dominated_label()
     code = _mask(torch.arange(100 * 100).reshape(100, 100) + 1000)  # second mask: pixel coordinates
