@@ -44,17 +44,17 @@ def _isolated_count(voc_root, **kw):
     return good, len(images), sorted(regions)[len(regions) // 2]
 
 
-def test_default_fusion_isolates_the_unseen_object_with_the_oracle(voc_root):
-    good, n, median_regions = _isolated_count(voc_root)
+def test_merge_fusion_isolates_the_unseen_object_with_the_oracle(voc_root):
+    good, n, median_regions = _isolated_count(voc_root, mode="merge")
     assert n == 22
     assert good >= 18, f"unseen object in a region of its own on only {good}/{n} images"
     assert 2 <= median_regions <= 20
 
 
 def test_components_fusion_chains_regions_together(voc_root):
-    # the behaviour that made "merge" the default: components over fixed centres merges the unseen object
-    # with background through boundary clusters (docs/methods.md, "PLM fusion")
-    good, n, median_regions = _isolated_count(voc_root, mode="components")
+    # why "merge" exists: components over fixed centres (the default, the summary's reading) merges the unseen
+    # object with background through boundary clusters (docs/methods.md, "PLM fusion")
+    good, n, median_regions = _isolated_count(voc_root)
     assert good < 18 and median_regions <= 2
 
 

@@ -305,7 +305,7 @@ def merge_clusters(
     every round with a pair above ``lam`` moves at least one cluster.
     Unlike connected components over fixed centres, a boundary cluster that mixes two objects cannot
     chain them into one region: after it joins one side, the recomputed centre moves away from the
-    other (docs/methods.md, "PLM fusion", has the measurements that chose this default).
+    other (docs/methods.md, "PLM fusion", has the measurements).
 
     Args:
         x: ``Tensor[B, N, D] float32`` tokens (L2-normalised).
@@ -473,7 +473,7 @@ def pseudo_labels(
     min_area: int = DEFAULT_MIN_AREA,
     max_regions: int | None = None,
     ignore_index: int = 255,
-    mode: str = "merge",
+    mode: str = "components",
     relocate_empty: bool = True,
     assign_dtype: torch.dtype | str | None = "auto",
     seen_ids: Sequence[int] | Tensor | None = None,
@@ -489,15 +489,15 @@ def pseudo_labels(
     ours) ignore-and-inside-the-image; :func:`fused_labels`. Padding tokens take part in the clustering
     but can never be written (ours).
 
-    Fusion ``mode`` (ours; docs/methods.md "PLM fusion" has the measurements):
+    Fusion ``mode`` (docs/methods.md "PLM fusion" has the measurements):
 
-    * ``"merge"`` (default): ONE K-Means seeded by the windows of all scales together, then
-      :func:`merge_clusters` (agglomerative, centres recomputed after every merge, threshold ``lam``).
-      With the oracle teacher it isolated the unseen object on 21 of the 22 bundled images that
-      contain one (median 6 regions per image).
-    * ``"components"`` / ``"matching"``: one K-Means per scale, then :func:`fuse_masks` over the
-      fixed centres. ``components`` chains clean clusters through boundary "mixture" centres (8/22
-      with the oracle, median 1 region); ``matching`` over-segments (72 regions).
+    * ``"components"`` (default; the summary's "fuse masks whose centres' cosine is above λ", and
+      ``ClipZSS``'s ``pl_fusion`` default) / ``"matching"`` (ours): one K-Means per scale, then
+      :func:`fuse_masks` over the fixed centres. ``components`` can chain an object and its background into
+      one region through a boundary "mixture" centre; ``matching`` over-segments.
+    * ``"merge"`` (ours): ONE K-Means seeded by the windows of all scales together, then
+      :func:`merge_clusters` (agglomerative, centres recomputed after every merge, threshold ``lam``), which
+      does not chain through a mixture centre.
 
     Args:
         dense: ``Tensor[B, D, h, w]`` teacher dense tokens (L2-normalised CLIP embeds).
@@ -510,7 +510,7 @@ def pseudo_labels(
         min_area: minimum region area in tokens (default 4, ours).
         max_regions: cap on regions per image (None = no cap).
         ignore_index: default 255.
-        mode: ``"merge"`` (default), ``"components"`` or ``"matching"`` (see above).
+        mode: ``"components"`` (default), ``"merge"`` or ``"matching"`` (see above).
         relocate_empty: K-Means empty-cluster relocation (default True, scikit-learn's behaviour).
         assign_dtype: ``"auto"`` (bfloat16 on CUDA, where products are fp32-accumulated and
             returned; float32 on CPU), None (float32) or a dtype.
