@@ -91,6 +91,15 @@ def test_bench_step_tiny_prints_ratios_to_the_seen_only_step(tmp_path):
     assert "#### CLIP-ZSS step breakdown" in out.stdout
 
 
+def test_bench_data_prints_both_counts_and_finds_the_same_samples():
+    from conftest import run_script
+
+    out = run_script(["scripts/bench_data.py", "--presets", "voc20", "--samples", "3", "--repeats", "1"])
+    rows = [ln.split("|") for ln in out.stdout.splitlines() if ln.startswith("| voc20 ")]
+    assert [r[3].strip() for r in rows] == ["torch.unique (reference)", "bincount (shipping)"], out.stdout
+    assert rows[0][5].strip() == "1.00" and rows[1][6].strip() == "yes", out.stdout
+
+
 def test_bench_infer_tiny_prints_ratios_to_the_dense_clip(tmp_path):
     from conftest import run_script
 
