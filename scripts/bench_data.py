@@ -22,30 +22,22 @@ from pathlib import Path
 
 import torch
 
-from zss.data.dataset import build_dataset
-from zss.data.transforms import RandomCropCatMax, build_train_transform
+from zss.data.transforms import RandomCropCatMax
 
 REPO = Path(__file__).resolve().parents[1]
 #: preset -> its data root here (the configs' `root` of voc20 points at a full VOC; the bundled sample stands in).
 PRESETS = {"voc20": REPO / "data/VOCdevkit/VOC2012", "world": REPO / "data/world"}
 
 
-def _pipeline(name: str):
-    """The training transform of ``configs/dataset/<name>.yaml`` (crop, scale, ratio, cat-max, flip, photometric)."""
+def _train_set(name: str):
+    """The training set of ``configs/dataset/<name>.yaml`` as ``scripts/train.py`` builds it, and its crop size."""
     from omegaconf import OmegaConf
 
-    d = OmegaConf.load(REPO / "configs" / "dataset" / f"{name}.yaml")
-    tf = build_train_transform(
-        crop_size=tuple(d.crop_size),
-        scale=tuple(d.scale),
-        ratio_range=tuple(d.ratio_range),
-        cat_max_ratio=d.cat_max_ratio,
-        flip_prob=d.flip_prob,
-        photometric=d.photometric,
-        mean=tuple(d.mean),
-        std=tuple(d.std),
-    )
-    return d.benchmark, tf, f"{d.crop_size[0]}x{d.crop_size[1]}"
+    from zss.cli.common import build_benchmark, build_data
+
+    ds = OmegaConf.load(REPO / "configs" / "dataset" / f"{name}.yaml")
+    ds.root = str(PRESETS[name])
+    return build_data(ds, build_benchmark(ds))[0], f"{ds.crop_size[0]}x{ds.crop_size[1]}"
 
 
 def _accept_unique(self: RandomCropCatMax, crop: torch.Tensor) -> bool:
@@ -76,11 +68,9 @@ def main() -> None:
     print("| preset | crop | count | ms / sample | × torch.unique | same samples |")
     print("|---|---|---|---:|---:|---|")
     for name in a.presets:
-        root = PRESETS[name]
-        if not root.exists():
-            sys.exit(f"bench_data: {root} is missing (world: run `zss-make-world` first).")
-        bench, tf, size = _pipeline(name)
-        ds = build_dataset(bench, root, split="train", hide_unseen=True, transform=tf)
+        if not PRESETS[name].exists():
+            sys.exit(f"bench_data: {PRESETS[name]} is missing (world: run `zss-make-world` first).")
+        ds, size = _train_set(name)
         try:
             RandomCropCatMax._accept = _accept_unique
             ref, ref_labels = _time(ds, a.samples, a.repeats)
