@@ -72,9 +72,10 @@ CHANGED_SINCE = {
 #: (zss.teachers.taught moved to zss.tools.taught_clip); a text, no number depends on it
 CHANGED_EVERYWHERE = ("teacher.warning",)
 #: CLIP-ZSS defaults decided on the synthetic world's val split (2026-12-07, docs/methods.md): the paper's readings
-#: of four keys that the val split could not tell from zss's earlier values; the paper preset's ``pl_kwargs.mode``
+#: of five keys that the val split could not tell from zss's earlier values; the paper preset's ``pl_kwargs.mode``
 #: became the key ``pl_fusion``
 CLIP_ZSS_DEFAULTS = (
+    "method.synth_query",
     "method.glm_attn_scale",
     "method.pl_seen_margin",
     "method.pseudo_negatives",

@@ -23,12 +23,12 @@ def _compose(overrides):
 def test_clip_zss_paper_differs_from_ours_where_the_paper_says():
     ours = _compose(["experiment=voc20", "method=clip_zss"]).method
     paper = _compose(["experiment=voc20", "method=clip_zss_paper"]).method
-    assert (ours.synth_query, paper.synth_query) == ("clip", "prototype") and paper.synth_memory == "cls"
     assert ours.nel_weight == 0 and paper.nel_weight > 0
     # the paper's readings that the world's val split could not tell from ours are the defaults of both
     for m in (ours, paper):
         assert m.pseudo_negatives == "image" and m.pl_seen_margin == 0 and m.pl_fusion == "components"
         assert m.glm_attn_scale is None and "pl_kwargs" not in m
+        assert m.synth_query == "prototype" and m.synth_memory == "cls"
     ch = _compose(["experiment=voc20", "method=chimera_seg_paper"]).method
     assert ch.sam_loss == "ce+nel" and _compose(["experiment=voc20", "method=chimera_seg"]).method.sam_loss == "ce"
 

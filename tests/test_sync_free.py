@@ -137,11 +137,11 @@ def _grads(m) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize(
     "kw",
     [
-        dict(synth_query="clip", glm_attn_scale=0.0, nel_weight=0.0),  # the shipping config's choices
+        dict(synth_query="clip", glm_attn_scale=0.0, nel_weight=0.0),  # zss's choices before 2026-12-07
         dict(synth_memory="cls+regions", synth_query="prototype+clip", nel_weight=1.0),
         dict(pl_max_regions=3, nel_weight=1.0, loss_resolution="label"),  # more regions than the cap
     ],
-    ids=["shipping", "regions_nel", "capped"],
+    ids=["clip_query", "regions_nel", "capped"],
 )
 def test_clip_zss_step_matches_the_data_dependent_implementation(tiny_clip, kw):
     kw = dict(kw)

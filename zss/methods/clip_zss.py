@@ -277,8 +277,9 @@ class SynthSettings(Settings):
         depth, heads: decoder layers and attention heads [ours: 2, 4].
         ffn_dim: feed-forward width; None = 4·D [ours].
         memory: ``"cls"`` [summary] | ``"cls+dense"`` | ``"cls+regions"`` (ours).
-        query: ``"prototype"`` [the summary's reading] | ``"prototype+clip"`` | ``"clip"``: each region's query =
-            CLIP's region-pooled dense token [ours, default; docs/methods.md "Synthesizer memory and query"].
+        query: ``"prototype"`` [the summary's reading; default since 2026-12-07] | ``"prototype+clip"`` | ``"clip"``:
+            each region's query = CLIP's region-pooled dense token [ours; docs/methods.md "Synthesizer memory and
+            query"].
         detach_prototypes: stop the gradient into the region prototypes [ours: False].
         lr_mult: learning-rate multiplier of the synthesizer on top of the head lr [ours: 1.0]; 0 freezes it at
             its initialisation, which with ``query="clip"`` (zero-initialised residual branches) makes every pseudo
@@ -291,7 +292,7 @@ class SynthSettings(Settings):
     heads: int = 4
     ffn_dim: int | None = None
     memory: str = "cls"
-    query: str = "clip"
+    query: str = "prototype"
     detach_prototypes: bool = False
     lr_mult: float = 1.0
 
@@ -335,7 +336,7 @@ class ClipZSS(Method):
 
     #: Values of keys a checkpoint's stored method config may lack (:mod:`zss.loading`): a checkpoint written before
     #: a key was in configs/method/clip_zss.yaml was trained with the constructor default of that time, not today's.
-    CHECKPOINT_DEFAULTS: dict[str, Any] = dict(nel_weight=1.0, synth_query="prototype", pl_fusion="merge")
+    CHECKPOINT_DEFAULTS: dict[str, Any] = dict(nel_weight=1.0, pl_fusion="merge")
     #: grouped settings (:meth:`~zss.methods.base.Method.from_flat`)
     SETTINGS = {
         "glm": GLMSettings,
