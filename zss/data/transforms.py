@@ -192,7 +192,7 @@ class RandomCropCatMax(v2.Transform):
             return False
         if labelled.min() < 0:  # bincount needs non-negative ids; the sorting count handles any
             counts = torch.unique(labelled, return_counts=True)[1]
-        else:  # same counts as torch.unique, without its sort (3-4x faster on a 512 x 512 crop)
+        else:  # the same counts without torch.unique's sort (timing: docs/performance.md, bench_data.py)
             counts = torch.bincount(labelled)
             counts = counts[counts > 0]
         return counts.numel() > 1 and (counts.max().item() / labelled.numel()) < self.cat_max_ratio

@@ -277,9 +277,8 @@ class SynthSettings(Settings):
         depth, heads: decoder layers and attention heads [ours: 2, 4].
         ffn_dim: feed-forward width; None = 4·D [ours].
         memory: ``"cls"`` [summary] | ``"cls+dense"`` | ``"cls+regions"`` (ours).
-        query: ``"prototype"`` [the summary's reading; default since 2026-12-07] | ``"prototype+clip"`` | ``"clip"``:
-            each region's query = CLIP's region-pooled dense token [ours; docs/methods.md "Synthesizer memory and
-            query"].
+        query: ``"prototype"`` [the summary's reading; default] | ``"prototype+clip"`` | ``"clip"``: each region's
+            query = CLIP's region-pooled dense token [ours; docs/methods.md "Synthesizer memory and query"].
         detach_prototypes: stop the gradient into the region prototypes [ours: False].
         lr_mult: learning-rate multiplier of the synthesizer on top of the head lr [ours: 1.0]; 0 freezes it at
             its initialisation, which with ``query="clip"`` (zero-initialised residual branches) makes every pseudo
