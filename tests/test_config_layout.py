@@ -71,6 +71,9 @@ CHANGED_SINCE = {
 #: deliberate changes in every experiment: the taught teachers' warning text names the module that builds them
 #: (zss.teachers.taught moved to zss.tools.taught_clip); a text, no number depends on it
 CHANGED_EVERYWHERE = ("teacher.warning",)
+#: measured numbers a demo prints beside its own row (not settings): re-measured with the transfer check (2026-12-07,
+#: docs/methods.md "Transfer check on the bundled VOC images")
+REMEASURED = ("transfer_view.reference",)
 #: CLIP-ZSS defaults decided on the synthetic world's val split (2026-12-07, docs/methods.md): the paper's readings
 #: of five keys that the val split could not tell from zss's earlier values; the paper preset's ``pl_kwargs.mode``
 #: became the key ``pl_fusion``
@@ -146,7 +149,7 @@ def test_every_experiment_composes_as_before(experiment, before_configs):
     for key, overrides in runs.items():
         old = _resolved(before_configs, "train", overrides)
         new = _resolved(CONFIGS, "train", overrides)
-        allowed = (*REMOVED, *CHANGED_EVERYWHERE, *CLIP_ZSS_DEFAULTS, *CHANGED_SINCE.get(key, ()))
+        allowed = (*REMOVED, *CHANGED_EVERYWHERE, *CLIP_ZSS_DEFAULTS, *REMEASURED, *CHANGED_SINCE.get(key, ()))
         diff = [d for d in _diff(old, new) if not d.startswith(allowed)]
         assert not diff, (overrides, diff)
 
@@ -200,7 +203,7 @@ def test_debug_tiny_is_the_old_tiny_override_list(extra, before_configs):
     (another experiment, a step count, the transfer view back on) still win over it."""
     old = _resolved(before_configs, "train", [*TINY_BEFORE, *extra])
     new = _resolved(CONFIGS, "train", [*TINY, *extra])
-    diff = [d for d in _diff(old, new) if not d.startswith((*REMOVED, *CLIP_ZSS_DEFAULTS))]
+    diff = [d for d in _diff(old, new) if not d.startswith((*REMOVED, *CLIP_ZSS_DEFAULTS, *REMEASURED))]
     assert not diff, diff
     assert new["trainer"]["max_steps"] == (1 if "trainer.max_steps=1" in extra else 2)
 
