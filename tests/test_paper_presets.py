@@ -24,6 +24,7 @@ def test_clip_zss_paper_differs_from_ours_where_the_paper_says():
     ours = _compose(["experiment=voc20", "method=clip_zss"]).method
     paper = _compose(["experiment=voc20", "method=clip_zss_paper"]).method
     assert ours.nel_weight == 0 and paper.nel_weight > 0
+    assert ours.ce_reduction == "split" and paper.ce_reduction == "joint"  # ours; the summary's "CE on F"
     # the paper's readings that the world's val split could not tell from ours are the defaults of both
     for m in (ours, paper):
         assert m.pseudo_negatives == "image" and m.pl_seen_margin == 0 and m.pl_fusion == "components"

@@ -231,10 +231,11 @@ class ClipZSSLossSettings(Settings):
             logits; ours).
         beta: logit scale β of the pseudo part, applied to cosines [ours: 14.285714 = 1/0.07 to 6 decimals].
         ce_weight: weight of CE on F [ours: 1.0].
-        ce_reduction: ``"joint"`` — one CE averaged over every labelled pixel of F (seen and pseudo together, the
-            summary's "CE on F") — or ``"split"`` — the seen pixels and the pseudo pixels each averaged over their
-            own count, ``CE_seen + pseudo_ce_weight · CE_pseudo``, so the pseudo regions (background, unseen and
-            unlabelled stuff: often most of an image) do not dilute the seen supervision [ours].
+        ce_reduction: ``"split"`` — the seen pixels and the pseudo pixels each averaged over their own count,
+            ``CE_seen + pseudo_ce_weight · CE_pseudo``, so the pseudo regions (background, unseen and unlabelled
+            stuff: often most of an image) do not dilute the seen supervision [ours: the default, docs/methods.md
+            "GLM only / PLM only / both"] — or ``"joint"`` — one CE averaged over every labelled pixel of F (seen
+            and pseudo together: the summary's "CE on F", ``method=clip_zss_paper``).
         pseudo_ce_weight: weight of CE_pseudo with ``ce_reduction="split"`` [ours: 1.0]; unused with ``"joint"``.
         detach_pseudo_weights: if True, the CE sees P_pseudo detached: the synthesizer then learns from L_BCE only
             and CE trains only the student towards the synthesized weights [ours: False; docs/methods.md "GLM
@@ -254,7 +255,7 @@ class ClipZSSLossSettings(Settings):
     alpha: float | None = None
     beta: float = 14.285714
     ce_weight: float = 1.0
-    ce_reduction: str = "joint"
+    ce_reduction: str = "split"
     pseudo_ce_weight: float = 1.0
     detach_pseudo_weights: bool = False
     nel_weight: float = 0.0
@@ -335,7 +336,7 @@ class ClipZSS(Method):
 
     #: Values of keys a checkpoint's stored method config may lack (:mod:`zss.loading`): a checkpoint written before
     #: a key was in configs/method/clip_zss.yaml was trained with the constructor default of that time, not today's.
-    CHECKPOINT_DEFAULTS: dict[str, Any] = dict(nel_weight=1.0, pl_fusion="merge")
+    CHECKPOINT_DEFAULTS: dict[str, Any] = dict(nel_weight=1.0, pl_fusion="merge", ce_reduction="joint")
     #: grouped settings (:meth:`~zss.methods.base.Method.from_flat`)
     SETTINGS = {
         "glm": GLMSettings,
