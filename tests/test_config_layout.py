@@ -99,7 +99,8 @@ def before_configs(tmp_path_factory) -> Path:
         pytest.skip(f"git history with commit {BEFORE} is not available (a shallow clone or no git)")
     out = tmp_path_factory.mktemp("before")
     with tarfile.open(fileobj=BytesIO(tar)) as t:
-        t.extractall(out, filter="data")
+        # extraction filters exist from Python 3.11.4 on; Debian 12's 3.11.2 lacks them (the archive is our own)
+        t.extractall(out, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     return out / "configs"
 
 
