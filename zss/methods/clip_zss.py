@@ -282,8 +282,9 @@ class SynthSettings(Settings):
             query = CLIP's region-pooled dense token [ours; docs/methods.md "Synthesizer memory and query"].
         detach_prototypes: stop the gradient into the region prototypes [ours: False].
         lr_mult: learning-rate multiplier of the synthesizer on top of the head lr [ours: 1.0]; 0 freezes it at
-            its initialisation, which with ``query="clip"`` (zero-initialised residual branches) makes every pseudo
-            weight exactly CLIP's region-pooled token (docs/methods.md "GLM only / PLM only / both").
+            its initialisation. With the zero-initialised residual branches every pseudo weight then stays its
+            query: CLIP's region-pooled token with ``query="clip"``, the region's own student prototype with the
+            default ``"prototype"`` (nothing ties it to the teacher; docs/methods.md "GLM only / PLM only / both").
     """
 
     PREFIX: ClassVar[str] = "synth_"
