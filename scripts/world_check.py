@@ -85,6 +85,10 @@ def _ms(vals: list[float]) -> str:
     return f"{statistics.mean(vals):.2f} ± {sd:.2f}"
 
 
+#: where the seen-only reference's unseen score above the bound is measured and explained
+WHY_ABOVE_5 = 'docs/world.md "Why the seen-only reference scores above 5"'
+
+
 def _mean(rows: list[dict], key: str) -> float:
     return statistics.mean(r[key] for r in rows)
 
@@ -95,9 +99,10 @@ def verdicts(by: dict[str, list[dict]], teacher_u: float) -> list[str]:
     base = by.get("seen-only")
     if base:
         s, u = _mean(base, "mIoU_S"), _mean(base, "mIoU_U")
-        lines.append(
-            f"{'PASS' if s >= 60 and u <= 5 else 'FAIL'} seen-only: mIoU(S) {s:.2f} (>= 60), mIoU(U) {u:.2f} (<= 5)"
-        )
+        line = f"{'PASS' if s >= 60 and u <= 5 else 'FAIL'} seen-only: mIoU(S) {s:.2f} (>= 60), mIoU(U) {u:.2f} (<= 5)"
+        if u > 5:
+            line += f"; why a text-embed classifier can exceed 5 on this world: {WHY_ABOVE_5}"
+        lines.append(line)
     for name in DISTILLED:
         if name not in by or not base:
             continue
