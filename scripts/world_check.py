@@ -94,7 +94,17 @@ def _mean(rows: list[dict], key: str) -> float:
 
 
 def verdicts(by: dict[str, list[dict]], teacher_u: float) -> list[str]:
-    """PASS/FAIL lines on the means over seeds."""
+    """PASS/FAIL lines for issue 18's targets, on the means over seeds.
+
+    Args:
+        by: row name -> one dict per seed with ``mIoU_S``, ``mIoU_U`` and ``five_way_macc`` (percent); the rows
+            judged are ``"seen-only"`` and :data:`DISTILLED`, each distilled row against the seen-only row of the
+            same check (no verdict without it).
+        teacher_u: the teacher's own dense zero-shot mIoU(U) on the same split (percent).
+
+    Returns:
+        One line per judged row, ``"PASS <row>: ..."`` or ``"FAIL <row>: ..."`` with each target beside its value.
+    """
     lines = []
     base = by.get("seen-only")
     if base:
